@@ -1,0 +1,315 @@
+"""The public functions: validate, guard memory, dispatch to a backend, return NumPy.
+
+Conventions shared by every function (DESIGN §2–§5):
+
+- ``model``: a :class:`fluxhess.Chain` (or a :class:`fluxhess.FluxModel` on the julia
+  backend); ``params``: θ ``(P,)`` in Flux ``destructure`` order (``model.layout``).
+- ``X``: ``(N, d)``, one row per sample. ``y``: ``(N, C)``, ``(N,)`` when C == 1, or
+  integer class labels ``(N,)`` for the (logit)crossentropies.
+- ``loss``: ``"mse"``, ``"crossentropy"``, ``"logitcrossentropy"``,
+  ``"binarycrossentropy"``, ``"logitbinarycrossentropy"`` with Flux.Losses semantics.
+- ``agg``: ``"sum"`` gives ``L = Σ_n ℓ_n``; ``"mean"`` gives what Flux's default
+  ``agg=mean`` returns, ``L = s·Σ_n ℓ_n`` with ``s`` from :func:`fluxhess.losses.scale`.
+  Every curvature carries the same factor ``s``.
+- ``backend``: ``"auto"`` (julia when a Julia runtime is installed, else jax),
+  ``"jax"`` or ``"julia"``. ``dtype``: ``"float64"`` (default) or ``"float32"``.
+
+Results are C-ordered NumPy arrays of ``dtype`` that own their memory; they never
+depend on the backend in shape or type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import backends as _backends
+from . import losses as L
+from . import memory
+from . import validate as check
+from .errors import BackendError, FluxHessError, InputError
+
+KINDS = ("hessian", "ggn", "ef")
+KRON_KINDS = ("ggn", "ef")
+
+
+class KronFactors(NamedTuple):
+    """KFAC factors of one Dense layer: its block ≈ ``A ⊗ G`` in ``[vec(W); b]`` order."""
+
+    layer: str  # e.g. "layers.1"
+    A: np.ndarray  # (in+1, in+1) with a bias, (in, in) without
+    G: np.ndarray  # (out, out)
+
+
+@dataclass
+class _Call:
+    quantity: str
+    backend: object
+    model: object
+    params: np.ndarray
+    X: np.ndarray
+    Y: np.ndarray | None
+    dtype: np.dtype
+
+    @property
+    def shapes(self) -> str:
+        y = f", y {self.Y.shape}" if self.Y is not None else ""
+        return f"params {self.params.shape}, X {self.X.shape}{y}"
+
+    def run(self, method: str, *args):
+        fn = getattr(self.backend, method)
+        try:
+            return fn(self.model, self.params, self.X, *args)
+        except FluxHessError:
+            raise
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:
+            raise BackendError(
+                f"{self.quantity} on backend {self.backend.name!r} failed for {self.shapes}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+
+    def result(self, value) -> np.ndarray:
+        out = np.array(value, dtype=self.dtype, order="C", copy=True)
+        if not np.all(np.isfinite(out)):
+            raise BackendError(
+                f"{self.quantity} on backend {self.backend.name!r} produced non-finite values for "
+                f"{self.shapes}; the loss or model overflowed at these parameters and data"
+            )
+        return out
+
+
+def _dims(model) -> tuple[int | None, int | None, bool]:
+    return (
+        getattr(model, "in_features", None),
+        getattr(model, "out_features", None),
+        bool(getattr(model, "flattens_input", False)),
+    )
+
+
+def _num_params(model) -> int:
+    n = getattr(model, "num_params", None)
+    if n is None:
+        raise InputError(
+            f"model must be a fluxhess.Chain (or a FluxModel from fluxhess.flux_model); got {type(model).__name__}"
+        )
+    return n
+
+
+def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend="auto", dtype="float64") -> _Call:
+    dt = check.float_dtype(dtype)
+    if loss is not None:
+        L.check_loss(loss)
+        L.check_agg(agg)
+    chosen = _backends.get(backend, model) if isinstance(backend, str) else None
+    if chosen is None:
+        raise InputError(f"backend must be a name such as 'auto', 'jax' or 'julia'; got {backend!r}")
+    d, C, flattens = _dims(model)
+    P = _num_params(model)
+    theta = check.params_array(params, P, dt)
+    Xa = check.inputs_array(X, d, flattens, dt)
+    Y = None
+    call = _Call(quantity, chosen, model, theta, Xa, Y, dt)
+    if loss is not None:
+        if C is None:
+            C = np.asarray(call.run("forward")).shape[1]
+        call.Y = check.targets_array(y, Xa.shape[0], C, loss, dt)
+        if loss in L.ON_PROBABILITIES:
+            check.check_probabilities("the model output", np.asarray(call.run("forward")), loss)
+    return call
+
+
+def _square(call: _Call, quantity: str) -> None:
+    P = call.params.shape[0]
+    memory.require(quantity, 2 * P * P * call.dtype.itemsize, (P, P))
+
+
+# --- values ----------------------------------------------------------------
+
+
+def forward(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
+    """The model's output ``f(x_n)`` for every sample.
+
+    Returns: ``(N, C)``.
+    """
+    call = _prepare("forward", model, params, X, backend=backend, dtype=dtype)
+    return call.result(call.run("forward"))
+
+
+def loss(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> float:
+    """The batch loss ``L = s·Σ_n ℓ_n`` (Flux.Losses semantics).
+
+    Returns: a Python float.
+    """
+    call = _prepare("loss", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    return float(call.result(call.run("loss", call.Y, loss, agg)))
+
+
+def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+    """``∇_θ L``.
+
+    Returns: ``(P,)``.
+    """
+    call = _prepare("gradient", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    return call.result(call.run("gradient", call.Y, loss, agg))
+
+
+# --- P × P curvature ---------------------------------------------------------
+
+
+def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+    """The exact parameter Hessian ``∇²_θ L``.
+
+    For a linear model with ``mse`` it equals :func:`ggn`:
+
+    >>> import numpy as np, fluxhess as fh
+    >>> m = fh.Chain(fh.Dense(3, 2)); X = np.arange(12.).reshape(4, 3) / 10; y = np.ones((4, 2))
+    >>> H = fh.hessian(m, m.init(), X, y, backend="jax")
+    >>> bool(np.allclose(H, fh.ggn(m, m.init(), X, y, backend="jax")))
+    True
+
+    Returns: ``(P, P)``, symmetric.
+    """
+    call = _prepare("hessian", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    _square(call, "hessian")
+    return call.result(call.run("hessian", call.Y, loss, agg))
+
+
+def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+    """The generalized Gauss-Newton ``s·Σ_n J_nᵀ Λ_n J_n``.
+
+    ``J_n = ∂f(x_n)/∂θ`` ``(C, P)``, ``Λ_n = ∇²_ŷ ℓ_n`` ``(C, C)``.
+
+    Returns: ``(P, P)``, symmetric positive semi-definite.
+    """
+    call = _prepare("ggn", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    _square(call, "ggn")
+    return call.result(call.run("ggn", call.Y, loss, agg))
+
+
+def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+    """The empirical Fisher ``s·Σ_n g_n g_nᵀ`` with ``g_n = ∇_θ ℓ_n`` the per-sample gradient.
+
+    Returns: ``(P, P)``, symmetric positive semi-definite.
+    """
+    call = _prepare("empirical_fisher", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    _square(call, "empirical_fisher")
+    return call.result(call.run("empirical_fisher", call.Y, loss, agg))
+
+
+# --- matrix-free and structured ----------------------------------------------
+
+
+def hvp(model, params, X, y, V, *, kind="hessian", loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+    """Curvature-vector products ``M @ V`` without forming ``M``.
+
+    ``kind``: ``"hessian"``, ``"ggn"`` or ``"ef"`` (empirical Fisher).
+    ``V``: ``(P,)`` or ``(P, k)``.
+
+    Returns: ``(P,)`` for ``V (P,)``, ``(P, k)`` for ``V (P, k)``.
+    """
+    check.choice("kind", kind, KINDS)
+    call = _prepare("hvp", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    Vm, single = check.vectors_array(V, call.params.shape[0], call.dtype)
+    out = call.result(call.run("hvp", call.Y, Vm, loss, agg, kind))
+    return out[:, 0].copy() if single else out
+
+
+def diagonal(model, params, X, y, *, kind="hessian", loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+    """The diagonal of the Hessian, GGN or empirical Fisher (``kind``), without the full matrix.
+
+    Returns: ``(P,)``.
+    """
+    check.choice("kind", kind, KINDS)
+    call = _prepare("diagonal", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    return call.result(call.run("diagonal", call.Y, loss, agg, kind))
+
+
+def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="auto", dtype="float64") -> list[KronFactors]:
+    """KFAC: one Kronecker-factored block ``A ⊗ G`` per Dense layer.
+
+    For layer input ``a_n`` and pre-activation ``z_n``:
+    ``A = (1/N)·Σ_n ā_n ā_nᵀ`` with ``ā = [a; 1]`` when the layer has a bias;
+    ``G = s·Σ_n δ_n δ_nᵀ`` with ``δ_n = ∂ℓ_n/∂z_n`` (``kind="ef"``), or
+    ``G = s·Σ_n B_nᵀ Λ_n B_n`` with ``B_n = ∂f(x_n)/∂z_n`` (``kind="ggn"``).
+    ``A ⊗ G`` approximates the layer's ``[vec(W); b]`` block of the curvature and is
+    exact for a single sample.
+
+    Returns: a list of :class:`KronFactors` ``(layer, A, G)``: ``A`` ``(in+1, in+1)``
+    (``(in, in)`` without bias), ``G`` ``(out, out)``.
+    """
+    check.choice("kind", kind, KRON_KINDS)
+    call = _prepare("kron", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    spec = _spec_of(model)
+    pairs = call.run("kron", call.Y, loss, agg, kind)
+    names = [f"layers.{i}" for i, _ in spec.dense_layers]
+    return [KronFactors(n, call.result(A), call.result(G)) for n, (A, G) in zip(names, pairs)]
+
+
+def _spec_of(model):
+    if hasattr(model, "dense_layers"):
+        return model
+    to_spec = getattr(model, "to_spec", None)
+    if to_spec is None:
+        raise InputError(f"kron needs a model made of Dense layers; got {type(model).__name__}")
+    return to_spec()[0]
+
+
+# --- Jacobians and input derivatives ------------------------------------------
+
+
+def param_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
+    """``∂f(x_n)/∂θ`` for every sample.
+
+    Returns: ``(N, C, P)``.
+    """
+    call = _prepare("param_jacobian", model, params, X, backend=backend, dtype=dtype)
+    N, P = call.X.shape[0], call.params.shape[0]
+    C = _dims(model)[1] or 1
+    memory.require("param_jacobian", N * C * P * call.dtype.itemsize, (N, C, P))
+    return call.result(call.run("param_jacobian"))
+
+
+def input_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
+    """``∂f(x_n)/∂x`` for every sample.
+
+    Returns: ``(N, C, d)``.
+    """
+    call = _prepare("input_jacobian", model, params, X, backend=backend, dtype=dtype)
+    return call.result(call.run("input_jacobian"))
+
+
+def input_hessian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
+    """``∂²f_c(x_n)/∂x²`` for every sample and output (the PINN ``u_xx``).
+
+    Returns: ``(N, C, d, d)``.
+    """
+    call = _prepare("input_hessian", model, params, X, backend=backend, dtype=dtype)
+    N, d = call.X.shape
+    C = _dims(model)[1] or 1
+    memory.require("input_hessian", N * C * d * d * call.dtype.itemsize, (N, C, d, d))
+    return call.result(call.run("input_hessian"))
+
+
+def laplacian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
+    """``Δ_x f_c(x_n) = tr ∂²f_c/∂x²`` for every sample and output.
+
+    Returns: ``(N, C)``.
+    """
+    call = _prepare("laplacian", model, params, X, backend=backend, dtype=dtype)
+    return call.result(call.run("laplacian"))
+
+
+def divergence(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
+    """``∇·f(x_n) = Σ_i ∂f_i/∂x_i`` for a model with as many outputs as inputs (C == d).
+
+    Returns: ``(N,)``.
+    """
+    d, C, _ = _dims(model)
+    if d is not None and C is not None and d != C:
+        raise InputError(f"divergence needs as many outputs as inputs (C == d); this model has C={C}, d={d}")
+    call = _prepare("divergence", model, params, X, backend=backend, dtype=dtype)
+    return call.result(call.run("divergence"))

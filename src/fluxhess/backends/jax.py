@@ -1,0 +1,438 @@
+"""The JAX backend: every quantity of DESIGN §5, jit-compiled, chunked, float64 on request.
+
+Per-sample functions (``f(θ, x)``, ``ℓ_n``) are written once and batched with
+``vmap``. Results whose working memory grows with the batch or with P are built
+in chunks (:data:`fluxhess.memory.CHUNK_BYTES` at a time) with a progress bar
+when there are many chunks. float64 is scoped with ``jax.enable_x64`` around
+each call, never by changing the user's global JAX configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import losses as L
+from ..memory import chunk_size
+from ..model import COLUMNWISE, Activation, Chain, Dense, Flatten
+from ..progress import chunks
+
+# ---------------------------------------------------------------------------
+# Activations: NNlib's formulas and default constants (NNlib src/activations.jl).
+# ---------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+    t = jnp.exp(-jnp.abs(x))
+    return jnp.where(x >= 0, 1 / (1 + t), t / (1 + t))
+
+
+def _gelu(x):
+    # NNlib: gelu === gelu_tanh, x/2 * (1 + tanh(√(2/π) * (x + 0.044715 x³)))
+    return x / 2 * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+ELEMENTWISE = {
+    "identity": lambda x: x,
+    "relu": lambda x: jnp.where(x < 0, 0.0, x),
+    "tanh": jnp.tanh,
+    "sigmoid": _sigmoid,
+    "softplus": L._softplus,
+    "elu": lambda x: jnp.where(x >= 0, x, jnp.exp(jnp.minimum(x, 0.0)) - 1),
+    "leakyrelu": lambda x: jnp.where(x > 0, x, 0.01 * x),
+    "swish": lambda x: x * _sigmoid(x),
+    "gelu": _gelu,
+}
+
+def _softmax(z):
+    # NNlib: exp.(x .- max) ./ sum(exp.(x .- max)) over each sample's outputs.
+    e = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _logsoftmax(z):
+    # NNlib: (x .- max) .- log(sum(exp.(x .- max))) over each sample's outputs.
+    shifted = z - jnp.max(z, axis=-1, keepdims=True)
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+COLUMN = {"softmax": _softmax, "logsoftmax": _logsoftmax}
+
+
+def _activation(name):
+    return ELEMENTWISE[name] if name in ELEMENTWISE else COLUMN[name]
+
+
+# ---------------------------------------------------------------------------
+# The network as a function of (θ, x).
+# ---------------------------------------------------------------------------
+
+
+def _dense_weights(layer: Dense, theta, offset: int):
+    """``Wᵀ`` ``(in, out)`` and ``b`` from θ; vec(W) is column-major, so Wᵀ is a C-order reshape."""
+    n_w = layer.in_features * layer.out_features
+    w_t = theta[offset : offset + n_w].reshape(layer.in_features, layer.out_features)
+    b = theta[offset + n_w : offset + layer.num_params] if layer.bias else None
+    return w_t, b
+
+
+def _run(model: Chain, theta, x, eps=None, taps=False):
+    """Apply the model to ``x`` ``(d,)`` or ``(N, d)``.
+
+    ``eps`` (one array per Dense layer, shaped like its pre-activation) is added to the
+    pre-activations, so derivatives with respect to it are ∂/∂z. With ``taps`` the
+    inputs ``a`` of every Dense layer are returned too.
+    """
+    a, offset, inputs, k = x, 0, [], 0
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            inputs.append(a)
+            w_t, b = _dense_weights(layer, theta, offset)
+            offset += layer.num_params
+            z = a @ w_t
+            if b is not None:
+                z = z + b
+            if eps is not None:
+                z = z + eps[k]
+            k += 1
+            a = ELEMENTWISE[layer.activation](z)
+        elif isinstance(layer, Activation):
+            a = _activation(layer.name)(a)
+        elif isinstance(layer, Flatten):
+            pass  # the API hands over inputs already flattened to (N, d)
+    return (a, inputs) if taps else a
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(model: Chain, loss: str | None, name: str):
+    """The jitted function ``name`` for this model (and loss); built once per key."""
+    f = functools.partial(_run, model)  # f(θ, x) for one sample or a batch
+
+    def sample_loss(theta, x, y):
+        return L.per_sample(loss, f(theta, x), y)
+
+    def batch_losses(theta, X, Y):  # (N,)
+        return jax.vmap(sample_loss, (None, 0, 0))(theta, X, Y)
+
+    def total(theta, X, Y, s):
+        return s * jnp.sum(batch_losses(theta, X, Y))
+
+    def output_hessians(theta, X, Y):  # Λ_n, (N, C, C)
+        lam = jax.hessian(lambda yhat, y: L.per_sample(loss, yhat, y))
+        return jax.vmap(lam)(f(theta, X), Y)
+
+    def hvp_hessian(theta, X, Y, s, v):
+        return jax.jvp(lambda t: jax.grad(total)(t, X, Y, s), (theta,), (v,))[1]
+
+    def hvp_ggn(theta, X, Y, s, v):
+        out, jv = jax.jvp(lambda t: f(t, X), (theta,), (v,))
+        lam = output_hessians(theta, X, Y)
+        w = s * jnp.einsum("ncd,nd->nc", lam, jv)
+        return jax.vjp(lambda t: f(t, X), theta)[1](w)[0]
+
+    def hvp_ef(theta, X, Y, s, v):
+        gv = jax.jvp(lambda t: batch_losses(t, X, Y), (theta,), (v,))[1]
+        return jax.vjp(lambda t: batch_losses(t, X, Y), theta)[1](s * gv)[0]
+
+    hvps = {"hessian": hvp_hessian, "ggn": hvp_ggn, "ef": hvp_ef}
+
+    def param_jac(theta, X):  # (N, C, P)
+        return jax.vmap(jax.jacrev(f), (None, 0))(theta, X)
+
+    def ggn_chunk(theta, X, Y, s):
+        J = param_jac(theta, X)
+        M = jnp.einsum("ncd,ndp->ncp", output_hessians(theta, X, Y), J)
+        P = theta.shape[0]
+        return s * (J.reshape(-1, P).T @ M.reshape(-1, P))
+
+    def ggn_diag_chunk(theta, X, Y, s):
+        J = param_jac(theta, X)
+        M = jnp.einsum("ncd,ndp->ncp", output_hessians(theta, X, Y), J)
+        return s * jnp.sum(J * M, axis=(0, 1))
+
+    def sample_grads(theta, X, Y):  # (N, P)
+        return jax.vmap(jax.grad(sample_loss), (None, 0, 0))(theta, X, Y)
+
+    def ef_chunk(theta, X, Y, s):
+        G = sample_grads(theta, X, Y)
+        return s * (G.T @ G)
+
+    def ef_diag_chunk(theta, X, Y, s):
+        return s * jnp.sum(sample_grads(theta, X, Y) ** 2, axis=0)
+
+    def hessian_columns(theta, X, Y, s, idx):  # H[:, idx] as (k, P)
+        basis = jax.nn.one_hot(idx, theta.shape[0], dtype=theta.dtype)
+        return jax.vmap(lambda v: hvp_hessian(theta, X, Y, s, v))(basis)
+
+    def hessian_diag_chunk(theta, X, Y, s, idx):
+        cols = hessian_columns(theta, X, Y, s, idx)
+        return cols[jnp.arange(idx.shape[0]), idx]
+
+    def kron_chunk(theta, X, Y, s, kind):
+        dense = [l for l in model.layers if isinstance(l, Dense)]
+        N = X.shape[0]
+
+        def per_sample(x, y):
+            eps = [jnp.zeros(l.out_features, theta.dtype) for l in dense]
+            out, inputs = _run(model, theta, x, eps, taps=True)
+            if kind == "ef":
+                delta = jax.grad(lambda e: L.per_sample(loss, _run(model, theta, x, e), y))(eps)
+                G = [jnp.outer(d, d) for d in delta]
+            else:
+                B = jax.jacrev(lambda e: _run(model, theta, x, e))(eps)  # each (C, out)
+                lam = jax.hessian(lambda yhat: L.per_sample(loss, yhat, y))(out)
+                G = [b.T @ lam @ b for b in B]
+            A = []
+            for layer, a in zip(dense, inputs):
+                abar = jnp.concatenate([a, jnp.ones(1, a.dtype)]) if layer.bias else a
+                A.append(jnp.outer(abar, abar))
+            return A, G
+
+        A, G = jax.vmap(per_sample)(X, Y)
+        return [a.sum(0) / N for a in A], [s * g.sum(0) for g in G]
+
+    def input_jac(theta, X):  # (N, C, d)
+        jac = jax.jacfwd if X.shape[1] <= model.out_features else jax.jacrev
+        return jax.vmap(jac(f, argnums=1), (None, 0))(theta, X)
+
+    def input_hess(theta, X):  # (N, C, d, d)
+        return jax.vmap(jax.hessian(f, argnums=1), (None, 0))(theta, X)
+
+    def laplacian_fn(theta, X):  # (N, C)
+        if _forward_laplacian_applies(model):
+            return _forward_laplacian(model, theta, X)
+        return jnp.trace(input_hess(theta, X), axis1=2, axis2=3)
+
+    def divergence_fn(theta, X):  # (N,)
+        return jnp.trace(input_jac(theta, X), axis1=1, axis2=2)
+
+    table = {
+        "forward": lambda theta, X: f(theta, X),
+        "loss": total,
+        "gradient": jax.grad(total),
+        "hessian": jax.hessian(total),
+        "hessian_columns": hessian_columns,
+        "hessian_diag_chunk": hessian_diag_chunk,
+        "ggn_chunk": ggn_chunk,
+        "ggn_diag_chunk": ggn_diag_chunk,
+        "ef_chunk": ef_chunk,
+        "ef_diag_chunk": ef_diag_chunk,
+        "hvp_hessian": jax.vmap(hvp_hessian, (None, None, None, None, 1), 1),
+        "hvp_ggn": jax.vmap(hvps["ggn"], (None, None, None, None, 1), 1),
+        "hvp_ef": jax.vmap(hvps["ef"], (None, None, None, None, 1), 1),
+        "kron_ggn": functools.partial(kron_chunk, kind="ggn"),
+        "kron_ef": functools.partial(kron_chunk, kind="ef"),
+        "param_jacobian": param_jac,
+        "input_jacobian": input_jac,
+        "input_hessian": input_hess,
+        "laplacian": laplacian_fn,
+        "divergence": divergence_fn,
+    }
+    return jax.jit(table[name])
+
+
+# ---------------------------------------------------------------------------
+# Forward Laplacian: propagate (value, ∂/∂x, Δ) through Dense + elementwise layers.
+# ---------------------------------------------------------------------------
+
+
+def _forward_laplacian_applies(model: Chain) -> bool:
+    return not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
+
+
+def _elementwise_derivatives(sigma, z):
+    """σ(z), σ'(z), σ''(z) elementwise, by nested jvp."""
+    ones = jnp.ones_like(z)
+    first = lambda t: jax.jvp(sigma, (t,), (ones,))[1]  # noqa: E731
+    (value, d1), d2 = jax.jvp(sigma, (z,), (ones,)), jax.jvp(first, (z,), (ones,))[1]
+    return value, d1, d2
+
+
+def _forward_laplacian(model: Chain, theta, X):
+    """Δ_x f(x_n) for every sample and output, without forming d×d Hessians.
+
+    With a ``(N, w)``, J = ∂a/∂x ``(N, w, d)`` and lap = Δa ``(N, w)``: a Dense layer maps
+    them linearly (J ↦ W J, lap ↦ W lap); an elementwise σ gives J ↦ σ'(z) J and
+    lap ↦ σ'(z) lap + σ''(z) Σ_i J[:, i]².
+    """
+    N, d = X.shape
+    a = X
+    J = jnp.broadcast_to(jnp.eye(d, dtype=X.dtype), (N, d, d))
+    lap = jnp.zeros_like(X)
+    offset = 0
+
+    def through(sigma, z, Jz, lapz):
+        value, d1, d2 = _elementwise_derivatives(sigma, z)
+        return value, d1[..., None] * Jz, d1 * lapz + d2 * jnp.sum(Jz**2, axis=-1)
+
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            w_t, b = _dense_weights(layer, theta, offset)
+            offset += layer.num_params
+            z = a @ w_t + (b if b is not None else 0.0)
+            Jz = jnp.einsum("io,nid->nod", w_t, J)
+            a, J, lap = through(ELEMENTWISE[layer.activation], z, Jz, lap @ w_t)
+        elif isinstance(layer, Activation):
+            a, J, lap = through(ELEMENTWISE[layer.name], a, J, lap)
+    return lap
+
+
+# ---------------------------------------------------------------------------
+# The backend.
+# ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _precision(*arrays):
+    with jax.enable_x64(any(np.asarray(a).dtype == np.float64 for a in arrays)):
+        yield
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(jax.device_get(x))
+
+
+class JaxBackend:
+    """Every quantity in JAX; always available."""
+
+    name = "jax"
+
+    def unavailable_reason(self):
+        return None
+
+    def unsupported_reason(self, model):
+        if isinstance(model, Chain):
+            return None
+        return (
+            f"the jax backend runs fluxhess.Chain specs; got {type(model).__name__}. "
+            "Convert a Flux model with model.to_spec(), or use backend='julia'"
+        )
+
+    # -- values -------------------------------------------------------------
+    def forward(self, model, params, X):
+        with _precision(params):
+            return _np(_compiled(model, None, "forward")(params, X))
+
+    def loss(self, model, params, X, Y, loss, agg):
+        with _precision(params):
+            s = L.scale(loss, agg, *Y.shape)
+            return float(_compiled(model, loss, "loss")(params, X, Y, s))
+
+    def gradient(self, model, params, X, Y, loss, agg):
+        with _precision(params):
+            s = L.scale(loss, agg, *Y.shape)
+            return _np(_compiled(model, loss, "gradient")(params, X, Y, s))
+
+    # -- P × P matrices -----------------------------------------------------
+    def hessian(self, model, params, X, Y, loss, agg):
+        P = params.shape[0]
+        s = L.scale(loss, agg, *Y.shape)
+        with _precision(params):
+            if P <= 256:
+                H = _np(_compiled(model, loss, "hessian")(params, X, Y, s))
+            else:
+                H = np.empty((P, P), dtype=params.dtype)
+                per_column = 8 * (P + 4 * X.shape[0] * _widest(model))
+                k = chunk_size(per_column, P)
+                fn = _compiled(model, loss, "hessian_columns")
+                for sl in chunks(P, k, "hessian columns"):
+                    idx = np.arange(sl.start, sl.stop)
+                    H[sl] = _np(fn(params, X, Y, s, idx))
+            return _symmetrize(H)
+
+    def ggn(self, model, params, X, Y, loss, agg):
+        return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_chunk", model.out_features))
+
+    def empirical_fisher(self, model, params, X, Y, loss, agg):
+        return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1))
+
+    def _sum_over_samples(self, model, params, X, Y, loss, agg, name, rows_per_sample):
+        """Σ over sample chunks of a per-chunk reduction whose working set is rows × P."""
+        P, N = params.shape[0], X.shape[0]
+        s = L.scale(loss, agg, *Y.shape)
+        n = chunk_size(3 * 8 * rows_per_sample * P, N)
+        fn = _compiled(model, loss, name)
+        with _precision(params):
+            total = None
+            for sl in chunks(N, n, name.replace("_chunk", "")):
+                part = fn(params, X[sl], Y[sl], s)
+                total = part if total is None else total + part
+            return _np(total)
+
+    # -- matrix-free --------------------------------------------------------
+    def hvp(self, model, params, X, Y, V, loss, agg, kind):
+        s = L.scale(loss, agg, *Y.shape)
+        with _precision(params):
+            return _np(_compiled(model, loss, f"hvp_{kind}")(params, X, Y, s, V))
+
+    def diagonal(self, model, params, X, Y, loss, agg, kind):
+        if kind == "ggn":
+            return self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_diag_chunk", model.out_features)
+        if kind == "ef":
+            return self._sum_over_samples(model, params, X, Y, loss, agg, "ef_diag_chunk", 1)
+        P = params.shape[0]
+        s = L.scale(loss, agg, *Y.shape)
+        out = np.empty(P, dtype=params.dtype)
+        k = chunk_size(8 * (P + 4 * X.shape[0] * _widest(model)), P)
+        fn = _compiled(model, loss, "hessian_diag_chunk")
+        with _precision(params):
+            for sl in chunks(P, k, "hessian diagonal"):
+                out[sl] = _np(fn(params, X, Y, s, np.arange(sl.start, sl.stop)))
+        return out
+
+    def kron(self, model, params, X, Y, loss, agg, kind):
+        s = L.scale(loss, agg, *Y.shape)
+        N = X.shape[0]
+        per_sample = 8 * sum((l.in_features + 1) ** 2 + l.out_features**2 for _, l in model.dense_layers)
+        n = chunk_size(per_sample, N)
+        fn = _compiled(model, loss, f"kron_{kind}")
+        with _precision(params):
+            A_sum, G_sum = None, None
+            for sl in chunks(N, n, "kron"):
+                A, G = fn(params, X[sl], Y[sl], s)
+                weight = (sl.stop - sl.start) / N  # A is a mean over the chunk
+                A = [a * weight for a in A]
+                A_sum = A if A_sum is None else [x + y for x, y in zip(A_sum, A)]
+                G_sum = G if G_sum is None else [x + y for x, y in zip(G_sum, G)]
+            return [(_np(a), _np(g)) for a, g in zip(A_sum, G_sum)]
+
+    # -- Jacobians and input derivatives ------------------------------------
+    def param_jacobian(self, model, params, X):
+        return self._per_sample_blocks(model, params, X, "param_jacobian", model.out_features * params.shape[0])
+
+    def input_jacobian(self, model, params, X):
+        return self._per_sample_blocks(model, params, X, "input_jacobian", model.out_features * X.shape[1])
+
+    def input_hessian(self, model, params, X):
+        d = X.shape[1]
+        return self._per_sample_blocks(model, params, X, "input_hessian", model.out_features * d * d)
+
+    def laplacian(self, model, params, X):
+        d = X.shape[1]
+        return self._per_sample_blocks(model, params, X, "laplacian", _widest(model) * (d + 2))
+
+    def divergence(self, model, params, X):
+        return self._per_sample_blocks(model, params, X, "divergence", model.out_features * X.shape[1])
+
+    def _per_sample_blocks(self, model, params, X, name, floats_per_sample):
+        N = X.shape[0]
+        n = chunk_size(4 * 8 * floats_per_sample, N)
+        fn = _compiled(model, None, name)
+        with _precision(params):
+            return np.concatenate([_np(fn(params, X[sl])) for sl in chunks(N, n, name)])
+
+
+def _widest(model: Chain) -> int:
+    return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+
+
+def _symmetrize(M: np.ndarray) -> np.ndarray:
+    """(M + Mᵀ)/2 in place: exact symmetry for matrices that are symmetric up to rounding."""
+    M = np.array(M, copy=True)
+    M += M.T.copy()
+    M *= 0.5
+    return M

@@ -1,0 +1,59 @@
+"""Memory estimates and the guard that refuses a result that cannot fit.
+
+Every quantity whose result grows with P² or N·C·P asks :func:`require` before
+allocating; the refusal names the size and cheaper alternatives.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import MemoryBudgetError
+
+#: Working memory a chunked computation may use at once, at most.
+CHUNK_BYTES = 256 * 2**20
+
+
+def available_bytes() -> int:
+    """Memory the OS reports as available now (``MemAvailable``), in bytes."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+ALTERNATIVES = {
+    "hessian": "diagonal(..., kind='hessian'), hvp(..., kind='hessian') or kron(...)",
+    "ggn": "diagonal(..., kind='ggn'), hvp(..., kind='ggn') or kron(..., kind='ggn')",
+    "empirical_fisher": "diagonal(..., kind='ef'), hvp(..., kind='ef') or kron(..., kind='ef')",
+    "param_jacobian": "a smaller batch of X, or hvp/diagonal for curvature",
+    "input_hessian": "laplacian(...) for the trace only, or a smaller batch of X",
+}
+
+
+def require(quantity: str, nbytes: int, shape: tuple[int, ...], *, fraction: float = 0.8) -> None:
+    """Raise :class:`MemoryBudgetError` when ``nbytes`` exceeds ``fraction`` of available memory."""
+    budget = fraction * available_bytes()
+    if nbytes > budget:
+        alt = ALTERNATIVES.get(quantity, "a smaller problem")
+        raise MemoryBudgetError(
+            f"{quantity} of shape {shape} needs about {format_bytes(nbytes)}, but only "
+            f"{format_bytes(budget)} can be used here; use {alt} instead"
+        )
+
+
+def chunk_size(bytes_per_item: int, total: int, budget: int = CHUNK_BYTES) -> int:
+    """How many items of ``bytes_per_item`` fit in ``budget`` (at least 1, at most ``total``)."""
+    return max(1, min(total, budget // max(1, bytes_per_item)))

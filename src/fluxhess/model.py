@@ -1,0 +1,300 @@
+"""The layer spec: ``Chain``, ``Dense``, activation layers, ``Flatten``.
+
+A spec is a plain description of a network that maps one-to-one onto a Flux
+``Chain`` (:meth:`Chain.to_flux`) and onto a JAX apply function. Parameters live
+outside the spec, as one flat vector θ ``(P,)`` in Flux ``destructure`` order:
+layers in Chain order; per Dense layer ``vec(W)`` (column-major, ``W`` is
+``(out, in)``, NumPy ``W.ravel(order="F")``) then the bias ``b`` ``(out,)``.
+:class:`ParamLayout` names every block of θ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputError, UnknownNameError
+
+#: Elementwise activations by their Flux/NNlib name (formulas in backends/jax.py).
+ELEMENTWISE = ("identity", "relu", "tanh", "sigmoid", "softplus", "elu", "leakyrelu", "swish", "gelu")
+#: Activations that act on a whole output column (dims=1 in Flux).
+COLUMNWISE = ("softmax", "logsoftmax")
+ACTIVATIONS = ELEMENTWISE + COLUMNWISE
+
+
+def _check_activation(name) -> str:
+    if name is None:
+        return "identity"
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise UnknownNameError(
+            f"activation must be one of {', '.join(ACTIVATIONS)}; got {name!r}"
+        )
+    return name
+
+
+def _check_width(what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{what} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """``Dense(in, out, activation=None, bias=True)``: ``σ.(W x .+ b)``, ``W`` ``(out, in)``."""
+
+    in_features: int
+    out_features: int
+    activation: str | None = None
+    bias: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "in_features", _check_width("Dense in", self.in_features))
+        object.__setattr__(self, "out_features", _check_width("Dense out", self.out_features))
+        act = _check_activation(self.activation)
+        if act in COLUMNWISE:
+            raise InputError(
+                f"Dense activation {act!r} acts on whole columns; put it in the Chain as its "
+                f"own layer instead: Chain(Dense(...), Activation({act!r}))"
+            )
+        object.__setattr__(self, "activation", act)
+        if not isinstance(self.bias, bool):
+            raise InputError(f"Dense bias must be True or False; got {self.bias!r}")
+
+    @property
+    def num_params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+    def to_flux(self) -> str:
+        act = "" if self.activation == "identity" else f", {self.activation}"
+        bias = "" if self.bias else "; bias=false"
+        return f"Dense({self.in_features} => {self.out_features}{act}{bias})"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A parameter-free activation layer, e.g. ``Activation("softmax")``."""
+
+    name: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", _check_activation(self.name))
+
+    num_params = 0
+
+    def to_flux(self) -> str:
+        if self.name in COLUMNWISE:
+            return self.name
+        return f"Base.Fix1(broadcast, {self.name})"
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Flattens each sample; inputs ``(N, ...)`` become ``(N, d)`` (row-major per sample)."""
+
+    num_params = 0
+
+    def to_flux(self) -> str:
+        return "Flux.flatten"
+
+
+Layer = Dense | Activation | Flatten
+
+
+@dataclass(frozen=True)
+class Block:
+    """One named block of θ: ``theta[offset:offset + size]`` reshaped (column-major) to ``shape``."""
+
+    name: str
+    layer: int
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.offset, self.offset + self.size)
+
+
+class ParamLayout(Sequence[Block]):
+    """The blocks of θ in destructure order: ``layers.{i}.weight`` ``(out, in)``, ``layers.{i}.bias``."""
+
+    def __init__(self, blocks: Sequence[Block]):
+        self._blocks = tuple(blocks)
+        self._by_name = {b.name: b for b in self._blocks}
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            try:
+                return self._by_name[index]
+            except KeyError:
+                raise UnknownNameError(
+                    f"no parameter block named {index!r}; the blocks are {', '.join(self.names)}"
+                ) from None
+        return self._blocks[index]
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __iter__(self) -> Iterator[Block]:
+        return iter(self._blocks)
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self._blocks]
+
+    @property
+    def num_params(self) -> int:
+        return sum(b.size for b in self._blocks)
+
+    def __repr__(self) -> str:
+        rows = [f"  {b.name:<20} {str(b.shape):<12} [{b.offset}:{b.offset + b.size}]" for b in self]
+        return "ParamLayout(\n" + "\n".join(rows) + "\n)"
+
+
+class Chain:
+    """A sequence of layers, applied in order, like Flux's ``Chain``.
+
+    >>> model = Chain(Dense(2, 5, "tanh"), Dense(5, 1))
+    >>> model.num_params
+    21
+    >>> model.to_flux()
+    'Chain(Dense(2 => 5, tanh), Dense(5 => 1))'
+    """
+
+    def __init__(self, *layers: Layer):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise InputError("Chain needs at least one layer; got none")
+        for i, layer in enumerate(layers):
+            if isinstance(layer, type) and layer in (Flatten,):
+                raise InputError(f"layer {i} is the class Flatten; write Flatten() instead")
+            if not isinstance(layer, (Dense, Activation, Flatten)):
+                raise InputError(
+                    f"layer {i} must be Dense, Activation or Flatten; got {type(layer).__name__}"
+                )
+        dense = [(i, l) for i, l in enumerate(layers) if isinstance(l, Dense)]
+        if not dense:
+            raise InputError("Chain needs at least one Dense layer")
+        for (i, a), (j, b) in zip(dense, dense[1:]):
+            if a.out_features != b.in_features:
+                raise InputError(
+                    f"layer {j} expects {b.in_features} inputs but layer {i} gives {a.out_features}"
+                )
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Flatten) and i != 0:
+                raise InputError(f"Flatten may only be the first layer; found at layer {i}")
+        self.layers: tuple[Layer, ...] = tuple(layers)
+        blocks, offset = [], 0
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dense):
+                blocks.append(Block(f"layers.{i}.weight", i, (layer.out_features, layer.in_features), offset))
+                offset += blocks[-1].size
+                if layer.bias:
+                    blocks.append(Block(f"layers.{i}.bias", i, (layer.out_features,), offset))
+                    offset += blocks[-1].size
+        self.layout = ParamLayout(blocks)
+
+    @classmethod
+    def mlp(cls, widths: Sequence[int], activation: str = "tanh", output: str | None = None, bias: bool = True):
+        """``Chain.mlp([d, h1, ..., C], activation="tanh", output=None)``.
+
+        Hidden Dense layers use ``activation``; the last Dense layer is linear, followed
+        by ``Activation(output)`` when ``output`` is given (e.g. ``"softmax"``).
+        """
+        widths = list(widths)
+        if len(widths) < 2:
+            raise InputError(f"mlp widths need at least [in, out]; got {widths}")
+        layers: list[Layer] = [
+            Dense(a, b, activation, bias) for a, b in zip(widths[:-2], widths[1:-1])
+        ]
+        layers.append(Dense(widths[-2], widths[-1], None, bias))
+        if output is not None:
+            layers.append(Activation(output))
+        return cls(*layers)
+
+    @property
+    def dense_layers(self) -> list[tuple[int, Dense]]:
+        return [(i, l) for i, l in enumerate(self.layers) if isinstance(l, Dense)]
+
+    @property
+    def in_features(self) -> int:
+        return self.dense_layers[0][1].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.dense_layers[-1][1].out_features
+
+    @property
+    def num_params(self) -> int:
+        return self.layout.num_params
+
+    @property
+    def flattens_input(self) -> bool:
+        return isinstance(self.layers[0], Flatten)
+
+    def init(self, seed: int = 0, dtype: str = "float64") -> np.ndarray:
+        """θ ``(P,)`` with Flux's default init: glorot_uniform weights, zero biases.
+
+        Weights are uniform on ``±sqrt(6 / (in + out))``; the random stream is NumPy's,
+        not Julia's, so the numbers differ from a Julia ``Dense`` (the distribution does not).
+        """
+        rng = np.random.default_rng(seed)
+        theta = np.zeros(self.num_params, dtype=np.float64)
+        for block in self.layout:
+            if block.name.endswith(".weight"):
+                out, inp = block.shape
+                limit = math.sqrt(6.0 / (inp + out))
+                theta[block.slice] = rng.uniform(-limit, limit, size=block.size)
+        return theta.astype(_float_dtype(dtype))
+
+    def unflatten(self, params) -> dict[str, np.ndarray]:
+        """Split θ ``(P,)`` into ``{block name: array}``; weights ``(out, in)``."""
+        params = np.asarray(params)
+        if params.shape != (self.num_params,):
+            raise InputError(f"params must have shape ({self.num_params},); got {params.shape}")
+        return {b.name: params[b.slice].reshape(b.shape, order="F") for b in self.layout}
+
+    def flatten(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Inverse of :meth:`unflatten`: ``{block name: array}`` → θ ``(P,)``."""
+        missing = set(self.layout.names) - set(arrays)
+        extra = set(arrays) - set(self.layout.names)
+        if missing or extra:
+            raise InputError(
+                f"arrays must have exactly the blocks {self.layout.names}; "
+                f"missing {sorted(missing)}, unexpected {sorted(extra)}"
+            )
+        parts = []
+        for b in self.layout:
+            a = np.asarray(arrays[b.name])
+            if a.shape != b.shape:
+                raise InputError(f"{b.name} must have shape {b.shape}; got {a.shape}")
+            parts.append(a.ravel(order="F"))
+        return np.concatenate(parts)
+
+    def to_flux(self) -> str:
+        """The Julia source of the same model as a Flux ``Chain``."""
+        return "Chain(" + ", ".join(layer.to_flux() for layer in self.layers) + ")"
+
+    def __repr__(self) -> str:
+        return "Chain(" + ", ".join(map(repr, self.layers)) + ")"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Chain) and self.layers == other.layers
+
+    def __hash__(self) -> int:
+        return hash(self.layers)
+
+
+def _float_dtype(dtype) -> np.dtype:
+    if dtype in ("float64", np.float64):
+        return np.dtype(np.float64)
+    if dtype in ("float32", np.float32):
+        return np.dtype(np.float32)
+    raise UnknownNameError(f"dtype must be 'float64' or 'float32'; got {dtype!r}")
