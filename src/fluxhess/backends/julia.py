@@ -1,0 +1,437 @@
+"""The julia backend: every quantity computed by Flux + Zygote (+ ForwardDiff) in Julia.
+
+The bundled module ``FluxHess.jl`` does the work; this file only finds a Julia
+runtime, starts it lazily and once, hands arrays over and copies results back.
+
+- ``import fluxhess`` never imports juliacall. Detecting a runtime
+  (:meth:`JuliaBackend.unavailable_reason`) never downloads or starts anything.
+- Julia starts on the first real call, with juliapkg in offline mode unless
+  :func:`setup_julia` ran in this process or the user set
+  ``PYTHON_JULIAPKG_OFFLINE`` themselves, so a call never turns into a download.
+  A start that fails raises :class:`JuliaUnavailableError` with Julia's message,
+  and every later call raises the same error at once.
+- Arrays reach Julia as no-copy NumPy views in NumPy index order; FluxHess.jl
+  copies them into plain Julia arrays and returns plain arrays in NumPy index
+  order, which are copied into C-ordered NumPy arrays here.
+- One lock serialises every call into Julia. A Julia exception becomes a
+  :class:`BackendError` carrying Julia's message, the quantity and the shapes;
+  the process stays usable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
+from ..model import Chain
+
+#: The Julia packages FluxHess.jl loads (also declared in juliapkg.json / Project.toml).
+PACKAGES = ("Flux", "Zygote", "ForwardDiff")
+
+_HOW_TO_FIX = (
+    "Run `fluxhess setup-julia` once to install Julia and the Julia packages (a download "
+    "of a few hundred MB), or point PYTHON_JULIACALL_EXE at an existing Julia together "
+    "with PYTHON_JULIACALL_PROJECT at a Julia project that has "
+    + ", ".join(PACKAGES)
+    + " and PythonCall installed"
+)
+
+
+# --- locating things --------------------------------------------------------
+
+
+def module_path() -> Path:
+    """The bundled ``FluxHess.jl``: inside the installed package, else the source checkout."""
+    candidates = []
+    try:
+        candidates.append(Path(str(resources.files("fluxhess") / "julia" / "FluxHess.jl")))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - fluxhess is importable here
+        pass
+    # editable install / source checkout: <repo>/src/fluxhess/backends/julia.py -> <repo>/julia
+    candidates.append(Path(__file__).resolve().parents[3] / "julia" / "FluxHess.jl")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise JuliaUnavailableError(
+        "the bundled Julia module FluxHess.jl is missing; looked at "
+        + ", ".join(map(str, candidates))
+        + ". Reinstall fluxhess"
+    )
+
+
+def _juliapkg_state() -> dict:
+    """juliapkg's view of where its Julia and project live (reads env vars only)."""
+    from juliapkg.state import STATE  # side-effect free: only reads the environment
+
+    return STATE
+
+
+def _manifest_has(project: str, package: str) -> bool:
+    """Whether a Manifest of the Julia ``project`` records ``package`` as installed."""
+    try:
+        names = [n for n in os.listdir(project) if n.startswith("Manifest") and n.endswith(".toml")]
+    except OSError:
+        return False
+    for name in names:
+        try:
+            text = Path(project, name).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if f"[[deps.{package}]]" in text or f"[[{package}]]" in text:
+            return True
+    return False
+
+
+def find_runtime() -> tuple[str | None, str]:
+    """``(where Julia was found, how)`` or ``(None, why not)``, without starting or downloading.
+
+    Follows juliacall/juliapkg's own search order (julia-facts §6.4–6.6).
+    """
+    exe = os.environ.get("PYTHON_JULIACALL_EXE")
+    if exe:
+        found = shutil.which(exe)
+        if found is None:
+            return None, f"PYTHON_JULIACALL_EXE={exe} is not an executable"
+        if not os.environ.get("PYTHON_JULIACALL_PROJECT"):
+            return None, (
+                "PYTHON_JULIACALL_EXE is set but PYTHON_JULIACALL_PROJECT is not; juliacall needs both"
+            )
+        return found, "PYTHON_JULIACALL_EXE"
+    if os.environ.get("PYTHON_JULIACALL_PROJECT"):
+        return None, "PYTHON_JULIACALL_PROJECT is set but PYTHON_JULIACALL_EXE is not; juliacall needs both"
+    exe = os.environ.get("PYTHON_JULIAPKG_EXE")
+    if exe:
+        found = shutil.which(exe)
+        return (found, "PYTHON_JULIAPKG_EXE") if found else (None, f"PYTHON_JULIAPKG_EXE={exe} is not an executable")
+    state = _juliapkg_state()
+    installed = os.path.join(state["install"], "bin", "julia.exe" if os.name == "nt" else "julia")
+    if os.path.isfile(installed):
+        return installed, "juliapkg"
+    for name in ("juliaup", "julia"):
+        found = shutil.which(name)
+        if found:
+            return found, f"{name} on PATH"
+    return None, (
+        "no Julia runtime found (PYTHON_JULIACALL_EXE and PYTHON_JULIAPKG_EXE are unset, neither "
+        f"`julia` nor `juliaup` is on PATH, and juliapkg has installed none under {state['install']})"
+    )
+
+
+# --- errors -----------------------------------------------------------------
+
+
+def julia_message(exc: BaseException) -> str:
+    """The text of a Julia exception without its stack trace."""
+    text = str(exc)
+    for marker in ("\nStacktrace:", "\nstacktrace:"):
+        if marker in text:
+            text = text.split(marker, 1)[0]
+    return text.strip() or type(exc).__name__
+
+
+def map_julia_error(exc: BaseException, quantity: str, shapes: str) -> BackendError:
+    """A :class:`BackendError` for an exception raised by a Julia call."""
+    return BackendError(
+        f"{quantity} on backend 'julia' failed for {shapes}: {julia_message(exc)}"
+    )
+
+
+def _shapes(params, X, Y=None, V=None) -> str:
+    parts = [f"params {tuple(np.shape(params))}", f"X {tuple(np.shape(X))}"]
+    if Y is not None:
+        parts.append(f"y {tuple(np.shape(Y))}")
+    if V is not None:
+        parts.append(f"V {tuple(np.shape(V))}")
+    return ", ".join(parts)
+
+
+def _to_numpy(value) -> np.ndarray:
+    """An owned, C-ordered NumPy copy of a Julia array (or of anything array-like)."""
+    to_numpy = getattr(value, "to_numpy", None)
+    a = to_numpy() if to_numpy is not None else np.asarray(value)
+    return np.ascontiguousarray(a).copy()
+
+
+# --- starting Julia ---------------------------------------------------------
+
+_ONLINE = False  # set by setup_julia(): later starts in this process may install packages
+
+
+def _import_juliacall():
+    """``import juliacall``, offline unless the user chose otherwise (julia-facts §6.4–6.5)."""
+    if "juliacall" not in sys.modules and not _ONLINE and "PYTHON_JULIAPKG_OFFLINE" not in os.environ:
+        import juliapkg
+
+        juliapkg.offline(True)
+    import juliacall
+
+    return juliacall
+
+
+class JuliaBackend:
+    """Every quantity from FluxHess.jl (Flux + Zygote + ForwardDiff) through juliacall."""
+
+    name = "julia"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._fh = None  # the FluxHess Julia module, once started
+        self._jl = None  # juliacall.Main
+        self._failure: JuliaUnavailableError | None = None
+        self._models: dict = {}  # (source, seed, filename, dtype) -> Julia model
+
+    # -- availability -------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        if self._fh is not None:
+            return None
+        if self._failure is not None:
+            return str(self._failure)
+        where, how = find_runtime()
+        if where is None:
+            return f"{how}. {_HOW_TO_FIX}"
+        if how in ("PYTHON_JULIACALL_EXE",):
+            return None  # the user manages the project; a missing package shows on start
+        project = _juliapkg_state()["project"]
+        missing = [p for p in PACKAGES if not _manifest_has(project, p)]
+        if missing:
+            return (
+                f"Julia was found ({where}, via {how}) but the Julia packages {', '.join(missing)} "
+                f"are not installed in juliapkg's project {project}. {_HOW_TO_FIX}"
+            )
+        return None
+
+    def unsupported_reason(self, model) -> str | None:
+        from ..flux import FluxModel
+
+        if isinstance(model, (Chain, FluxModel)):
+            return None
+        return (
+            f"the julia backend runs fluxhess.Chain specs and FluxModels; got {type(model).__name__}. "
+            "Build one with fluxhess.Chain(...) or fluxhess.flux_model(source)"
+        )
+
+    def _start(self):
+        """The FluxHess module, starting Julia on first use. Call with the lock held."""
+        if self._fh is not None:
+            return self._fh
+        if self._failure is not None:
+            raise self._failure
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise JuliaUnavailableError(f"backend 'julia' is unavailable: {reason}")
+        try:
+            juliacall = _import_juliacall()
+        except Exception as e:  # juliacall raises plain Exceptions (julia-facts §6.5)
+            self._failure = JuliaUnavailableError(
+                f"backend 'julia' is unavailable: Julia was found but did not start: "
+                f"{julia_message(e)}. {_HOW_TO_FIX}"
+            )
+            raise self._failure from e
+        path = module_path()
+        try:
+            namespace = juliacall.newmodule("FluxHessPy")
+            namespace.include(str(path))
+            self._fh = namespace.FluxHess
+            self._jl = juliacall.Main
+        except Exception as e:
+            self._failure = JuliaUnavailableError(
+                f"backend 'julia' is unavailable: Julia started but loading {path} failed: "
+                f"{julia_message(e)}. {_HOW_TO_FIX}"
+            )
+            raise self._failure from e
+        return self._fh
+
+    def julia(self):
+        """The FluxHess Julia module (starting Julia if needed), for direct use."""
+        with self._lock:
+            return self._start()
+
+    # -- models -------------------------------------------------------------
+    def _model(self, model, dtype):
+        """The Julia model for a spec Chain or FluxModel, built once per dtype. Lock held."""
+        from ..flux import FluxModel
+
+        if isinstance(model, Chain):
+            key = (model.to_flux(), 0, "fluxhess.Chain", np.dtype(dtype).name)
+        elif isinstance(model, FluxModel):
+            key = (model.source, model.seed, model.filename, np.dtype(dtype).name)
+        else:
+            raise UnsupportedModelError(self.unsupported_reason(model))
+        jm = self._models.get(key)
+        if jm is None:
+            fh = self._start()
+            T = self._jl.Float64 if key[3] == "float64" else self._jl.Float32
+            try:
+                jm = fh.build_model(key[0], seed=key[1], T=T, filename=key[2])
+            except Exception as e:
+                raise map_julia_error(e, "building the Flux model", f"source {key[0][:200]!r}") from e
+            self._models[key] = jm
+        return jm
+
+    def parameters(self, model, dtype="float64") -> np.ndarray:
+        """θ of a FluxModel as Julia's ``destructure`` gives it, ``(P,)``."""
+        with self._lock:
+            jm = self._model(model, dtype)
+            try:
+                return _to_numpy(self._fh.parameters(jm))
+            except Exception as e:
+                raise map_julia_error(e, "parameters", "the model") from e
+
+    def to_spec(self, model):
+        """A FluxModel as ``(fluxhess.Chain, θ)``, or :class:`UnsupportedModelError`."""
+        from ..model import Activation, Dense, Flatten
+
+        with self._lock:
+            jm = self._model(model, "float64")
+            try:
+                layers = [dict(d) for d in self._fh.to_spec(jm)]
+                theta = _to_numpy(self._fh.parameters(jm))
+            except Exception as e:
+                raise UnsupportedModelError(
+                    f"this Flux model cannot be written as a fluxhess.Chain: {julia_message(e)}"
+                ) from e
+            spec, arrays = [], {}
+            for i, d in enumerate(layers):
+                kind = str(d["kind"])
+                if kind == "dense":
+                    spec.append(Dense(int(d["in"]), int(d["out"]), str(d["activation"]), bool(d["bias"])))
+                    arrays[f"layers.{i}.weight"] = _to_numpy(d["weight"])
+                    if bool(d["bias"]):
+                        arrays[f"layers.{i}.bias"] = _to_numpy(d["bias_values"])
+                elif kind == "activation":
+                    spec.append(Activation(str(d["activation"])))
+                else:
+                    spec.append(Flatten())
+        try:
+            chain = Chain(*spec)
+        except InputError as e:
+            raise UnsupportedModelError(f"this Flux model cannot be written as a fluxhess.Chain: {e}") from e
+        flat = chain.flatten(arrays)
+        if flat.shape != theta.shape or not np.array_equal(flat, theta):
+            raise UnsupportedModelError(
+                "this Flux model's parameters are not exactly its Dense layers' weights and biases "
+                f"({theta.shape[0]} parameters, {flat.shape[0]} in its Dense layers)"
+            )
+        return chain, theta
+
+    # -- one call into Julia ------------------------------------------------
+    def _call(self, quantity, model, params, X, *rest, Y=None, V=None, convert=_to_numpy):
+        with self._lock:
+            fh = self._start()
+            jm = self._model(model, params.dtype)
+            try:
+                out = getattr(fh, quantity)(jm, params, X, *rest)
+                return convert(out)
+            except Exception as e:
+                raise map_julia_error(e, quantity, _shapes(params, X, Y, V)) from e
+
+    # -- the quantities -----------------------------------------------------
+    def forward(self, model, params, X):
+        return self._call("forward", model, params, X)
+
+    def loss(self, model, params, X, Y, loss, agg):
+        return self._call("loss", model, params, X, Y, loss, agg, Y=Y, convert=float)
+
+    def gradient(self, model, params, X, Y, loss, agg):
+        return self._call("gradient", model, params, X, Y, loss, agg, Y=Y)
+
+    def hessian(self, model, params, X, Y, loss, agg):
+        return self._call("hessian", model, params, X, Y, loss, agg, Y=Y)
+
+    def ggn(self, model, params, X, Y, loss, agg):
+        return self._call("ggn", model, params, X, Y, loss, agg, Y=Y)
+
+    def empirical_fisher(self, model, params, X, Y, loss, agg):
+        return self._call("empirical_fisher", model, params, X, Y, loss, agg, Y=Y)
+
+    def hvp(self, model, params, X, Y, V, loss, agg, kind):
+        return self._call("hvp", model, params, X, Y, V, loss, agg, kind, Y=Y, V=V)
+
+    def diagonal(self, model, params, X, Y, loss, agg, kind):
+        return self._call("diagonal", model, params, X, Y, loss, agg, kind, Y=Y)
+
+    def kron(self, model, params, X, Y, loss, agg, kind):
+        def pairs(out):
+            return [(_to_numpy(A), _to_numpy(G)) for A, G in out]
+
+        return self._call("kron", model, params, X, Y, loss, agg, kind, Y=Y, convert=pairs)
+
+    def param_jacobian(self, model, params, X):
+        return self._call("param_jacobian", model, params, X)
+
+    def input_jacobian(self, model, params, X):
+        return self._call("input_jacobian", model, params, X)
+
+    def input_hessian(self, model, params, X):
+        return self._call("input_hessian", model, params, X)
+
+    def laplacian(self, model, params, X):
+        return self._call("laplacian", model, params, X)
+
+    def divergence(self, model, params, X):
+        return self._call("divergence", model, params, X)
+
+
+# --- installing ---------------------------------------------------------------
+
+
+def setup_julia(out=print) -> dict:
+    """Install Julia (if none is found) and the Julia packages, online, showing progress.
+
+    Uses juliapkg, the installer juliacall itself uses: it finds a Julia
+    (``PYTHON_JULIAPKG_EXE``, one it installed earlier, ``juliaup``, ``julia`` on
+    PATH) or downloads one, then adds the packages of fluxhess's ``juliapkg.json``
+    (Flux, Zygote, ForwardDiff and PythonCall) to its project and precompiles
+    them; Julia's and Pkg's own progress output is shown as it runs. Then it
+    starts Julia in this process and loads FluxHess.jl, so the julia backend is
+    ready. Returns (and prints) what went where.
+    """
+    global _ONLINE
+    if os.environ.get("PYTHON_JULIACALL_EXE") and os.environ.get("PYTHON_JULIACALL_PROJECT"):
+        out(
+            "PYTHON_JULIACALL_EXE and PYTHON_JULIACALL_PROJECT are set, so juliacall uses that Julia and "
+            "project as they are and installs nothing. Make sure the project has "
+            + ", ".join(PACKAGES)
+            + " and PythonCall, e.g.\n  "
+            + os.environ["PYTHON_JULIACALL_EXE"]
+            + " --project="
+            + os.environ["PYTHON_JULIACALL_PROJECT"]
+            + ' -e \'import Pkg; Pkg.add(["Flux", "Zygote", "ForwardDiff", "PythonCall"])\''
+        )
+        info = {"executable": os.environ["PYTHON_JULIACALL_EXE"], "project": os.environ["PYTHON_JULIACALL_PROJECT"]}
+    else:
+        if "juliacall" in sys.modules:
+            raise JuliaUnavailableError(
+                "Julia was already started in this Python process; run `fluxhess setup-julia` in a fresh process"
+            )
+        if os.environ.get("PYTHON_JULIAPKG_OFFLINE", "").lower() in ("yes", "true", "1"):
+            raise JuliaUnavailableError(
+                "PYTHON_JULIAPKG_OFFLINE is set, so nothing can be installed; unset it and run setup again"
+            )
+        import juliapkg
+
+        juliapkg.offline(False)
+        _ONLINE = True
+        state = _juliapkg_state()
+        out(f"Resolving the Julia packages of fluxhess into {state['project']} (this downloads on first use)...")
+        juliapkg.resolve()
+        info = {"executable": juliapkg.executable(), "project": juliapkg.project()}
+        out(f"Julia: {info['executable']}")
+        out(f"Julia project: {info['project']}")
+    out("Starting Julia and loading FluxHess.jl (first start compiles; this can take a few minutes)...")
+    from . import _REGISTRY  # the backend instance fluxhess uses
+
+    backend = _REGISTRY["julia"]
+    fh = backend.julia()
+    version = str(backend._jl.seval("string(VERSION)"))
+    info["julia_version"] = version
+    info["module"] = str(module_path())
+    out(f"Julia {version} is ready; FluxHess.jl loaded from {info['module']}")
+    return info
