@@ -1,0 +1,207 @@
+"""Checks of the Julia side that need no Julia: syntax, declared packages, fixtures, the wheel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+JL_FILES = sorted(ROOT.joinpath("julia").rglob("*.jl"))
+FIXTURES = sorted(ROOT.joinpath("tests", "fixtures").glob("*.toml"))
+
+
+def _error_nodes(node):
+    if node.type == "ERROR" or node.is_missing:
+        yield node
+    for child in node.children:
+        yield from _error_nodes(child)
+
+
+def test_there_is_julia_code():
+    names = {p.relative_to(ROOT).as_posix() for p in JL_FILES}
+    assert {"julia/FluxHess.jl", "julia/test/runtests.jl"} <= names
+
+
+@pytest.mark.parametrize("path", JL_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_julia_file_parses(path):
+    tree_sitter = pytest.importorskip("tree_sitter")
+    tree_sitter_julia = pytest.importorskip("tree_sitter_julia")
+    parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_julia.language()))
+    source = path.read_bytes()
+    tree = parser.parse(source)
+    bad = [
+        f"line {n.start_point[0] + 1}: {source[n.start_byte:n.end_byte][:60]!r}"
+        for n in _error_nodes(tree.root_node)
+    ]
+    assert not tree.root_node.has_error, f"{path.name} does not parse: {bad}"
+
+
+def test_module_exports_the_python_names():
+    """Every quantity of the Backend Protocol has a Julia function of the same name."""
+    from fluxhess.backends.base import Backend
+
+    text = ROOT.joinpath("julia", "FluxHess.jl").read_text(encoding="utf-8")
+    quantities = [
+        name
+        for name in vars(Backend)
+        if not name.startswith("_") and name not in ("name", "unavailable_reason", "unsupported_reason")
+    ]
+    assert quantities
+    for name in quantities + ["build_model", "parameters", "to_spec"]:
+        assert f"function {name}(" in text or f"\n{name}(" in text, name
+
+
+def _project_toml():
+    return tomllib.loads(ROOT.joinpath("julia", "Project.toml").read_text(encoding="utf-8"))
+
+
+def _juliapkg_json():
+    return json.loads(ROOT.joinpath("src", "fluxhess", "juliapkg.json").read_text(encoding="utf-8"))
+
+
+def test_juliapkg_json_matches_project_toml():
+    from juliapkg.compat import Compat
+
+    project, pkg = _project_toml(), _juliapkg_json()
+    assert project["deps"] == {name: spec["uuid"] for name, spec in pkg["packages"].items()}
+    compat = dict(project.get("compat", {}))
+    julia = compat.pop("julia")
+    assert str(Compat.parse(julia)) == str(Compat.parse(pkg["julia"]))
+    versions = {name: spec["version"] for name, spec in pkg["packages"].items() if "version" in spec}
+    assert compat.keys() == versions.keys()
+    for name in compat:
+        assert str(Compat.parse(compat[name])) == str(Compat.parse(versions[name])), name
+
+
+def test_declared_packages_are_the_ones_the_module_loads():
+    text = ROOT.joinpath("julia", "FluxHess.jl").read_text(encoding="utf-8")
+    used = set()
+    for line in text.splitlines():
+        words = line.replace(",", " ").replace(":", " ").split()
+        if words and words[0] in ("import", "using"):
+            used.update(w for w in words[1:2])
+    declared = set(_project_toml()["deps"])
+    assert used == declared
+
+
+def test_compat_admits_current_releases():
+    """julia-facts §1: Flux 0.16.11, Zygote 0.7.12, ForwardDiff 1.4.5; juliacall needs Julia ^1.10.3."""
+    from juliapkg.compat import Compat, Version
+
+    pkg = _juliapkg_json()
+    current = {"Flux": "0.16.11", "Zygote": "0.7.12", "ForwardDiff": "1.4.5"}
+    for name, version in current.items():
+        assert Version.parse(version) in Compat.parse(pkg["packages"][name]["version"]), name
+    assert Version.parse("1.10.3") in Compat.parse(pkg["julia"])
+    assert "PythonCall" not in pkg["packages"]  # juliacall pins it; we never do
+
+
+UUIDS = {  # julia-facts §1.1
+    "Flux": "587475ba-b771-5e3f-ad9e-33799f191a9c",
+    "Zygote": "e88e6eb3-aa80-5325-afca-941959d7151f",
+    "ForwardDiff": "f6369f11-7733-5829-9624-2563aa707210",
+    "LinearAlgebra": "37e2e46d-f89d-539d-b4ee-838fcccc9c8e",
+    "Random": "9a3f8284-a2c9-5f02-9a11-845980a1fd5c",
+}
+
+
+def test_uuids_are_the_registered_ones():
+    for name, uuid in _project_toml()["deps"].items():
+        assert UUIDS[name] == uuid, name
+
+
+# --- fixtures -------------------------------------------------------------------
+
+QUANTITIES = {
+    "forward", "gradient", "hessian", "ggn", "empirical_fisher", "param_jacobian",
+    "input_jacobian", "input_hessian", "laplacian",
+    "hvp_hessian", "hvp_ggn", "hvp_ef", "diagonal_hessian", "diagonal_ggn", "diagonal_ef",
+    "kron_ggn", "kron_ef", "loss",
+}  # fmt: skip
+
+
+def test_fixtures_are_small_and_cover_every_loss_and_agg():
+    assert FIXTURES, "run: python tests/fixtures/make_fixtures.py"
+    assert sum(p.stat().st_size for p in FIXTURES) < 512 * 1024
+    seen = set()
+    for path in FIXTURES:
+        fx = tomllib.loads(path.read_text(encoding="utf-8"))
+        seen.add((fx["loss"], fx["agg"]))
+        assert QUANTITIES <= set(fx["expected"]), path.name
+    from fluxhess.losses import AGGS, LOSSES
+
+    assert seen == {(loss, agg) for loss in LOSSES for agg in AGGS}
+    cases = [tomllib.loads(p.read_text(encoding="utf-8")) for p in FIXTURES]
+    sources = " ".join(fx["source"] for fx in cases)
+    assert "bias=false" in sources and "Flux.flatten" in sources and "softmax" in sources
+    assert any("divergence" in fx["expected"] for fx in cases)
+
+
+def _array(t):
+    return np.reshape(np.asarray(t["data"], dtype=np.float64), t["shape"], order="F")
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_fixture_arrays_read_back_in_numpy_order(path):
+    """Fortran-order data + shape, as Julia's reshape reads it, gives NumPy's index order."""
+    fx = tomllib.loads(path.read_text(encoding="utf-8"))
+    X, theta = _array(fx["X"]), _array(fx["theta"])
+    out = _array(fx["expected"]["forward"])
+    assert out.shape == (X.shape[0], _array(fx["Y"]).shape[1])
+    assert _array(fx["expected"]["hessian"]).shape == (theta.size, theta.size)
+    H = _array(fx["expected"]["hessian"])
+    np.testing.assert_allclose(H, H.T, rtol=1e-12, atol=1e-14)
+
+
+def test_fixture_writer_round_trips_floats_exactly(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    try:
+        import make_fixtures
+    finally:
+        sys.path.pop(0)
+    values = np.array([[0.1, -1e-300, 1 / 3], [2.5e16, -0.0, np.pi]])
+    text = "\n".join(make_fixtures._array_lines("a", values))
+    back = _array(tomllib.loads(text)["a"])
+    assert back.shape == values.shape and np.array_equal(back, values)
+
+
+# --- the wheel --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    pytest.importorskip("hatchling")
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (path,) = out.glob("fluxhess-*.whl")
+    return path
+
+
+def test_wheel_carries_the_julia_module_and_juliapkg_json(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert "fluxhess/julia/FluxHess.jl" in names
+        assert "fluxhess/juliapkg.json" in names  # where juliapkg looks (julia-facts §6.2)
+        assert z.read("fluxhess/julia/FluxHess.jl") == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()
+        assert json.loads(z.read("fluxhess/juliapkg.json")) == _juliapkg_json()
+
+
+def test_module_path_finds_the_bundled_file():
+    from fluxhess.backends.julia import module_path
+
+    path = module_path()
+    assert path.name == "FluxHess.jl" and path.is_file()
+    assert path.read_bytes() == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()
