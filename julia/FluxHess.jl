@@ -26,7 +26,7 @@ over reverse.
 module FluxHess
 
 # `gradient` and `kron` are public but not exported: they would clash with
-# `Zygote.gradient`/`Flux.gradient` and `Base.kron`. Call them as
+# `Zygote.gradient`/`Flux.gradient` and `LinearAlgebra.kron`. Call them as
 # `FluxHess.gradient` and `FluxHess.kron`.
 export build_model, parameters, to_spec,
        forward, loss, hessian, ggn, empirical_fisher, hvp, diagonal,
@@ -169,7 +169,8 @@ function _objective(model, θ, X, Y, lossname, agg)
     Xt, Yt = _batch(X, T), _batch(Y, T)
     _check_targets(_outputs(re(θ), Xt), Yt)
     Lŷ = _batchloss(lossname, agg)
-    return ϑ -> Lŷ(re(ϑ)(Xt), Yt), θ, T
+    L(ϑ) = Lŷ(re(ϑ)(Xt), Yt)
+    return L, θ, T
 end
 
 # Zygote.gradient, with `nothing` (no dependence) read as zero.

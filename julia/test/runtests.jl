@@ -123,7 +123,7 @@ end
             offset = 0
             for (A, G) in blocks
                 n = size(A, 1) * size(G, 1)
-                @test Base.kron(A, G) ≈ M[offset+1:offset+n, offset+1:offset+n] rtol = 1e-10
+                @test LinearAlgebra.kron(A, G) ≈ M[offset+1:offset+n, offset+1:offset+n] rtol = 1e-10
                 offset += n
             end
             @test offset == length(θ)

@@ -1,0 +1,132 @@
+"""The julia backend against the JAX fixtures, through the public API, when Julia can run.
+
+Skipped, with the reason, when no Julia runtime is found (fluxhess.backends()).
+Julia starts once for the whole session (the backend is a process-wide singleton).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fluxhess as fh
+from fluxhess.errors import BackendError, UnsupportedModelError
+from fluxhess.flux import FluxModel, flux_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = sorted(ROOT.joinpath("tests", "fixtures").glob("*.toml"))
+RTOL, ATOL = 1e-10, 1e-12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def julia_available():
+    reason = fh.backends()["julia"]
+    if reason is not None:
+        pytest.skip(f"julia backend unavailable: {reason}")
+
+
+def _array(t):
+    return np.reshape(np.asarray(t["data"], dtype=np.float64), t["shape"], order="F")
+
+
+def _spec(source: str) -> fh.Chain:
+    """The spec Chain whose to_flux() is ``source`` (the fixtures store the source)."""
+    chain, _ = FluxModel(source).to_spec()
+    assert chain.to_flux() == source
+    return chain
+
+
+def _close(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    scale = max(np.linalg.norm(want), 1e-300)
+    assert np.linalg.norm(got - want) <= max(ATOL, RTOL * scale), np.linalg.norm(got - want) / scale
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_every_quantity_matches_the_jax_fixture(path):
+    fx = tomllib.loads(path.read_text(encoding="utf-8"))
+    model = _spec(fx["source"])
+    theta, X, Y, V = (_array(fx[k]) for k in ("theta", "X", "Y", "V"))
+    ex = fx["expected"]
+    kw = dict(loss=fx["loss"], agg=fx["agg"], backend="julia")
+    assert fh.loss(model, theta, X, Y, **kw) == pytest.approx(ex["loss"], rel=RTOL)
+    _close(fh.forward(model, theta, X, backend="julia"), _array(ex["forward"]))
+    for name in ("gradient", "hessian", "ggn", "empirical_fisher"):
+        _close(getattr(fh, name)(model, theta, X, Y, **kw), _array(ex[name]))
+    for kind in ("hessian", "ggn", "ef"):
+        _close(fh.hvp(model, theta, X, Y, V, kind=kind, **kw), _array(ex[f"hvp_{kind}"]))
+        _close(fh.diagonal(model, theta, X, Y, kind=kind, **kw), _array(ex[f"diagonal_{kind}"]))
+    for kind in ("ggn", "ef"):
+        got = fh.kron(model, theta, X, Y, kind=kind, **kw)
+        assert len(got) == len(ex[f"kron_{kind}"])
+        for f, e in zip(got, ex[f"kron_{kind}"]):
+            _close(f.A, _array(e["A"]))
+            _close(f.G, _array(e["G"]))
+    for name in ("param_jacobian", "input_jacobian", "input_hessian", "laplacian", "divergence"):
+        if name in ex:
+            _close(getattr(fh, name)(model, theta, X, backend="julia"), _array(ex[name]))
+
+
+def test_results_are_owned_c_ordered_numpy():
+    path = FIXTURES[0]
+    fx = tomllib.loads(path.read_text(encoding="utf-8"))
+    model = _spec(fx["source"])
+    theta, X, Y = (_array(fx[k]) for k in ("theta", "X", "Y"))
+    for out in (
+        fh.hessian(model, theta, X, Y, backend="julia"),
+        fh.param_jacobian(model, theta, X, backend="julia"),
+        fh.input_hessian(model, theta, X, backend="julia"),
+    ):
+        assert isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.owndata
+        assert out.dtype == np.float64
+    H32 = fh.hessian(model, theta, X, Y, backend="julia", dtype="float32")
+    assert H32.dtype == np.float32
+    np.testing.assert_allclose(H32, fh.hessian(model, theta, X, Y, backend="julia"), rtol=1e-3, atol=1e-4)
+
+
+def test_flux_model_round_trips_through_the_spec():
+    m = flux_model("Chain(Dense(3 => 4, tanh), Dense(4 => 2; bias=false), softmax)", seed=7)
+    theta = m.params
+    assert theta.dtype == np.float64 and theta.shape == (m.num_params,) == (3 * 4 + 4 + 4 * 2,)
+    chain, theta2 = m.to_spec()
+    assert chain.to_flux() == "Chain(Dense(3 => 4, tanh), Dense(4 => 2; bias=false), softmax)"
+    np.testing.assert_array_equal(theta, theta2)
+    assert np.array_equal(flux_model(m.source, seed=7).params, theta)  # the seed fixes the init
+    assert not np.array_equal(flux_model(m.source, seed=8).params, theta)
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    y = np.array([0, 1, 1, 0, 1])
+    H_julia = fh.hessian(m, theta, X, y, loss="crossentropy", backend="julia")
+    H_jax = fh.hessian(chain, theta2, X, y, loss="crossentropy", backend="jax")
+    _close(H_julia, H_jax)
+
+
+def test_a_model_outside_the_spec_runs_on_julia_and_says_why_it_has_no_spec():
+    m = flux_model("Chain(Dense(2 => 3, x -> x^3), Dense(3 => 1))")
+    with pytest.raises(UnsupportedModelError, match="layer 1"):
+        m.to_spec()
+    X = np.array([[0.1, 0.2], [0.3, -0.4]])
+    H = fh.hessian(m, m.params, X, np.zeros(2), backend="julia")
+    assert H.shape == (m.num_params, m.num_params)
+    np.testing.assert_allclose(H, H.T)
+
+
+def test_a_julia_failure_is_a_backend_error_and_julia_stays_usable():
+    # Zygote cannot differentiate array mutation: the message says so.
+    bad = flux_model("Chain(Dense(2 => 2), x -> (y = similar(x); y .= 2 .* x; y))")
+    X, y = np.ones((3, 2)), np.zeros((3, 2))
+    with pytest.raises(BackendError) as info:
+        fh.gradient(bad, bad.params, X, y, backend="julia")
+    text = str(info.value)
+    assert "gradient" in text and "julia" in text and "X (3, 2)" in text
+    assert "Stacktrace" not in text
+    good = fh.Chain(fh.Dense(2, 2))
+    assert fh.gradient(good, good.init(), X, y, backend="julia").shape == (6,)
+
+
+def test_a_broken_source_names_the_problem():
+    with pytest.raises(BackendError, match="UndefVarError|not defined"):
+        flux_model("Chain(Dense(2 => 2), NoSuchLayer())").params
