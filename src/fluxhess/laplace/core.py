@@ -1,0 +1,565 @@
+"""``Laplace``: a Gaussian posterior around θ_MAP from any backend's curvature.
+
+Conventions are laplace-torch's (``laplace/baselaplace.py``), so that the same model,
+weights, data and settings give the same numbers:
+
+- posterior precision ``P = c·H + P₀`` with ``H`` the curvature of the summed loss over
+  the subset and ``c`` the likelihood factor (:mod:`fluxhess.laplace.likelihood`);
+- log marginal likelihood
+  ``log p(y | θ_MAP) − ½·(log det P − log det P₀ + (θ_MAP − μ₀)ᵀ P₀ (θ_MAP − μ₀))``;
+- prior precision: one value, one per block of the subset (laplace-torch's per-layer
+  prior, one per parameter tensor), or one per parameter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import api, memory
+from ..backends import get as _get_backend
+from .. import validate as check
+from ..errors import FluxHessError, InputError
+from ..model import Chain
+from ..progress import chunks
+from ..train import lbfgs
+from . import curvature as K
+from . import likelihood as lik
+from . import posterior
+from . import predictive as pred
+from . import store
+from .subset import Subset, resolve
+
+PRIOR_STRUCTURES = ("scalar", "layerwise", "diag")
+METHODS = ("marglik", "gridsearch")
+
+
+def _positive_scalar(argument: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{argument} must be a positive number; got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise InputError(f"{argument} must be positive and finite; got {v}")
+    return v
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+class Laplace:
+    """A Laplace approximation ``N(θ_MAP, P⁻¹)`` over a subset of a network's parameters.
+
+    - ``model``: a :class:`fluxhess.Chain` whose output is the likelihood's parameter:
+      logits for classification (no final softmax/sigmoid layer), the mean for regression.
+    - ``params``: θ_MAP ``(P,)`` (e.g. from :func:`fluxhess.fit_map`).
+    - ``likelihood``: ``"classification"`` (softmax for C ≥ 2 outputs, sigmoid for C == 1)
+      or ``"regression"`` (Gaussian with noise ``sigma_noise``).
+    - ``curvature``: ``"ggn"``, ``"ef"`` (empirical Fisher) or ``"hessian"``.
+    - ``structure``: ``"full"`` ``(P_s, P_s)``, ``"diag"`` or ``"kron"`` (KFAC, per block).
+    - ``subset``: ``"all"``, ``"last_layer"`` (the last Dense layer's weight and bias) or a
+      list of block names of ``model.layout``; ``P_s`` is its number of parameters.
+    - ``prior_precision``: ``> 0``; a scalar, one per block of the subset ``(B,)``, or
+      ``(P_s,)``. ``prior_mean``: a scalar or ``(P_s,)``.
+    - ``sigma_noise``: σ ``> 0`` (regression; 1 for classification); ``temperature`` T ``> 0``.
+    - ``backend``: the backend computing every curvature and Jacobian (``"auto"``, ``"jax"``,
+      ``"julia"``).
+    - ``clip_negative_eigenvalues``: with ``curvature="hessian"``, set the negative
+      eigenvalues (diag: entries) of the likelihood Hessian to 0 at ``fit``, with a warning
+      and :attr:`clipped` saying what was removed.
+
+    Call :meth:`fit` with the training data, then use :meth:`log_marginal_likelihood`,
+    :meth:`optimize_prior_precision`, :meth:`predictive`, :meth:`sample`.
+    """
+
+    def __init__(
+        self,
+        model,
+        params,
+        likelihood: str = "classification",
+        *,
+        curvature: str = "ggn",
+        structure: str = "full",
+        subset="all",
+        prior_precision=1.0,
+        prior_mean=0.0,
+        sigma_noise=1.0,
+        temperature=1.0,
+        backend: str = "auto",
+        clip_negative_eigenvalues: bool = False,
+    ):
+        if not isinstance(model, Chain):
+            raise InputError(
+                f"model must be a fluxhess.Chain; got {type(model).__name__}"
+                + (". Convert a Flux model with model.to_spec()" if hasattr(model, "to_spec") else "")
+            )
+        self.model = model
+        self.likelihood = lik.check_choice(likelihood)
+        lik.check_model(model, self.likelihood)
+        self.structure = check.choice("structure", structure, posterior.STRUCTURES)
+        self.curvature = K.check_kind(curvature, self.structure)
+        if not isinstance(clip_negative_eigenvalues, bool):
+            raise InputError(f"clip_negative_eigenvalues must be True or False; got {clip_negative_eigenvalues!r}")
+        if clip_negative_eigenvalues and self.curvature != "hessian":
+            raise InputError(
+                f"clip_negative_eigenvalues applies to curvature='hessian' only; curvature={self.curvature!r} "
+                "is positive semi-definite already"
+            )
+        self.clip_negative_eigenvalues = clip_negative_eigenvalues
+        _get_backend(backend, model)  # fail now, not at fit, when it cannot run
+        self.backend = backend
+        theta = check.params_array(params, model.num_params, np.dtype(np.float64))
+        theta.setflags(write=False)
+        self.params = theta
+        self._subset: Subset = resolve(model, subset)
+        self.temperature = _positive_scalar("temperature", temperature)
+        self._cache = None
+        self.sigma_noise = sigma_noise
+        self.prior_precision = prior_precision
+        self.prior_mean = prior_mean
+        self._curv = None
+        self.clipped: K.Clipped | None = None
+        self.loss = None  # Σ_n ℓ_n at θ_MAP, set by fit
+        self.n_data = None
+        self.n_outputs = model.out_features
+
+    # -- the subset and hyperparameters ----------------------------------------
+
+    @property
+    def subset(self) -> list[str]:
+        """The block names of the subset, in layout order."""
+        return self._subset.names
+
+    @property
+    def n_params(self) -> int:
+        """``P_s``, the number of parameters in the subset."""
+        return self._subset.num_params
+
+    @property
+    def mean(self) -> np.ndarray:
+        """θ_MAP restricted to the subset ``(P_s,)``: the posterior mean."""
+        return self.params[self._subset.global_index]
+
+    @property
+    def prior_precision(self) -> np.ndarray:
+        """``(1,)``, ``(B,)`` or ``(P_s,)``, as set."""
+        return self._prior.copy()
+
+    @prior_precision.setter
+    def prior_precision(self, value) -> None:
+        self._prior = self._check_prior(value)
+        self._cache = None
+
+    @property
+    def sigma_noise(self) -> float:
+        return self._sigma
+
+    @sigma_noise.setter
+    def sigma_noise(self, value) -> None:
+        sigma = _positive_scalar("sigma_noise", value)
+        if self.likelihood == "classification" and sigma != 1.0:
+            raise InputError(f"sigma_noise is the regression noise; it must stay 1 for classification, got {sigma}")
+        self._sigma = sigma
+        self._cache = None
+
+    @property
+    def prior_mean(self) -> np.ndarray:
+        """``(P_s,)``."""
+        return self._prior_mean.copy()
+
+    @prior_mean.setter
+    def prior_mean(self, value) -> None:
+        m = np.asarray(value, dtype=np.float64)
+        if m.ndim == 0:
+            m = np.full(self.n_params, float(m))
+        if m.shape != (self.n_params,) or not np.all(np.isfinite(m)):
+            raise InputError(f"prior_mean must be a finite scalar or have shape ({self.n_params},); got shape {m.shape}")
+        self._prior_mean = m
+
+    def _check_prior(self, value, *, concrete: bool = True):
+        B, P = len(self._subset.blocks), self.n_params
+        allowed = {1: "one value", B: "one per block"}
+        if self.structure != "kron":
+            allowed.setdefault(P, "one per parameter")
+        p = np.atleast_1d(np.asarray(value, dtype=np.float64)) if concrete else jnp.atleast_1d(jnp.asarray(value, dtype=jnp.float64))
+        if p.ndim != 1 or p.shape[0] not in allowed:
+            shapes = ", ".join(f"({n},) ({what})" for n, what in allowed.items())
+            raise InputError(
+                f"prior_precision for this subset ({B} blocks, {P} parameters, structure={self.structure!r}) "
+                f"must be a scalar or have shape {shapes}; got shape {np.shape(value)}"
+            )
+        if concrete and (not np.all(np.isfinite(p)) or np.any(p <= 0)):
+            raise InputError(f"prior_precision must be positive and finite; got values from {p.min()} to {p.max()}")
+        return p
+
+    # -- fitting ----------------------------------------------------------------
+
+    @property
+    def fitted(self) -> bool:
+        return self._curv is not None
+
+    def _require_fit(self, what: str) -> None:
+        if not self.fitted:
+            raise FluxHessError(f"{what} needs a fitted Laplace approximation: call .fit(X, y) with the training data first")
+
+    def _features(self, X) -> np.ndarray:
+        if self._subset.head is None:
+            return check.inputs_array(X, self.model.in_features, self.model.flattens_input, np.dtype(np.float64))
+        return self._subset.features(self.params, X, self.backend)
+
+    def fit(self, X, y) -> "Laplace":
+        """Compute the curvature of the summed loss over the data, in chunks (a progress bar when long).
+
+        ``X``: ``(N, d)``; ``y``: classification — integer labels ``(N,)`` in ``[0, C)`` (0/1
+        for C == 1) or class probabilities ``(N, C)``; regression — ``(N, C)`` or ``(N,)`` for C == 1.
+
+        Returns: ``self``.
+        """
+        features = self._features(X)
+        N, C = features.shape[0], self.n_outputs
+        Y = lik.targets(self.likelihood, y, N, C)
+        loss = lik.loss_name(self.likelihood, C)
+        s = self._subset
+        theta_tail = s.tail_params(self.params)
+        H = K.summed_curvature(self.structure, self.curvature, s, self.params, features, Y, loss, self.backend)
+        if self.structure == "kron":
+            H = posterior.Kron(tuple(posterior.KronBlock.from_factors(A, G) for A, G in H))
+        self.clipped = None
+        if self.clip_negative_eigenvalues:
+            H, self.clipped = K.clip_negative(H)
+        self._curv = H
+        self.loss = api.loss(s.tail, theta_tail, features, Y, loss=loss, agg="sum", backend=self.backend)
+        self.n_data = N
+        self._cache = None
+        return self
+
+    # -- the posterior ------------------------------------------------------------
+
+    def _factor(self, sigma=None):
+        return lik.hessian_factor(self.likelihood, self._sigma if sigma is None else sigma, self.temperature)
+
+    def _not_positive_definite(self, c, prior) -> InputError:
+        with jax.enable_x64(True):
+            smallest = self._curv.smallest_eigenvalue(c, jnp.asarray(prior), self._subset.sizes)
+        msg = (
+            f"the posterior precision (factor × curvature + prior precision) is not positive definite: its most "
+            f"negative eigenvalue is {smallest:.6g}."
+        )
+        if self.curvature == "hessian":
+            h_min = K.most_negative_eigenvalue(self._curv)
+            return InputError(
+                f"{msg} The Hessian of the negative log likelihood is indefinite at these parameters (most "
+                f"negative eigenvalue {h_min:.6g}; not a minimum of the loss). Use curvature='ggn' (positive "
+                "semi-definite by construction), a larger prior_precision, or clip_negative_eigenvalues=True "
+                "to set the Hessian's negative eigenvalues to 0 (reported in Laplace.clipped)"
+            )
+        return InputError(f"{msg} Use a larger prior_precision")
+
+    def _decomposition(self):
+        """The current posterior's factorisation (cached until a hyperparameter changes)."""
+        self._require_fit("the posterior")
+        if self._cache is None:
+            c = self._factor()
+            with jax.enable_x64(True):
+                dec = self._curv.decompose(c, jnp.asarray(self._prior), self._subset.sizes)
+            if not self._curv.positive_definite(dec):
+                raise self._not_positive_definite(c, self._prior)
+            self._cache = dec
+        return self._cache
+
+    def _dense(self, quantity: str):
+        P = self.n_params
+        memory.require(quantity, 2 * P * P * 8, (P, P))
+
+    @property
+    def posterior_precision(self) -> np.ndarray:
+        """``P = c·H + P₀`` as a dense ``(P_s, P_s)`` matrix, for every structure."""
+        self._require_fit("posterior_precision")
+        self._dense("posterior_precision")
+        with jax.enable_x64(True):
+            return np.array(self._curv.precision(self._factor(), jnp.asarray(self._prior), self._subset.sizes))
+
+    @property
+    def posterior_covariance(self) -> np.ndarray:
+        """``P⁻¹`` as a dense ``(P_s, P_s)`` matrix, for every structure."""
+        dec = self._decomposition()
+        self._dense("posterior_covariance")
+        with jax.enable_x64(True):
+            return np.array(self._curv.covariance(dec))
+
+    @property
+    def posterior_variance(self) -> np.ndarray:
+        """The marginal posterior variances ``diag(P⁻¹)`` ``(P_s,)``."""
+        dec = self._decomposition()
+        if self.structure == "diag":
+            return 1.0 / np.asarray(dec)
+        return np.ascontiguousarray(np.diagonal(self.posterior_covariance))
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` draws of the subset's parameters from ``N(θ_MAP, P⁻¹)``.
+
+        Returns: ``(n, P_s)``.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InputError(f"n must be a positive integer; got {n!r}")
+        dec = self._decomposition()
+        Z = np.random.default_rng(seed).standard_normal((int(n), self.n_params))
+        with jax.enable_x64(True):
+            return self.mean + np.asarray(self._curv.scale(dec, jnp.asarray(Z)))
+
+    # -- the marginal likelihood ----------------------------------------------------
+
+    def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None):
+        """The Laplace log marginal likelihood (laplace-torch's formula), at the given hyperparameters.
+
+        ``log p(y | θ_MAP) − ½·(log det P − log det P₀ + (θ_MAP − μ₀)ᵀ P₀ (θ_MAP − μ₀))``.
+        ``prior_precision`` (shapes as in the constructor) and ``sigma_noise`` (regression)
+        default to the current ones and are *not* stored. Both may be JAX values: the
+        result is differentiable in them (``jax.grad``; enable float64 with
+        ``jax.enable_x64(True)`` around the call for full precision).
+
+        Returns: a 0-d float64 JAX array.
+        """
+        self._require_fit("log_marginal_likelihood")
+        if sigma_noise is not None and self.likelihood != "regression":
+            raise InputError("sigma_noise can only be changed for likelihood='regression'")
+        traced = _is_traced(prior_precision) or _is_traced(sigma_noise)
+        if traced and not jax.config.jax_enable_x64:
+            raise InputError(
+                "differentiating log_marginal_likelihood needs float64 JAX: wrap the jax.grad call in "
+                "`with jax.enable_x64(True):`"
+            )
+        with jax.enable_x64(True):
+            prior = jnp.asarray(self._prior) if prior_precision is None else self._check_prior(prior_precision, concrete=not traced)
+            prior = jnp.asarray(prior, dtype=jnp.float64)
+            if sigma_noise is None:
+                sigma = self._sigma
+            else:
+                sigma = sigma_noise if traced else _positive_scalar("sigma_noise", sigma_noise)
+            value = self._log_marglik(prior, sigma)
+        if not traced and not np.isfinite(np.asarray(value)):
+            raise self._not_positive_definite(self._factor(sigma), np.asarray(prior))
+        return value
+
+    def _log_marglik(self, prior, sigma, curv=None):
+        """The log marginal likelihood as a JAX function of the hyperparameters (and of ``curv``, for jit)."""
+        curv = self._curv if curv is None else curv
+        sizes = self._subset.sizes
+        c = self._factor(sigma)
+        p0 = posterior.prior_diagonal(prior, sizes)
+        delta = self.mean - self._prior_mean
+        log_det_ratio = curv.logdet(c, prior, sizes) - jnp.sum(jnp.log(p0))
+        scatter = jnp.sum(p0 * delta**2)
+        ll = lik.log_likelihood(self.likelihood, self.loss, sigma, self.temperature, self.n_data, self.n_outputs)
+        return ll - 0.5 * (log_det_ratio + scatter)
+
+    def optimize_prior_precision(
+        self,
+        method: str = "marglik",
+        prior_structure: str = "scalar",
+        *,
+        tune_sigma_noise: bool = False,
+        val=None,
+        grid=None,
+        pred_type: str = "glm",
+        link_approx=None,
+        n_samples: int = 100,
+        max_iter: int = 500,
+    ) -> "Laplace":
+        """Tune the prior precision (and, for regression, optionally σ); stores the result.
+
+        - ``method="marglik"``: maximise :meth:`log_marginal_likelihood` over the log prior
+          precision by L-BFGS with JAX gradients, with ``prior_structure`` ``"scalar"``,
+          ``"layerwise"`` (one per block; ``(B,)``) or ``"diag"`` (``(P_s,)``; not for kron),
+          started from the current value. ``tune_sigma_noise=True`` (regression) optimises
+          ``log σ`` jointly.
+        - ``method="gridsearch"``: a scalar prior precision from ``grid`` (default
+          ``logspace(-4, 4, 100)``, laplace-torch's) minimising the predictive negative log
+          likelihood on the validation data ``val=(X_val, y_val)`` — classification:
+          ``−mean log p(y)``; regression: the Gaussian NLL with the observation noise.
+
+        Returns: ``self``.
+        """
+        self._require_fit("optimize_prior_precision")
+        check.choice("method", method, METHODS)
+        check.choice("prior_structure", prior_structure, PRIOR_STRUCTURES)
+        if tune_sigma_noise and self.likelihood != "regression":
+            raise InputError("tune_sigma_noise=True applies to likelihood='regression' only")
+        if method == "gridsearch":
+            if tune_sigma_noise or prior_structure != "scalar":
+                raise InputError(
+                    "method='gridsearch' tunes one scalar prior precision; use method='marglik' for "
+                    "prior_structure='layerwise'/'diag' or tune_sigma_noise=True"
+                )
+            return self._gridsearch(val, grid, pred_type, link_approx, n_samples)
+        if val is not None or grid is not None:
+            raise InputError("val and grid are for method='gridsearch'; method='marglik' uses the training data only")
+        return self._maximise_marglik(prior_structure, tune_sigma_noise, max_iter)
+
+    def _initial_prior(self, prior_structure: str) -> np.ndarray:
+        sizes = self._subset.sizes
+        with jax.enable_x64(True):
+            p0 = np.asarray(posterior.prior_diagonal(jnp.asarray(self._prior), sizes))
+        if prior_structure == "diag":
+            if self.structure == "kron":
+                raise InputError("structure='kron' takes a scalar or per-block prior: use prior_structure='scalar' or 'layerwise'")
+            return p0
+        logs = np.log(p0)
+        if prior_structure == "scalar":
+            return np.array([np.exp(logs.mean())])
+        bounds = np.cumsum([0] + sizes)
+        return np.array([np.exp(logs[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])])
+
+    def _maximise_marglik(self, prior_structure: str, tune_sigma: bool, max_iter: int) -> "Laplace":
+        if self.curvature == "hessian" and self.clipped is None:
+            h_min = K.most_negative_eigenvalue(self._curv)
+            if h_min < 0:
+                raise InputError(
+                    f"the likelihood Hessian is indefinite (most negative eigenvalue {h_min:.6g}), so the marginal "
+                    "likelihood is undefined for small prior precisions and cannot be maximised. Use "
+                    "curvature='ggn', or clip_negative_eigenvalues=True to set those eigenvalues to 0"
+                )
+        x0 = np.log(self._initial_prior(prior_structure))
+        k = x0.size
+        if tune_sigma:
+            x0 = np.append(x0, np.log(self._sigma))
+
+        def negative(x, curv):
+            sigma = jnp.exp(x[k]) if tune_sigma else self._sigma
+            return -self._log_marglik(jnp.exp(x[:k]), sigma, curv)
+
+        with jax.enable_x64(True):
+            value_and_grad = jax.jit(jax.value_and_grad(negative))
+
+            def fun(x):
+                v, g = value_and_grad(jnp.asarray(x), self._curv)
+                if not np.isfinite(float(v)):
+                    return np.inf, np.zeros_like(x)
+                return float(v), np.asarray(g, dtype=np.float64)
+
+            result = lbfgs(fun, x0, max_iter=max_iter, gtol=1e-9, desc="marginal likelihood (L-BFGS)")
+        if not np.all(np.isfinite(result.x)):
+            raise FluxHessError(f"the marginal likelihood optimisation diverged: {result.message}")
+        self.prior_precision = np.exp(result.x[:k])
+        if tune_sigma:
+            self.sigma_noise = float(np.exp(result.x[k]))
+        return self
+
+    def _gridsearch(self, val, grid, pred_type, link_approx, n_samples) -> "Laplace":
+        if val is None or not isinstance(val, (tuple, list)) or len(val) != 2:
+            raise InputError("method='gridsearch' needs validation data val=(X_val, y_val)")
+        grid = np.logspace(-4, 4, 100) if grid is None else np.atleast_1d(np.asarray(grid, dtype=np.float64))
+        if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+            raise InputError(f"grid must be a non-empty 1-D array of positive prior precisions; got {grid!r}")
+        X_val, y_val = val
+        link = pred.check_link(link_approx, pred_type, self.likelihood)
+        features = self._features(X_val)
+        Y = lik.targets(self.likelihood, y_val, features.shape[0], self.n_outputs)
+        moments = self._glm_inputs(features) if pred_type == "glm" else None
+        original, scores = self._prior, []
+        try:
+            for value in grid:
+                self.prior_precision = value
+                try:
+                    p = self._predict(features, pred_type, link, n_samples, 0, moments)
+                except InputError:  # not positive definite at this prior precision
+                    scores.append(np.inf)
+                    continue
+                scores.append(self._nll(p, Y))
+        finally:
+            self.prior_precision = original
+        if not np.any(np.isfinite(scores)):
+            raise InputError("no prior precision in grid gives a positive definite posterior; use larger values")
+        self.prior_precision = grid[int(np.argmin(scores))]
+        return self
+
+    def _nll(self, p: pred.Predictive, Y: np.ndarray) -> float:
+        if self.likelihood == "regression":
+            return float(np.mean(np.sum(0.5 * np.log(2 * np.pi * p.variance) + (Y - p.mean) ** 2 / (2 * p.variance), axis=1)))
+        probs = np.clip(p.mean, 1e-300, 1.0)
+        if probs.shape[1] == 1:
+            return float(-np.mean(Y[:, 0] * np.log(probs[:, 0]) + (1 - Y[:, 0]) * np.log(np.clip(1 - probs[:, 0], 1e-300, 1))))
+        return float(-np.mean(np.sum(Y * np.log(probs), axis=1)))
+
+    # -- the predictive -------------------------------------------------------------
+
+    def predictive(self, X, pred_type: str = "glm", link_approx=None, n_samples: int = 100, seed: int = 0) -> pred.Predictive:
+        """The posterior predictive at ``X`` ``(N, d)``.
+
+        - ``pred_type="glm"``: the linearised network, ``f(x) ~ N(f_MAP(x), J P⁻¹ Jᵀ)``
+          with ``J = ∂f/∂θ_subset``; ``"nn"``: ``n_samples`` networks with θ from :meth:`sample`.
+        - ``link_approx`` (classification): ``"probit"`` (the default for glm), ``"bridge"`` or
+          ``"mc"`` (``n_samples`` draws; the only one, and the default, for nn). Not for regression.
+        - ``seed``: the random stream of ``mc`` and ``nn``.
+
+        Returns: a :class:`~fluxhess.laplace.Predictive` (``mean``, ``variance``, ``function_variance``
+        ``(N, C)``; ``function_covariance`` ``(N, C, C)``).
+        """
+        self._require_fit("predictive")
+        link = pred.check_link(link_approx, pred_type, self.likelihood)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise InputError(f"n_samples must be a positive integer; got {n_samples!r}")
+        features = self._features(X)
+        moments = self._glm_inputs(features) if pred_type == "glm" else None
+        return self._predict(features, pred_type, link, int(n_samples), seed, moments)
+
+    def _glm_inputs(self, features):
+        """``f_MAP`` ``(N, C)`` and the per-chunk Jacobians of the subset (independent of the prior)."""
+        s = self._subset
+        f_mu = api.forward(s.tail, s.tail_params(self.params), features, backend=self.backend)
+        N = features.shape[0]
+        step = memory.chunk_size(2 * 8 * self.n_outputs * s.tail.num_params, N)
+        jacobians = [(sl, s.jacobian(self.params, features[sl], self.backend)) for sl in chunks(N, step, "Laplace Jacobians")]
+        return f_mu, jacobians
+
+    def _predict(self, features, pred_type, link, n_samples, seed, moments) -> pred.Predictive:
+        if pred_type == "glm":
+            f_mu, jacobians = moments
+            dec = self._decomposition()
+            f_cov = np.empty((f_mu.shape[0], self.n_outputs, self.n_outputs))
+            with jax.enable_x64(True):
+                for sl, J in jacobians:
+                    f_cov[sl] = np.asarray(self._curv.inv_quad(dec, jnp.asarray(J)))
+            if self.likelihood == "regression":
+                return pred.regression(f_mu, f_cov, self._sigma)
+            probs = {
+                "probit": pred.probit,
+                "bridge": pred.bridge,
+                "mc": lambda m, v: pred.monte_carlo(m, v, n_samples, seed),
+            }[link](f_mu, f_cov)
+            return pred.classification(probs, f_mu, f_cov)
+        s = self._subset
+        theta_tail = np.array(s.tail_params(self.params))
+        outputs = []
+        for draw in self.sample(n_samples, seed):
+            theta_tail[s.index] = draw
+            outputs.append(api.forward(s.tail, theta_tail, features, backend=self.backend))
+        f = np.stack(outputs)  # (n_samples, N, C)
+        f_mu = f.mean(axis=0)
+        centred = f - f_mu
+        f_cov = np.einsum("snc,snk->nck", centred, centred) / max(n_samples - 1, 1)
+        if self.likelihood == "regression":
+            return pred.regression(f_mu, f_cov, self._sigma)
+        return pred.classification(pred.link(f).mean(axis=0), f_mu, f_cov)
+
+    # -- saving ----------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write the approximation (model spec, θ, settings, fitted curvature) to ``path`` (``.npz``)."""
+        store.save(self, path)
+
+    @classmethod
+    def load(cls, path) -> "Laplace":
+        """The approximation that :meth:`save` wrote to ``path``, ready to use."""
+        return store.load(cls, path)
+
+    def __repr__(self) -> str:
+        state = f"fitted on {self.n_data} samples" if self.fitted else "not fitted"
+        return (
+            f"Laplace({self.likelihood}, curvature={self.curvature!r}, structure={self.structure!r}, "
+            f"subset={len(self.subset)} blocks / {self.n_params} parameters, backend={self.backend!r}; {state})"
+        )

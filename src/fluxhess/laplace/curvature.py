@@ -1,0 +1,120 @@
+"""The summed-loss curvature of a subset, from the public API, in chunks of the data.
+
+Each structure asks the public API (hence any backend) for one quantity of the tail
+network (:mod:`fluxhess.laplace.subset`) on its input features, chunk by chunk, and
+sums: ``full`` → :func:`fluxhess.ggn` / :func:`fluxhess.empirical_fisher` /
+:func:`fluxhess.hessian`, ``diag`` → :func:`fluxhess.diagonal`, ``kron`` →
+:func:`fluxhess.kron`. All with ``agg="sum"``: the curvature of ``Σ_n ℓ_n``, unscaled;
+the likelihood's factor is applied later, in one place.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import api, memory
+from .. import validate as check
+from ..errors import InputError
+from ..progress import chunks
+from . import posterior
+from .subset import Subset, tail_block
+
+CURVATURES = ("ggn", "ef", "hessian")
+_DENSE = {"ggn": api.ggn, "ef": api.empirical_fisher, "hessian": api.hessian}
+
+
+class Clipped(NamedTuple):
+    """What ``clip_negative_eigenvalues=True`` removed from the likelihood Hessian."""
+
+    count: int  # how many eigenvalues (full) or diagonal entries (diag) were negative
+    total: int  # out of how many
+    most_negative: float  # the most negative one, now 0
+
+
+def _samples_per_chunk(subset: Subset, n_outputs: int, n_data: int) -> int:
+    P = subset.tail.num_params
+    return memory.chunk_size(3 * 8 * max(n_outputs, 1) * P, n_data)
+
+
+def summed_curvature(structure: str, kind: str, subset: Subset, theta, features, Y, loss: str, backend: str):
+    """The curvature ``H`` of ``Σ_n ℓ_n`` over the subset, in the form of ``structure``.
+
+    Returns a :class:`~fluxhess.laplace.posterior.Full` (``(P_s, P_s)``),
+    :class:`~fluxhess.laplace.posterior.Diag` (``(P_s,)``) or, for ``kron``, the per-block
+    factors ``[(A, G), ...]`` (eigendecomposed later).
+    """
+    N = features.shape[0]
+    tail, t_theta, idx = subset.tail, subset.tail_params(theta), subset.index
+    kw = dict(loss=loss, agg="sum", backend=backend)
+    step = _samples_per_chunk(subset, Y.shape[1], N)
+    if structure == "kron":
+        A_sum, G_sum = None, None
+        for sl in chunks(N, step, "Laplace fit (kron)"):
+            factors = api.kron(tail, t_theta, features[sl], Y[sl], kind=kind, **kw)
+            w = (sl.stop - sl.start) / N  # A is a mean over the chunk: reweight to the mean over all data
+            A_part = {f.layer: w * f.A for f in factors}
+            G_part = {f.layer: f.G for f in factors}
+            A_sum = A_part if A_sum is None else {k: A_sum[k] + A_part[k] for k in A_sum}
+            G_sum = G_part if G_sum is None else {k: G_sum[k] + G_part[k] for k in G_sum}
+        pairs = []
+        for block in subset.blocks:
+            layer, part = tail_block(subset, block).rsplit(".", 1)
+            A = A_sum[layer]
+            A = A[: block.shape[1], : block.shape[1]] if part == "weight" else A[-1:, -1:]  # bias: (1/N)·Σ 1
+            pairs.append((A, G_sum[layer]))
+        return pairs
+    total = None
+    for sl in chunks(N, step, f"Laplace fit ({structure})"):
+        if structure == "full":
+            part = _DENSE[kind](tail, t_theta, features[sl], Y[sl], **kw)
+            part = part if idx.size == part.shape[0] else part[np.ix_(idx, idx)]
+        else:
+            part = api.diagonal(tail, t_theta, features[sl], Y[sl], kind=kind, **kw)[idx]
+        total = part if total is None else total + part
+    return posterior.Full(total) if structure == "full" else posterior.Diag(total)
+
+
+def clip_negative(curvature) -> tuple[object, Clipped | None]:
+    """Set the negative eigenvalues (full) or diagonal entries (diag) of ``H`` to 0; report them."""
+    if isinstance(curvature, posterior.Full):
+        lam, Q = np.linalg.eigh(curvature.H)
+        negative = lam < 0
+        if not negative.any():
+            return curvature, None
+        report = Clipped(int(negative.sum()), lam.size, float(lam.min()))
+        lam = np.where(negative, 0.0, lam)
+        clipped = posterior.Full((Q * lam) @ Q.T)
+    else:
+        h = curvature.h
+        negative = h < 0
+        if not negative.any():
+            return curvature, None
+        report = Clipped(int(negative.sum()), h.size, float(h.min()))
+        clipped = posterior.Diag(np.where(negative, 0.0, h))
+    what = "eigenvalues" if isinstance(curvature, posterior.Full) else "diagonal entries"
+    warnings.warn(
+        f"clipped {report.count} of {report.total} negative {what} of the likelihood Hessian to 0 "
+        f"(most negative {report.most_negative:.6g}); Laplace.clipped has the details",
+        stacklevel=3,
+    )
+    return clipped, report
+
+
+def most_negative_eigenvalue(curvature) -> float:
+    """The smallest eigenvalue of a full ``H`` (the smallest entry of a diagonal one)."""
+    if isinstance(curvature, posterior.Full):
+        return float(np.linalg.eigvalsh(curvature.H)[0])
+    return float(np.min(curvature.h))
+
+
+def check_kind(kind, structure: str) -> str:
+    check.choice("curvature", kind, CURVATURES)
+    if structure == "kron" and kind == "hessian":
+        raise InputError(
+            "structure='kron' needs curvature='ggn' or 'ef' (KFAC factors exist for those); "
+            "for the exact Hessian use structure='full' or 'diag'"
+        )
+    return kind

@@ -1,0 +1,110 @@
+"""Saving a Laplace approximation to one ``.npz`` file and loading it back.
+
+The file holds the model spec and settings as JSON (key ``meta``) and every array —
+θ, the prior, the fitted curvature — under its own key; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..model import Activation, Chain, Dense, Flatten
+from . import posterior
+from .curvature import Clipped
+
+FORMAT = "fluxhess.Laplace/1"
+
+
+def _layers(model: Chain) -> list[dict]:
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            out.append(dict(type="Dense", in_features=layer.in_features, out_features=layer.out_features,
+                            activation=layer.activation, bias=layer.bias))
+        elif isinstance(layer, Activation):
+            out.append(dict(type="Activation", name=layer.name))
+        else:
+            out.append(dict(type="Flatten"))
+    return out
+
+
+def _chain(layers: list[dict]) -> Chain:
+    build = {
+        "Dense": lambda d: Dense(d["in_features"], d["out_features"], d["activation"], d["bias"]),
+        "Activation": lambda d: Activation(d["name"]),
+        "Flatten": lambda d: Flatten(),
+    }
+    return Chain(*[build[d["type"]](d) for d in layers])
+
+
+def save(la, path) -> None:
+    """Write ``la`` (fitted or not) to ``path`` (``.npz``)."""
+    meta = dict(
+        format=FORMAT,
+        model=_layers(la.model),
+        likelihood=la.likelihood,
+        curvature=la.curvature,
+        structure=la.structure,
+        subset=la.subset,
+        sigma_noise=la.sigma_noise,
+        temperature=la.temperature,
+        backend=la.backend,
+        clip_negative_eigenvalues=la.clip_negative_eigenvalues,
+        clipped=None if la.clipped is None else list(la.clipped),
+        loss=la.loss,
+        n_data=la.n_data,
+    )
+    arrays = dict(params=la.params, prior_precision=la.prior_precision, prior_mean=la.prior_mean)
+    curv = la._curv
+    if isinstance(curv, posterior.Full):
+        arrays["H"] = curv.H
+    elif isinstance(curv, posterior.Diag):
+        arrays["h"] = curv.h
+    elif isinstance(curv, posterior.Kron):
+        for i, b in enumerate(curv.blocks):
+            arrays.update({f"kron{i}_lam_A": b.lam_A, f"kron{i}_Q_A": b.Q_A, f"kron{i}_lam_G": b.lam_G, f"kron{i}_Q_G": b.Q_G})
+    with open(Path(path), "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def load(cls, path):
+    """The Laplace approximation saved at ``path``, fitted state included."""
+    with np.load(Path(path), allow_pickle=False) as data:
+        try:
+            meta = json.loads(str(data["meta"]))
+        except (KeyError, ValueError):
+            raise InputError(f"{path} is not a saved fluxhess Laplace approximation (no readable 'meta' entry)") from None
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path} holds format {meta.get('format')!r}; this fluxhess reads {FORMAT!r}")
+        arrays = {k: data[k] for k in data.files if k != "meta"}
+    la = cls(
+        _chain(meta["model"]),
+        arrays["params"],
+        meta["likelihood"],
+        curvature=meta["curvature"],
+        structure=meta["structure"],
+        subset=meta["subset"],
+        prior_precision=arrays["prior_precision"],
+        prior_mean=arrays["prior_mean"],
+        sigma_noise=meta["sigma_noise"],
+        temperature=meta["temperature"],
+        backend=meta["backend"],
+        clip_negative_eigenvalues=meta["clip_negative_eigenvalues"],
+    )
+    if "H" in arrays:
+        la._curv = posterior.Full(arrays["H"])
+    elif "h" in arrays:
+        la._curv = posterior.Diag(arrays["h"])
+    elif "kron0_lam_A" in arrays:
+        n = sum(1 for k in arrays if k.endswith("_lam_A"))
+        la._curv = posterior.Kron(tuple(
+            posterior.KronBlock(*(arrays[f"kron{i}_{part}"] for part in ("lam_A", "Q_A", "lam_G", "Q_G"))) for i in range(n)
+        ))
+    if la._curv is not None:
+        la.loss, la.n_data = meta["loss"], meta["n_data"]
+        la.clipped = None if meta["clipped"] is None else Clipped(*meta["clipped"])
+    return la
