@@ -21,6 +21,9 @@ from .api import (
     param_jacobian,
 )
 from .backends import backends
+from .compare import CompareReport, compare
+from .convert import from_flax, from_torch
+from .diagnostics import CurvatureDiagnostics, MemoryEstimate, curvature_diagnostics, estimate
 from .errors import (
     BackendError,
     BackendUnavailableError,
@@ -31,7 +34,9 @@ from .errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
+from .laplace import Laplace, Predictive
 from .model import Activation, Chain, Dense, Flatten, ParamLayout
+from .train import MapFit, fit_map
 
 __version__ = "0.1.0"
 
@@ -60,6 +65,21 @@ __all__ = [
     "input_hessian",
     "laplacian",
     "divergence",
+    # Laplace approximation and MAP training
+    "Laplace",
+    "Predictive",
+    "fit_map",
+    "MapFit",
+    # converters
+    "from_flax",
+    "from_torch",
+    # comparison and diagnostics
+    "compare",
+    "CompareReport",
+    "curvature_diagnostics",
+    "CurvatureDiagnostics",
+    "estimate",
+    "MemoryEstimate",
     # backends
     "backends",
     # errors
