@@ -1,0 +1,319 @@
+"""Common Flax and PyTorch MLPs as a :class:`fluxhess.Chain` with the same weights.
+
+- :func:`from_flax` takes a ``flax.linen`` module and the ``variables`` that
+  ``module.init`` returned; Flax ``Dense`` kernels are ``(in, out)`` and are
+  transposed into Flux's ``W`` ``(out, in)``.
+- :func:`from_torch` takes a ``torch.nn.Sequential`` of ``Linear`` and activation
+  modules; torch weights are already ``(out, in)``.
+- Flux source converts through ``fluxhess.flux.flux_model(source).to_spec()``.
+
+Each returns ``(model, params)``: a Chain and θ ``(P,)`` float64 in Flux
+``destructure`` order. An activation is mapped only where its formula is the
+one fluxhess computes (NNlib's): gelu is the tanh approximation, leakyrelu has
+slope 0.01, elu has α = 1, swish is x·σ(x), softplus never switches to x. A
+layer or activation without such a twin raises :class:`UnsupportedModelError`
+naming it. Neither torch nor flax is imported until its converter is called.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError, UnsupportedModelError
+from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
+
+# ---------------------------------------------------------------------------
+# PyTorch
+# ---------------------------------------------------------------------------
+
+
+def _torch_activation(layer, nn) -> tuple[str | None, str | None]:
+    """``(fluxhess activation name, None)`` for ``layer``, or ``(None, why not)``."""
+    kind = type(layer)
+    plain = {
+        nn.Identity: "identity",
+        nn.ReLU: "relu",
+        nn.Tanh: "tanh",
+        nn.Sigmoid: "sigmoid",
+        nn.SiLU: "swish",
+    }
+    if kind in plain:
+        return plain[kind], None
+    if kind is nn.GELU:
+        if layer.approximate == "tanh":
+            return "gelu", None
+        return None, "nn.GELU() is the exact (erf) gelu; NNlib's gelu is nn.GELU(approximate='tanh')"
+    if kind is nn.LeakyReLU:
+        if layer.negative_slope == 0.01:
+            return "leakyrelu", None
+        return None, f"nn.LeakyReLU has slope {layer.negative_slope}; NNlib's leakyrelu has slope 0.01"
+    if kind is nn.ELU:
+        if layer.alpha == 1.0:
+            return "elu", None
+        return None, f"nn.ELU has alpha={layer.alpha}; NNlib's elu has alpha=1"
+    if kind is nn.Softplus:
+        if layer.beta == 1.0 and math.isinf(layer.threshold):
+            return "softplus", None
+        return None, (
+            f"nn.Softplus(beta={layer.beta}, threshold={layer.threshold}) returns x above the threshold, "
+            "NNlib's softplus never does; use nn.Softplus(threshold=float('inf'))"
+        )
+    if kind in (nn.Softmax, nn.LogSoftmax):
+        name = "softmax" if kind is nn.Softmax else "logsoftmax"
+        if layer.dim in (1, -1):
+            return name, None
+        return None, f"{kind.__name__}(dim={layer.dim}) must act over the outputs of each sample: dim=1 or dim=-1"
+    return None, (
+        f"{kind.__name__} has no NNlib twin in fluxhess (it maps Linear, Identity, ReLU, Tanh, Sigmoid, "
+        "SiLU, GELU(approximate='tanh'), LeakyReLU(0.01), ELU(1.0), Softplus(threshold=inf), "
+        "Softmax(dim=-1), LogSoftmax(dim=-1) and a leading Flatten())"
+    )
+
+
+def from_torch(sequential) -> tuple[Chain, np.ndarray]:
+    """A ``torch.nn.Sequential`` as ``(Chain, θ)`` with the same weights.
+
+    Layer ``i`` of the Sequential becomes layer ``i`` of the Chain, so θ's blocks are
+    named like the Sequential's ``state_dict``: ``"layers.0.weight"`` is ``"0.weight"``.
+    ``Linear(in, out)`` → ``Dense(in, out)`` (its ``weight`` ``(out, in)`` as is), an
+    activation module → ``Activation(name)``, a leading ``Flatten()`` → ``Flatten()``.
+
+    Returns: ``(model, params)``, params ``(P,)`` float64.
+    """
+    import torch.nn as nn
+
+    if not isinstance(sequential, nn.Sequential):
+        raise UnsupportedModelError(
+            f"from_torch takes a torch.nn.Sequential of Linear and activation modules; got "
+            f"{type(sequential).__name__}. Write the network as nn.Sequential(nn.Linear(...), nn.Tanh(), ...)"
+        )
+    layers, arrays = [], {}
+    for i, layer in enumerate(sequential):
+        if type(layer) is nn.Linear:
+            layers.append(Dense(layer.in_features, layer.out_features, bias=layer.bias is not None))
+            arrays[f"layers.{i}.weight"] = _torch_numpy(layer.weight)
+            if layer.bias is not None:
+                arrays[f"layers.{i}.bias"] = _torch_numpy(layer.bias)
+        elif type(layer) is nn.Flatten and layer.start_dim == 1 and layer.end_dim == -1:
+            layers.append(Flatten())
+        else:
+            name, why = _torch_activation(layer, nn)
+            if name is None:
+                raise UnsupportedModelError(f"layer {i} of the Sequential ({layer!r}) cannot be mapped: {why}")
+            layers.append(Activation(name))
+    return _chain(layers, arrays, "the Sequential")
+
+
+def _torch_numpy(tensor) -> np.ndarray:
+    return tensor.detach().cpu().double().numpy().copy()
+
+
+# ---------------------------------------------------------------------------
+# Flax (linen)
+# ---------------------------------------------------------------------------
+
+#: Rows of probe data fed through the module while it is traced.
+_PROBE_ROWS = 64
+
+
+def from_flax(module, variables, *, input_shape=None) -> tuple[Chain, np.ndarray]:
+    """A ``flax.linen`` MLP as ``(Chain, θ)`` with the same weights.
+
+    The module may be any linen module whose ``__call__`` applies ``nn.Dense`` layers
+    in sequence with elementwise activations (or softmax/log_softmax) between them,
+    such as the common ``MLP(features)`` with ``nn.tanh``. It is traced with
+    ``module.apply``: the order of the Dense calls gives the layers, and each
+    activation is identified by substituting a grid of values for the preceding
+    Dense output and matching what reaches the next layer against NNlib's formulas.
+    Finally the Chain's output is checked against ``module.apply`` on random inputs.
+
+    ``variables``: what ``module.init`` returned (``{"params": ...}``).
+    ``input_shape``: the shape of one sample, default ``(in,)`` of the first Dense kernel;
+    a multi-dimensional shape puts ``Flatten()`` first (the module must flatten too).
+
+    Returns: ``(model, params)``, params ``(P,)`` float64; ``W`` is the kernel transposed.
+    """
+    import flax.linen as nn
+    import jax
+
+    if not isinstance(module, nn.Module):
+        raise UnsupportedModelError(
+            f"from_flax takes a flax.linen Module (with the variables module.init returned); "
+            f"got {type(module).__module__}.{type(module).__name__}"
+        )
+    if not isinstance(variables, dict) and not hasattr(variables, "keys"):
+        raise InputError(f"variables must be the dict module.init returned; got {type(variables).__name__}")
+    if "params" not in variables:
+        raise InputError(
+            f"variables must be the dict module.init returned, with a 'params' entry; got keys "
+            f"{sorted(map(str, variables.keys()))}. If you hold the parameters alone, pass {{'params': params}}"
+        )
+    with jax.enable_x64(True):
+        shape = _flax_input_shape(variables, input_shape)
+        X = np.random.default_rng(0).normal(size=(_PROBE_ROWS, *shape))
+        dense, output = _flax_dense_calls(module, variables, X, nn)
+        acts = _flax_activations(module, variables, shape, dense, nn)
+        layers, arrays = [Flatten()] if len(shape) > 1 else [], {}
+        for (_, kernel, bias, _), act in zip(dense, acts):
+            i = len(layers)
+            layers.append(Dense(kernel.shape[0], kernel.shape[1], None if act in COLUMNWISE else act, bias is not None))
+            arrays[f"layers.{i}.weight"] = kernel.T
+            if bias is not None:
+                arrays[f"layers.{i}.bias"] = bias
+            if act in COLUMNWISE:
+                layers.append(Activation(act))
+        model, theta = _chain(layers, arrays, "the Flax module")
+        _check_same_output(model, theta, X, output, "the Flax module's")
+    return model, theta
+
+
+def _flax_input_shape(variables, input_shape) -> tuple[int, ...]:
+    if input_shape is not None:
+        shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+        if not shape or any(not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
+            raise InputError(f"input_shape must be the shape of one sample, e.g. (3,); got {input_shape!r}")
+        return tuple(int(s) for s in shape)
+    from flax.traverse_util import flatten_dict
+
+    for path, leaf in flatten_dict(dict(variables["params"])).items():
+        if path[-1] == "kernel" and np.ndim(leaf) == 2:
+            return (int(np.shape(leaf)[0]),)
+    raise UnsupportedModelError(
+        "from_flax found no Dense kernel (a 2-D 'kernel' parameter) in variables['params']; "
+        "it converts MLPs made of nn.Dense layers"
+    )
+
+
+def _module_name(module) -> str:
+    return f"{'/'.join(map(str, module.path))} ({type(module).__name__})"
+
+
+def _flax_dense_calls(module, variables, X, nn):
+    """Apply the module to ``X``; return its Dense calls ``(name, kernel, bias, input)`` and output.
+
+    Any flax layer other than ``nn.Dense`` raises :class:`UnsupportedModelError` naming it.
+    """
+    calls, seen = [], set()
+
+    def record(next_fun, args, kwargs, context):
+        m = context.module
+        if context.method_name != "__call__" or m.scope is None or not m.path:
+            return next_fun(*args, **kwargs)
+        if type(m) is nn.Dense:
+            if m.path in seen:
+                raise UnsupportedModelError(
+                    f"layer {_module_name(m)} is called more than once (shared weights); a Chain cannot express that"
+                )
+            seen.add(m.path)
+            params = m.variables["params"]
+            kernel = np.asarray(params["kernel"], dtype=np.float64)
+            bias = np.asarray(params["bias"], dtype=np.float64) if m.use_bias else None
+            calls.append((_module_name(m), kernel, bias, np.asarray(args[0])))
+        elif type(m).__module__.startswith("flax."):
+            raise UnsupportedModelError(
+                f"layer {_module_name(m)} cannot be mapped: from_flax converts nn.Dense layers and the "
+                "activations between them"
+            )
+        return next_fun(*args, **kwargs)
+
+    try:
+        with nn.intercept_methods(record):
+            output = np.asarray(module.apply(variables, X))
+    except UnsupportedModelError:
+        raise
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"from_flax could not apply the module to inputs of shape {X.shape} "
+            f"(pass input_shape= if one sample is not {X.shape[1:]}): {type(e).__name__}: {e}"
+        ) from e
+    if not calls:
+        raise UnsupportedModelError("from_flax found no nn.Dense call in the module; it converts Dense MLPs")
+    first = calls[0]
+    if first[3].shape != (X.shape[0], first[1].shape[0]) or not np.array_equal(first[3], X.reshape(X.shape[0], -1)):
+        raise UnsupportedModelError(
+            f"the input reaches the first Dense layer {first[0]} changed (by something other "
+            "than flattening each sample); from_flax maps only Dense layers and activations"
+        )
+    return calls, output
+
+
+def _grid(rows: int, cols: int, seed: int) -> np.ndarray:
+    """Values spread over [-6, 6] (0 included), shuffled into ``(rows, cols)``."""
+    values = np.linspace(-6.0, 6.0, rows * cols)
+    return np.random.default_rng(seed).permutation(values).reshape(rows, cols)
+
+
+def _flax_activations(module, variables, shape, dense, nn) -> list[str]:
+    """The activation after each Dense call, identified on a grid of pre-activations."""
+    from .backends.jax import COLUMN, ELEMENTWISE
+
+    grids = [_grid(_PROBE_ROWS, kernel.shape[1], k) for k, (_, kernel, _, _) in enumerate(dense)]
+    reached, k = [], iter(range(len(dense)))
+
+    def substitute(next_fun, args, kwargs, context):
+        m = context.module
+        if context.method_name == "__call__" and type(m) is nn.Dense and m.scope is not None and m.path:
+            reached.append(np.asarray(args[0]))
+            return grids[next(k)]
+        return next_fun(*args, **kwargs)
+
+    X = np.zeros((_PROBE_ROWS, *shape))
+    with nn.intercept_methods(substitute):
+        output = np.asarray(module.apply(variables, X))
+    after = reached[1:] + [output]
+    candidates = {**ELEMENTWISE, **COLUMN}
+    names = []
+    for (where, _, _, _), grid, seen in zip(dense, grids, after):
+        match = [
+            name for name, fn in candidates.items()
+            if seen.shape == grid.shape and _same(np.asarray(fn(grid)), seen)
+        ]
+        if not match:
+            raise UnsupportedModelError(
+                f"the function applied to the output of layer {where} matches none of the activations fluxhess "
+                f"computes with NNlib's formulas ({', '.join(candidates)}). Flax functions that do: nn.relu, "
+                "nn.tanh, nn.sigmoid, nn.softplus, nn.elu (alpha=1), nn.leaky_relu (negative_slope=0.01), "
+                "nn.swish/nn.silu, nn.gelu (approximate=True), nn.softmax, nn.log_softmax; the exact gelu, "
+                "selu, celu and the like have no NNlib twin here"
+            )
+        names.append(match[0])
+    return names
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.all(np.abs(a - b) <= 1e-12 * np.maximum(1.0, np.abs(b))))
+
+
+# ---------------------------------------------------------------------------
+# Shared
+# ---------------------------------------------------------------------------
+
+
+def _chain(layers, arrays, what: str) -> tuple[Chain, np.ndarray]:
+    try:
+        model = Chain(*layers)
+    except InputError as e:
+        raise UnsupportedModelError(f"{what} cannot be written as a fluxhess.Chain: {e}") from e
+    return model, np.ascontiguousarray(model.flatten(arrays), dtype=np.float64)
+
+
+def _check_same_output(model: Chain, theta: np.ndarray, X: np.ndarray, expected: np.ndarray, whose: str) -> None:
+    """Refuse a conversion whose Chain does not reproduce the original output."""
+    from .api import forward
+
+    got = forward(model, theta, X, backend="jax")
+    tol = 1e4 * np.finfo(expected.dtype).eps * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    if got.shape != expected.shape or not np.all(np.abs(got - expected) <= tol):
+        detail = (
+            f"shape {got.shape} vs {expected.shape}" if got.shape != expected.shape
+            else f"max difference {np.max(np.abs(got - expected)):.3g}"
+        )
+        raise UnsupportedModelError(
+            f"the converted Chain {model.to_flux()} does not reproduce {whose} output ({detail}); "
+            "the module does more than Dense layers and activations"
+        )
+
+
+__all__ = ["from_flax", "from_torch"]
