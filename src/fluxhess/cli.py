@@ -12,6 +12,9 @@ import time
 
 import numpy as np
 
+from .compare import add_arguments as compare_arguments
+from .compare import command as compare_command
+
 
 def _summary(name: str, M: np.ndarray) -> str:
     eig = np.linalg.eigvalsh(M)
@@ -62,6 +65,10 @@ def info(args) -> int:
     print(f"fluxhess {fh.__version__}, numpy {np.__version__}, jax {jax.__version__}, python {sys.version.split()[0]}")
     for name, reason in fh.backends().items():
         print(f"  {name:6} {'available' if reason is None else 'unavailable: ' + reason}")
+    from .backends.julia import _juliapkg_state
+
+    state = _juliapkg_state()
+    print(f"  `fluxhess setup-julia` installs Julia under {state['install']} and its packages into {state['project']}")
     return 0
 
 
@@ -81,6 +88,7 @@ COMMANDS = {
     "demo": (demo, _backend_arg),
     "info": (info, lambda p: None),
     "setup-julia": (setup_julia, lambda p: None),
+    "compare": (compare_command, compare_arguments),
 }
 
 
