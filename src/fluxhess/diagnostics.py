@@ -1,0 +1,235 @@
+"""Curvature diagnostics of one model and data set, and memory estimates before computing.
+
+:func:`curvature_diagnostics` computes the Hessian H, the GGN G and the
+empirical Fisher F of the same loss and reports, side by side:
+
+- the eigenvalue spectra of H, G and F (``eigenvalues``, ascending);
+- the negative eigenvalue mass of H, ``Σ_{λ<0} |λ| / Σ |λ|`` (0 for a convex
+  point, near 1/2 at a saddle dominated by negative curvature);
+- the relative gaps ``‖F − G‖_F / ‖G‖_F`` and ``‖G − H‖_F / ‖H‖_F``: how far the
+  empirical Fisher is from the GGN, and the GGN from the Hessian.
+
+:func:`estimate` says, before anything is computed, how large each quantity's
+result is for a model and batch, and whether the memory guard of
+:mod:`fluxhess.memory` would let it run here.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import api, memory
+from .compare import html_table, text_table
+from .errors import InputError, MemoryBudgetError
+from .validate import float_dtype
+
+#: The three P×P curvatures, by the names the diagnostics use.
+MATRICES = ("hessian", "ggn", "empirical_fisher")
+
+
+@dataclass
+class CurvatureDiagnostics:
+    """H, GGN and EF of one model and data set, their spectra and how far apart they are."""
+
+    matrices: dict[str, np.ndarray]  # name → (P, P)
+    eigenvalues: dict[str, np.ndarray]  # name → (P,), ascending
+    layout: object  # the model's ParamLayout (None for models without one)
+
+    @property
+    def negative_mass(self) -> float:
+        """``Σ_{λ<0} |λ| / Σ |λ|`` over the Hessian's eigenvalues (0 when H is 0)."""
+        lam = self.eigenvalues["hessian"]
+        total = np.sum(np.abs(lam))
+        return float(np.sum(-lam[lam < 0]) / total) if total > 0 else 0.0
+
+    @property
+    def gap_ef_ggn(self) -> float:
+        """``‖EF − GGN‖_F / ‖GGN‖_F``."""
+        return _gap(self.matrices["empirical_fisher"], self.matrices["ggn"])
+
+    @property
+    def gap_ggn_hessian(self) -> float:
+        """``‖GGN − H‖_F / ‖H‖_F``."""
+        return _gap(self.matrices["ggn"], self.matrices["hessian"])
+
+    def _summary(self):
+        head = ["matrix", "trace", "‖·‖_F", "eig min", "eig max", "negative eigs"]
+        rows = []
+        for name in MATRICES:
+            M, lam = self.matrices[name], self.eigenvalues[name]
+            rows.append([name, f"{np.trace(M):.4e}", f"{np.linalg.norm(M):.4e}", f"{lam[0]:.4e}", f"{lam[-1]:.4e}",
+                         f"{int(np.sum(lam < -_zero(lam)))} of {lam.size}"])
+        return head, rows
+
+    def _spectra(self, top: int = 8):
+        """The ``top`` largest and the smallest eigenvalue of each matrix, side by side."""
+        P = self.eigenvalues["hessian"].size
+        ranks = list(range(min(top, P))) + ([P - 1] if P > top else [])
+        head = ["rank"] + list(MATRICES)
+        rows = [[f"λ_{r + 1}"] + [f"{self.eigenvalues[n][::-1][r]:.4e}" for n in MATRICES] for r in ranks]
+        return head, rows
+
+    def _gaps(self) -> list[str]:
+        return [
+            f"negative eigenvalue mass of the Hessian Σ_(λ<0)|λ| / Σ|λ| = {self.negative_mass:.4g}",
+            f"‖EF − GGN‖_F / ‖GGN‖_F = {self.gap_ef_ggn:.4g}",
+            f"‖GGN − H‖_F / ‖H‖_F = {self.gap_ggn_hessian:.4g}",
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join([text_table(*self._summary()), "", "eigenvalues, largest first:", text_table(*self._spectra()), ""]
+                         + self._gaps())
+
+    def _repr_html_(self) -> str:
+        gaps = "".join(f"<li>{html.escape(g)}</li>" for g in self._gaps())
+        return (html_table(*self._summary()) + "<p>eigenvalues, largest first:</p>" + html_table(*self._spectra())
+                + f"<ul>{gaps}</ul>")
+
+
+def curvature_diagnostics(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> CurvatureDiagnostics:
+    """Hessian, GGN and empirical Fisher of the same loss, their spectra and gaps.
+
+    Arguments as for :func:`fluxhess.hessian`: ``params`` ``(P,)``, ``X`` ``(N, d)``, ``y``.
+    Each P×P matrix carries the loss's factor ``s`` (``agg``).
+
+    Returns: a :class:`CurvatureDiagnostics` holding the three ``(P, P)`` matrices and their
+    ``(P,)`` eigenvalues; printing it shows the spectra side by side and the gaps.
+    """
+    kw = dict(loss=loss, agg=agg, backend=backend, dtype=dtype)
+    matrices = {
+        "hessian": api.hessian(model, params, X, y, **kw),
+        "ggn": api.ggn(model, params, X, y, **kw),
+        "empirical_fisher": api.empirical_fisher(model, params, X, y, **kw),
+    }
+    eigenvalues = {name: np.linalg.eigvalsh(M) for name, M in matrices.items()}
+    return CurvatureDiagnostics(matrices, eigenvalues, getattr(model, "layout", None))
+
+
+def _gap(A: np.ndarray, B: np.ndarray) -> float:
+    norm = np.linalg.norm(B)
+    return float(np.linalg.norm(A - B) / norm) if norm > 0 else float(np.linalg.norm(A - B))
+
+
+def _zero(lam: np.ndarray) -> float:
+    """Eigenvalues within this of 0 count as zero (round-off of an eigensolver)."""
+    return 1e-12 * max(1.0, float(np.max(np.abs(lam), initial=0.0)))
+
+
+# ---------------------------------------------------------------------------
+# Memory estimates
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class QuantityEstimate:
+    quantity: str
+    shape: tuple  # of the result; for kron, the (A, G) shapes of every layer
+    result_bytes: int
+    needs_bytes: int  # what the memory guard checks before computing
+    fits: bool
+
+
+@dataclass
+class MemoryEstimate:
+    """Per-quantity result sizes for a model and batch; prints as a table."""
+
+    setup: str
+    rows: list[QuantityEstimate]
+    available_bytes: int
+
+    def __getitem__(self, quantity: str) -> QuantityEstimate:
+        for r in self.rows:
+            if r.quantity == quantity:
+                return r
+        raise InputError(f"no estimate for {quantity!r}; the quantities are {', '.join(r.quantity for r in self.rows)}")
+
+    def _table(self):
+        head = ["quantity", "result shape", "result", "needs", "fits here"]
+        rows = [[r.quantity, str(r.shape), memory.format_bytes(r.result_bytes), memory.format_bytes(r.needs_bytes),
+                 "yes" if r.fits else "NO"] for r in self.rows]
+        return head, rows
+
+    def _note(self) -> str:
+        return f"available now: {memory.format_bytes(self.available_bytes)}; 'fits here' is the memory guard's verdict"
+
+    def __str__(self) -> str:
+        return "\n".join([self.setup, text_table(*self._table()), self._note()])
+
+    def _repr_html_(self) -> str:
+        return f"<p><b>{html.escape(self.setup)}</b></p>" + html_table(*self._table()) + f"<p>{html.escape(self._note())}</p>"
+
+
+def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
+    """How much memory each quantity's result takes for ``model`` and a batch, before computing it.
+
+    ``X``: the inputs ``(N, d)``, or the number of samples N. ``needs`` is what the memory
+    guard checks before the computation: twice the result for the P×P matrices (the
+    backend's result and the copy returned), the result for the others.
+
+    Returns: a :class:`MemoryEstimate`; ``estimate(...)["hessian"].fits`` says whether
+    :func:`fluxhess.hessian` would be allowed to run here now.
+    """
+    itemsize = float_dtype(dtype).itemsize
+    N = _num_samples(X)
+    P, d, C = _model_sizes(model)
+    kron_factors = tuple(((l.in_features + int(l.bias),) * 2, (l.out_features,) * 2) for _, l in model.dense_layers)
+    shapes = {
+        "forward": (N, C),
+        "gradient": (P,),
+        "hessian": (P, P),
+        "ggn": (P, P),
+        "empirical_fisher": (P, P),
+        "hvp": (P,),
+        "diagonal": (P,),
+        "kron": kron_factors,
+        "param_jacobian": (N, C, P),
+        "input_jacobian": (N, C, d),
+        "input_hessian": (N, C, d, d),
+        "laplacian": (N, C),
+        "divergence": (N,),
+    }
+    rows = []
+    for quantity, shape in shapes.items():
+        nbytes = _elements(shape) * itemsize
+        needs = 2 * nbytes if quantity in MATRICES else nbytes
+        try:
+            memory.require(quantity, needs, shape)
+            fits = True
+        except MemoryBudgetError:
+            fits = False
+        rows.append(QuantityEstimate(quantity, shape, nbytes, needs, fits))
+    setup = f"memory estimate: {model.to_flux()}; P = {P}, N = {N}, d = {d}, C = {C}, {float_dtype(dtype).name}"
+    return MemoryEstimate(setup, rows, memory.available_bytes())
+
+
+def _elements(shape) -> int:
+    """Entries of an array ``shape``, or of every array in a nested tuple of shapes (kron)."""
+    if all(isinstance(s, int) for s in shape):
+        return math.prod(shape)
+    return sum(_elements(s) for s in shape)
+
+
+def _num_samples(X) -> int:
+    if isinstance(X, (int, np.integer)) and not isinstance(X, bool):
+        N = int(X)
+    else:
+        shape = np.shape(X)
+        N = shape[0] if shape else 0
+    if N < 1:
+        raise InputError(f"X must be the inputs (N, d) or a number of samples N >= 1; got {X!r}")
+    return N
+
+
+def _model_sizes(model) -> tuple[int, int, int]:
+    if not hasattr(model, "dense_layers"):
+        raise InputError(
+            f"estimate needs a fluxhess.Chain; got {type(model).__name__}. For a FluxModel pass model.to_spec()[0]"
+        )
+    return model.num_params, model.in_features, model.out_features
+
+
+__all__ = ["CurvatureDiagnostics", "MemoryEstimate", "curvature_diagnostics", "estimate"]
