@@ -1,0 +1,58 @@
+"""The worked examples under examples/ run, and fluxhess agrees with each framework's own autodiff."""
+
+import importlib.util
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(name: str, needs: tuple[str, ...]) -> dict:
+    for module in needs:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{name} needs {module}, which is not installed (pip install 'fluxhess[{module}]')")
+    return runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"]()
+
+
+def _agree(pairs: dict, rtol=1e-10, atol=1e-12):
+    for what, (ours, theirs) in pairs.items():
+        assert_close(ours, theirs, rtol=rtol, atol=atol, what=what)
+
+
+def test_seed_1_flax_u_xx(capsys):
+    pairs = _run("seed_1_flax_uxx", ("flax",))
+    ours, theirs = pairs["u_xx"]
+    assert ours.shape == (32, 3, 3)
+    _agree(pairs)
+    out = capsys.readouterr().out
+    assert "Output had shape: (1,)" in out and "Output had shape: (3,)" in out
+
+
+def test_seed_2_torch_pinn_relu_has_zero_second_derivative():
+    pairs = _run("seed_2_torch_pinn", ("torch",))
+    assert pairs["Tanh du/dx"][0].shape == (16, 501, 1)
+    assert pairs["Tanh d2u/dx2"][0].shape == (16, 501, 1, 1)
+    _agree(pairs)
+    assert np.all(pairs["ReLU d2u/dx2"][1] == 0) and np.all(pairs["ReLU d2u/dx2"][0] == 0)
+    assert np.abs(pairs["Tanh d2u/dx2"][1]).max() > 1e-3
+
+
+def test_seed_3_x_t_jacobians_and_gradient_of_divergence():
+    pairs = _run("seed_3_x_t_divergence", ("flax",))
+    assert pairs["df/dx"][0].shape == (10, 3, 3)
+    assert pairs["df/dt"][0].shape == (10, 3)
+    assert pairs["grad_x div_x f"][0].shape == (10, 3)
+    _agree(pairs)
+
+
+def test_seed_4_flux_hessian_fisher_and_laplace():
+    pairs = _run("seed_4_flux_hessian_fisher", ())
+    for what, (ours, _) in pairs.items():
+        if what.startswith("hessian"):
+            assert ours.shape == (21, 21)
+    _agree(pairs, rtol=1e-9)
