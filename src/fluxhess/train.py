@@ -95,7 +95,9 @@ def fit_map(
     Returns: a :class:`MapFit` (``params`` ``(P,)``, ``objective``, ``gradient_norm``,
     ``iterations``, ``converged``, ``message``); a ``RuntimeWarning`` when it did not converge.
     """
-    P = api._num_params(model)
+    P = getattr(model, "num_params", None)
+    if not isinstance(P, int):
+        raise InputError(f"model must be a fluxhess.Chain (or a FluxModel on the julia backend); got {type(model).__name__}")
     theta0 = check.params_array(params0, P, np.dtype(np.float64))
     lam = prior_vector(prior_precision, P)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:

@@ -250,7 +250,7 @@ class Laplace:
             f"negative eigenvalue is {smallest:.6g}."
         )
         if self.curvature == "hessian":
-            h_min = K.most_negative_eigenvalue(self._curv)
+            h_min = c * K.most_negative_eigenvalue(self._curv)
             return InputError(
                 f"{msg} The Hessian of the negative log likelihood is indefinite at these parameters (most "
                 f"negative eigenvalue {h_min:.6g}; not a minimum of the loss). Use curvature='ggn' (positive "
@@ -416,7 +416,7 @@ class Laplace:
 
     def _maximise_marglik(self, prior_structure: str, tune_sigma: bool, max_iter: int) -> "Laplace":
         if self.curvature == "hessian" and self.clipped is None:
-            h_min = K.most_negative_eigenvalue(self._curv)
+            h_min = self._factor() * K.most_negative_eigenvalue(self._curv)
             if h_min < 0:
                 raise InputError(
                     f"the likelihood Hessian is indefinite (most negative eigenvalue {h_min:.6g}), so the marginal "

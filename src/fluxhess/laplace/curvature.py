@@ -27,7 +27,7 @@ _DENSE = {"ggn": api.ggn, "ef": api.empirical_fisher, "hessian": api.hessian}
 
 
 class Clipped(NamedTuple):
-    """What ``clip_negative_eigenvalues=True`` removed from the likelihood Hessian."""
+    """What ``clip_negative_eigenvalues=True`` removed from the Hessian of the summed loss."""
 
     count: int  # how many eigenvalues (full) or diagonal entries (diag) were negative
     total: int  # out of how many
@@ -96,7 +96,7 @@ def clip_negative(curvature) -> tuple[object, Clipped | None]:
         clipped = posterior.Diag(np.where(negative, 0.0, h))
     what = "eigenvalues" if isinstance(curvature, posterior.Full) else "diagonal entries"
     warnings.warn(
-        f"clipped {report.count} of {report.total} negative {what} of the likelihood Hessian to 0 "
+        f"clipped {report.count} of {report.total} negative {what} of the Hessian of the summed loss to 0 "
         f"(most negative {report.most_negative:.6g}); Laplace.clipped has the details",
         stacklevel=3,
     )

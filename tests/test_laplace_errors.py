@@ -1,0 +1,135 @@
+"""Bad input gets a FluxHessError that says what arrived, what was expected and the fix."""
+
+import re
+
+import numpy as np
+import pytest
+
+import fluxhess as fh
+from fluxhess import FluxHessError, InputError, UnknownNameError
+
+MODEL = fh.Chain.mlp([2, 4, 3], "tanh")
+
+
+def _data(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return MODEL.init(seed), rng.normal(size=(n, 2)), rng.integers(0, 3, n)
+
+
+def test_predictive_and_friends_before_fit():
+    theta, X, _ = _data()
+    la = fh.Laplace(MODEL, theta, backend="jax")
+    for call in (lambda: la.predictive(X), lambda: la.log_marginal_likelihood(), lambda: la.sample(2),
+                 lambda: la.posterior_precision, lambda: la.optimize_prior_precision()):
+        with pytest.raises(FluxHessError, match=re.escape("call .fit(X, y)")):
+            call()
+
+
+def test_labels_that_do_not_fit_the_output_width():
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, backend="jax")
+    with pytest.raises(InputError, match=r"class labels in y must lie in \[0, 3\).*got values from 0 to 5"):
+        la.fit(X, np.where(y == 2, 5, y))
+    binary = fh.Chain.mlp([2, 4, 1], "tanh")
+    with pytest.raises(InputError, match="1 output is a sigmoid .*labels in y must be 0 or 1.*give the model 3 outputs"):
+        fh.Laplace(binary, binary.init(), backend="jax").fit(X, y)
+    with pytest.raises(InputError, match=r"y must have shape \(12, 3\)"):
+        fh.Laplace(MODEL, theta, "regression", backend="jax").fit(X, np.zeros((12, 2)))
+
+
+def test_classification_needs_logits():
+    model = fh.Chain(fh.Dense(2, 3), fh.Activation("softmax"))
+    with pytest.raises(InputError, match=r"outputs logits.*Activation\('softmax'\)\. Drop that layer"):
+        fh.Laplace(model, model.init())
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.inf, [1.0, -2.0, 1.0, 1.0]])
+def test_non_positive_prior_precision(bad):
+    theta, _, _ = _data()
+    with pytest.raises(InputError, match="prior_precision must be positive"):
+        fh.Laplace(MODEL, theta, prior_precision=bad, backend="jax")
+
+
+def test_prior_precision_of_the_wrong_length():
+    theta, _, _ = _data()
+    with pytest.raises(InputError, match=r"\(1,\) \(one value\), \(4,\) \(one per block\), \(27,\) \(one per parameter\); got shape \(5,\)"):
+        fh.Laplace(MODEL, theta, prior_precision=np.ones(5), backend="jax")
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, np.nan])
+def test_non_positive_noise_and_temperature(bad):
+    theta, _, _ = _data()
+    with pytest.raises(InputError, match="sigma_noise must be positive"):
+        fh.Laplace(MODEL, theta, "regression", sigma_noise=bad, backend="jax")
+    with pytest.raises(InputError, match="temperature must be positive"):
+        fh.Laplace(MODEL, theta, temperature=bad, backend="jax")
+    with pytest.raises(InputError, match="must stay 1 for classification"):
+        fh.Laplace(MODEL, theta, sigma_noise=2.0, backend="jax")
+
+
+def test_unknown_subset_names():
+    theta, _, _ = _data()
+    with pytest.raises(UnknownNameError, match="no parameter block named 'layers.5.weight'; the blocks are layers.0.weight"):
+        fh.Laplace(MODEL, theta, subset=["layers.5.weight"], backend="jax")
+    with pytest.raises(UnknownNameError, match="subset must be 'all', 'last_layer' or a list"):
+        fh.Laplace(MODEL, theta, subset="first_layer", backend="jax")
+    with pytest.raises(InputError, match="layers.1.bias appear more than once"):
+        fh.Laplace(MODEL, theta, subset=["layers.1.bias", "layers.1.bias"], backend="jax")
+
+
+def test_unknown_options():
+    theta, X, y = _data()
+    with pytest.raises(UnknownNameError, match="structure must be one of 'full', 'diag', 'kron'; got 'lowrank'"):
+        fh.Laplace(MODEL, theta, structure="lowrank")
+    with pytest.raises(InputError, match="structure='kron' needs curvature='ggn' or 'ef'"):
+        fh.Laplace(MODEL, theta, structure="kron", curvature="hessian")
+    la = fh.Laplace(MODEL, theta, backend="jax").fit(X, y)
+    with pytest.raises(InputError, match="pred_type='nn' samples networks, so its link is link_approx='mc'"):
+        la.predictive(X, pred_type="nn", link_approx="probit")
+    with pytest.raises(InputError, match="link_approx applies to classification only"):
+        fh.Laplace(MODEL, theta, "regression", backend="jax").fit(X, np.zeros((12, 3))).predictive(X, link_approx="probit")
+    with pytest.raises(InputError, match="method='gridsearch' needs validation data"):
+        la.optimize_prior_precision(method="gridsearch")
+    binary = fh.Chain.mlp([2, 4, 1], "tanh")
+    lb = fh.Laplace(binary, binary.init(), backend="jax").fit(X, y % 2)
+    with pytest.raises(InputError, match="link_approx='bridge' .* needs C >= 2"):
+        lb.predictive(X, link_approx="bridge")
+
+
+def _indefinite():
+    """A relu network far from a minimum: its loss Hessian has clearly negative eigenvalues."""
+    rng = np.random.default_rng(3)
+    model = fh.Chain.mlp([2, 6, 1], "tanh")
+    X = rng.normal(size=(30, 2))
+    y = X[:, 0] * 3 + rng.normal(size=30)
+    theta = 2 * rng.normal(size=model.num_params)
+    return model, theta, X, y
+
+
+def test_indefinite_hessian_is_reported_with_the_fix():
+    model, theta, X, y = _indefinite()
+    H = fh.hessian(model, theta, X, y, loss="mse", backend="jax")
+    h_min = np.linalg.eigvalsh(H)[0] / 2  # the NLL with σ = 1 is mse / 2
+    assert h_min < -1
+    la = fh.Laplace(model, theta, "regression", curvature="hessian", prior_precision=1e-3, backend="jax").fit(X, y)
+    message = rf"not positive definite.*indefinite at these parameters \(most negative eigenvalue {h_min:.6g}.*curvature='ggn'.*clip_negative_eigenvalues=True"
+    for call in (lambda: la.predictive(X), lambda: la.log_marginal_likelihood(), lambda: la.sample(3)):
+        with pytest.raises(InputError, match=message):
+            call()
+    with pytest.raises(InputError, match="marginal likelihood is undefined for small prior precisions"):
+        la.optimize_prior_precision()
+
+
+def test_clipping_reports_what_it_clipped():
+    model, theta, X, y = _indefinite()
+    lam = np.linalg.eigvalsh(fh.hessian(model, theta, X, y, loss="mse", backend="jax"))
+    with pytest.warns(UserWarning, match=rf"clipped {np.sum(lam < 0)} of {lam.size} negative eigenvalues"):
+        la = fh.Laplace(model, theta, "regression", curvature="hessian", clip_negative_eigenvalues=True,
+                        prior_precision=1e-3, backend="jax").fit(X, y)
+    assert la.clipped.count == np.sum(lam < 0) and la.clipped.total == lam.size
+    assert la.clipped.most_negative == pytest.approx(lam[0], rel=1e-8)
+    eig = np.linalg.eigvalsh(la.posterior_precision)
+    assert eig.min() == pytest.approx(1e-3, rel=1e-6)  # the clipped directions keep only the prior
+    assert np.all(np.isfinite(la.predictive(X).variance))
+    with pytest.raises(InputError, match="applies to curvature='hessian' only"):
+        fh.Laplace(model, theta, "regression", clip_negative_eigenvalues=True)
