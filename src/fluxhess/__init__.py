@@ -31,6 +31,7 @@ from .errors import (
     InputError,
     JuliaUnavailableError,
     MemoryBudgetError,
+    NumericalWarning,
     UnknownNameError,
     UnsupportedModelError,
 )
@@ -90,5 +91,6 @@ __all__ = [
     "JuliaUnavailableError",
     "UnsupportedModelError",
     "MemoryBudgetError",
+    "NumericalWarning",
     "BackendError",
 ]

@@ -44,3 +44,11 @@ class BackendError(FluxHessError, RuntimeError):
 
     The message carries the backend's own message, the quantity and the shapes.
     """
+
+
+class NumericalWarning(UserWarning):
+    """A result was computed, but rounding has cost it significant digits.
+
+    The message says how much was measured, the bound it exceeded, and the fix
+    (usually ``dtype="float64"``).
+    """

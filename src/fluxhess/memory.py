@@ -40,6 +40,7 @@ ALTERNATIVES = {
     "empirical_fisher": "diagonal(..., kind='ef'), hvp(..., kind='ef') or kron(..., kind='ef')",
     "param_jacobian": "a smaller batch of X, or hvp/diagonal for curvature",
     "input_hessian": "laplacian(...) for the trace only, or a smaller batch of X",
+    "kron": "diagonal(...) or hvp(...)",
 }
 
 
