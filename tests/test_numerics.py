@@ -1,0 +1,218 @@
+"""Numerics at the edges: huge logits, probabilities of exactly 0 and 1, float32 rounding,
+and Laplace posteriors that are not positive definite.
+
+References are closed forms (Flux's ϵ is ``eps`` of the output's float type, 2⁻⁵² or
+2⁻²³) and SciPy's softmax/logsumexp, never fluxhess itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+from scipy import special
+
+import fluxhess as fh
+from conftest import assert_close
+
+EPS = {"float64": 2.0**-52, "float32": 2.0**-23}  # Flux: ϵ = eps(eltype(ŷ))
+DTYPES = ("float64", "float32")
+CURVATURE = {"hessian": fh.hessian, "ggn": fh.ggn, "empirical_fisher": fh.empirical_fisher}
+
+
+# --- logits of magnitude 1e4 ------------------------------------------------------
+
+
+def _huge_logits():
+    """Dense(2, 3) whose logits reach ±1e4, with ties and near-ties between classes."""
+    W = np.array([[1e4, 0.0], [0.0, 1e4], [-1e4, 5e3]])  # (out, in)
+    b = np.array([0.0, 1.0, -3.0])
+    theta = np.concatenate([W.ravel(order="F"), b])
+    X = np.array([[1.0, -1.0], [1.0, 1.0], [-1.0, 0.5], [0.0, 0.0], [2e-4, 1e-4]])
+    return theta, X, X @ W.T + b
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head", ["softmax", "logsoftmax"])
+def test_softmax_layers_are_finite_and_exact_for_logits_of_1e4(backend, dtype, head):
+    theta, X, Z = _huge_logits()
+    model = fh.Chain(fh.Dense(2, 3), fh.Activation(head))
+    out = fh.forward(model, theta, X, backend=backend, dtype=dtype)
+    expected = special.softmax(Z, axis=1) if head == "softmax" else special.log_softmax(Z, axis=1)
+    assert np.all(np.isfinite(out))
+    tol = 1e-13 if dtype == "float64" else 1e-6
+    assert_close(out, expected, rtol=tol, atol=tol, what=f"{head} ({dtype})")
+    Y = np.eye(3)[[2, 0, 1, 1, 2]]
+    loss = "crossentropy" if head == "softmax" else "mse"
+    for name, fn in CURVATURE.items():
+        M = fn(model, theta, X, Y, loss=loss, backend=backend, dtype=dtype)
+        assert np.all(np.isfinite(M)), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logit_losses_are_finite_and_exact_for_logits_of_1e4(backend, dtype):
+    theta, X, Z = _huge_logits()
+    model = fh.Chain(fh.Dense(2, 3))
+    labels = np.array([2, 0, 1, 1, 2])
+    expected = np.sum(special.logsumexp(Z, axis=1) - Z[np.arange(5), labels])  # -Σ log softmax(z)_y
+    got = fh.loss(model, theta, X, labels, loss="logitcrossentropy", backend=backend, dtype=dtype)
+    assert got == pytest.approx(expected, rel=1e-12 if dtype == "float64" else 1e-6)
+    Yb = np.array([[1.0, 0.0, 1.0]] * 5)
+    expected_b = np.sum((1 - Yb) * Z + np.logaddexp(0.0, -Z))  # Flux: (1 - y)·z + softplus(-z)
+    got_b = fh.loss(model, theta, X, Yb, loss="logitbinarycrossentropy", backend=backend, dtype=dtype)
+    assert got_b == pytest.approx(expected_b, rel=1e-12 if dtype == "float64" else 1e-6)
+    for loss, y in (("logitcrossentropy", labels), ("logitbinarycrossentropy", Yb)):
+        assert np.all(np.isfinite(fh.gradient(model, theta, X, y, loss=loss, backend=backend, dtype=dtype)))
+        for name, fn in CURVATURE.items():
+            assert np.all(np.isfinite(fn(model, theta, X, y, loss=loss, backend=backend, dtype=dtype))), (loss, name)
+
+
+# --- probabilities of exactly 0 and 1 ----------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_crossentropy_on_exact_zero_and_one_uses_flux_epsilon(backend, dtype):
+    """softmax([1e4, -1e4]) is exactly (1, 0): ℓ = -log(0 + ϵ) for the wrong class, -log(1 + ϵ) for the right one."""
+    model = fh.Chain(fh.Dense(1, 2), fh.Activation("softmax"))
+    theta = np.array([1e4, -1e4, 0.0, 0.0])
+    X = np.ones((1, 1))
+    assert fh.forward(model, theta, X, backend=backend, dtype=dtype).tolist() == [[1.0, 0.0]]
+    eps = EPS[dtype]
+    rel = 1e-14 if dtype == "float64" else 1e-6
+    wrong = fh.loss(model, theta, X, np.array([1]), loss="crossentropy", backend=backend, dtype=dtype)
+    assert wrong == pytest.approx(-math.log(eps), rel=rel)  # 36.04 (float64), 15.94 (float32)
+    right = fh.loss(model, theta, X, np.array([0]), loss="crossentropy", backend=backend, dtype=dtype)
+    assert right == pytest.approx(-math.log1p(eps), rel=1e-3)  # tiny and negative, as in Flux
+    assert right < 0
+    for y in (np.array([0]), np.array([1]), np.array([[0.5, 0.5]])):
+        assert np.all(np.isfinite(fh.gradient(model, theta, X, y, loss="crossentropy", backend=backend, dtype=dtype)))
+        for name, fn in CURVATURE.items():
+            assert np.all(np.isfinite(fn(model, theta, X, y, loss="crossentropy", backend=backend, dtype=dtype))), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight", [1e4, -1e4])
+def test_binarycrossentropy_on_exact_zero_and_one_uses_flux_epsilon(backend, dtype, weight):
+    """sigmoid(±1e4) is exactly 1 or 0: ℓ = -y·log(ŷ + ϵ) - (1 - y)·log(1 - ŷ + ϵ) with xlogy(0, ·) = 0."""
+    model = fh.Chain(fh.Dense(1, 1, "sigmoid"))
+    theta = np.array([weight, 0.0])
+    X = np.ones((1, 1))
+    yhat = fh.forward(model, theta, X, backend=backend, dtype=dtype)
+    assert yhat.tolist() == [[1.0 if weight > 0 else 0.0]]
+    eps = EPS[dtype]
+    for y in (0.0, 1.0):
+        agrees = (y == 1.0) == (weight > 0)
+        expected = -math.log1p(eps) if agrees else -math.log(eps)
+        got = fh.loss(model, theta, X, np.array([y]), loss="binarycrossentropy", backend=backend, dtype=dtype)
+        assert got == pytest.approx(expected, rel=1e-3 if agrees else 1e-6), y
+        assert np.all(np.isfinite(fh.hessian(model, theta, X, np.array([y]), loss="binarycrossentropy", backend=backend, dtype=dtype)))
+
+
+# --- float32 Hessians of ill-conditioned models ------------------------------------
+
+
+def _cancelling(scale: float):
+    """One sample repeated with targets ±scale: the residual terms of the Hessian cancel exactly
+    in exact arithmetic, while float32 leaves rounding of size eps·scale."""
+    model = fh.Chain.mlp([3, 8, 8, 2], "tanh")
+    theta = model.init(0)
+    X = np.repeat(np.random.default_rng(0).normal(size=(1, 3)), 10, axis=0)
+    Y = scale * np.where(np.arange(10)[:, None] % 2 == 1, 1.0, -1.0) * np.ones((10, 2))
+    return model, theta, X, Y
+
+
+def _relative_error(H32, H64) -> float:
+    return float(np.abs(H32 - H64).max() / np.abs(H64).max())
+
+
+def test_float32_hessian_of_an_ill_conditioned_model_warns(backend):
+    model, theta, X, Y = _cancelling(1e5)
+    H64 = fh.hessian(model, theta, X, Y, backend=backend)
+    with pytest.warns(fh.NumericalWarning, match=r"float32.*symmetry error.*float64") as record:
+        H32 = fh.hessian(model, theta, X, Y, backend=backend, dtype="float32")
+    assert len(record) == 1
+    # the warning was right: float32 lost more than 3 of its ~7 digits here
+    assert _relative_error(H32, H64) > 1e-4
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e2])
+def test_float32_hessian_of_a_well_conditioned_model_does_not_warn(backend, scale):
+    model, theta, X, Y = _cancelling(scale)
+    X = X + np.random.default_rng(1).normal(size=X.shape)  # distinct samples: nothing cancels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fh.NumericalWarning)
+        H32 = fh.hessian(model, theta, X, Y, backend=backend, dtype="float32")
+        fh.hessian(model, theta, X, Y, backend=backend)  # float64 is never checked
+    assert _relative_error(H32, fh.hessian(model, theta, X, Y, backend=backend)) < 1e-5
+
+
+# --- Laplace: an indefinite posterior precision is never factorised silently -------
+
+
+def _laplace_or_skip():
+    if not hasattr(fh, "Laplace"):
+        pytest.skip("fluxhess.Laplace is not part of this build yet")
+    return fh.Laplace
+
+
+def _saddle():
+    """A regression MLP away from its minimum, where the loss Hessian is indefinite."""
+    model = fh.Chain.mlp([2, 3, 1], "tanh")
+    rng = np.random.default_rng(4)
+    theta = model.init(1) + rng.normal(size=model.num_params)
+    X, y = rng.normal(size=(6, 2)), 3 * rng.normal(size=(6, 1))
+    return model, theta, X, y
+
+
+@pytest.mark.parametrize("structure", ["full", "diag"])
+def test_laplace_refuses_an_indefinite_hessian_posterior(backend, structure):
+    Laplace = _laplace_or_skip()
+    model, theta, X, y = _saddle()
+    # independent check that the precision is indefinite: Hessian of Σ mse/(2σ²) plus the prior
+    H = fh.hessian(model, theta, X, y, loss="mse", backend=backend) / 2
+    precision = H + 1e-3 * np.eye(model.num_params)
+    lowest = np.linalg.eigvalsh(precision).min() if structure == "full" else np.diag(precision).min()
+    assert lowest < 0, "the test point must be a saddle"
+    la = Laplace(model, theta, "regression", curvature="hessian", structure=structure, prior_precision=1e-3, backend=backend)
+    la.fit(X, y)
+    for what, use in [
+        ("posterior_covariance", lambda: la.posterior_covariance),
+        ("sample", lambda: la.sample(3)),
+        ("log_marginal_likelihood", lambda: la.log_marginal_likelihood()),
+        ("predictive", lambda: la.predictive(X)),
+    ]:
+        with pytest.raises(fh.FluxHessError, match="not positive definite") as info:
+            use()
+        text = str(info.value)
+        assert "indefinite" in text and "curvature='ggn'" in text, what
+        reported = re.search(r"most negative eigenvalue is (\S+?)\.(\s|$)", text)
+        assert reported and float(reported.group(1)) == pytest.approx(lowest, rel=1e-4), what
+
+
+def test_laplace_clipping_reports_what_it_removed(backend):
+    Laplace = _laplace_or_skip()
+    model, theta, X, y = _saddle()
+    la = Laplace(model, theta, "regression", curvature="hessian", prior_precision=1e-3, backend=backend, clip_negative_eigenvalues=True)
+    with pytest.warns(UserWarning):
+        la.fit(X, y)
+    cov = la.posterior_covariance
+    assert np.all(np.isfinite(cov)) and np.linalg.eigvalsh(cov).min() > 0
+    assert la.clipped is not None
+
+
+def test_laplace_with_a_vanishing_prior_never_returns_nan(backend):
+    """More parameters than data: the GGN is singular; a prior of 1e-300 leaves nothing to hold it."""
+    Laplace = _laplace_or_skip()
+    model = fh.Chain.mlp([2, 4, 1], "tanh")
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(2, 2)), rng.normal(size=(2, 1))
+    la = Laplace(model, model.init(2), "regression", prior_precision=1e-300, backend=backend).fit(X, y)
+    try:
+        values = [la.posterior_covariance, la.sample(2), np.asarray(la.log_marginal_likelihood()), la.predictive(X).mean]
+    except fh.FluxHessError as e:
+        assert "positive definite" in str(e)
+    else:
+        assert all(np.all(np.isfinite(v)) for v in values)
