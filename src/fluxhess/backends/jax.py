@@ -18,99 +18,17 @@ import numpy as np
 
 from .. import losses as L
 from ..memory import chunk_size
-from ..model import COLUMNWISE, Activation, Chain, Dense, Flatten
+from ..model import COLUMNWISE, Activation, Chain, Dense
 from ..progress import chunks
+from . import dense_curvature, dense_factors
+from .jax_model import COLUMN, ELEMENTWISE, dense_weights, elementwise_derivatives, run
 
-# ---------------------------------------------------------------------------
-# Activations: NNlib's formulas and default constants (NNlib src/activations.jl).
-# ---------------------------------------------------------------------------
-
-
-def _sigmoid(x):
-    t = jnp.exp(-jnp.abs(x))
-    return jnp.where(x >= 0, 1 / (1 + t), t / (1 + t))
-
-
-def _gelu(x):
-    # NNlib: gelu === gelu_tanh, x/2 * (1 + tanh(√(2/π) * (x + 0.044715 x³)))
-    return x / 2 * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-
-
-ELEMENTWISE = {
-    "identity": lambda x: x,
-    "relu": lambda x: jnp.where(x < 0, 0.0, x),
-    "tanh": jnp.tanh,
-    "sigmoid": _sigmoid,
-    "softplus": L._softplus,
-    "elu": lambda x: jnp.where(x >= 0, x, jnp.exp(jnp.minimum(x, 0.0)) - 1),
-    "leakyrelu": lambda x: jnp.where(x > 0, x, 0.01 * x),
-    "swish": lambda x: x * _sigmoid(x),
-    "gelu": _gelu,
-}
-
-def _softmax(z):
-    # NNlib: exp.(x .- max) ./ sum(exp.(x .- max)) over each sample's outputs.
-    e = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
-    return e / jnp.sum(e, axis=-1, keepdims=True)
-
-
-def _logsoftmax(z):
-    # NNlib: (x .- max) .- log(sum(exp.(x .- max))) over each sample's outputs.
-    shifted = z - jnp.max(z, axis=-1, keepdims=True)
-    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-
-
-COLUMN = {"softmax": _softmax, "logsoftmax": _logsoftmax}
-
-
-def _activation(name):
-    return ELEMENTWISE[name] if name in ELEMENTWISE else COLUMN[name]
-
-
-# ---------------------------------------------------------------------------
-# The network as a function of (θ, x).
-# ---------------------------------------------------------------------------
-
-
-def _dense_weights(layer: Dense, theta, offset: int):
-    """``Wᵀ`` ``(in, out)`` and ``b`` from θ; vec(W) is column-major, so Wᵀ is a C-order reshape."""
-    n_w = layer.in_features * layer.out_features
-    w_t = theta[offset : offset + n_w].reshape(layer.in_features, layer.out_features)
-    b = theta[offset + n_w : offset + layer.num_params] if layer.bias else None
-    return w_t, b
-
-
-def _run(model: Chain, theta, x, eps=None, taps=False):
-    """Apply the model to ``x`` ``(d,)`` or ``(N, d)``.
-
-    ``eps`` (one array per Dense layer, shaped like its pre-activation) is added to the
-    pre-activations, so derivatives with respect to it are ∂/∂z. With ``taps`` the
-    inputs ``a`` of every Dense layer are returned too.
-    """
-    a, offset, inputs, k = x, 0, [], 0
-    for layer in model.layers:
-        if isinstance(layer, Dense):
-            inputs.append(a)
-            w_t, b = _dense_weights(layer, theta, offset)
-            offset += layer.num_params
-            z = a @ w_t
-            if b is not None:
-                z = z + b
-            if eps is not None:
-                z = z + eps[k]
-            k += 1
-            a = ELEMENTWISE[layer.activation](z)
-        elif isinstance(layer, Activation):
-            a = _activation(layer.name)(a)
-        elif isinstance(layer, Flatten):
-            pass  # the API hands over inputs already flattened to (N, d)
-    return (a, inputs) if taps else a
-
+__all__ = ["COLUMN", "ELEMENTWISE", "JaxBackend"]
 
 @functools.lru_cache(maxsize=None)
 def _compiled(model: Chain, loss: str | None, name: str):
     """The jitted function ``name`` for this model (and loss); built once per key."""
-    f = functools.partial(_run, model)  # f(θ, x) for one sample or a batch
+    f = functools.partial(run, model)  # f(θ, x) for one sample or a batch
 
     def sample_loss(theta, x, y):
         return L.per_sample(loss, f(theta, x), y)
@@ -178,12 +96,12 @@ def _compiled(model: Chain, loss: str | None, name: str):
 
         def per_sample(x, y):
             eps = [jnp.zeros(l.out_features, theta.dtype) for l in dense]
-            out, inputs = _run(model, theta, x, eps, taps=True)
+            out, inputs = run(model, theta, x, eps, taps=True)
             if kind == "ef":
-                delta = jax.grad(lambda e: L.per_sample(loss, _run(model, theta, x, e), y))(eps)
+                delta = jax.grad(lambda e: L.per_sample(loss, run(model, theta, x, e), y))(eps)
                 G = [jnp.outer(d, d) for d in delta]
             else:
-                B = jax.jacrev(lambda e: _run(model, theta, x, e))(eps)  # each (C, out)
+                B = jax.jacrev(lambda e: run(model, theta, x, e))(eps)  # each (C, out)
                 lam = jax.hessian(lambda yhat: L.per_sample(loss, yhat, y))(out)
                 G = [b.T @ lam @ b for b in B]
             A = []
@@ -244,14 +162,6 @@ def _forward_laplacian_applies(model: Chain) -> bool:
     return not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
 
 
-def _elementwise_derivatives(sigma, z):
-    """σ(z), σ'(z), σ''(z) elementwise, by nested jvp."""
-    ones = jnp.ones_like(z)
-    first = lambda t: jax.jvp(sigma, (t,), (ones,))[1]  # noqa: E731
-    (value, d1), d2 = jax.jvp(sigma, (z,), (ones,)), jax.jvp(first, (z,), (ones,))[1]
-    return value, d1, d2
-
-
 def _forward_laplacian(model: Chain, theta, X):
     """Δ_x f(x_n) for every sample and output, without forming d×d Hessians.
 
@@ -266,12 +176,12 @@ def _forward_laplacian(model: Chain, theta, X):
     offset = 0
 
     def through(sigma, z, Jz, lapz):
-        value, d1, d2 = _elementwise_derivatives(sigma, z)
+        value, d1, d2 = elementwise_derivatives(sigma, z)
         return value, d1[..., None] * Jz, d1 * lapz + d2 * jnp.sum(Jz**2, axis=-1)
 
     for layer in model.layers:
         if isinstance(layer, Dense):
-            w_t, b = _dense_weights(layer, theta, offset)
+            w_t, b = dense_weights(layer, theta, offset)
             offset += layer.num_params
             z = a @ w_t + (b if b is not None else 0.0)
             Jz = jnp.einsum("io,nid->nod", w_t, J)
@@ -297,9 +207,28 @@ def _np(x) -> np.ndarray:
 
 
 class JaxBackend:
-    """Every quantity in JAX; always available."""
+    """Every quantity in JAX; always available.
+
+    ``structured=True`` (the default) computes the Hessian, GGN, empirical Fisher, their
+    diagonals and KFAC factors of a Dense chain by the block-structured GEMM route of
+    :mod:`.dense_curvature` wherever :func:`.dense_factors.split` covers the model, and by
+    the generic chunked forward-over-reverse routes otherwise; ``structured=False`` always
+    takes the generic routes (the tests compare the two).
+    """
 
     name = "jax"
+
+    def __init__(self, structured: bool = True):
+        self.structured = structured
+
+    def _fast(self, model, params, X, Y, loss, agg, kind, part):
+        """The structured route's ``part`` of ``kind``, or None where it does not apply."""
+        st = dense_factors.split(model) if self.structured else None
+        if st is None:
+            return None
+        s = L.scale(loss, agg, *Y.shape)
+        with _precision(params):
+            return getattr(dense_curvature, part)(st, loss, kind, params, X, Y, s)
 
     def unavailable_reason(self):
         return None
@@ -329,6 +258,9 @@ class JaxBackend:
 
     # -- P × P matrices -----------------------------------------------------
     def hessian(self, model, params, X, Y, loss, agg):
+        fast = self._fast(model, params, X, Y, loss, agg, "hessian", "matrix")
+        if fast is not None:
+            return fast
         P = params.shape[0]
         s = L.scale(loss, agg, *Y.shape)
         with _precision(params):
@@ -345,9 +277,15 @@ class JaxBackend:
             return _symmetrize(H)
 
     def ggn(self, model, params, X, Y, loss, agg):
+        fast = self._fast(model, params, X, Y, loss, agg, "ggn", "matrix")
+        if fast is not None:
+            return fast
         return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_chunk", model.out_features))
 
     def empirical_fisher(self, model, params, X, Y, loss, agg):
+        fast = self._fast(model, params, X, Y, loss, agg, "ef", "matrix")
+        if fast is not None:
+            return fast
         return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1))
 
     def _sum_over_samples(self, model, params, X, Y, loss, agg, name, rows_per_sample):
@@ -370,6 +308,9 @@ class JaxBackend:
             return _np(_compiled(model, loss, f"hvp_{kind}")(params, X, Y, s, V))
 
     def diagonal(self, model, params, X, Y, loss, agg, kind):
+        fast = self._fast(model, params, X, Y, loss, agg, kind, "diagonal")
+        if fast is not None:
+            return fast
         if kind == "ggn":
             return self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_diag_chunk", model.out_features)
         if kind == "ef":
@@ -385,6 +326,9 @@ class JaxBackend:
         return out
 
     def kron(self, model, params, X, Y, loss, agg, kind):
+        fast = self._fast(model, params, X, Y, loss, agg, kind, "kron")
+        if fast is not None:
+            return fast
         s = L.scale(loss, agg, *Y.shape)
         N = X.shape[0]
         per_sample = 8 * sum((l.in_features + 1) ** 2 + l.out_features**2 for _, l in model.dense_layers)

@@ -1,0 +1,172 @@
+"""Exact Hessian, GGN and empirical Fisher of a Dense chain, each block a GEMM over samples.
+
+With the per-sample factors of :mod:`.dense_factors`, the block of layers m ≥ l, rows
+``(j, p)`` of ``[vec(W_m); b_m]`` and columns ``(i, q)`` of ``[vec(W_l); b_l]``, is
+
+    Σ_n ā_m[j] ā_l[i] · K_ml[p, q]                          (GGN, exact Hessian)
+  + Σ_n T̄_ml[j, q] · δ_m[p] ā_l[i]                          (exact Hessian, m > l)
+
+and the empirical Fisher is ``Σ_n g_n g_nᵀ`` with ``g_n = [ā_l ⊗ δ_l]_l``. Each term is one
+GEMM over the samples of two small per-sample arrays (``(j, i) × (p, q)``, then a transpose
+into place), so the cost is about ``N·P²`` flops for any of the three whatever the number
+of outputs C, and the factors cost only ``~N·(Σ_l o_l)²``.
+
+Only the lower triangle is computed — diagonal blocks by panels of ``j`` whose columns stop
+at the panel's end — straight into one preallocated P×P array, then mirrored. Working
+memory beside the result is bounded by :func:`_budget`: the samples are taken in chunks
+and each block in panels of rows, with a progress bar when there are many.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from ..memory import CHUNK_BYTES, chunk_size
+from ..progress import chunks
+from .dense_factors import Structure, bytes_per_sample, factors
+
+
+def _budget(P: int, itemsize: int) -> int:
+    """Working memory beside a P×P result: a quarter of it, within [16 MiB, CHUNK_BYTES]."""
+    return int(min(CHUNK_BYTES, max(16 * 2**20, P * P * itemsize // 4)))
+
+
+def _numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+@dataclass(frozen=True)
+class _Panel:
+    """Rows ``j0:j1`` (inputs of layer m, ``(j, p)`` rows of θ) of the block (m, l)."""
+
+    m: int
+    l: int
+    j0: int
+    j1: int
+
+
+def _panels(st: Structure, itemsize: int, budget: int) -> list[_Panel]:
+    """The lower triangle of blocks, each in row panels whose GEMM output fits ``budget``."""
+    out = []
+    for m, seg_m in enumerate(st.segments):
+        for l in range(m + 1):
+            seg_l = st.segments[l]
+            per_row = seg_l.rows * seg_m.outputs * seg_l.outputs * itemsize
+            step = chunk_size(per_row, seg_m.rows, budget)
+            out += [_Panel(m, l, j0, min(j0 + step, seg_m.rows)) for j0 in range(0, seg_m.rows, step)]
+    return out
+
+
+def _put(view, value, accumulate: bool) -> None:
+    if accumulate:
+        np.add(view, value, out=view)
+    else:
+        np.copyto(view, value)
+
+
+def _fill_panel(H, st: Structure, panel: _Panel, F, accumulate: bool) -> None:
+    """Write (or add) ``panel``'s part of the lower triangle of H from one chunk's factors ``F``."""
+    m, l, j0, j1 = panel.m, panel.l, panel.j0, panel.j1
+    seg_m, seg_l = st.segments[m], st.segments[l]
+    om, ol = seg_m.outputs, seg_l.outputs
+    cols = j1 if m == l else seg_l.rows  # diagonal blocks: columns i < j1 only
+    am, al = F["abar"][m], F["abar"][l]
+    N = am.shape[0]
+    view = H[
+        seg_m.offset + j0 * om : seg_m.offset + j1 * om,
+        seg_l.offset : seg_l.offset + cols * ol,
+    ].reshape(j1 - j0, om, cols, ol)
+
+    left = (am[:, j0:j1, None] * al[:, None, :cols]).reshape(N, -1)
+    term = (left.T @ F["K"][(m, l)].reshape(N, -1)).reshape(j1 - j0, cols, om, ol)
+    _put(view, term.transpose(0, 2, 1, 3), accumulate)
+    if "T" in F and m > l:
+        right = (F["delta"][m][:, :, None] * al[:, None, :]).reshape(N, -1)
+        twisted = (F["T"][(m, l)][:, j0:j1, :].reshape(N, -1).T @ right).reshape(j1 - j0, ol, om, cols)
+        np.add(view, twisted.transpose(0, 2, 3, 1), out=view)
+
+
+def _fill_gram_panel(H, G, rows: slice, accumulate: bool) -> None:
+    """Rows ``rows`` of the lower triangle of ``Gᵀ G``."""
+    if accumulate:
+        H[rows, : rows.stop] += G[:, rows].T @ G[:, : rows.stop]
+    else:
+        np.matmul(G[:, rows].T, G[:, : rows.stop], out=H[rows, : rows.stop])
+
+
+def mirror_lower(H: np.ndarray, tile: int = 128) -> None:
+    """Copy the strict lower triangle of H onto the upper one in place, tile by tile."""
+    P = H.shape[0]
+    for r0 in range(0, P, tile):
+        r1 = min(P, r0 + tile)
+        square = H[r0:r1, r0:r1]
+        upper = np.triu_indices(r1 - r0, 1)
+        square[upper] = square.T[upper]
+        for c0 in range(r1, P, tile):
+            c1 = min(P, c0 + tile)
+            H[r0:r1, c0:c1] = H[c0:c1, r0:r1].T
+
+
+def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.ndarray:
+    """The exact Hessian (``kind="hessian"``), GGN or empirical Fisher (``"ef"``), ``(P, P)``.
+
+    ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` NumPy arrays of one float dtype (the
+    caller scopes JAX's precision to it); ``s`` is the aggregation factor.
+    """
+    P, N = theta.shape[0], X.shape[0]
+    itemsize = theta.dtype.itemsize
+    budget = _budget(P, itemsize)
+    fn = factors(st, loss, kind, "matrix")
+    n = chunk_size(bytes_per_sample(st, loss, kind, "matrix", theta, X, Y, s), N, budget // 2)
+    sample_chunks = [slice(a, min(a + n, N)) for a in range(0, N, n)]
+    if kind == "ef":
+        step = chunk_size(P * itemsize, P, budget // 4)
+        panels = [slice(r, min(r + step, P)) for r in range(0, P, step)]
+    else:
+        panels = _panels(st, itemsize, budget // 4)
+    H = np.empty((P, P), dtype=theta.dtype)
+    work = [(c, p) for c in range(len(sample_chunks)) for p in panels]
+    current, F = None, None
+    for task in chunks(len(work), 1, kind):
+        c, panel = work[task.start]
+        if c != current:
+            current, F = c, None
+            sl = sample_chunks[c]
+            F = _numpy(fn(theta, X[sl], Y[sl], s))
+        if kind == "ef":
+            _fill_gram_panel(H, F, panel, accumulate=c > 0)
+        else:
+            _fill_panel(H, st, panel, F, accumulate=c > 0)
+    mirror_lower(H)
+    return H
+
+
+def diagonal(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.ndarray:
+    """The diagonal of the Hessian, GGN or empirical Fisher, ``(P,)``: ``Σ_n ā² ⊗ diag K_ll`` per layer."""
+    fn = factors(st, loss, kind, "diagonal")
+    total = None
+    for sl in _sample_chunks(st, loss, kind, "diagonal", theta, X, Y, s):
+        part = fn(theta, X[sl], Y[sl], s)
+        total = part if total is None else [a + b for a, b in zip(total, part)]
+    return np.concatenate([np.asarray(t) for t in total])
+
+
+def kron(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """KFAC factors ``(A, G)`` per Dense layer: ``A = Σ_n ā ā ᵀ / N``, ``G = s·Σ_n K_ll`` (δδᵀ for the EF)."""
+    fn = factors(st, loss, kind, "kron")
+    A, G = None, None
+    for sl in _sample_chunks(st, loss, kind, "kron", theta, X, Y, s):
+        a, g = fn(theta, X[sl], Y[sl], s)
+        A = a if A is None else [x + y for x, y in zip(A, a)]
+        G = g if G is None else [x + y for x, y in zip(G, g)]
+    N = X.shape[0]
+    return [(np.asarray(a) / N, np.asarray(g)) for a, g in zip(A, G)]
+
+
+def _sample_chunks(st, loss, kind, part, theta, X, Y, s):
+    """Chunks of samples whose per-sample factors (and XLA's temporaries) fit CHUNK_BYTES."""
+    n = chunk_size(4 * bytes_per_sample(st, loss, kind, part, theta, X, Y, s), X.shape[0])
+    return chunks(X.shape[0], n, part)

@@ -1,0 +1,207 @@
+"""Per-sample factors of the curvature of a Dense chain (JAX), for :mod:`.dense_curvature`.
+
+Notation (shared/notes/dense-curvature-structure.md), for one sample and Dense
+layers ``l = 0 … L-1``: ``a_l`` is the input of layer ``l`` (``ā_l = [a_l; 1]`` when it
+has a bias), ``z_l = W_l a_l + b_l`` its pre-activation, ``a_{l+1} = φ_l(z_l)`` with
+``φ_l`` the layer's activation followed by the elementwise activation layers up to the
+next Dense layer. After the last Dense layer, the *head* ``h`` (its activation and every
+layer after it, softmax included) gives the output ``f = h(z_{L-1})``, and
+``u(z) = ℓ(h(z), y)``. Per sample:
+
+- ``δ_l = ∂ℓ/∂z_l`` ``(o_l,)``: ``δ_{L-1} = ∇u``, ``δ_l = φ_l' ⊙ (W_{l+1}ᵀ δ_{l+1})``;
+- ``K_ll`` ``(o_l, o_l)``, the curvature with respect to ``z_l``: for the exact Hessian
+  ``D_{L-1} = ∇²u`` and ``D_l = φ_l' W_{l+1}ᵀ D_{l+1} W_{l+1} φ_l' + diag(φ_l'' ⊙ W_{l+1}ᵀ δ_{l+1})``;
+  for the GGN the same without the ``φ''`` term, starting from ``J_hᵀ Λ J_h``;
+- ``J_ml = ∂z_m/∂z_l`` ``(o_m, o_l)`` for ``m > l``, and ``K_ml = K_mm J_ml``;
+- ``T̄_ml = ∂ā_m/∂z_l`` ``(n̄_m, o_l)`` for ``m > l`` (zero bias row), exact Hessian only.
+
+Everything is computed for one sample and batched over a chunk with ``vmap``; the
+factor ``s`` of the aggregation is folded in (``K``, ``δ`` of the Hessian's second term)
+or, for the empirical Fisher rows, ``√s``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from .. import losses as L
+from ..model import COLUMNWISE, Activation, Chain, Dense
+from .jax_model import compose, dense_weights, elementwise_derivatives
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One Dense layer, its block of θ, and the activation layers up to the next Dense layer."""
+
+    layer: Dense
+    offset: int
+    after: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        """``n̄``: inputs plus one for the bias."""
+        return self.layer.in_features + int(self.layer.bias)
+
+    @property
+    def outputs(self) -> int:
+        return self.layer.out_features
+
+    @property
+    def size(self) -> int:
+        return self.layer.num_params
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        return (self.layer.activation,) + self.after
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A Chain seen as input activations, then Dense segments (the last one carries the head)."""
+
+    before: tuple[str, ...]
+    segments: tuple[Segment, ...]
+
+
+def split(model: Chain) -> Structure | None:
+    """The segments of ``model``, or ``None`` when a softmax/logsoftmax sits between Dense layers.
+
+    Activations before the first Dense layer only transform the data, and any activation
+    after the last one belongs to the head; columnwise activations between Dense layers
+    have dense ``φ'`` and ``φ''`` that this route does not cover.
+    """
+    before, segments, offset = [], [], 0
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            segments.append([layer, offset, []])
+            offset += layer.num_params
+        elif isinstance(layer, Activation):
+            (segments[-1][2] if segments else before).append(layer.name)
+    for layer, _, after in segments[:-1]:
+        if any(name in COLUMNWISE for name in after):
+            return None
+    return Structure(tuple(before), tuple(Segment(l, o, tuple(a)) for l, o, a in segments))
+
+
+def _forward(st: Structure, theta, x):
+    """ā_l, Wᵀ_l, φ_l', φ_l'' for every layer (φ for all but the last), and z_{L-1}."""
+    a = compose(st.before)(x)
+    abar, w_ts, d1, d2 = [], [], [], []
+    for k, seg in enumerate(st.segments):
+        w_t, b = dense_weights(seg.layer, theta, seg.offset)
+        w_ts.append(w_t)
+        abar.append(jnp.concatenate([a, jnp.ones(1, a.dtype)]) if b is not None else a)
+        z = a @ w_t if b is None else a @ w_t + b
+        if k == len(st.segments) - 1:
+            return abar, w_ts, d1, d2, z
+        a, g1, g2 = elementwise_derivatives(compose(seg.activations), z)
+        d1.append(g1)
+        d2.append(g2)
+    raise AssertionError("a Structure has at least one segment")
+
+
+def _head_curvature(st: Structure, loss: str, kind: str, z, y):
+    """δ_{L-1} and K_{L-1} (``∇²u`` for the Hessian, ``J_hᵀ Λ J_h`` for the GGN, None for the EF)."""
+    head = compose(st.segments[-1].activations)
+
+    def u(t):
+        return L.per_sample(loss, head(t), y)
+
+    delta = jax.grad(u)(z)
+    if kind == "hessian":
+        return delta, jax.hessian(u)(z)
+    if kind == "ggn":
+        f = head(z)
+        jh = jax.jacfwd(head)(z)
+        lam = jax.hessian(lambda t: L.per_sample(loss, t, y))(f)
+        return delta, jh.T @ lam @ jh
+    return delta, None
+
+
+def _backward(st: Structure, loss: str, kind: str, theta, x, y):
+    """ā, Wᵀ, φ' per layer, with δ_l and K_ll (None for the EF) from the output down."""
+    abar, w_ts, d1, d2, z = _forward(st, theta, x)
+    n = len(st.segments)
+    delta, K = [None] * n, [None] * n
+    delta[-1], K[-1] = _head_curvature(st, loss, kind, z, y)
+    for l in reversed(range(n - 1)):
+        g = w_ts[l + 1] @ delta[l + 1]  # ∂ℓ/∂a_{l+1}
+        delta[l] = d1[l] * g
+        if kind != "ef":
+            inner = w_ts[l + 1] @ K[l + 1] @ w_ts[l + 1].T
+            K[l] = d1[l][:, None] * inner * d1[l][None, :]
+            if kind == "hessian":
+                K[l] = K[l] + jnp.diag(d2[l] * g)
+    return abar, w_ts, d1, delta, K
+
+
+def _cross(st: Structure, w_ts, d1, K, with_t: bool):
+    """``{(m, l): K_mm J_ml}`` and, with ``with_t``, ``{(m, l): T̄_ml}`` for every m > l."""
+    n = len(st.segments)
+    K_ml, T_ml = {}, {}
+    for l in range(n - 1):
+        J = None  # ∂z_{m-1}/∂z_l; None stands for the identity (m - 1 == l)
+        for m in range(l + 1, n):
+            T = jnp.diag(d1[m - 1]) if J is None else d1[m - 1][:, None] * J  # ∂a_m/∂z_l
+            J = w_ts[m].T @ T
+            K_ml[(m, l)] = K[m] @ J
+            if with_t:
+                bias = st.segments[m].layer.bias
+                T_ml[(m, l)] = jnp.concatenate([T, jnp.zeros((1, T.shape[1]), T.dtype)]) if bias else T
+    return K_ml, T_ml
+
+
+def _per_layer(st: Structure, loss: str, kind: str, theta, x, y, s=None):
+    """ā_l and the layer's own curvature factor: δ_l for the EF, K_ll otherwise (``s`` unused)."""
+    abar, _, _, delta, K = _backward(st, loss, kind, theta, x, y)
+    return abar, delta if kind == "ef" else K
+
+
+def _per_sample(st: Structure, loss: str, kind: str, theta, x, y, s):
+    abar, w_ts, d1, delta, K = _backward(st, loss, kind, theta, x, y)
+    if kind == "ef":
+        return jnp.sqrt(s) * jnp.concatenate([jnp.outer(a, d).ravel() for a, d in zip(abar, delta)])
+    K_ml, T_ml = _cross(st, w_ts, d1, K, with_t=kind == "hessian")
+    out = {"abar": abar, "K": {(m, m): s * K[m] for m in range(len(K))} | {k: s * v for k, v in K_ml.items()}}
+    if kind == "hessian":
+        out["T"] = T_ml
+        out["delta"] = [s * d for d in delta]
+    return out
+
+
+def _diagonal(st, loss, kind, theta, X, Y, s):
+    abar, own = jax.vmap(functools.partial(_per_layer, st, loss, kind), (None, 0, 0))(theta, X, Y)
+    diag = [g * g if kind == "ef" else jnp.diagonal(g, axis1=1, axis2=2) for g in own]
+    return [s * ((a * a).T @ g).ravel() for a, g in zip(abar, diag)]
+
+
+def _kron(st, loss, kind, theta, X, Y, s):
+    abar, own = jax.vmap(functools.partial(_per_layer, st, loss, kind), (None, 0, 0))(theta, X, Y)
+    G = [s * (g.T @ g) if kind == "ef" else s * g.sum(0) for g in own]
+    return [a.T @ a for a in abar], G
+
+
+@functools.lru_cache(maxsize=None)
+def factors(st: Structure, loss: str, kind: str, part: str):
+    """The jitted ``(θ, X, Y, s) ↦`` factors of a chunk of samples.
+
+    ``part="matrix"``: per-sample arrays (leading axis N) — for ``kind="ef"`` the rows
+    ``√s·g_n`` ``(N, P)``; otherwise ``{"abar": [ā_l], "K": {(m, l): s·K_ml}}`` (m ≥ l) plus,
+    for the Hessian, ``"T": {(m, l): T̄_ml}`` (m > l) and ``"delta": [s·δ_m]``.
+    ``part="diagonal"``: per layer ``s·Σ_n ā_n² ⊗ diag(K_ll,n)`` ``(|θ_l|,)``, summed over the chunk.
+    ``part="kron"``: ``([Σ_n ā_n ā_nᵀ], [s·Σ_n K_ll,n])`` summed over the chunk (K_ll = δδᵀ for the EF).
+    """
+    if part == "matrix":
+        return jax.jit(jax.vmap(functools.partial(_per_sample, st, loss, kind), (None, 0, 0, None)))
+    return jax.jit(functools.partial({"diagonal": _diagonal, "kron": _kron}[part], st, loss, kind))
+
+
+def bytes_per_sample(st: Structure, loss: str, kind: str, part: str, theta, X, Y, s) -> int:
+    """Bytes of the per-sample arrays that :func:`factors` holds for each sample of a chunk."""
+    fn = functools.partial(_per_sample if part == "matrix" else _per_layer, st, loss, kind)
+    shapes = jax.eval_shape(jax.vmap(fn, (None, 0, 0, None)), theta, X[:1], Y[:1], s)
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))
