@@ -210,7 +210,7 @@ def _flax_dense_calls(module, variables, X, nn):
             params = m.variables["params"]
             kernel = np.asarray(params["kernel"], dtype=np.float64)
             bias = np.asarray(params["bias"], dtype=np.float64) if m.use_bias else None
-            calls.append((_module_name(m), kernel, bias, np.asarray(args[0])))
+            calls.append((_module_name(m), kernel, bias, np.asarray(_dense_input(args, kwargs))))
         elif type(m).__module__.startswith("flax."):
             raise UnsupportedModelError(
                 f"layer {_module_name(m)} cannot be mapped: from_flax converts nn.Dense layers and the "
@@ -239,6 +239,11 @@ def _flax_dense_calls(module, variables, X, nn):
     return calls, output
 
 
+def _dense_input(args, kwargs):
+    """The input of a ``Dense.__call__(inputs)``, passed by position or by name."""
+    return args[0] if args else kwargs["inputs"]
+
+
 def _grid(rows: int, cols: int, seed: int) -> np.ndarray:
     """Values spread over [-6, 6] (0 included), shuffled into ``(rows, cols)``."""
     values = np.linspace(-6.0, 6.0, rows * cols)
@@ -247,7 +252,7 @@ def _grid(rows: int, cols: int, seed: int) -> np.ndarray:
 
 def _flax_activations(module, variables, shape, dense, nn) -> list[str]:
     """The activation after each Dense call, identified on a grid of pre-activations."""
-    from .backends.jax import COLUMN, ELEMENTWISE
+    from .backends.jax_model import COLUMN, ELEMENTWISE
 
     grids = [_grid(_PROBE_ROWS, kernel.shape[1], k) for k, (_, kernel, _, _) in enumerate(dense)]
     reached, k = [], iter(range(len(dense)))
@@ -255,7 +260,7 @@ def _flax_activations(module, variables, shape, dense, nn) -> list[str]:
     def substitute(next_fun, args, kwargs, context):
         m = context.module
         if context.method_name == "__call__" and type(m) is nn.Dense and m.scope is not None and m.path:
-            reached.append(np.asarray(args[0]))
+            reached.append(np.asarray(_dense_input(args, kwargs)))
             return grids[next(k)]
         return next_fun(*args, **kwargs)
 
