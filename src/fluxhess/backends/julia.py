@@ -154,9 +154,10 @@ def _shapes(params, X, Y=None, V=None) -> str:
 
 def _to_numpy(value) -> np.ndarray:
     """An owned, C-ordered NumPy copy of a Julia array (or of anything array-like)."""
-    to_numpy = getattr(value, "to_numpy", None)
-    a = to_numpy() if to_numpy is not None else np.asarray(value)
-    return np.ascontiguousarray(a).copy()
+    to_numpy = getattr(value, "to_numpy", None)  # juliacall.ArrayValue (julia-facts §6.10)
+    if to_numpy is not None:
+        return to_numpy(order="C")  # one copy, C-ordered, owned by NumPy
+    return np.array(value, order="C", copy=True)
 
 
 # --- starting Julia ---------------------------------------------------------
