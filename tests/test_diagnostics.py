@@ -82,6 +82,29 @@ def test_estimate_agrees_with_the_memory_guard():
         fh.hessian(model, theta, X, y, backend="jax")
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("quantity", ["hessian", "ggn", "empirical_fisher", "kron", "param_jacobian", "input_hessian"])
+def test_estimate_needs_what_the_api_guard_asks_for(quantity, monkeypatch):
+    """The bytes each public function hands the memory guard are the bytes estimate reports."""
+    model = fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 2))
+    theta, X, Y = _case(model, "mse", n=5)
+    expected = fh.estimate(model, X)[quantity].needs_bytes
+    asked = []
+
+    def record(q, nbytes, shape, **kw):
+        asked.append((q, nbytes))
+        raise _Stop
+
+    monkeypatch.setattr(fh.memory, "require", record)
+    args = (model, theta, X, Y) if quantity not in ("param_jacobian", "input_hessian") else (model, theta, X)
+    with pytest.raises(_Stop):
+        getattr(fh, quantity)(*args, backend="jax")
+    assert asked == [(quantity, expected)]
+
+
 def test_estimate_rejects_bad_arguments():
     with pytest.raises(fh.InputError, match="number of samples"):
         fh.estimate(fh.Chain.mlp([2, 1]), 0)

@@ -167,8 +167,8 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
     """How much memory each quantity's result takes for ``model`` and a batch, before computing it.
 
     ``X``: the inputs ``(N, d)``, or the number of samples N. ``needs`` is what the memory
-    guard checks before the computation: twice the result for the P×P matrices (the
-    backend's result and the copy returned), the result for the others.
+    guard checks before the computation: twice the result for the P×P matrices and the
+    KFAC factors (the backend's result and the copy returned), the result for the others.
 
     Returns: a :class:`MemoryEstimate`; ``estimate(...)["hessian"].fits`` says whether
     :func:`fluxhess.hessian` would be allowed to run here now.
@@ -195,7 +195,7 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
     rows = []
     for quantity, shape in shapes.items():
         nbytes = _elements(shape) * itemsize
-        needs = 2 * nbytes if quantity in MATRICES else nbytes
+        needs = _COPIES.get(quantity, 1) * nbytes
         try:
             memory.require(quantity, needs, shape)
             fits = True
@@ -204,6 +204,10 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
         rows.append(QuantityEstimate(quantity, shape, nbytes, needs, fits))
     setup = f"memory estimate: {model.to_flux()}; P = {P}, N = {N}, d = {d}, C = {C}, {float_dtype(dtype).name}"
     return MemoryEstimate(setup, rows, memory.available_bytes())
+
+
+#: Quantities whose memory guard counts two copies of the result: the backend's and the one returned.
+_COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "kron": 2}
 
 
 def _elements(shape) -> int:
