@@ -122,6 +122,7 @@ class Laplace:
         self.prior_precision = prior_precision
         self.prior_mean = prior_mean
         self._curv = None
+        self._eig = None
         self.clipped: K.Clipped | None = None
         self.loss = None  # Σ_n ℓ_n at θ_MAP, set by fit
         self.n_data = None
@@ -232,6 +233,7 @@ class Laplace:
         if self.clip_negative_eigenvalues:
             H, self.clipped = K.clip_negative(H)
         self._curv = H
+        self._eig = None
         self.loss = api.loss(s.tail, theta_tail, features, Y, loss=loss, agg="sum", backend=self.backend)
         self.n_data = N
         self._cache = None
@@ -345,6 +347,12 @@ class Laplace:
             raise self._not_positive_definite(self._factor(sigma), np.asarray(prior))
         return value
 
+    def _eigenvalues(self) -> np.ndarray:
+        """The eigenvalues of a full ``H`` (computed once per fit): a scalar prior's log det is then O(P)."""
+        if self._eig is None:
+            self._eig = np.linalg.eigvalsh(self._curv.H)
+        return self._eig
+
     def _log_marglik(self, prior, sigma, curv=None):
         """The log marginal likelihood as a JAX function of the hyperparameters (and of ``curv``, for jit)."""
         curv = self._curv if curv is None else curv
@@ -352,7 +360,11 @@ class Laplace:
         c = self._factor(sigma)
         p0 = posterior.prior_diagonal(prior, sizes)
         delta = self.mean - self._prior_mean
-        log_det_ratio = curv.logdet(c, prior, sizes) - jnp.sum(jnp.log(p0))
+        if self.structure == "full" and prior.shape[0] == 1:  # log det(c·H + λ·I) from H's eigenvalues
+            log_det = jnp.sum(jnp.log(c * self._eigenvalues() + prior[0]))
+        else:
+            log_det = curv.logdet(c, prior, sizes)
+        log_det_ratio = log_det - jnp.sum(jnp.log(p0))
         scatter = jnp.sum(p0 * delta**2)
         ll = lik.log_likelihood(self.likelihood, self.loss, sigma, self.temperature, self.n_data, self.n_outputs)
         return ll - 0.5 * (log_det_ratio + scatter)
