@@ -53,6 +53,9 @@ def demo(args) -> int:
     G = fh.ggn(model, theta, X, y, loss="crossentropy", backend=backend)
     print(f"‖H − GGN‖_F / ‖H‖_F = {np.linalg.norm(H - G) / np.linalg.norm(H):.4g}; "
           f"‖EF − GGN‖_F / ‖GGN‖_F = {np.linalg.norm(F - G) / np.linalg.norm(G):.4g}")
+    from .laplace.demo import laplace_step
+
+    laplace_step(backend)
     return 0
 
 
