@@ -26,9 +26,9 @@ def test_ridge_regression_closed_form(backend):
 
 def test_classifier_map_is_a_stationary_point_of_the_reference_objective():
     rng = np.random.default_rng(1)
-    model = fh.Chain.mlp([2, 5, 3], "tanh")
-    X, y = rng.normal(size=(40, 2)), rng.integers(0, 3, 40)
-    lam = np.full(model.num_params, 0.5)
+    model = fh.Chain.mlp([2, 4, 3], "tanh")
+    X, y = rng.normal(size=(20, 2)), rng.integers(0, 3, 20)
+    lam = np.full(model.num_params, 2.0)
     fit = fh.fit_map(model, model.init(0), X, y, loss="logitcrossentropy", prior_precision=lam)
     Y = np.eye(3)[y]
     with jax.enable_x64(True):
