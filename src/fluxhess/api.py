@@ -126,7 +126,7 @@ def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend
 
 def _square(call: _Call, quantity: str) -> None:
     P = call.params.shape[0]
-    memory.require(quantity, 2 * P * P * call.dtype.itemsize, (P, P))
+    memory.require(quantity, memory.needed_bytes(quantity, P * P, call.dtype.itemsize), (P, P))
 
 
 # --- values ----------------------------------------------------------------
@@ -284,7 +284,7 @@ def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="aut
     spec = _spec_of(model)
     shapes = [((l.in_features + l.bias,) * 2, (l.out_features,) * 2) for _, l in spec.dense_layers]
     floats = sum(a[0] ** 2 + g[0] ** 2 for a, g in shapes)
-    memory.require("kron", 2 * floats * call.dtype.itemsize, max((a for a, _ in shapes), key=lambda a: a[0]))
+    memory.require("kron", memory.needed_bytes("kron", floats, call.dtype.itemsize), max((a for a, _ in shapes), key=lambda a: a[0]))
     pairs = call.run("kron", call.Y, loss, agg, kind)
     names = [f"layers.{i}" for i, _ in spec.dense_layers]
     return [KronFactors(n, call.result(A), call.result(G)) for n, (A, G) in zip(names, pairs)]

@@ -195,7 +195,7 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
     rows = []
     for quantity, shape in shapes.items():
         nbytes = _elements(shape) * itemsize
-        needs = _COPIES.get(quantity, 1) * nbytes
+        needs = memory.needed_bytes(quantity, _elements(shape), itemsize)
         try:
             memory.require(quantity, needs, shape)
             fits = True
@@ -204,10 +204,6 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
         rows.append(QuantityEstimate(quantity, shape, nbytes, needs, fits))
     setup = f"memory estimate: {model.to_flux()}; P = {P}, N = {N}, d = {d}, C = {C}, {float_dtype(dtype).name}"
     return MemoryEstimate(setup, rows, memory.available_bytes())
-
-
-#: Quantities whose memory guard counts two copies of the result: the backend's and the one returned.
-_COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "kron": 2}
 
 
 def _elements(shape) -> int:

@@ -44,6 +44,15 @@ ALTERNATIVES = {
 }
 
 
+#: Quantities whose guard counts two copies of the result: the backend's and the one returned.
+COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "kron": 2}
+
+
+def needed_bytes(quantity: str, elements: int, itemsize: int) -> int:
+    """The bytes the guard checks for a result of ``elements`` entries of ``itemsize`` bytes."""
+    return COPIES.get(quantity, 1) * elements * itemsize
+
+
 def require(quantity: str, nbytes: int, shape: tuple[int, ...], *, fraction: float = 0.8) -> None:
     """Raise :class:`MemoryBudgetError` when ``nbytes`` exceeds ``fraction`` of available memory."""
     budget = fraction * available_bytes()
