@@ -76,12 +76,6 @@ def main(argv=None) -> int:
         for link in ("probit", "mc", "bridge"):
             probs = la.predictive(X_test, pred_type="glm", link_approx=link, n_samples=1000).mean
             rows[f"Laplace {subset}, GLM {link}"] = metrics(probs, y_test)
-        if subset == "last_layer":  # for comparison: the prior that minimises a validation NLL
-            n_val = len(y) // 5
-            la.optimize_prior_precision(method="gridsearch", val=(X[:n_val], y[:n_val]))
-            print(f"  gridsearch on {n_val} training points as validation: prior precision {float(la.prior_precision[0]):.4g}")
-            rows["Laplace last_layer, grid prior, probit"] = metrics(la.predictive(X_test).mean, y_test)
-
     print()
     print(f"| {'method':<32} | accuracy |    NLL |    ECE |  Brier |")
     print(f"|{'-' * 34}|---------:|-------:|-------:|-------:|")
