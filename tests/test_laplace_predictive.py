@@ -71,8 +71,8 @@ def test_mc_link_matches_independent_monte_carlo(C):
     J = ref.param_jacobian(model, theta, Xt)
     f_cov = np.einsum("ncp,pq,nkq->nck", J, np.linalg.inv(la.posterior_precision), J)
     f_mu = ref.forward(model, theta, Xt)
-    expected, tol = _mc(f_mu, f_cov, np.random.default_rng(7), n=200_000)
-    p = la.predictive(Xt, link_approx="mc", n_samples=200_000, seed=3)
+    expected, tol = _mc(f_mu, f_cov, np.random.default_rng(7), n=100_000)
+    p = la.predictive(Xt, link_approx="mc", n_samples=100_000, seed=3)
     assert_close(p.function_covariance, f_cov, rtol=1e-8, what="function covariance")
     assert np.max(np.abs(p.mean - expected)) < 2 * tol  # two independent estimates
     assert_close(p.variance, p.mean * (1 - p.mean), rtol=1e-12, what="label variance")
@@ -97,7 +97,7 @@ def test_nn_predictive_of_a_linear_model_matches_the_glm():
 def test_samples_have_the_posterior_mean_and_covariance(structure):
     model, theta, X, y, _ = _classifier()
     la = fh.Laplace(model, theta, "classification", structure=structure, prior_precision=1.5, backend="jax").fit(X, y)
-    n = 40_000
+    n = 20_000
     S = la.sample(n, seed=4)
     assert S.shape == (n, la.n_params)
     cov = np.linalg.inv(la.posterior_precision)  # NumPy's inverse of the precision, not our covariance
