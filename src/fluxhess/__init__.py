@@ -31,6 +31,7 @@ from .errors import (
     InputError,
     JuliaUnavailableError,
     MemoryBudgetError,
+    NotFittedError,
     NumericalWarning,
     UnknownNameError,
     UnsupportedModelError,
@@ -91,6 +92,7 @@ __all__ = [
     "JuliaUnavailableError",
     "UnsupportedModelError",
     "MemoryBudgetError",
+    "NotFittedError",
     "NumericalWarning",
     "BackendError",
 ]

@@ -52,3 +52,7 @@ class NumericalWarning(UserWarning):
     The message says how much was measured, the bound it exceeded, and the fix
     (usually ``dtype="float64"``).
     """
+
+
+class NotFittedError(FluxHessError, RuntimeError):
+    """A method needs a fitted object (e.g. ``Laplace.predictive`` before ``.fit``)."""

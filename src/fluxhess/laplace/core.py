@@ -22,7 +22,7 @@ import numpy as np
 from .. import api, memory
 from ..backends import get as _get_backend
 from .. import validate as check
-from ..errors import FluxHessError, InputError
+from ..errors import FluxHessError, InputError, NotFittedError
 from ..model import Chain
 from ..progress import chunks
 from ..train import lbfgs
@@ -205,7 +205,7 @@ class Laplace:
 
     def _require_fit(self, what: str) -> None:
         if not self.fitted:
-            raise FluxHessError(f"{what} needs a fitted Laplace approximation: call .fit(X, y) with the training data first")
+            raise NotFittedError(f"{what} needs a fitted Laplace approximation: call .fit(X, y) with the training data first")
 
     def _features(self, X) -> np.ndarray:
         if self._subset.head is None:
@@ -275,7 +275,7 @@ class Laplace:
 
     def _dense(self, quantity: str):
         P = self.n_params
-        memory.require(quantity, 2 * P * P * 8, (P, P))
+        memory.require(quantity, memory.needed_bytes(quantity, P * P, 8), (P, P))
 
     @property
     def posterior_precision(self) -> np.ndarray:
