@@ -26,12 +26,16 @@ import numpy as np
 
 from ..memory import CHUNK_BYTES, chunk_size
 from ..progress import chunks
-from .dense_factors import Structure, bytes_per_sample, factors
+from .dense_factors import Structure, bytes_per_sample, factors, pair
 
 
 def _budget(P: int, itemsize: int) -> int:
     """Working memory beside a P×P result: a quarter of it, within [16 MiB, CHUNK_BYTES]."""
     return int(min(CHUNK_BYTES, max(16 * 2**20, P * P * itemsize // 4)))
+
+
+def _shapes(theta, X, Y) -> tuple[str, int, int]:
+    return theta.dtype.name, X.shape[1], Y.shape[1]
 
 
 def _numpy(tree):
@@ -60,33 +64,43 @@ def _panels(st: Structure, itemsize: int, budget: int) -> list[_Panel]:
     return out
 
 
-def _put(view, value, accumulate: bool) -> None:
+def _put(H, rows: slice, cols: slice, term, accumulate: bool) -> None:
+    """Write (or add) ``term`` ``(j, p, i, q)`` into ``H[rows, cols]``; adds go through a contiguous copy."""
     if accumulate:
-        np.add(view, value, out=view)
+        H[rows, cols] += np.ascontiguousarray(term).reshape(rows.stop - rows.start, -1)
     else:
-        np.copyto(view, value)
+        np.copyto(H[rows, cols].reshape(term.shape), term)
 
 
-def _fill_panel(H, st: Structure, panel: _Panel, F, accumulate: bool) -> None:
-    """Write (or add) ``panel``'s part of the lower triangle of H from one chunk's factors ``F``."""
+def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool) -> None:
+    """``panel``'s part of the lower triangle of H from one chunk's factors.
+
+    ``F`` holds the chunk's per-layer factors, ``K_ml`` ``(N, o_m, o_l)`` the block's, and
+    ``T_ml`` the Hessian's ``T̄_ml`` for non-adjacent layers (None otherwise).
+    """
     m, l, j0, j1 = panel.m, panel.l, panel.j0, panel.j1
     seg_m, seg_l = st.segments[m], st.segments[l]
     om, ol = seg_m.outputs, seg_l.outputs
     cols = j1 if m == l else seg_l.rows  # diagonal blocks: columns i < j1 only
     am, al = F["abar"][m], F["abar"][l]
     N = am.shape[0]
-    view = H[
-        seg_m.offset + j0 * om : seg_m.offset + j1 * om,
-        seg_l.offset : seg_l.offset + cols * ol,
-    ].reshape(j1 - j0, om, cols, ol)
-
     left = (am[:, j0:j1, None] * al[:, None, :cols]).reshape(N, -1)
-    term = (left.T @ F["K"][(m, l)].reshape(N, -1)).reshape(j1 - j0, cols, om, ol)
-    _put(view, term.transpose(0, 2, 1, 3), accumulate)
-    if "T" in F and m > l:
-        right = (F["delta"][m][:, :, None] * al[:, None, :]).reshape(N, -1)
-        twisted = (F["T"][(m, l)][:, j0:j1, :].reshape(N, -1).T @ right).reshape(j1 - j0, ol, om, cols)
-        np.add(view, twisted.transpose(0, 2, 3, 1), out=view)
+    term = (left.T @ K_ml.reshape(N, -1)).reshape(j1 - j0, cols, om, ol).transpose(0, 2, 1, 3)
+    if "delta" in F and m > l:  # the Hessian's Σ_n T̄_ml[j, q] δ_m[p] ā_l[i]
+        delta = F["delta"][m]
+        if T_ml is None:  # adjacent layers: T̄[j, q] = φ_l'[j] if q == j (j < n_m: no bias row)
+            term = np.ascontiguousarray(term)
+            jd = min(j1, seg_m.layer.in_features)
+            scaled = (F["d1"][l][:, j0:jd, None] * delta[:, None, :]).reshape(N, -1)
+            diag = (scaled.T @ al).reshape(jd - j0, om, cols)
+            for j in range(j0, jd):
+                term[j - j0, :, :, j] += diag[j - j0]
+        else:
+            right = (delta[:, :, None] * al[:, None, :]).reshape(N, -1)
+            twisted = (T_ml[:, j0:j1, :].reshape(N, -1).T @ right).reshape(j1 - j0, ol, om, cols)
+            term = term + twisted.transpose(0, 2, 3, 1)
+    rows = slice(seg_m.offset + j0 * om, seg_m.offset + j1 * om)
+    _put(H, rows, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate)
 
 
 def _fill_gram_panel(H, G, rows: slice, accumulate: bool) -> None:
@@ -120,7 +134,7 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.nda
     itemsize = theta.dtype.itemsize
     budget = _budget(P, itemsize)
     fn = factors(st, loss, kind, "matrix")
-    n = chunk_size(bytes_per_sample(st, loss, kind, "matrix", theta, X, Y, s), N, budget // 2)
+    n = chunk_size(bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y)), N, budget // 2)
     sample_chunks = [slice(a, min(a + n, N)) for a in range(0, N, n)]
     if kind == "ef":
         step = chunk_size(P * itemsize, P, budget // 4)
@@ -129,17 +143,22 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.nda
         panels = _panels(st, itemsize, budget // 4)
     H = np.empty((P, P), dtype=theta.dtype)
     work = [(c, p) for c in range(len(sample_chunks)) for p in panels]
-    current, F = None, None
+    key, F, K_ml, T_ml = None, None, None, None
     for task in chunks(len(work), 1, kind):
         c, panel = work[task.start]
-        if c != current:
-            current, F = c, None
+        if key is None or key[0] != c:
             sl = sample_chunks[c]
             F = _numpy(fn(theta, X[sl], Y[sl], s))
         if kind == "ef":
             _fill_gram_panel(H, F, panel, accumulate=c > 0)
-        else:
-            _fill_panel(H, st, panel, F, accumulate=c > 0)
+            key = (c,)
+            continue
+        if key != (c, panel.m, panel.l):
+            K_ml, T_ml = F["K"][panel.m], None
+            if panel.m > panel.l:
+                K_ml, T_ml = _numpy(pair(st, kind, panel.m, panel.l)(theta, F["K"][panel.m], F["d1"]))
+        key = (c, panel.m, panel.l)
+        _fill_panel(H, st, panel, F, K_ml, T_ml, accumulate=c > 0)
     mirror_lower(H)
     return H
 
@@ -168,5 +187,5 @@ def kron(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> list[tup
 
 def _sample_chunks(st, loss, kind, part, theta, X, Y, s):
     """Chunks of samples whose per-sample factors (and XLA's temporaries) fit CHUNK_BYTES."""
-    n = chunk_size(4 * bytes_per_sample(st, loss, kind, part, theta, X, Y, s), X.shape[0])
+    n = chunk_size(4 * bytes_per_sample(st, loss, kind, part, *_shapes(theta, X, Y)), X.shape[0])
     return chunks(X.shape[0], n, part)

@@ -13,7 +13,11 @@ layer after it, softmax included) gives the output ``f = h(z_{L-1})``, and
   ``D_{L-1} = ∇²u`` and ``D_l = φ_l' W_{l+1}ᵀ D_{l+1} W_{l+1} φ_l' + diag(φ_l'' ⊙ W_{l+1}ᵀ δ_{l+1})``;
   for the GGN the same without the ``φ''`` term, starting from ``J_hᵀ Λ J_h``;
 - ``J_ml = ∂z_m/∂z_l`` ``(o_m, o_l)`` for ``m > l``, and ``K_ml = K_mm J_ml``;
-- ``T̄_ml = ∂ā_m/∂z_l`` ``(n̄_m, o_l)`` for ``m > l`` (zero bias row), exact Hessian only.
+- ``T̄_ml = ∂ā_m/∂z_l`` ``(n̄_m, o_l)`` for ``m > l`` (zero bias row), exact Hessian only;
+  ``diag(φ_l')`` for adjacent layers.
+
+The per-layer factors of a chunk (:func:`factors`) are small; the cross-layer ones are
+made one pair of layers at a time (:func:`pair`) so that only one block's are held.
 
 Everything is computed for one sample and batched over a chunk with ``vmap``; the
 factor ``s`` of the aggregation is folded in (``K``, ``δ`` of the Hessian's second term)
@@ -139,20 +143,27 @@ def _backward(st: Structure, loss: str, kind: str, theta, x, y):
     return abar, w_ts, d1, delta, K
 
 
-def _cross(st: Structure, w_ts, d1, K, with_t: bool):
-    """``{(m, l): K_mm J_ml}`` and, with ``with_t``, ``{(m, l): T̄_ml}`` for every m > l."""
-    n = len(st.segments)
-    K_ml, T_ml = {}, {}
-    for l in range(n - 1):
-        J = None  # ∂z_{m-1}/∂z_l; None stands for the identity (m - 1 == l)
-        for m in range(l + 1, n):
-            T = jnp.diag(d1[m - 1]) if J is None else d1[m - 1][:, None] * J  # ∂a_m/∂z_l
-            J = w_ts[m].T @ T
-            K_ml[(m, l)] = K[m] @ J
-            if with_t:
-                bias = st.segments[m].layer.bias
-                T_ml[(m, l)] = jnp.concatenate([T, jnp.zeros((1, T.shape[1]), T.dtype)]) if bias else T
-    return K_ml, T_ml
+def _pair(st: Structure, kind: str, m: int, l: int, theta, K_m, d1):
+    """``K_ml = K_mm J_ml`` ``(N, o_m, o_l)`` and, for the Hessian with m > l + 1, ``T̄_ml``.
+
+    Batched over the chunk by hand rather than by ``vmap``, so that every product has a
+    weight matrix on one side and becomes one large GEMM:
+    ``J_ml = W_m diag(φ_{m-1}') W_{m-1} ⋯ W_{l+1} diag(φ_l')`` and ``T_ml = diag(φ_{m-1}') W_{m-1} ⋯ diag(φ_l')``.
+    """
+    W = [dense_weights(seg.layer, theta, seg.offset)[0].T for seg in st.segments]  # (o, n)
+    K = K_m
+    for k in range(m, l, -1):
+        N, rows, _ = K.shape
+        K = (K.reshape(N * rows, -1) @ W[k]).reshape(N, rows, -1) * d1[k - 1][:, None, :]
+    if kind != "hessian" or m == l + 1:  # adjacent layers: T = diag(φ_l'), used as such
+        return K, None
+    T = W[l + 1][None, :, :] * d1[l][:, None, :]
+    for k in range(l + 2, m):
+        T = jnp.einsum("ab,nbc->nac", W[k], d1[k - 1][:, :, None] * T)
+    T = d1[m - 1][:, :, None] * T
+    if st.segments[m].layer.bias:
+        T = jnp.concatenate([T, jnp.zeros((T.shape[0], 1, T.shape[2]), T.dtype)], axis=1)
+    return K, T
 
 
 def _per_layer(st: Structure, loss: str, kind: str, theta, x, y, s=None):
@@ -162,13 +173,11 @@ def _per_layer(st: Structure, loss: str, kind: str, theta, x, y, s=None):
 
 
 def _per_sample(st: Structure, loss: str, kind: str, theta, x, y, s):
-    abar, w_ts, d1, delta, K = _backward(st, loss, kind, theta, x, y)
+    abar, _, d1, delta, K = _backward(st, loss, kind, theta, x, y)
     if kind == "ef":
         return jnp.sqrt(s) * jnp.concatenate([jnp.outer(a, d).ravel() for a, d in zip(abar, delta)])
-    K_ml, T_ml = _cross(st, w_ts, d1, K, with_t=kind == "hessian")
-    out = {"abar": abar, "K": {(m, m): s * K[m] for m in range(len(K))} | {k: s * v for k, v in K_ml.items()}}
+    out = {"abar": abar, "d1": d1, "K": [s * k for k in K]}
     if kind == "hessian":
-        out["T"] = T_ml
         out["delta"] = [s * d for d in delta]
     return out
 
@@ -190,8 +199,8 @@ def factors(st: Structure, loss: str, kind: str, part: str):
     """The jitted ``(θ, X, Y, s) ↦`` factors of a chunk of samples.
 
     ``part="matrix"``: per-sample arrays (leading axis N) — for ``kind="ef"`` the rows
-    ``√s·g_n`` ``(N, P)``; otherwise ``{"abar": [ā_l], "K": {(m, l): s·K_ml}}`` (m ≥ l) plus,
-    for the Hessian, ``"T": {(m, l): T̄_ml}`` (m > l) and ``"delta": [s·δ_m]``.
+    ``√s·g_n`` ``(N, P)``; otherwise ``{"abar": [ā_l], "d1": [φ_l'], "K": [s·K_ll]}`` plus,
+    for the Hessian, ``"delta": [s·δ_l]``.
     ``part="diagonal"``: per layer ``s·Σ_n ā_n² ⊗ diag(K_ll,n)`` ``(|θ_l|,)``, summed over the chunk.
     ``part="kron"``: ``([Σ_n ā_n ā_nᵀ], [s·Σ_n K_ll,n])`` summed over the chunk (K_ll = δδᵀ for the EF).
     """
@@ -200,8 +209,23 @@ def factors(st: Structure, loss: str, kind: str, part: str):
     return jax.jit(functools.partial({"diagonal": _diagonal, "kron": _kron}[part], st, loss, kind))
 
 
-def bytes_per_sample(st: Structure, loss: str, kind: str, part: str, theta, X, Y, s) -> int:
+@functools.lru_cache(maxsize=None)
+def pair(st: Structure, kind: str, m: int, l: int):
+    """The jitted ``(θ, K_m (N, o_m, o_m), [φ'] (N, ·)) ↦ (K_ml, T̄_ml or None)`` for m > l.
+
+    ``T̄_ml`` ``(N, n̄_m, o_l)`` comes only for the Hessian and non-adjacent layers; for
+    adjacent ones ``T_ml = diag(φ_l')`` and the caller uses ``φ_l'`` itself.
+    """
+    return jax.jit(functools.partial(_pair, st, kind, m, l))
+
+
+@functools.lru_cache(maxsize=None)
+def bytes_per_sample(st: Structure, loss: str, kind: str, part: str, dtype: str, d: int, C: int) -> int:
     """Bytes of the per-sample arrays that :func:`factors` holds for each sample of a chunk."""
     fn = functools.partial(_per_sample if part == "matrix" else _per_layer, st, loss, kind)
-    shapes = jax.eval_shape(jax.vmap(fn, (None, 0, 0, None)), theta, X[:1], Y[:1], s)
+    P = sum(seg.size for seg in st.segments)
+    shapes = jax.eval_shape(
+        jax.vmap(fn, (None, 0, 0, None)),
+        *(jax.ShapeDtypeStruct(shape, dtype) for shape in ((P,), (1, d), (1, C), ())),
+    )
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))

@@ -1,0 +1,306 @@
+"""Every library's way to compute each quantity, on one :class:`problems.Problem`.
+
+An implementation is ``build(problem, quantity) -> fn | None``: ``fn()`` computes the whole
+quantity (that call is what gets timed), ``None`` means the library does not offer it.
+Results are NumPy arrays in fluxhess's parameter order, or torch tensors in torch's order
+(``Impl.layout == "torch"``), or for ``kron-*`` whatever the library returns (not checked).
+
+Curvature quantities: ``hessian``, ``ggn``, ``ef``, ``diag-hessian``, ``diag-ggn``,
+``diag-ef``, ``kron-ggn``, ``kron-ef``; and ``laplacian`` on the Laplacian problem.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+import fluxhess as fh
+from fluxhess.backends.jax import JaxBackend
+
+CURVATURE = ["hessian", "ggn", "ef", "diag-hessian", "diag-ggn", "diag-ef", "kron-ggn", "kron-ef"]
+MATRICES = ("hessian", "ggn", "ef")
+
+
+@dataclass(frozen=True)
+class Impl:
+    library: str
+    peer: bool  # False for fluxhess itself and for plain-JAX reference routes
+    build: Callable
+    layout: str = "fluxhess"  # or "torch": parameters in torch's order
+    needs: tuple[str, ...] = ()  # modules that must be importable
+
+    def missing(self) -> list[str]:
+        return [m for m in self.needs if importlib.util.find_spec(m) is None]
+
+
+# --- fluxhess ----------------------------------------------------------------
+
+
+def _fluxhess(problem, quantity):
+    m, t, X, Y, dt = problem.model, problem.theta, problem.X, problem.Y, problem.dtype
+    kw = dict(loss="mse", backend="jax", dtype=dt)
+    if quantity == "laplacian":
+        return lambda: fh.laplacian(m, t, X, backend="jax", dtype=dt)
+    if quantity in MATRICES:
+        fn = {"hessian": fh.hessian, "ggn": fh.ggn, "ef": fh.empirical_fisher}[quantity]
+        return lambda: fn(m, t, X, Y, **kw)
+    what, kind = quantity.split("-")
+    if what == "diag":
+        return lambda: fh.diagonal(m, t, X, Y, kind=kind, **kw)
+    return lambda: fh.kron(m, t, X, Y, kind=kind, **kw)
+
+
+def _generic_jax(problem, quantity):
+    """fluxhess's generic route (chunked HVPs, per-sample Jacobians): what plain JAX gives."""
+    b, m, t, X, Y = JaxBackend(structured=False), problem.model, problem.theta, problem.X, problem.Y
+    if quantity in MATRICES:
+        fn = {"hessian": b.hessian, "ggn": b.ggn, "ef": b.empirical_fisher}[quantity]
+        return lambda: fn(m, t, X, Y, "mse", "sum")
+    if quantity.startswith("diag-"):
+        return lambda: b.diagonal(m, t, X, Y, "mse", "sum", quantity[5:])
+    return None
+
+
+# --- torch-based peers ---------------------------------------------------------
+
+
+def _torch_model(problem):
+    import torch
+
+    dtype = getattr(torch, problem.dtype)
+    blocks = problem.model.unflatten(problem.theta)
+    dense = problem.model.dense_layers
+    layers = []
+    for k, (i, layer) in enumerate(dense):
+        lin = torch.nn.Linear(layer.in_features, layer.out_features, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(blocks[f"layers.{i}.weight"])))
+            lin.bias.copy_(torch.from_numpy(np.ascontiguousarray(blocks[f"layers.{i}.bias"])))
+        layers.append(lin)
+        if k < len(dense) - 1:
+            layers.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*layers)
+
+
+def _tensors(problem):
+    import torch
+
+    return torch.from_numpy(problem.X), torch.from_numpy(problem.Y)
+
+
+def _torch_func(problem, quantity):
+    """torch.func: reverse-over-reverse Hessian (chunked), vmapped per-sample Jacobians and gradients."""
+    if quantity not in MATRICES:
+        return None
+    import torch
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    model = _torch_model(problem)
+    X, Y = _tensors(problem)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def f(flat, x):
+        parts = torch.split(flat, sizes)
+        return functional_call(model, {n: p.reshape(s) for n, p, s in zip(names, parts, shapes)}, (x,))
+
+    if quantity == "hessian":
+        loss = lambda flat: ((f(flat, X) - Y) ** 2).sum()  # noqa: E731
+        return lambda: jacrev(jacrev(loss), chunk_size=64)(flat0)
+    if quantity == "ggn":  # mse: Λ = 2I, so GGN = 2 JᵀJ
+
+        def ggn():
+            J = vmap(jacrev(lambda flat, x: f(flat, x[None])[0]), in_dims=(None, 0))(flat0, X)
+            J = J.reshape(-1, flat0.numel())
+            return 2 * J.T @ J
+
+        return ggn
+
+    def ef():
+        G = vmap(grad(lambda flat, x, y: ((f(flat, x[None])[0] - y) ** 2).sum()), in_dims=(None, 0, 0))(flat0, X, Y)
+        return G.T @ G
+
+    return ef
+
+
+_LAPLACE_OFFERS = {
+    "Hessian": {"hessian": "full"},
+    "GGN": {"ggn": "full", "diag-ggn": "diag", "kron-ggn": "kron"},
+    "EF": {"ef": "full", "diag-ef": "diag", "kron-ef": "kron"},
+}
+
+
+def _laplace(prefix: str):
+    """laplace-torch's curvature backend ``{prefix}{Hessian,GGN,EF}`` (regression: ½·mse)."""
+
+    def build(problem, quantity):
+        import laplace.curvature as lc
+
+        for kind, offers in _LAPLACE_OFFERS.items():
+            method = offers.get(quantity)
+            cls = getattr(lc, prefix + kind, None)
+            if method and cls is not None:
+                break
+        else:
+            return None
+        model = _torch_model(problem)
+        model.output_size = problem.Y.shape[1]  # laplace-torch's Laplace class sets this before using a backend
+        backend = cls(model, "regression")
+        X, Y = _tensors(problem)
+        if method == "kron":
+            return lambda: backend.kron(X, Y, N=problem.n)[1]
+        return lambda: getattr(backend, method)(X, Y)[1]
+
+    return build
+
+
+def _asdl(problem, quantity):
+    """ASDL's FisherMaker with a full shape: the exact GGN (``fisher_exact``) and the EF (``fisher_emp``)."""
+    if quantity not in ("ggn", "ef"):
+        return None
+    import torch
+    from asdl.fisher import FisherConfig, get_fisher_maker
+    from asdl.grad_maker import LOSS_MSE
+    from asdl.matrices import FISHER_EMP, FISHER_EXACT, SHAPE_FULL
+
+    model = _torch_model(problem)
+    X, Y = _tensors(problem)
+    kind = FISHER_EXACT if quantity == "ggn" else FISHER_EMP
+    config = FisherConfig(fisher_type=kind, loss_type=LOSS_MSE, fisher_shapes=[SHAPE_FULL], data_size=1)
+
+    def full():
+        if hasattr(model, "fisher"):
+            del model.fisher  # ASDL keeps an existing result instead of computing a new one
+        maker = get_fisher_maker(model, config)
+        output = maker.setup_model_call(model, X)
+        if kind == FISHER_EMP:
+            maker.setup_loss_call(torch.nn.MSELoss(reduction="sum"), output, Y)
+        maker.forward_and_backward()
+        return model.fisher.data
+
+    return full
+
+
+def _backpack(problem, quantity):
+    """BackPACK's extensions: SqrtGGNExact, BatchGrad, DiagHessian, DiagGGNExact, SumGradSquared, KFLR."""
+    import torch
+    from backpack import backpack, extend
+    from backpack import extensions as ext
+
+    model = extend(_torch_model(problem))
+    lossfunc = extend(torch.nn.MSELoss(reduction="sum"))
+    X, Y = _tensors(problem)
+    N, C = problem.Y.shape
+
+    def collect(extension, attr):
+        model.zero_grad()
+        with backpack(extension):
+            lossfunc(model(X), Y).backward()
+        return [getattr(p, attr) for p in model.parameters()]
+
+    if quantity == "ggn":
+
+        def ggn():
+            V = torch.cat([v.reshape(C * N, -1) for v in collect(ext.SqrtGGNExact(), "sqrt_ggn_exact")], dim=1)
+            return V.T @ V
+
+        return ggn
+    if quantity == "ef":
+
+        def ef():
+            G = torch.cat([g.reshape(N, -1) for g in collect(ext.BatchGrad(), "grad_batch")], dim=1)
+            return G.T @ G
+
+        return ef
+    diag = {
+        "diag-hessian": (ext.DiagHessian, "diag_h"),
+        "diag-ggn": (ext.DiagGGNExact, "diag_ggn_exact"),
+        "diag-ef": (ext.SumGradSquared, "sum_grad_squared"),
+    }
+    if quantity in diag:
+        extension, attr = diag[quantity]
+        return lambda: torch.cat([d.reshape(-1) for d in collect(extension(), attr)])
+    if quantity == "kron-ggn":
+        return lambda: collect(ext.KFLR(), "kflr")
+    return None
+
+
+# --- Laplacian ---------------------------------------------------------------------
+
+
+def _jax_apply(problem):
+    """The Laplacian problem's MLP written directly in jax.numpy, for one sample ``x`` ``(d,)``."""
+    import jax.numpy as jnp
+
+    blocks = problem.model.unflatten(problem.theta)
+    dense = problem.model.dense_layers
+    weights = [(jnp.asarray(blocks[f"layers.{i}.weight"]), jnp.asarray(blocks[f"layers.{i}.bias"])) for i, _ in dense]
+
+    def f(x):
+        for k, (W, b) in enumerate(weights):
+            x = W @ x + b
+            if k < len(weights) - 1:
+                x = jnp.tanh(x)
+        return x
+
+    return f
+
+
+def _precision_scope(problem):
+    import jax
+
+    return jax.enable_x64(problem.dtype == "float64")
+
+
+def _folx(problem, quantity):
+    if quantity != "laplacian":
+        return None
+    import jax
+    from folx import forward_laplacian
+
+    with _precision_scope(problem):
+        f = _jax_apply(problem)
+        fn = jax.jit(jax.vmap(lambda x: forward_laplacian(f, sparsity_threshold=0)(x).laplacian))
+        X = jax.device_put(problem.X)
+        return _scoped(problem, lambda: np.asarray(fn(X)))
+
+
+def _hessian_trace(problem, quantity):
+    """``jit(vmap(hessian))`` then the trace: the plain-JAX Laplacian."""
+    if quantity != "laplacian":
+        return None
+    import jax
+    import jax.numpy as jnp
+
+    with _precision_scope(problem):
+        f = _jax_apply(problem)
+        fn = jax.jit(lambda X: jnp.trace(jax.vmap(jax.hessian(f))(X), axis1=-2, axis2=-1))
+        X = jax.device_put(problem.X)
+        return _scoped(problem, lambda: np.asarray(fn(X)))
+
+
+def _scoped(problem, fn):
+    def call():
+        with _precision_scope(problem):
+            return fn()
+
+    return call
+
+
+IMPLS = [
+    Impl("fluxhess", False, _fluxhess),
+    Impl("jax generic route", False, _generic_jax),
+    Impl("torch.func", True, _torch_func, "torch", ("torch",)),
+    Impl("laplace-torch/ASDL", True, _laplace("Asdl"), "torch", ("laplace", "asdl")),
+    Impl("laplace-torch/BackPACK", True, _laplace("BackPack"), "torch", ("laplace", "backpack")),
+    Impl("laplace-torch/curvlinops", True, _laplace("Curvlinops"), "torch", ("laplace", "curvlinops")),
+    Impl("BackPACK", True, _backpack, "torch", ("backpack",)),
+    Impl("ASDL", True, _asdl, "torch", ("asdl",)),
+    Impl("folx", True, _folx, needs=("folx",)),
+    Impl("jit(vmap(hessian))+trace", False, _hessian_trace),
+]

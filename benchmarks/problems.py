@@ -1,0 +1,72 @@
+"""The benchmark problems: the same model, weights and data for every library.
+
+Curvature: a tanh MLP ``[d, h, h, C]`` with ``C = 3`` outputs, ``mse`` summed over the
+batch (``L = Σ_n ‖f(x_n) - y_n‖²``), ``N = 1000`` samples; P ≈ 5k and ≈ 20k.
+Laplacian: a tanh MLP ``[100, 128, 128, 128, 1]`` on a batch of 256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fluxhess as fh
+
+
+@dataclass
+class Problem:
+    name: str
+    widths: list[int]
+    n: int
+    dtype: str
+    theta: np.ndarray = field(repr=False)
+    X: np.ndarray = field(repr=False)
+    Y: np.ndarray = field(repr=False)
+
+    @property
+    def model(self) -> fh.Chain:
+        return fh.Chain.mlp(self.widths, "tanh")
+
+    @property
+    def P(self) -> int:
+        return self.theta.size
+
+    @property
+    def data_bytes(self) -> int:
+        return self.theta.nbytes + self.X.nbytes + self.Y.nbytes
+
+    def torch_order(self) -> np.ndarray:
+        """``perm`` with ``theta[i] == torch_flat[perm[i]]``.
+
+        torch flattens ``W`` ``(out, in)`` row-major, Flux (and fluxhess) column-major.
+        """
+        perm, offset = [], 0
+        for _, layer in self.model.dense_layers:
+            o, i = layer.out_features, layer.in_features
+            perm.append(offset + np.arange(o * i).reshape(o, i).ravel(order="F"))
+            offset += o * i
+            perm.append(offset + np.arange(o))
+            offset += o
+        return np.concatenate(perm)
+
+
+def make(name: str, widths: list[int], n: int, dtype: str = "float64", seed: int = 0) -> Problem:
+    model = fh.Chain.mlp(widths, "tanh")
+    rng = np.random.default_rng(seed)
+    theta = (model.init(seed) + 0.01 * rng.normal(size=model.num_params)).astype(dtype)
+    X = rng.normal(size=(n, widths[0])).astype(dtype)
+    Y = rng.normal(size=(n, widths[-1])).astype(dtype)
+    return Problem(name, widths, n, dtype, theta, X, Y)
+
+
+def curvature_problems(quick: bool, dtype: str) -> list[Problem]:
+    if quick:
+        return [make("quick", [4, 12, 12, 3], 64, dtype)]
+    return [make("P=5k", [16, 64, 64, 3], 1000, dtype), make("P=20k", [16, 128, 128, 3], 1000, dtype)]
+
+
+def laplacian_problem(quick: bool, dtype: str) -> Problem:
+    if quick:
+        return make("laplacian quick", [10, 16, 16, 1], 16, dtype)
+    return make("laplacian", [100, 128, 128, 128, 1], 256, dtype)

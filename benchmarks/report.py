@@ -1,0 +1,119 @@
+"""The benchmark's Markdown report: one table per problem and quantity, then the targets of issue 6."""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+MATRICES = ("hessian", "ggn", "ef")
+
+#: Speed-up of fluxhess over the fastest peer that each quantity must reach.
+SPEEDUP_TARGETS = {"hessian": 3.0, "ggn": 2.0, "ef": 1.5}
+FLOOR_FACTOR = 2.0  # within 2× of N·P² flops at the measured GEMM rate
+MEMORY_FACTOR = 1.3  # peak ≤ 1.3 × (result + data)
+LAPLACIAN_VS_HESSIAN_TRACE = 5.0
+
+
+def _gemm(meta, dtype) -> float:
+    return max(meta["gemm_before"][dtype].values())
+
+
+def _floor_seconds(row, meta) -> float:
+    return row.N * row.P**2 / (_gemm(meta, row.dtype) * 1e9)
+
+
+def _fmt_s(x) -> str:
+    return "–" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
+
+
+def _fastest_peer(rows):
+    timed = [r for r in rows if r.peer and r.median is not None]
+    return min(timed, key=lambda r: r.median) if timed else None
+
+
+def _table(rows, meta) -> list[str]:
+    flux = next((r for r in rows if r.library == "fluxhess"), None)
+    head = rows[0]
+    out = [f"### {head.problem} · {head.quantity} · {head.dtype} (P = {head.P}, N = {head.N})", ""]
+    if head.quantity in MATRICES:
+        out.append(f"flop floor N·P² = {head.N * head.P**2 / 1e9:.1f} GFLOP → {_floor_seconds(head, meta):.3f} s "
+                   f"at {_gemm(meta, head.dtype):.0f} GFLOP/s")
+        out.append("")
+    out += ["| library | median s | runs | × fluxhess time | GFLOP/s (floor flops) | % GEMM | peak MiB | peak / (result+data) | agrees with fluxhess | note |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    ordered = sorted(rows, key=lambda r: (r.library != "fluxhess", r.median is None, r.median or 0))
+    for r in ordered:
+        ratio = f"{r.median / flux.median:.2f}" if flux and flux.median and r.median else "–"
+        if r.quantity in MATRICES and r.median:
+            gf = r.N * r.P**2 / r.median / 1e9
+            gflops, pct = f"{gf:.1f}", f"{100 * gf / _gemm(meta, r.dtype):.0f}"
+        else:
+            gflops = pct = "–"
+        peak = f"{r.peak_bytes / 2**20:.0f}" if r.peak_bytes is not None else "–"
+        rel = f"{r.peak_bytes / (r.result_bytes + r.data_bytes):.2f}" if r.peak_bytes is not None else "–"
+        if r.residual is None:
+            agree = "–" if r.library == "fluxhess" or r.quantity.startswith("kron") else "?"
+        else:
+            agree = f"α={r.alpha:.3g}, resid {r.residual:.1e}"
+        out.append(f"| {r.library} | {_fmt_s(r.median)} | {len(r.seconds)} | {ratio} | {gflops} | {pct} | {peak} | {rel} | {agree} | {r.note} |")
+    return out + [""]
+
+
+def _targets(rows, meta) -> list[str]:
+    out = ["## Targets (issue 6)", "", "| problem | quantity | target | measured | verdict |", "|---|---|---|---|---|"]
+
+    def line(r, target, measured, ok, by=""):
+        verdict = "met" if ok else f"MISSED{by}"
+        out.append(f"| {r.problem} {r.dtype} | {r.quantity} | {target} | {measured} | {verdict} |")
+
+    key = lambda r: (r.problem, r.dtype, r.quantity)  # noqa: E731
+    for _, group in groupby(sorted(rows, key=key), key=key):
+        group = list(group)
+        flux = next((r for r in group if r.library == "fluxhess" and r.median), None)
+        if flux is None:
+            continue
+        q = flux.quantity
+        best = _fastest_peer(group)
+        if q == "laplacian":
+            for lib, need in (("folx", 1.0), ("jit(vmap(hessian))+trace", LAPLACIAN_VS_HESSIAN_TRACE)):
+                other = next((r for r in group if r.library == lib and r.median), None)
+                if other:
+                    s = other.median / flux.median
+                    line(flux, f"≥ {need:g}× faster than {lib}", f"{s:.2f}×", s >= need, f" by {need / s:.2f}×")
+            continue
+        need = SPEEDUP_TARGETS.get(q, 1.0)
+        if best:
+            s = best.median / flux.median
+            line(flux, f"≥ {need:g}× faster than the fastest peer ({best.library})", f"{s:.2f}×", s >= need,
+                 f" by {need / s:.2f}×")
+        if q in MATRICES:
+            floor = _floor_seconds(flux, meta)
+            x = flux.median / floor
+            line(flux, f"within {FLOOR_FACTOR:g}× of the flop floor ({floor:.3f} s)", f"{x:.2f}× the floor",
+                 x <= FLOOR_FACTOR, f" by {x / FLOOR_FACTOR:.2f}×")
+            if flux.peak_bytes is not None:
+                m = flux.peak_bytes / (flux.result_bytes + flux.data_bytes)
+                line(flux, f"peak memory ≤ {MEMORY_FACTOR:g}× (result + data)", f"{m:.2f}×", m <= MEMORY_FACTOR,
+                     f" by {m / MEMORY_FACTOR:.2f}×")
+    return out + [""]
+
+
+def render(rows, meta) -> str:
+    g = {dt: {k: round(v) for k, v in r.items()} for dt, r in meta["gemm_before"].items()}
+    ga = {dt: {k: round(v) for k, v in r.items()} for dt, r in meta["gemm_after"].items()}
+    lines = [
+        "# fluxhess benchmark",
+        "",
+        f"- started {meta['started']}, {meta['minutes']} min; {meta['machine']}; 1-min load average "
+        f"{meta['load_min_max'][0]}–{meta['load_min_max'][1]} during the run",
+        f"- GEMM GFLOP/s (2000², best of 5) at the start {g}, at the end {ga}; the best at the start is the rate used below",
+        f"- medians of {meta['repeats']} interleaved timed runs after one warm-up call each (unless noted)",
+        "- peak = rise of the process's peak resident memory during one call",
+    ]
+    if meta["not_installed"]:
+        lines.append(f"- not installed (skipped): {meta['not_installed']}")
+    lines.append("")
+    lines += _targets(rows, meta)
+    key = lambda r: (r.dtype, r.problem, r.quantity)  # noqa: E731
+    for _, group in groupby(rows, key=key):
+        lines += _table(list(group), meta)
+    return "\n".join(lines)
