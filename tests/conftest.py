@@ -10,6 +10,7 @@ os.environ.setdefault("PYTHON_JULIAPKG_OFFLINE", "yes")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 import fluxhess as fh  # noqa: E402
 from fluxhess.model import Activation, Chain, Dense, Flatten  # noqa: E402
@@ -19,6 +20,16 @@ BACKENDS = ["jax", "julia"]
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False, help="also run tests marked slow")
+
+
+# Property suites: 200 examples per property in CI, 1000 with --slow. No deadline: the
+# first example of each model structure includes its jit compilation.
+settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", settings.get_profile("ci"), max_examples=1000)
+
+
+def pytest_configure(config):
+    settings.load_profile("slow" if config.getoption("--slow") else "ci")
 
 
 def pytest_collection_modifyitems(config, items):
