@@ -310,7 +310,7 @@ def param_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.n
     call = _prepare("param_jacobian", model, params, X, backend=backend, dtype=dtype)
     N, P = call.X.shape[0], call.params.shape[0]
     C = _dims(model)[1] or 1
-    memory.require("param_jacobian", N * C * P * call.dtype.itemsize, (N, C, P))
+    memory.require("param_jacobian", memory.needed_bytes("param_jacobian", N * C * P, call.dtype.itemsize), (N, C, P))
     return call.result(call.run("param_jacobian"))
 
 
@@ -331,7 +331,7 @@ def input_hessian(model, params, X, *, backend="auto", dtype="float64") -> np.nd
     call = _prepare("input_hessian", model, params, X, backend=backend, dtype=dtype)
     N, d = call.X.shape
     C = _dims(model)[1] or 1
-    memory.require("input_hessian", N * C * d * d * call.dtype.itemsize, (N, C, d, d))
+    memory.require("input_hessian", memory.needed_bytes("input_hessian", N * C * d * d, call.dtype.itemsize), (N, C, d, d))
     return call.result(call.run("input_hessian"))
 
 

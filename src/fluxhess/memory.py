@@ -44,8 +44,11 @@ ALTERNATIVES = {
 }
 
 
-#: Quantities whose guard counts two copies of the result: the backend's and the one returned.
-COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "kron": 2}
+#: Peak memory of a quantity, in copies of its result, as measured by
+#: benchmarks/memory_estimates.py (peak RSS within 1.05–1.2× of this): the backend's
+#: result and the copy returned; the per-sample results also hold their chunks until
+#: they are concatenated; kron also holds its running sums and the chunk's factors.
+COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "param_jacobian": 2, "input_hessian": 2, "kron": 4}
 
 
 def needed_bytes(quantity: str, elements: int, itemsize: int) -> int:
