@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from scipy.linalg import blas
 
 from ..memory import CHUNK_BYTES, chunk_size
 from ..progress import chunks
@@ -103,12 +104,19 @@ def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool
     _put(H, rows, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate)
 
 
-def _fill_gram_panel(H, G, rows: slice, accumulate: bool) -> None:
-    """Rows ``rows`` of the lower triangle of ``Gᵀ G``."""
-    if accumulate:
-        H[rows, : rows.stop] += G[:, rows].T @ G[:, : rows.stop]
-    else:
-        np.matmul(G[:, rows].T, G[:, : rows.stop], out=H[rows, : rows.stop])
+def _gram(fn, theta, X, Y, s, sample_chunks: list[slice]) -> np.ndarray:
+    """``Σ_n g_n g_nᵀ`` from the rows ``√s·g_n``: one SYRK (one triangle) per chunk of samples, in place."""
+    P = theta.shape[0]
+    syrk = blas.dsyrk if theta.dtype == np.float64 else blas.ssyrk
+    H = np.empty((P, P), dtype=theta.dtype)
+    for task in chunks(len(sample_chunks), 1, "ef"):
+        sl = sample_chunks[task.start]
+        G = np.asarray(fn(theta, X[sl], Y[sl], s))
+        # H.T is Fortran-ordered: SYRK writes the upper triangle of Hᵀ, the lower triangle of H.
+        out = syrk(1.0, G.T, beta=0.0 if task.start == 0 else 1.0, c=H.T, lower=0, overwrite_c=1)
+        assert np.shares_memory(out, H), "SYRK must write into H in place"
+    mirror_lower(H)
+    return H
 
 
 def mirror_lower(H: np.ndarray, tile: int = 128) -> None:
@@ -134,25 +142,19 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.nda
     itemsize = theta.dtype.itemsize
     budget = _budget(P, itemsize)
     fn = factors(st, loss, kind, "matrix")
-    n = chunk_size(bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y)), N, budget // 2)
+    per_sample = bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y))
+    n = chunk_size(per_sample, N, budget if kind == "ef" else budget // 2)
     sample_chunks = [slice(a, min(a + n, N)) for a in range(0, N, n)]
     if kind == "ef":
-        step = chunk_size(P * itemsize, P, budget // 4)
-        panels = [slice(r, min(r + step, P)) for r in range(0, P, step)]
-    else:
-        panels = _panels(st, itemsize, budget // 4)
+        return _gram(fn, theta, X, Y, s, sample_chunks)
     H = np.empty((P, P), dtype=theta.dtype)
-    work = [(c, p) for c in range(len(sample_chunks)) for p in panels]
+    work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, itemsize, budget // 4)]
     key, F, K_ml, T_ml = None, None, None, None
     for task in chunks(len(work), 1, kind):
         c, panel = work[task.start]
         if key is None or key[0] != c:
             sl = sample_chunks[c]
             F = _numpy(fn(theta, X[sl], Y[sl], s))
-        if kind == "ef":
-            _fill_gram_panel(H, F, panel, accumulate=c > 0)
-            key = (c,)
-            continue
         if key != (c, panel.m, panel.l):
             K_ml, T_ml = F["K"][panel.m], None
             if panel.m > panel.l:

@@ -165,27 +165,29 @@ def _forward_laplacian_applies(model: Chain) -> bool:
 def _forward_laplacian(model: Chain, theta, X):
     """Δ_x f(x_n) for every sample and output, without forming d×d Hessians.
 
-    With a ``(N, w)``, J = ∂a/∂x ``(N, w, d)`` and lap = Δa ``(N, w)``: a Dense layer maps
-    them linearly (J ↦ W J, lap ↦ W lap); an elementwise σ gives J ↦ σ'(z) J and
-    lap ↦ σ'(z) lap + σ''(z) Σ_i J[:, i]².
+    With a ``(N, w)``, J = ∂a/∂x stored as ``(N, d, w)`` (so that a Dense layer is one GEMM,
+    ``J ↦ J Wᵀ``) and lap = Δa ``(N, w)``: a Dense layer maps them linearly (lap ↦ lap Wᵀ);
+    an elementwise σ gives J ↦ σ'(z) J and lap ↦ σ'(z) lap + σ''(z) Σ_i J[:, i, :]².
+    Before the first Dense layer J is the identity, which is never materialised.
     """
-    N, d = X.shape
-    a = X
-    J = jnp.broadcast_to(jnp.eye(d, dtype=X.dtype), (N, d, d))
-    lap = jnp.zeros_like(X)
-    offset = 0
+    a, J, lap, offset = X, None, None, 0
 
     def through(sigma, z, Jz, lapz):
         value, d1, d2 = elementwise_derivatives(sigma, z)
-        return value, d1[..., None] * Jz, d1 * lapz + d2 * jnp.sum(Jz**2, axis=-1)
+        if Jz is None:  # J = I before the first Dense layer: Σ_i J[:, i, k]² = 1
+            Jz, squares = jnp.eye(z.shape[-1], dtype=z.dtype), 1.0
+        else:
+            squares = jnp.sum(Jz**2, axis=1)
+        lap = d2 * squares if lapz is None else d1 * lapz + d2 * squares
+        return value, d1[:, None, :] * Jz, lap
 
     for layer in model.layers:
         if isinstance(layer, Dense):
             w_t, b = dense_weights(layer, theta, offset)
             offset += layer.num_params
             z = a @ w_t + (b if b is not None else 0.0)
-            Jz = jnp.einsum("io,nid->nod", w_t, J)
-            a, J, lap = through(ELEMENTWISE[layer.activation], z, Jz, lap @ w_t)
+            Jz = jnp.broadcast_to(w_t, (X.shape[0],) + w_t.shape) if J is None else J @ w_t
+            a, J, lap = through(ELEMENTWISE[layer.activation], z, Jz, None if lap is None else lap @ w_t)
         elif isinstance(layer, Activation):
             a, J, lap = through(ELEMENTWISE[layer.name], a, J, lap)
     return lap
