@@ -169,6 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=float, default=180.0,
                         help="skip a library whose time, extrapolated ∝ P² from the smaller problem, exceeds this (s)")
     parser.add_argument("--long", type=float, default=20.0, help="a first call longer than this (s) is the only run")
+    parser.add_argument("--problems", default="", help="comma-separated curvature problems, e.g. 'P=5k' (default: all)")
     parser.add_argument("--no-laplacian", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/<time>.md)")
     args = parser.parse_args(argv)
@@ -186,6 +187,8 @@ def main(argv=None) -> int:
     first_seconds: dict = {}
     for dt in dtypes:
         for problem in problems.curvature_problems(args.quick, dt):
+            if args.problems and problem.name not in args.problems.split(","):
+                continue
             for q in quantities:
                 if q in peers.CURVATURE:
                     rows += compare(problem, q, args, first_seconds)
