@@ -31,8 +31,13 @@ from .dense_factors import Structure, bytes_per_sample, factors, pair
 
 
 def _budget(P: int, itemsize: int) -> int:
-    """Working memory beside a P×P result: a quarter of it, within [16 MiB, CHUNK_BYTES]."""
-    return int(min(CHUNK_BYTES, max(16 * 2**20, P * P * itemsize // 4)))
+    """Working memory beside a P×P result: a quarter of it, at least 16 MiB and at most 1 GiB.
+
+    Scaling with the result (rather than a fixed CHUNK_BYTES) keeps the peak near 1.25×
+    the result while letting large problems take all samples in one chunk, so that each
+    block is written once instead of accumulated chunk by chunk.
+    """
+    return int(min(2**30, max(16 * 2**20, P * P * itemsize // 4)))
 
 
 def _shapes(theta, X, Y) -> tuple[str, int, int]:

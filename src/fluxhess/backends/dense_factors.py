@@ -191,6 +191,16 @@ def _per_layer(st: Structure, loss: str, kind: str, theta, x, y, s=None):
     return abar, delta if kind == "ef" else K
 
 
+def _per_sample(st: Structure, loss: str, kind: str, theta, x, y, s):
+    abar, _, d1, delta, K = _backward(st, loss, kind, theta, x, y)
+    if kind == "ef":
+        return jnp.sqrt(s) * jnp.concatenate([jnp.outer(a, d).ravel() for a, d in zip(abar, delta)])
+    out = {"abar": abar, "d1": d1, "K": [s * k for k in K]}
+    if kind == "hessian":
+        out["delta"] = [s * d for d in delta]
+    return out
+
+
 def _own_diagonal(kind, g):
     if kind == "ef":
         return g * g
