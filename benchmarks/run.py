@@ -106,6 +106,8 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
     probe, reference = Probe(problem, quantity), None
     rows, live = [], []
     for impl in peers.IMPLS:
+        if args.libraries and impl.library not in args.libraries.split(","):
+            continue
         row = Row(problem.name, problem.dtype, problem.P, problem.n, quantity, impl.library, impl.peer,
                   result_bytes=_result_bytes(problem, quantity), data_bytes=problem.data_bytes)
         if impl.missing():
@@ -170,6 +172,7 @@ def main(argv=None) -> int:
                         help="skip a library whose time, extrapolated ∝ P² from the smaller problem, exceeds this (s)")
     parser.add_argument("--long", type=float, default=20.0, help="a first call longer than this (s) is the only run")
     parser.add_argument("--problems", default="", help="comma-separated curvature problems, e.g. 'P=5k' (default: all)")
+    parser.add_argument("--libraries", default="", help="comma-separated libraries (default: all installed)")
     parser.add_argument("--no-laplacian", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/<time>.md)")
     args = parser.parse_args(argv)
