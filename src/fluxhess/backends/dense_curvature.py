@@ -194,5 +194,5 @@ def kron(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> list[tup
 
 def _sample_chunks(st, loss, kind, part, theta, X, Y, s):
     """Chunks of samples whose per-sample factors (and XLA's temporaries) fit CHUNK_BYTES."""
-    n = chunk_size(4 * bytes_per_sample(st, loss, kind, part, *_shapes(theta, X, Y)), X.shape[0])
+    n = chunk_size(4 * bytes_per_sample(st, loss, kind, part, *_shapes(theta, X, Y)), X.shape[0], CHUNK_BYTES)
     return chunks(X.shape[0], n, part)
