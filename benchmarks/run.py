@@ -162,6 +162,13 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
     return rows
 
 
+def _save_partial(rows, args) -> None:
+    """The rows so far, so that a crash or a stop late in a long run loses nothing measured."""
+    RESULTS.mkdir(exist_ok=True)
+    path = (args.out or RESULTS / "latest.md").with_suffix(".partial.json")
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
@@ -196,6 +203,7 @@ def main(argv=None) -> int:
                 if q in peers.CURVATURE:
                     rows += compare(problem, q, args, first_seconds)
                     loads.append(measure.load())
+                    _save_partial(rows, args)
         if "laplacian" in quantities and not args.no_laplacian:
             rows += compare(problems.laplacian_problem(args.quick, dt), "laplacian", args, first_seconds)
             loads.append(measure.load())

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from scipy.linalg import blas
 
 from ..memory import CHUNK_BYTES, chunk_size
 from ..progress import chunks
@@ -109,17 +108,28 @@ def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool
     _put(H, rows, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate)
 
 
-def _gram(fn, theta, X, Y, s, sample_chunks: list[slice]) -> np.ndarray:
-    """``Σ_n g_n g_nᵀ`` from the rows ``√s·g_n``: one SYRK (one triangle) per chunk of samples, in place."""
+def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int) -> np.ndarray:
+    """``Σ_n g_n g_nᵀ`` from the rows ``√s·g_n``: the lower triangle by row panels, one GEMM each.
+
+    Not SYRK: OpenBLAS 0.3.31's (in NumPy's and SciPy's wheels) writes out of bounds at
+    P ≈ 19k here. Panels cost ``N·P²·(1 + 1/panels)`` flops; the first chunk of samples is
+    written straight into H, later ones are added through a panel-sized temporary.
+    """
     P = theta.shape[0]
-    syrk = blas.dsyrk if theta.dtype == np.float64 else blas.ssyrk
+    step = chunk_size(P * theta.dtype.itemsize, P, budget // 4)
+    work = [(c, slice(r, min(r + step, P))) for c in range(len(sample_chunks)) for r in range(0, P, step)]
     H = np.empty((P, P), dtype=theta.dtype)
-    for task in chunks(len(sample_chunks), 1, "ef"):
-        sl = sample_chunks[task.start]
-        G = np.asarray(fn(theta, X[sl], Y[sl], s))
-        # H.T is Fortran-ordered: SYRK writes the upper triangle of Hᵀ, the lower triangle of H.
-        out = syrk(1.0, G.T, beta=0.0 if task.start == 0 else 1.0, c=H.T, lower=0, overwrite_c=1)
-        assert np.shares_memory(out, H), "SYRK must write into H in place"
+    current, G = None, None
+    for task in chunks(len(work), 1, "ef"):
+        c, rows = work[task.start]
+        if c != current:
+            current, G = c, None
+            sl = sample_chunks[c]
+            G = np.asarray(fn(theta, X[sl], Y[sl], s))
+        if c == 0:
+            np.matmul(G[:, rows].T, G[:, : rows.stop], out=H[rows, : rows.stop])
+        else:
+            H[rows, : rows.stop] += G[:, rows].T @ G[:, : rows.stop]
     mirror_lower(H)
     return H
 
@@ -151,7 +161,7 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.nda
     n = chunk_size(per_sample, N, budget if kind == "ef" else budget // 2)
     sample_chunks = [slice(a, min(a + n, N)) for a in range(0, N, n)]
     if kind == "ef":
-        return _gram(fn, theta, X, Y, s, sample_chunks)
+        return _gram(fn, theta, X, Y, s, sample_chunks, budget)
     H = np.empty((P, P), dtype=theta.dtype)
     work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, itemsize, budget // 4)]
     key, F, K_ml, T_ml = None, None, None, None
