@@ -6,10 +6,11 @@ With the per-sample factors of :mod:`.dense_factors`, the block of layers m ≥ 
     Σ_n ā_m[j] ā_l[i] · K_ml[p, q]                          (GGN, exact Hessian)
   + Σ_n T̄_ml[j, q] · δ_m[p] ā_l[i]                          (exact Hessian, m > l)
 
-and the empirical Fisher is ``Σ_n g_n g_nᵀ`` with ``g_n = [ā_l ⊗ δ_l]_l``. Each term is one
-GEMM over the samples of two small per-sample arrays (``(j, i) × (p, q)``, then a transpose
-into place), so the cost is about ``N·P²`` flops for any of the three whatever the number
-of outputs C, and the factors cost only ``~N·(Σ_l o_l)²``.
+and the empirical Fisher is ``Σ_n g_n g_nᵀ`` with ``g_n = [ā_l ⊗ δ_l]_l`` (row panels of
+GEMMs on the rows g_n). Each term is one GEMM over the samples of two small per-sample
+arrays (``(j, i) × (p, q)``, then a transpose into place), so the cost is about ``N·P²``
+flops for any of the three whatever the number of outputs C, and the factors cost only
+``~N·(Σ_l o_l)²``.
 
 Only the lower triangle is computed — diagonal blocks by panels of ``j`` whose columns stop
 at the panel's end — straight into one preallocated P×P array, then mirrored. Working
