@@ -55,13 +55,20 @@ def test_layerwise_optimum_has_zero_finite_difference_gradient():
         assert abs(slope) < 1e-4, f"block {la.subset[b]}: d lml / d log λ = {slope}"
 
 
-def test_gridsearch_picks_the_grid_value_with_the_lowest_validation_nll():
-    la, rng = _fitted()
-    X_val, y_val = rng.normal(size=(30, 2)), rng.integers(0, 3, 30)
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_gridsearch_picks_the_grid_value_with_the_lowest_validation_nll(likelihood):
+    la, rng = _fitted(likelihood)
+    X_val = rng.normal(size=(30, 2))
+    y_val = rng.integers(0, 3, 30) if likelihood == "classification" else np.sin(2 * X_val[:, 0])
     grid = np.logspace(-2, 2, 9)
     nll = []
-    for g in grid:  # the validation NLL, written out here from the predictive probabilities
+    for g in grid:  # the validation NLL, written out here from the predictive (a Cholesky solve per value)
         la.prior_precision = g
-        nll.append(-np.mean(np.log(la.predictive(X_val).mean[np.arange(30), y_val])))
+        p = la.predictive(X_val)
+        if likelihood == "classification":
+            nll.append(-np.mean(np.log(p.mean[np.arange(30), y_val])))
+        else:
+            nll.append(np.mean(0.5 * np.log(2 * np.pi * p.variance[:, 0]) + (y_val - p.mean[:, 0]) ** 2 / (2 * p.variance[:, 0])))
+    assert len(set(np.round(nll, 8))) == grid.size, "the validation NLL must tell the grid values apart"
     la.optimize_prior_precision(method="gridsearch", val=(X_val, y_val), grid=grid)
     assert float(la.prior_precision[0]) == grid[int(np.argmin(nll))]

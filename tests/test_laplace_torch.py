@@ -41,9 +41,15 @@ def _data(likelihood, seed=0):
     return theta, X, y, rng.normal(size=(7, 3))
 
 
-def _pair(likelihood, subset, structure, curvature="ggn"):
+def _pair(likelihood, subset, structure, curvature="ggn", trained=False):
+    """Ours and laplace-torch's approximation, fitted; ``trained``: at θ_MAP of the same posterior."""
     theta, X, y, Xt = _data(likelihood)
     settings = dict(prior_precision=0.7, temperature=1.3, sigma_noise=0.8 if likelihood == "regression" else 1.0)
+    if trained:  # Σℓ/T + ½·0.7‖θ‖² (classification): fit_map's prior is 0.7·T
+        assert likelihood == "classification"
+        fit = fh.fit_map(MODEL, theta, X, y, loss="logitcrossentropy", prior_precision=0.7 * 1.3, backend="jax")
+        assert fit.converged
+        theta = fit.params
     ours = fh.Laplace(MODEL, theta, likelihood, curvature=curvature, structure=structure, subset=subset, backend="jax", **settings).fit(X, y)
     curv = {"ggn": laplace.curvature.CurvlinopsGGN, "ef": laplace.curvature.CurvlinopsEF}[curvature]
     theirs = laplace.Laplace(_torch_model(MODEL, theta), likelihood, subset_of_weights=subset, hessian_structure=structure,
@@ -87,9 +93,22 @@ def test_empirical_fisher_matches_laplace_torch(likelihood):
     assert float(ours.log_marginal_likelihood()) == pytest.approx(float(theirs.log_marginal_likelihood()), rel=RTOL)
 
 
-def test_marglik_prior_optimum_matches_laplace_torch():
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_trained_classifier_matches_laplace_torch(subset):
+    """At a converged MAP (confident training predictions, a small GGN) the scale of the curvature,
+    the log marginal likelihood and the predictive still agree."""
+    ours, theirs, Xt = _pair("classification", subset, "full", trained=True)
+    order = _torch_order(MODEL, ours.subset)
+    assert _rel(ours.posterior_precision[np.ix_(order, order)], theirs.posterior_precision.numpy()) < RTOL
+    assert float(ours.log_marginal_likelihood()) == pytest.approx(float(theirs.log_marginal_likelihood()), rel=RTOL)
+    expected = theirs(torch.tensor(Xt), pred_type="glm", link_approx="probit").numpy()
+    assert _rel(ours.predictive(Xt).mean, expected) < RTOL
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_marglik_prior_optimum_matches_laplace_torch(trained):
     """Both maximise the same function: laplace-torch's Adam run lands where our L-BFGS does."""
-    ours, theirs, _ = _pair("classification", "last_layer", "full")
+    ours, theirs, _ = _pair("classification", "last_layer", "full", trained=trained)
     ours.optimize_prior_precision(method="marglik")
     theirs.optimize_prior_precision(method="marglik", n_steps=1000, lr=0.05)
     assert float(ours.prior_precision[0]) == pytest.approx(float(theirs.prior_precision[0]), rel=1e-3)

@@ -36,7 +36,7 @@ from .errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
-from .laplace import Laplace, Predictive
+from .laplace import Laplace, MarglikFit, MarglikRound, Predictive, marglik_training
 from .model import Activation, Chain, Dense, Flatten, ParamLayout
 from .train import MapFit, fit_map
 
@@ -72,6 +72,9 @@ __all__ = [
     "Predictive",
     "fit_map",
     "MapFit",
+    "marglik_training",
+    "MarglikFit",
+    "MarglikRound",
     # converters
     "from_flax",
     "from_torch",

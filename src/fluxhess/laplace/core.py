@@ -123,6 +123,7 @@ class Laplace:
         self.prior_mean = prior_mean
         self._curv = None
         self._eig = None
+        self._eigvecs = None
         self.clipped: K.Clipped | None = None
         self.loss = None  # Σ_n ℓ_n at θ_MAP, set by fit
         self.n_data = None
@@ -154,6 +155,12 @@ class Laplace:
     def prior_precision(self, value) -> None:
         self._prior = self._check_prior(value)
         self._cache = None
+
+    @property
+    def prior_precision_diagonal(self) -> np.ndarray:
+        """The prior precision of every parameter of the subset ``(P_s,)``, expanded from any shape."""
+        with jax.enable_x64(True):
+            return np.array(posterior.prior_diagonal(jnp.asarray(self._prior), self._subset.sizes))
 
     @property
     def sigma_noise(self) -> float:
@@ -233,7 +240,7 @@ class Laplace:
         if self.clip_negative_eigenvalues:
             H, self.clipped = K.clip_negative(H)
         self._curv = H
-        self._eig = None
+        self._eig = self._eigvecs = None
         self.loss = api.loss(s.tail, theta_tail, features, Y, loss=loss, agg="sum", backend=self.backend)
         self.n_data = N
         self._cache = None
@@ -353,6 +360,13 @@ class Laplace:
             self._eig = np.linalg.eigvalsh(self._curv.H)
         return self._eig
 
+    def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
+        """``H = Q diag(e) Qᵀ`` for a full ``H`` (computed once per fit): ``e`` ``(P_s,)``, ``Q`` ``(P_s, P_s)``."""
+        if self._eigvecs is None:
+            self._dense("eigenvectors")
+            self._eig, self._eigvecs = np.linalg.eigh(self._curv.H)
+        return self._eig, self._eigvecs
+
     def _log_marglik(self, prior, sigma, curv=None):
         """The log marginal likelihood as a JAX function of the hyperparameters (and of ``curv``, for jit)."""
         curv = self._curv if curv is None else curv
@@ -398,9 +412,7 @@ class Laplace:
         """
         self._require_fit("optimize_prior_precision")
         check.choice("method", method, METHODS)
-        check.choice("prior_structure", prior_structure, PRIOR_STRUCTURES)
-        if tune_sigma_noise and self.likelihood != "regression":
-            raise InputError("tune_sigma_noise=True applies to likelihood='regression' only")
+        self._check_tuning(prior_structure, tune_sigma_noise)
         if method == "gridsearch":
             if tune_sigma_noise or prior_structure != "scalar":
                 raise InputError(
@@ -412,13 +424,20 @@ class Laplace:
             raise InputError("val and grid are for method='gridsearch'; method='marglik' uses the training data only")
         return self._maximise_marglik(prior_structure, tune_sigma_noise, max_iter)
 
+    def _check_tuning(self, prior_structure: str, tune_sigma_noise: bool) -> None:
+        """Refuse a ``prior_structure`` or ``tune_sigma_noise`` that this approximation cannot tune."""
+        check.choice("prior_structure", prior_structure, PRIOR_STRUCTURES)
+        if not isinstance(tune_sigma_noise, bool):
+            raise InputError(f"tune_sigma_noise must be True or False; got {tune_sigma_noise!r}")
+        if tune_sigma_noise and self.likelihood != "regression":
+            raise InputError("tune_sigma_noise=True applies to likelihood='regression' only")
+        if prior_structure == "diag" and self.structure == "kron":
+            raise InputError("structure='kron' takes a scalar or per-block prior: use prior_structure='scalar' or 'layerwise'")
+
     def _initial_prior(self, prior_structure: str) -> np.ndarray:
         sizes = self._subset.sizes
-        with jax.enable_x64(True):
-            p0 = np.asarray(posterior.prior_diagonal(jnp.asarray(self._prior), sizes))
+        p0 = self.prior_precision_diagonal
         if prior_structure == "diag":
-            if self.structure == "kron":
-                raise InputError("structure='kron' takes a scalar or per-block prior: use prior_structure='scalar' or 'layerwise'")
             return p0
         logs = np.log(p0)
         if prior_structure == "scalar":
@@ -472,16 +491,27 @@ class Laplace:
         features = self._features(X_val)
         Y = lik.targets(self.likelihood, y_val, features.shape[0], self.n_outputs)
         moments = self._glm_inputs(features) if pred_type == "glm" else None
+        rotated = None
+        if pred_type == "glm" and self.structure == "full":
+            # P = Q diag(c·e + λ) Qᵀ for every scalar λ: with the Jacobians rotated once, J P⁻¹ Jᵀ is a
+            # diagonal solve per grid value instead of a Cholesky factorisation.
+            e, Q = self._eigh()
+            f_mu, jacobians = moments
+            moments, rotated = (f_mu, [(sl, J @ Q) for sl, J in jacobians]), posterior.Diag(e)
         original, scores = self._prior, []
         try:
             for value in grid:
                 self.prior_precision = value
-                try:
-                    p = self._predict(features, pred_type, link, n_samples, 0, moments)
-                except InputError:  # not positive definite at this prior precision
-                    scores.append(np.inf)
-                    continue
-                scores.append(self._nll(p, Y))
+                if rotated is not None:
+                    with jax.enable_x64(True):
+                        dec = rotated.decompose(self._factor(), jnp.asarray([value]), [self.n_params])
+                    p = self._glm(moments, link, n_samples, 0, rotated, dec) if rotated.positive_definite(dec) else None
+                else:
+                    try:
+                        p = self._predict(features, pred_type, link, n_samples, 0, moments)
+                    except InputError:  # not positive definite at this prior precision
+                        p = None
+                scores.append(np.inf if p is None else self._nll(p, Y))
         finally:
             self.prior_precision = original
         if not np.any(np.isfinite(scores)):
@@ -528,22 +558,28 @@ class Laplace:
         jacobians = [(sl, s.jacobian(self.params, features[sl], self.backend)) for sl in chunks(N, step, "Laplace Jacobians")]
         return f_mu, jacobians
 
+    def _glm(self, moments, link, n_samples, seed, curv=None, dec=None) -> pred.Predictive:
+        """The GLM predictive from ``moments`` (:meth:`_glm_inputs`) under the current posterior, or
+        under ``curv`` with its decomposition ``dec`` (the same posterior in a rotated basis)."""
+        f_mu, jacobians = moments
+        if curv is None:
+            curv, dec = self._curv, self._decomposition()
+        f_cov = np.empty((f_mu.shape[0], self.n_outputs, self.n_outputs))
+        with jax.enable_x64(True):
+            for sl, J in jacobians:
+                f_cov[sl] = np.asarray(curv.inv_quad(dec, jnp.asarray(J)))
+        if self.likelihood == "regression":
+            return pred.regression(f_mu, f_cov, self._sigma)
+        probs = {
+            "probit": pred.probit,
+            "bridge": pred.bridge,
+            "mc": lambda m, v: pred.monte_carlo(m, v, n_samples, seed),
+        }[link](f_mu, f_cov)
+        return pred.classification(probs, f_mu, f_cov)
+
     def _predict(self, features, pred_type, link, n_samples, seed, moments) -> pred.Predictive:
         if pred_type == "glm":
-            f_mu, jacobians = moments
-            dec = self._decomposition()
-            f_cov = np.empty((f_mu.shape[0], self.n_outputs, self.n_outputs))
-            with jax.enable_x64(True):
-                for sl, J in jacobians:
-                    f_cov[sl] = np.asarray(self._curv.inv_quad(dec, jnp.asarray(J)))
-            if self.likelihood == "regression":
-                return pred.regression(f_mu, f_cov, self._sigma)
-            probs = {
-                "probit": pred.probit,
-                "bridge": pred.bridge,
-                "mc": lambda m, v: pred.monte_carlo(m, v, n_samples, seed),
-            }[link](f_mu, f_cov)
-            return pred.classification(probs, f_mu, f_cov)
+            return self._glm(moments, link, n_samples, seed)
         s = self._subset
         theta_tail = np.array(s.tail_params(self.params))
         outputs = []
