@@ -232,10 +232,12 @@ def test_concurrent_calls_are_serialised(fake_julia):
 
 def test_a_failed_start_is_remembered(monkeypatch):
     backend = JuliaBackend()
-    backend._failure = JuliaUnavailableError("backend 'julia' is unavailable: PythonCall.jl did not start properly")
-    assert "PythonCall.jl did not start properly" in backend.unavailable_reason()
-    with pytest.raises(JuliaUnavailableError):
-        backend.julia()
+    backend._failure = "Julia was found but did not start: PythonCall.jl did not start properly"
+    assert backend.unavailable_reason() == backend._failure
+    for _ in range(2):  # the same message every time, said once
+        with pytest.raises(JuliaUnavailableError) as info:
+            backend.julia()
+        assert str(info.value).count("unavailable") == 1 and "PythonCall.jl" in str(info.value)
 
 
 def test_unsupported_reason():

@@ -36,8 +36,8 @@ from ..model import Chain
 PACKAGES = ("Flux", "Zygote", "ForwardDiff")
 
 _HOW_TO_FIX = (
-    "Run `fluxhess setup-julia` once to install Julia and the Julia packages (a download "
-    "of a few hundred MB), or point PYTHON_JULIACALL_EXE at an existing Julia together "
+    "Run `fluxhess setup-julia` once (online: it installs the Julia packages, and Julia "
+    "itself if none is found), or point PYTHON_JULIACALL_EXE at an existing Julia together "
     "with PYTHON_JULIACALL_PROJECT at a Julia project that has "
     + ", ".join(PACKAGES)
     + " and PythonCall installed"
@@ -185,7 +185,7 @@ class JuliaBackend:
         self._lock = threading.Lock()
         self._fh = None  # the FluxHess Julia module, once started
         self._jl = None  # juliacall.Main
-        self._failure: JuliaUnavailableError | None = None
+        self._failure: str | None = None  # why Julia failed to start, once it has
         self._models: dict = {}  # (source, seed, filename, dtype) -> Julia model
 
     # -- availability -------------------------------------------------------
@@ -193,7 +193,7 @@ class JuliaBackend:
         if self._fh is not None:
             return None
         if self._failure is not None:
-            return str(self._failure)
+            return self._failure
         where, how = find_runtime()
         if where is None:
             return f"{how}. {_HOW_TO_FIX}"
@@ -222,19 +222,14 @@ class JuliaBackend:
         """The FluxHess module, starting Julia on first use. Call with the lock held."""
         if self._fh is not None:
             return self._fh
-        if self._failure is not None:
-            raise self._failure
         reason = self.unavailable_reason()
         if reason is not None:
             raise JuliaUnavailableError(f"backend 'julia' is unavailable: {reason}")
         try:
             juliacall = _import_juliacall()
         except Exception as e:  # juliacall raises plain Exceptions (julia-facts §6.5)
-            self._failure = JuliaUnavailableError(
-                f"backend 'julia' is unavailable: Julia was found but did not start: "
-                f"{julia_message(e)}. {_HOW_TO_FIX}"
-            )
-            raise self._failure from e
+            self._failure = f"Julia was found but did not start: {julia_message(e)}. {_HOW_TO_FIX}"
+            raise JuliaUnavailableError(f"backend 'julia' is unavailable: {self._failure}") from e
         path = module_path()
         try:
             namespace = juliacall.newmodule("FluxHessPy")
@@ -242,11 +237,8 @@ class JuliaBackend:
             self._fh = namespace.FluxHess
             self._jl = juliacall.Main
         except Exception as e:
-            self._failure = JuliaUnavailableError(
-                f"backend 'julia' is unavailable: Julia started but loading {path} failed: "
-                f"{julia_message(e)}. {_HOW_TO_FIX}"
-            )
-            raise self._failure from e
+            self._failure = f"Julia started but loading {path} failed: {julia_message(e)}. {_HOW_TO_FIX}"
+            raise JuliaUnavailableError(f"backend 'julia' is unavailable: {self._failure}") from e
         return self._fh
 
     def julia(self):
