@@ -146,7 +146,7 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
         if impl.library == "fluxhess":
             reference = sample
         row.alpha, row.residual = _agreement(sample, reference)
-        if warm.seconds > args.long:
+        if warm.seconds > args.long and not impl.compiles:
             row.seconds, row.peak_bytes = [warm.seconds], warm.peak_bytes
             row.note = f"1 run (first call > {args.long:.0f} s)"
         else:
@@ -177,7 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up (default 3)")
     parser.add_argument("--limit", type=float, default=180.0,
                         help="skip a library whose time, extrapolated ∝ P² from the smaller problem, exceeds this (s)")
-    parser.add_argument("--long", type=float, default=20.0, help="a first call longer than this (s) is the only run")
+    parser.add_argument("--long", type=float, default=20.0,
+                        help="a first call longer than this (s) is the only run (not for JAX libraries, whose first call compiles)")
     parser.add_argument("--problems", default="", help="comma-separated curvature problems, e.g. 'P=5k' (default: all)")
     parser.add_argument("--libraries", default="", help="comma-separated libraries (default: all installed)")
     parser.add_argument("--no-laplacian", action="store_true")
