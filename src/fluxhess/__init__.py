@@ -36,6 +36,7 @@ from .errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
+from .flux import FluxModel, flux_model
 from .laplace import Laplace, MarglikFit, MarglikRound, Predictive, marglik_training
 from .model import Activation, Chain, Dense, Flatten, ParamLayout
 from .train import MapFit, fit_map
@@ -87,6 +88,9 @@ __all__ = [
     "MemoryEstimate",
     # backends
     "backends",
+    # Flux models from Julia source (julia backend)
+    "FluxModel",
+    "flux_model",
     # errors
     "FluxHessError",
     "InputError",
