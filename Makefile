@@ -20,5 +20,8 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest --slow
 
+benchmark: $(VENV)/.installed
+	$(PY) benchmarks/run.py
+
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
