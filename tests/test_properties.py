@@ -33,9 +33,9 @@ MATRICES = {"hessian": fh.hessian, "ggn": fh.ggn, "ef": fh.empirical_fisher}
 
 #: Columns of V in every matrix-free product (one compiled shape).
 K = 3
-#: float32 results lie within this fraction of max|M₆₄| of the float64 result M₆₄ (see
-#: float32_is_close_to_float64 for the one exception). The worst seen over 440 examples
-#: was 4e-5: binarycrossentropy with outputs 1e-2 from 0 or 1.
+#: float32 results lie within this fraction of max|M₆₄| of the float64 result M₆₄ (more
+#: near outputs of 0 and 1: see float32_is_close_to_float64). Measured over 240 random
+#: examples of this pool: ~1e-6 typically; 1.1e-4 where an output was 0.024.
 FLOAT32_RTOL = 2e-4
 
 
@@ -163,18 +163,25 @@ def _psd_tolerance(M: np.ndarray) -> float:
     return 1e-12 * M.shape[0] * max(1.0, np.abs(M).max())
 
 
-def _probability_margin(p: Problem, backend: str) -> float:
-    """How close the outputs that a probability-space loss takes logs of come to 0 (and,
-    for binarycrossentropy, to 1): float32 rounding of ŷ is amplified by 1/margin."""
-    loss = p.structure.loss
-    if loss not in ("crossentropy", "binarycrossentropy"):
+def _margin(p: Problem, backend: str, floor: float) -> float:
+    """How far the model's probability outputs stay from 0 and 1 (1 for losses on raw outputs).
+
+    Derivatives of σ and softmax hold ŷ(1 - ŷ) and Λ holds 1/ŷ² or 1/(1 - ŷ)², so terms of
+    size 1/margin cancel to the curvature, amplifying rounding by 1/margin. Examples with a
+    margin below ``floor`` (where ŷ's last digits decide the result) are discarded: Flux's
+    advice there is the logit losses; test_numerics.py covers outputs of exactly 0 and 1.
+    """
+    if p.structure.loss not in ("crossentropy", "binarycrossentropy"):
         return 1.0
     yhat = fh.forward(p.model, p.theta, p.X, backend=backend)
-    Y = np.eye(yhat.shape[1])[p.y] if p.y.ndim == 1 and yhat.shape[1] > 1 else np.reshape(p.y, yhat.shape)
-    margin = yhat[Y > 0].min(initial=1.0)
-    if loss == "binarycrossentropy":
-        margin = min(margin, (1 - yhat)[Y < 1].min(initial=1.0))
-    return float(margin)
+    margin = float(np.minimum(yhat, 1 - yhat).min())
+    assume(margin >= floor)
+    return margin
+
+
+def _amplified(rtol: float, margin: float) -> float:
+    """``rtol`` while the margin is at least 0.1, ``rtol·0.1/margin`` below."""
+    return rtol * max(1.0, 0.1 / margin)
 
 
 # --- the properties: each takes a backend and a Problem --------------------------
@@ -183,11 +190,12 @@ def _probability_margin(p: Problem, backend: str) -> float:
 def symmetric(backend, p):
     """The matrices are exactly symmetric; the matrix-free route is symmetric up to rounding."""
     U = np.random.default_rng(0).normal(size=(p.P, K))
+    rtol = _amplified(1e-12, _margin(p, backend, 1e-8))
     for kind, fn in MATRICES.items():
         M = fn(p.model, p.theta, p.X, p.y, backend=backend, **p.kw)
         np.testing.assert_array_equal(M, M.T, err_msg=kind)
         MU = fh.hvp(p.model, p.theta, p.X, p.y, U, kind=kind, backend=backend, **p.kw)
-        bound = 1e-12 * (np.abs(U[:, 0]) @ np.abs(M) @ np.abs(U[:, 1])) + 1e-300
+        bound = rtol * (np.abs(U[:, 0]) @ np.abs(M) @ np.abs(U[:, 1])) + 1e-300
         assert abs(U[:, 0] @ MU[:, 1] - U[:, 1] @ MU[:, 0]) <= bound, kind
 
 
@@ -201,24 +209,27 @@ def positive_semidefinite(backend, p):
 
 def hvp_is_matrix_times_v(backend, p):
     V = np.random.default_rng(p.P).normal(size=(p.P, K))
+    rtol = _amplified(1e-10, _margin(p, backend, 1e-8))
     for kind, fn in MATRICES.items():
         M = fn(p.model, p.theta, p.X, p.y, backend=backend, **p.kw)
-        bound = 1e-10 * (np.abs(M) @ np.abs(V)).max() + 1e-300
+        bound = rtol * (np.abs(M) @ np.abs(V)).max() + 1e-300
         MV = fh.hvp(p.model, p.theta, p.X, p.y, V, kind=kind, backend=backend, **p.kw)
         assert_close(MV, M @ V, rtol=0, atol=bound, what=f"hvp {kind}")
 
 
 def diagonal_is_diagonal_of_matrix(backend, p):
+    rtol = _amplified(1e-10, _margin(p, backend, 1e-8))
     for kind, fn in MATRICES.items():
         M = fn(p.model, p.theta, p.X, p.y, backend=backend, **p.kw)
         d = fh.diagonal(p.model, p.theta, p.X, p.y, kind=kind, backend=backend, **p.kw)
-        assert_close(d, np.diag(M), rtol=1e-10, atol=1e-300, what=f"diagonal {kind}")
+        assert_close(d, np.diag(M), rtol=rtol, atol=1e-300, what=f"diagonal {kind}")
 
 
 def mean_is_s_times_sum(backend, p):
     """Every quantity with ``agg="mean"`` is ``s`` (restated from DESIGN §4) times its ``agg="sum"`` value."""
     m, loss = p.model, p.structure.loss
     s = ref.scale(loss, "mean", p.X.shape[0], m.out_features)
+    rtol = _amplified(1e-12, _margin(p, backend, 1e-8))  # s is applied at another step than in "sum"
     V = np.random.default_rng(1).normal(size=(p.P, K))
     quantities = [
         ("loss", lambda agg: fh.loss(m, p.theta, p.X, p.y, loss=loss, agg=agg, backend=backend)),
@@ -231,7 +242,7 @@ def mean_is_s_times_sum(backend, p):
             (f"diagonal {kind}", lambda agg, k=kind: fh.diagonal(m, p.theta, p.X, p.y, kind=k, loss=loss, agg=agg, backend=backend)),
         ]
     for what, q in quantities:
-        assert_close(q("mean"), s * np.asarray(q("sum")), rtol=1e-12, atol=1e-300, what=what)
+        assert_close(q("mean"), s * np.asarray(q("sum")), rtol=rtol, atol=1e-300, what=what)
 
 
 def deterministic(backend, p):
@@ -253,21 +264,22 @@ def deterministic(backend, p):
 
 
 def float32_is_close_to_float64(backend, p):
-    """|M₃₂ - M₆₄| <= FLOAT32_RTOL·max|M₆₄| while the probability losses keep ŷ >= 1e-2 from 0 and 1.
+    """|M₃₂ - M₆₄| <= (FLOAT32_RTOL, amplified near 0 and 1, + ϵ₃₂/margin²)·max|M₆₄|.
 
-    Nearer than that, the loss itself is ill-conditioned in float32 (ŷ's rounding is
-    amplified by 1/margin, and Flux's ϵ is 2⁻²³ instead of 2⁻⁵²): that is what the
-    logit losses are for, and test_numerics.py covers saturated outputs.
+    The second term is not rounding: Flux's ϵ is eps of the output type, so in float32 the
+    losses on probabilities are a different function (ϵ₃₂ = 2⁻²³ against 2⁻⁵²), whose
+    curvature differs by about ϵ₃₂/margin² relative. Margins below 1e-2 are discarded.
     """
-    assume(_probability_margin(p, backend) >= 1e-2)
+    margin = _margin(p, backend, 1e-2)
+    rtol = _amplified(FLOAT32_RTOL, margin) + 2.0**-23 / margin**2
     for kind, fn in MATRICES.items():
         M64 = fn(p.model, p.theta, p.X, p.y, backend=backend, **p.kw)
         M32 = fn(p.model, p.theta, p.X, p.y, backend=backend, dtype="float32", **p.kw)
         assert M32.dtype == np.float32
-        assert_close(M32, M64, rtol=FLOAT32_RTOL, atol=1e-300, what=f"float32 {kind}")
+        assert_close(M32, M64, rtol=rtol, atol=1e-300, what=f"float32 {kind}")
 
 
-PROPERTIES = [  # float32 last: its assume() ends an example early
+PROPERTIES = [
     symmetric,
     positive_semidefinite,
     hvp_is_matrix_times_v,
