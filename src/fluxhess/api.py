@@ -74,8 +74,22 @@ class _Call:
             ) from e
 
     def result(self, value) -> np.ndarray:
-        out = np.array(value, dtype=self.dtype, order="C", copy=True)
-        if not np.all(np.isfinite(out)):
+        """The backend's value as a writeable C-ordered array of the call's dtype, checked finite.
+
+        A backend's own writeable NumPy array (the P×P routes build one) is returned as it
+        is, not copied: a second P×P copy would double the peak memory. Anything else (JAX
+        arrays, read-only views) is copied once.
+        """
+        owned = (
+            isinstance(value, np.ndarray)
+            and value.dtype == self.dtype
+            and value.flags.c_contiguous
+            and value.flags.writeable
+        )
+        out = value if owned else np.array(value, dtype=self.dtype, order="C", copy=True)
+        # A finite sum means every entry is finite (inf and NaN propagate); only a
+        # non-finite sum, which may be an overflow of finite entries, needs the full check.
+        if not np.isfinite(out.sum()) and not np.isfinite(out).all():
             raise BackendError(
                 f"{self.quantity} on backend {self.backend.name!r} produced non-finite values for "
                 f"{self.shapes}; the loss or model overflowed at these parameters and data"
