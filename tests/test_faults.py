@@ -6,6 +6,7 @@ give the same numbers as a call that never saw the fault.
 from __future__ import annotations
 
 import _thread
+import signal
 import sys
 import threading
 
@@ -147,8 +148,20 @@ def test_a_real_julia_exception_leaves_the_bridge_usable():
 # --- Ctrl-C in the middle of a chunked computation -----------------------------------
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler, as in an interactive session.
+
+    A process started in the background by a shell inherits SIGINT ignored, and
+    ``_thread.interrupt_main`` then does nothing.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("quantity", ["hessian", "empirical_fisher", "diagonal", "kron", "input_hessian"])
-def test_keyboard_interrupt_mid_computation_leaves_nothing_behind(monkeypatch, quantity):
+def test_keyboard_interrupt_mid_computation_leaves_nothing_behind(monkeypatch, python_sigint_handler, quantity):
     """Every chunked loop runs one item per chunk; SIGINT's KeyboardInterrupt arrives in the third."""
     call = CALLS[quantity]
     reference = call(backend="jax")
