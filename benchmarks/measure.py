@@ -35,9 +35,17 @@ class Run:
     value: object = field(repr=False, default=None)
 
 
+#: Seconds of idle before each timed call: the thread pools of OpenBLAS, XLA and torch
+#: spin-wait for a while after their work, and on two cores the next library's call would
+#: otherwise share the CPU with the previous one's spinning threads.
+SETTLE_SECONDS = 0.5
+
+
 def run_once(fn) -> Run:
-    """Call ``fn()`` once: wall time and the rise of peak resident memory over the call."""
+    """Call ``fn()`` once, after :data:`SETTLE_SECONDS` of idle: wall time and the rise of
+    peak resident memory over the call."""
     gc.collect()
+    time.sleep(SETTLE_SECONDS)
     exact = _reset_peak()
     before = _status_kib("VmRSS")
     t = time.perf_counter()
