@@ -119,6 +119,22 @@ def test_without_julia_the_error_is_fast_and_auto_is_jax(tmp_path):
     assert proc.stdout.startswith("ok")
 
 
+def test_without_juliacall_installed_julia_is_unavailable_and_auto_is_jax(monkeypatch):
+    """An environment without juliacall/juliapkg (e.g. fluxhess on a PYTHONPATH): a reason, no crash."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("juliacall", "juliapkg") else real(name, *a))
+    monkeypatch.setitem(_REGISTRY, "julia", JuliaBackend())
+    reason = fh.backends()["julia"]
+    assert reason is not None and "juliacall and juliapkg" in reason and "pip install juliacall" in reason, reason
+    m = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1))
+    theta, X, y = m.init(), np.ones((4, 2)), np.zeros((4, 1))
+    assert np.array_equal(fh.gradient(m, theta, X, y), fh.gradient(m, theta, X, y, backend="jax"))
+    with pytest.raises(JuliaUnavailableError, match="juliacall"):
+        fh.gradient(m, theta, X, y, backend="julia")
+
+
 def test_julia_message_drops_the_stacktrace():
     assert julia_message(FakeJuliaError()) == (
         "DimensionMismatch: loss function expects size(ŷ) = (2, 3) to match size(y) = (1, 3)"

@@ -20,6 +20,7 @@ runtime, starts it lazily and once, hands arrays over and copies results back.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -194,6 +195,12 @@ class JuliaBackend:
             return None
         if self._failure is not None:
             return self._failure
+        missing_modules = [m for m in ("juliacall", "juliapkg") if importlib.util.find_spec(m) is None]
+        if missing_modules:
+            return (
+                f"the Python package{'s' if len(missing_modules) > 1 else ''} {' and '.join(missing_modules)} "
+                "(a dependency of fluxhess) is not installed in this environment: pip install juliacall"
+            )
         where, how = find_runtime()
         if where is None:
             return f"{how}. {_HOW_TO_FIX}"
