@@ -89,7 +89,9 @@ class _Call:
         out = value if owned else np.array(value, dtype=self.dtype, order="C", copy=True)
         # A finite sum means every entry is finite (inf and NaN propagate); only a
         # non-finite sum, which may be an overflow of finite entries, needs the full check.
-        if not np.isfinite(out.sum()) and not np.isfinite(out).all():
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = out.sum()
+        if not np.isfinite(total) and not np.isfinite(out).all():
             raise BackendError(
                 f"{self.quantity} on backend {self.backend.name!r} produced non-finite values for "
                 f"{self.shapes}; the loss or model overflowed at these parameters and data"
