@@ -133,3 +133,13 @@ def test_clipping_reports_what_it_clipped():
     assert np.all(np.isfinite(la.predictive(X).variance))
     with pytest.raises(InputError, match="applies to curvature='hessian' only"):
         fh.Laplace(model, theta, "regression", clip_negative_eigenvalues=True)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True])
+def test_sample_counts_must_be_positive_integers(bad):
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, backend="jax").fit(X, y)
+    with pytest.raises(InputError, match=f"n must be a positive integer; got {re.escape(repr(bad))}"):
+        la.sample(bad)
+    with pytest.raises(InputError, match=f"n_samples must be a positive integer; got {re.escape(repr(bad))}"):
+        la.predictive(X, link_approx="mc", n_samples=bad)

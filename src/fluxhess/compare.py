@@ -26,6 +26,7 @@ import numpy as np
 
 from . import api
 from . import losses as L
+from . import validate as check
 from .backends import NAMES as BACKEND_NAMES
 from .backends import get as get_backend
 from .errors import BackendUnavailableError, FluxHessError, InputError, UnsupportedModelError
@@ -161,8 +162,7 @@ def compare(
     """
     quantities = _names("quantities", quantities, tuple(QUANTITIES))
     names = _names("backends", backends, BACKEND_NAMES)
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise InputError(f"repeat must be a positive integer; got {repeat!r}")
+    repeat = check.positive_int("repeat", repeat)
     if any(QUANTITIES[q][1] for q in quantities):
         L.check_loss(loss)
         L.check_agg(agg)

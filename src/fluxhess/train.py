@@ -100,8 +100,7 @@ def fit_map(
         raise InputError(f"model must be a fluxhess.Chain (or a FluxModel on the julia backend); got {type(model).__name__}")
     theta0 = check.params_array(params0, P, np.dtype(np.float64))
     lam = prior_vector(prior_precision, P)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise InputError(f"max_iter must be a positive integer; got {max_iter!r}")
+    max_iter = check.positive_int("max_iter", max_iter)
     api.loss(model, theta0, X, y, loss=loss, agg="sum", backend=backend)  # validates X, y and loss once
 
     def objective(theta):

@@ -26,6 +26,13 @@ def choice(argument: str, value, choices) -> str:
     return value
 
 
+def positive_int(argument: str, value) -> int:
+    """``value`` as an ``int`` when it is an integer ``>= 1`` (not a bool); else an InputError naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{argument} must be a positive integer; got {value!r}")
+    return int(value)
+
+
 def _numeric(argument: str, value) -> np.ndarray:
     """``value`` as a real floating/integer NumPy array, refusing bool, complex, object, strings."""
     try:

@@ -313,8 +313,7 @@ class Laplace:
 
         Returns: ``(n, P_s)``.
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InputError(f"n must be a positive integer; got {n!r}")
+        n = check.positive_int("n", n)
         dec = self._decomposition()
         Z = np.random.default_rng(seed).standard_normal((int(n), self.n_params))
         with jax.enable_x64(True):
@@ -543,8 +542,7 @@ class Laplace:
         """
         self._require_fit("predictive")
         link = pred.check_link(link_approx, pred_type, self.likelihood)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise InputError(f"n_samples must be a positive integer; got {n_samples!r}")
+        n_samples = check.positive_int("n_samples", n_samples)
         features = self._features(X)
         moments = self._glm_inputs(features) if pred_type == "glm" else None
         return self._predict(features, pred_type, link, int(n_samples), seed, moments)

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import validate as check
 from ..errors import InputError
 from ..train import MapFit, fit_map
 from . import likelihood as lik
@@ -51,12 +52,6 @@ class MarglikFit(NamedTuple):
     map_fit: MapFit  # the last MAP
     history: list[MarglikRound]
     converged: bool
-
-
-def _positive_int(argument: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{argument} must be a positive integer; got {value!r}")
-    return int(value)
 
 
 def marglik_training(
@@ -99,7 +94,7 @@ def marglik_training(
     Returns: a :class:`MarglikFit` (``laplace``, ``map_fit``, ``history``, ``converged``); a
     ``RuntimeWarning`` when ``rounds`` ran out before the hyperparameters settled.
     """
-    rounds = _positive_int("rounds", rounds)
+    rounds = check.positive_int("rounds", rounds)
     try:
         rtol = float(rtol)
     except (TypeError, ValueError):
