@@ -197,10 +197,9 @@ class JuliaBackend:
             return self._failure
         missing_modules = [m for m in ("juliacall", "juliapkg") if importlib.util.find_spec(m) is None]
         if missing_modules:
-            return (
-                f"the Python package{'s' if len(missing_modules) > 1 else ''} {' and '.join(missing_modules)} "
-                "(a dependency of fluxhess) is not installed in this environment: pip install juliacall"
-            )
+            names = " and ".join(missing_modules)
+            verb = "are dependencies of fluxhess but are" if len(missing_modules) > 1 else "is a dependency of fluxhess but is"
+            return f"the Python package {names} {verb} not installed in this environment: pip install juliacall"
         where, how = find_runtime()
         if where is None:
             return f"{how}. {_HOW_TO_FIX}"
