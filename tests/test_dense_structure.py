@@ -166,8 +166,13 @@ def test_float32_structured_matrices_are_close_to_float64():
         assert_close(single[kind], double[kind], rtol=1e-4, atol=1e-5, what=kind)
 
 
-def test_mirror_lower_copies_the_strict_lower_triangle():
+@pytest.mark.parametrize("square", [False, True])
+def test_mirror_panel_copies_the_panel_onto_its_transpose(square):
     M = np.random.default_rng(0).normal(size=(300, 300))
-    expected = np.tril(M) + np.tril(M, -1).T
-    dense_curvature.mirror_lower(M, tile=64)
+    expected = M.copy()
+    expected[10:190, 200:260] = M[200:260, 10:190].T
+    if square:
+        lower = np.tril(M[200:260, 200:260])
+        expected[200:260, 200:260] = lower + np.tril(lower, -1).T
+    dense_curvature.mirror_panel(M, slice(200, 260), slice(10, 190), square, tile=64)
     np.testing.assert_array_equal(M, expected)

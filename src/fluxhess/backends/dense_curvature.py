@@ -13,13 +13,15 @@ flops for any of the three whatever the number of outputs C, and the factors cos
 ``~N·(Σ_l o_l)²``.
 
 Only the lower triangle is computed — diagonal blocks by panels of ``j`` whose columns stop
-at the panel's end — straight into one preallocated P×P array, then mirrored. Working
+at the panel's end — straight into one preallocated P×P array; each panel is mirrored
+onto the upper triangle as soon as it is complete. Working
 memory beside the result is bounded by :func:`_budget`: the samples are taken in chunks
 and each block in panels of rows, with a progress bar when there are many.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -27,7 +29,7 @@ import numpy as np
 
 from ..memory import CHUNK_BYTES, chunk_size
 from ..progress import chunks
-from .dense_factors import Structure, bytes_per_sample, factors, pair
+from .dense_factors import Structure, bytes_per_sample, factors, gauss_newton_block, pair
 
 
 def _budget(P: int, itemsize: int) -> int:
@@ -70,15 +72,33 @@ def _panels(st: Structure, itemsize: int, budget: int) -> list[_Panel]:
     return out
 
 
+class _Scratch:
+    """Work arrays reused from panel to panel, grown as needed: allocating (and faulting in)
+    fresh memory for each panel's temporaries cost as much as the copies into H."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape``, sharing memory with earlier takes of ``name``."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(size, self.dtype)
+        return buffer[:size].reshape(shape)
+
+
 def _put(H, rows: slice, cols: slice, term, accumulate: bool) -> None:
-    """Write (or add) ``term`` ``(j, p, i, q)`` into ``H[rows, cols]``; adds go through a contiguous copy."""
+    """Write (or add) ``term`` ``(j, p, i, q)`` into ``H[rows, cols]``, in place."""
+    target = H[rows, cols].reshape(term.shape)  # splits the axes of a view: no copy
     if accumulate:
-        H[rows, cols] += np.ascontiguousarray(term).reshape(rows.stop - rows.start, -1)
+        target += term
     else:
-        np.copyto(H[rows, cols].reshape(term.shape), term)
+        np.copyto(target, term)
 
 
-def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool) -> None:
+def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool, scratch: _Scratch) -> None:
     """``panel``'s part of the lower triangle of H from one chunk's factors.
 
     ``F`` holds the chunk's per-layer factors, ``K_ml`` ``(N, o_m, o_l)`` the block's, and
@@ -90,12 +110,14 @@ def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool
     cols = j1 if m == l else seg_l.rows  # diagonal blocks: columns i < j1 only
     am, al = F["abar"][m], F["abar"][l]
     N = am.shape[0]
-    left = (am[:, j0:j1, None] * al[:, None, :cols]).reshape(N, -1)
-    term = (left.T @ K_ml.reshape(N, -1)).reshape(j1 - j0, cols, om, ol).transpose(0, 2, 1, 3)
+    left = scratch.take("left", (N, j1 - j0, cols))
+    np.multiply(am[:, j0:j1, None], al[:, None, :cols], out=left)
+    term = scratch.take("term", ((j1 - j0) * cols, om * ol))
+    np.matmul(left.reshape(N, -1).T, K_ml.reshape(N, -1), out=term)
+    term = term.reshape(j1 - j0, cols, om, ol).transpose(0, 2, 1, 3)
     if "delta" in F and m > l:  # the Hessian's Σ_n T̄_ml[j, q] δ_m[p] ā_l[i]
         delta = F["delta"][m]
         if T_ml is None:  # adjacent layers: T̄[j, q] = φ_l'[j] if q == j (j < n_m: no bias row)
-            term = np.ascontiguousarray(term)
             jd = min(j1, seg_m.layer.in_features)
             scaled = (F["d1"][l][:, j0:jd, None] * delta[:, None, :]).reshape(N, -1)
             diag = (scaled.T @ al).reshape(jd - j0, om, cols)
@@ -104,9 +126,18 @@ def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool
         else:
             right = (delta[:, :, None] * al[:, None, :]).reshape(N, -1)
             twisted = (T_ml[:, j0:j1, :].reshape(N, -1).T @ right).reshape(j1 - j0, ol, om, cols)
-            term = term + twisted.transpose(0, 2, 3, 1)
+            term += twisted.transpose(0, 2, 3, 1)
     rows = slice(seg_m.offset + j0 * om, seg_m.offset + j1 * om)
     _put(H, rows, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate)
+
+
+def _strictly_lower(st: Structure, panel: _Panel) -> tuple[slice, slice]:
+    """The rows of θ that ``panel`` fills and its columns strictly left of its diagonal
+    (a diagonal block's panel also fills the square on the diagonal, both triangles)."""
+    seg_m, seg_l = st.segments[panel.m], st.segments[panel.l]
+    rows = slice(seg_m.offset + panel.j0 * seg_m.outputs, seg_m.offset + panel.j1 * seg_m.outputs)
+    end = rows.start if panel.m == panel.l else seg_l.offset + seg_l.size
+    return rows, slice(seg_l.offset, end)
 
 
 def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int) -> np.ndarray:
@@ -114,13 +145,14 @@ def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int) -> np.nda
 
     Not SYRK: OpenBLAS 0.3.31's (in NumPy's and SciPy's wheels) writes out of bounds at
     P ≈ 19k here. Panels cost ``N·P²·(1 + 1/panels)`` flops; the first chunk of samples is
-    written straight into H, later ones are added through a panel-sized temporary.
+    written straight into H, later ones are added through a panel-sized temporary. Each
+    panel is mirrored onto the upper triangle as soon as it is complete.
     """
     P = theta.shape[0]
-    step = chunk_size(P * theta.dtype.itemsize, P, budget // 4)
+    step = min(EF_PANEL_ROWS, chunk_size(P * theta.dtype.itemsize, P, budget // 4))
     work = [(c, slice(r, min(r + step, P))) for c in range(len(sample_chunks)) for r in range(0, P, step)]
     H = np.empty((P, P), dtype=theta.dtype)
-    current, G = None, None
+    current, G, last = None, None, len(sample_chunks) - 1
     for task in chunks(len(work), 1, "ef"):
         c, rows = work[task.start]
         if c != current:
@@ -131,21 +163,31 @@ def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int) -> np.nda
             np.matmul(G[:, rows].T, G[:, : rows.stop], out=H[rows, : rows.stop])
         else:
             H[rows, : rows.stop] += G[:, rows].T @ G[:, : rows.stop]
-    mirror_lower(H)
+        if c == last:
+            mirror_panel(H, rows, slice(0, rows.start), square=True)
     return H
 
 
-def mirror_lower(H: np.ndarray, tile: int = 128) -> None:
-    """Copy the strict lower triangle of H onto the upper one in place, tile by tile."""
-    P = H.shape[0]
-    for r0 in range(0, P, tile):
-        r1 = min(P, r0 + tile)
-        square = H[r0:r1, r0:r1]
-        upper = np.triu_indices(r1 - r0, 1)
-        square[upper] = square.T[upper]
-        for c0 in range(r1, P, tile):
-            c1 = min(P, c0 + tile)
-            H[r0:r1, c0:c1] = H[c0:c1, r0:r1].T
+#: Rows per panel of the empirical Fisher's Gram matrix: wide enough for GEMMs near the
+#: machine's rate, narrow enough that the squares on the diagonal (computed whole) add few flops.
+EF_PANEL_ROWS = 512
+
+
+def mirror_panel(H: np.ndarray, rows: slice, cols: slice, square: bool, tile: int = 256) -> None:
+    """Copy ``H[rows, cols]`` (left of the diagonal) transposed onto ``H[cols, rows]``, ``tile``
+    columns at a time while the just-written panel is still in cache; with ``square`` also
+    the lower triangle of ``H[rows, rows]`` onto its upper one (its GEMM rounds the two
+    triangles differently, and H must be exactly symmetric)."""
+    for c0 in range(cols.start, cols.stop, tile):
+        c1 = min(cols.stop, c0 + tile)
+        H[c0:c1, rows] = H[rows, c0:c1].T
+    if square:
+        for r0 in range(rows.start, rows.stop, 64):
+            r1 = min(rows.stop, r0 + 64)
+            H[rows.start : r0, r0:r1] = H[r0:r1, rows.start : r0].T
+            diagonal = H[r0:r1, r0:r1]
+            upper = np.triu_indices(r1 - r0, 1)
+            diagonal[upper] = diagonal.T[upper]
 
 
 def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.ndarray:
@@ -159,6 +201,8 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.nda
     budget = _budget(P, itemsize)
     fn = factors(st, loss, kind, "matrix")
     per_sample = bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y))
+    if kind != "ef":  # and one block's K_ml at a time
+        per_sample += max(a.outputs * b.outputs for a in st.segments for b in st.segments) * itemsize
     n = chunk_size(per_sample, N, budget if kind == "ef" else budget // 2)
     sample_chunks = [slice(a, min(a + n, N)) for a in range(0, N, n)]
     if kind == "ef":
@@ -166,19 +210,29 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.nda
     H = np.empty((P, P), dtype=theta.dtype)
     work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, itemsize, budget // 4)]
     key, F, K_ml, T_ml = None, None, None, None
+    scratch, last = _Scratch(theta.dtype), len(sample_chunks) - 1
     for task in chunks(len(work), 1, kind):
         c, panel = work[task.start]
         if key is None or key[0] != c:
             sl = sample_chunks[c]
             F = _numpy(fn(theta, X[sl], Y[sl], s))
         if key != (c, panel.m, panel.l):
-            K_ml, T_ml = F["K"][panel.m], None
-            if panel.m > panel.l:
-                K_ml, T_ml = _numpy(pair(st, kind, panel.m, panel.l)(theta, F["K"][panel.m], F["d1"]))
+            K_ml, T_ml = _block_factors(st, kind, panel, theta, F)
         key = (c, panel.m, panel.l)
-        _fill_panel(H, st, panel, F, K_ml, T_ml, accumulate=c > 0)
-    mirror_lower(H)
+        _fill_panel(H, st, panel, F, K_ml, T_ml, accumulate=c > 0, scratch=scratch)
+        if c == last:
+            mirror_panel(H, *_strictly_lower(st, panel), square=panel.m == panel.l)
     return H
+
+
+def _block_factors(st: Structure, kind: str, panel: _Panel, theta, F):
+    """``s·K_ml`` ``(N, o_m, o_l)`` of ``panel``'s block and the Hessian's ``T̄_ml`` (or None), from one chunk's factors."""
+    m, l = panel.m, panel.l
+    if kind == "ggn":
+        return np.asarray(gauss_newton_block(F["B"][m], F["lamB"][l])), None
+    if m == l:
+        return F["K"][m], None
+    return _numpy(pair(st, kind, m, l)(theta, F["K"][m], F["d1"]))
 
 
 def diagonal(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.ndarray:

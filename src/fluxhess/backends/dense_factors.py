@@ -192,6 +192,9 @@ def _per_layer(st: Structure, loss: str, kind: str, theta, x, y, s=None):
 
 
 def _per_sample(st: Structure, loss: str, kind: str, theta, x, y, s):
+    if kind == "ggn":  # K_ml = B_mᵀ Λ B_l is made block by block (gauss_newton_block)
+        abar, B, lamB = _output_jacobians(st, loss, theta, x, y)
+        return {"abar": abar, "B": B, "lamB": [s * b for b in lamB]}
     abar, _, d1, delta, K = _backward(st, loss, kind, theta, x, y)
     if kind == "ef":
         return jnp.sqrt(s) * jnp.concatenate([jnp.outer(a, d).ravel() for a, d in zip(abar, delta)])
@@ -235,8 +238,9 @@ def factors(st: Structure, loss: str, kind: str, part: str):
     """The jitted ``(θ, X, Y, s) ↦`` factors of a chunk of samples.
 
     ``part="matrix"``: per-sample arrays (leading axis N) — for ``kind="ef"`` the rows
-    ``√s·g_n`` ``(N, P)``; otherwise ``{"abar": [ā_l], "d1": [φ_l'], "K": [s·K_ll]}`` plus,
-    for the Hessian, ``"delta": [s·δ_l]``.
+    ``√s·g_n`` ``(N, P)``; for the GGN ``{"abar": [ā_l], "B": [B_l], "lamB": [s·Λ B_l]}``
+    (``B_l = ∂f/∂z_l`` ``(C, o_l)``: ``C·o_l`` numbers per layer instead of ``K_ll``'s
+    ``o_l²``); for the Hessian ``{"abar": [ā_l], "d1": [φ_l'], "K": [s·K_ll], "delta": [s·δ_l]}``.
     ``part="diagonal"``: per layer ``s·Σ_n ā_n² ⊗ diag(K_ll,n)`` ``(|θ_l|,)``, summed over the chunk.
     ``part="kron"``: ``([Σ_n ā_n ā_nᵀ], [s·Σ_n K_ll,n])`` summed over the chunk (K_ll = δδᵀ for the EF).
     """
@@ -253,6 +257,12 @@ def pair(st: Structure, kind: str, m: int, l: int):
     adjacent ones ``T_ml = diag(φ_l')`` and the caller uses ``φ_l'`` itself.
     """
     return jax.jit(functools.partial(_pair, st, kind, m, l))
+
+
+@jax.jit
+def gauss_newton_block(B_m, lamB_l):
+    """The GGN's ``s·K_ml = B_mᵀ (s·Λ B_l)`` ``(N, o_m, o_l)`` from ``B_m`` ``(N, C, o_m)`` and ``s·Λ B_l`` ``(N, C, o_l)``."""
+    return jnp.einsum("ncp,ncq->npq", B_m, lamB_l)
 
 
 @functools.lru_cache(maxsize=None)
