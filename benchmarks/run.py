@@ -28,7 +28,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+# Every library's result on the same kind of memory pages. NumPy alone asks the kernel for
+# transparent huge pages (madvise) on large arrays; where the kernel's THP "defrag" setting
+# is "madvise" (the usual default) each fresh P×P result then waits for memory compaction
+# when memory is fragmented: 0.35–0.57 s for 237 MB on a long-running 2-core VM, against
+# 0.09–0.14 s with 4 KiB pages, which is what torch's allocator (every peer) gets. Set
+# NUMPY_MADVISE_HUGEPAGE=1 to measure with NumPy's default.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -192,7 +200,8 @@ def main(argv=None) -> int:
     missing = {impl.library: impl.missing() for impl in peers.IMPLS if impl.missing()}
     started = time.time()
     loads = [measure.load()]
-    print(f"benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {loads[0]:.1f}")
+    print(f"benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {loads[0]:.1f}, "
+          f"NUMPY_MADVISE_HUGEPAGE={os.environ['NUMPY_MADVISE_HUGEPAGE']}")
     rates = {dt: measure.gemm_rates(dt) for dt in dtypes}
     print("GEMM GFLOP/s:", json.dumps({dt: {k: round(v, 1) for k, v in r.items()} for dt, r in rates.items()}))
 
@@ -215,7 +224,8 @@ def main(argv=None) -> int:
     meta = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "minutes": round((time.time() - started) / 60, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"NUMPY_MADVISE_HUGEPAGE={os.environ['NUMPY_MADVISE_HUGEPAGE']}",
         "load_min_max": [round(min(loads), 1), round(max(loads), 1)],
         "gemm_before": rates,
         "gemm_after": rates_after,
