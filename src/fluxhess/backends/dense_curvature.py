@@ -10,12 +10,12 @@ and the empirical Fisher is ``Σ_n g_n g_nᵀ`` with ``g_n = [ā_l ⊗ δ_l]_l``
 GEMMs on the rows g_n). Each term is one GEMM over the samples of two small per-sample
 arrays (``(j, i) × (p, q)``, then a transpose into place), so the cost is about ``N·P²``
 flops for any of the three whatever the number of outputs C, and the factors cost only
-``~N·(Σ_l o_l)²``.
+``~N·(Σ_l o_l)²`` (the Hessian's ``K_ll``) or ``~N·C·Σ_l o_l`` (the GGN's ``B_l``, with
+each block's ``K_ml = B_mᵀ Λ B_l`` formed when the block is filled).
 
 Only the lower triangle is computed — diagonal blocks by panels of ``j`` whose columns stop
 at the panel's end — straight into one preallocated P×P array; each panel is mirrored
-onto the upper triangle as soon as it is complete. Working
-memory beside the result is bounded by :func:`_budget`: the samples are taken in chunks
+onto the upper triangle as soon as it is complete. Working memory beside the result is bounded by :func:`_budget`: the samples are taken in chunks
 and each block in panels of rows, with a progress bar when there are many.
 """
 
