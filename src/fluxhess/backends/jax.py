@@ -361,18 +361,31 @@ class JaxBackend:
         return self._per_sample_blocks(model, params, X, "input_hessian", model.out_features * d * d)
 
     def laplacian(self, model, params, X):
-        d = X.shape[1]
-        return self._per_sample_blocks(model, params, X, "laplacian", _widest(model) * (d + 2))
+        floats = _widest(model) * (X.shape[1] + 2)  # the forward Laplacian's (J, Δ) per sample
+        cached = LAPLACIAN_CHUNK_BYTES if jax.default_backend() == "cpu" else None
+        return self._per_sample_blocks(model, params, X, "laplacian", floats, cached)
 
     def divergence(self, model, params, X):
         return self._per_sample_blocks(model, params, X, "divergence", model.out_features * X.shape[1])
 
-    def _per_sample_blocks(self, model, params, X, name, floats_per_sample):
+    def _per_sample_blocks(self, model, params, X, name, floats_per_sample, budget=None):
+        """``name`` on chunks of samples: ``4·8·floats_per_sample`` bytes each within CHUNK_BYTES,
+        or ``itemsize·floats_per_sample`` bytes each within ``budget``."""
         N = X.shape[0]
-        n = chunk_size(4 * 8 * floats_per_sample, N)
+        if budget is None:
+            n = chunk_size(4 * 8 * floats_per_sample, N)
+        else:
+            n = chunk_size(X.dtype.itemsize * floats_per_sample, N, budget)
         fn = _compiled(model, None, name)
         with _precision(params):
             return np.concatenate([_np(fn(params, X[sl])) for sl in chunks(N, n, name)])
+
+
+#: Samples per chunk of the forward Laplacian on a CPU: about this many bytes of propagated
+#: Jacobians ``(n, d, width)``. The passes over them (GEMM, σ', the squares) then run in
+#: cache: [100, 128, 128, 128, 1] on 256 points took 39 -> 27 ms (float64) and 28 -> 19 ms
+#: (float32) against one chunk on 2 cores (64-96 samples best; 32 or 256 slower).
+LAPLACIAN_CHUNK_BYTES = 6 * 2**20
 
 
 def _widest(model: Chain) -> int:
