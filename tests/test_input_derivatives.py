@@ -55,6 +55,16 @@ def test_laplacian_is_trace_of_input_hessian(model, backend):
     assert_close(lap, np.trace(ref.input_hessian(model, theta, X), axis1=2, axis2=3), rtol=1e-10, atol=1e-13, what="laplacian")
 
 
+def test_laplacian_in_chunks_of_one_sample_matches_the_reference(monkeypatch):
+    from fluxhess.backends import jax as jax_backend
+
+    monkeypatch.setattr(jax_backend, "LAPLACIAN_CHUNK_BYTES", 1)  # one sample per chunk on a CPU
+    model = MODELS["tanh-mlp"]
+    theta, X = _data(model, n=7)
+    lap = fh.laplacian(model, theta, X, backend="jax")
+    assert_close(lap, np.trace(ref.input_hessian(model, theta, X), axis1=2, axis2=3), rtol=1e-10, atol=1e-13, what="laplacian")
+
+
 def test_divergence_is_trace_of_input_jacobian(backend):
     model = fh.Chain.mlp([3, 7, 3], "tanh")
     theta, X = _data(model)
