@@ -232,7 +232,7 @@ def _block_factors(st: Structure, kind: str, panel: _Panel, theta, F):
         return np.asarray(gauss_newton_block(F["B"][m], F["lamB"][l])), None
     if m == l:
         return F["K"][m], None
-    return _numpy(pair(st, kind, m, l)(theta, F["K"][m], F["d1"]))
+    return _numpy(pair(st, m, l)(theta, F["K"][m], F["d1"]))
 
 
 def diagonal(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.ndarray:

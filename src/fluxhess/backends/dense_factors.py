@@ -9,15 +9,17 @@ layer after it, softmax included) gives the output ``f = h(z_{L-1})``, and
 ``u(z) = ℓ(h(z), y)``. Per sample:
 
 - ``δ_l = ∂ℓ/∂z_l`` ``(o_l,)``: ``δ_{L-1} = ∇u``, ``δ_l = φ_l' ⊙ (W_{l+1}ᵀ δ_{l+1})``;
-- ``K_ll`` ``(o_l, o_l)``, the curvature with respect to ``z_l``: for the exact Hessian
+- ``K_ll`` ``(o_l, o_l)``, the exact Hessian's curvature with respect to ``z_l``:
   ``D_{L-1} = ∇²u`` and ``D_l = φ_l' W_{l+1}ᵀ D_{l+1} W_{l+1} φ_l' + diag(φ_l'' ⊙ W_{l+1}ᵀ δ_{l+1})``;
-  for the GGN the same without the ``φ''`` term, starting from ``J_hᵀ Λ J_h``;
 - ``J_ml = ∂z_m/∂z_l`` ``(o_m, o_l)`` for ``m > l``, and ``K_ml = K_mm J_ml``;
+- for the GGN, ``B_l = ∂f/∂z_l`` ``(C, o_l)`` and ``K_ml = B_mᵀ Λ B_l`` (Λ the loss's Hessian in
+  ``f``): ``C·o_l`` numbers per layer, each block's ``K_ml`` made when it is needed;
 - ``T̄_ml = ∂ā_m/∂z_l`` ``(n̄_m, o_l)`` for ``m > l`` (zero bias row), exact Hessian only;
   ``diag(φ_l')`` for adjacent layers.
 
 The per-layer factors of a chunk (:func:`factors`) are small; the cross-layer ones are
-made one pair of layers at a time (:func:`pair`) so that only one block's are held.
+made one pair of layers at a time (:func:`pair`, :func:`gauss_newton_block`) so that only
+one block's are held.
 
 Everything is computed for one sample and batched over a chunk with ``vmap``; the
 factor ``s`` of the aggregation is folded in (``K``, ``δ`` of the Hessian's second term)
@@ -109,25 +111,18 @@ def _forward(st: Structure, theta, x):
 
 
 def _head_curvature(st: Structure, loss: str, kind: str, z, y):
-    """δ_{L-1} and K_{L-1} (``∇²u`` for the Hessian, ``J_hᵀ Λ J_h`` for the GGN, None for the EF)."""
+    """δ_{L-1} and K_{L-1} (``∇²u`` for the Hessian, None for the EF)."""
     head = compose(st.segments[-1].activations)
 
     def u(t):
         return L.per_sample(loss, head(t), y)
 
     delta = jax.grad(u)(z)
-    if kind == "hessian":
-        return delta, jax.hessian(u)(z)
-    if kind == "ggn":
-        f = head(z)
-        jh = jax.jacfwd(head)(z)
-        lam = jax.hessian(lambda t: L.per_sample(loss, t, y))(f)
-        return delta, jh.T @ lam @ jh
-    return delta, None
+    return delta, jax.hessian(u)(z) if kind == "hessian" else None
 
 
 def _backward(st: Structure, loss: str, kind: str, theta, x, y):
-    """ā, Wᵀ, φ' per layer, with δ_l and K_ll (None for the EF) from the output down."""
+    """ā, Wᵀ, φ' per layer, with δ_l and (for the Hessian) K_ll from the output down."""
     abar, w_ts, d1, d2, z = _forward(st, theta, x)
     n = len(st.segments)
     delta, K = [None] * n, [None] * n
@@ -135,16 +130,14 @@ def _backward(st: Structure, loss: str, kind: str, theta, x, y):
     for l in reversed(range(n - 1)):
         g = w_ts[l + 1] @ delta[l + 1]  # ∂ℓ/∂a_{l+1}
         delta[l] = d1[l] * g
-        if kind != "ef":
+        if kind == "hessian":
             inner = w_ts[l + 1] @ K[l + 1] @ w_ts[l + 1].T
-            K[l] = d1[l][:, None] * inner * d1[l][None, :]
-            if kind == "hessian":
-                K[l] = K[l] + jnp.diag(d2[l] * g)
+            K[l] = d1[l][:, None] * inner * d1[l][None, :] + jnp.diag(d2[l] * g)
     return abar, w_ts, d1, delta, K
 
 
-def _pair(st: Structure, kind: str, m: int, l: int, theta, K_m, d1):
-    """``K_ml = K_mm J_ml`` ``(N, o_m, o_l)`` and, for the Hessian with m > l + 1, ``T̄_ml``.
+def _pair(st: Structure, m: int, l: int, theta, K_m, d1):
+    """The Hessian's ``K_ml = K_mm J_ml`` ``(N, o_m, o_l)`` and, for m > l + 1, ``T̄_ml``.
 
     Batched over the chunk by hand rather than by ``vmap``, so that every product has a
     weight matrix on one side and becomes one large GEMM:
@@ -155,7 +148,7 @@ def _pair(st: Structure, kind: str, m: int, l: int, theta, K_m, d1):
     for k in range(m, l, -1):
         N, rows, _ = K.shape
         K = (K.reshape(N * rows, -1) @ W[k]).reshape(N, rows, -1) * d1[k - 1][:, None, :]
-    if kind != "hessian" or m == l + 1:  # adjacent layers: T = diag(φ_l'), used as such
+    if m == l + 1:  # adjacent layers: T = diag(φ_l'), used as such
         return K, None
     T = W[l + 1][None, :, :] * d1[l][:, None, :]
     for k in range(l + 2, m):
@@ -250,13 +243,13 @@ def factors(st: Structure, loss: str, kind: str, part: str):
 
 
 @functools.lru_cache(maxsize=None)
-def pair(st: Structure, kind: str, m: int, l: int):
-    """The jitted ``(θ, K_m (N, o_m, o_m), [φ'] (N, ·)) ↦ (K_ml, T̄_ml or None)`` for m > l.
+def pair(st: Structure, m: int, l: int):
+    """The Hessian's jitted ``(θ, K_m (N, o_m, o_m), [φ'] (N, ·)) ↦ (K_ml, T̄_ml or None)`` for m > l.
 
-    ``T̄_ml`` ``(N, n̄_m, o_l)`` comes only for the Hessian and non-adjacent layers; for
-    adjacent ones ``T_ml = diag(φ_l')`` and the caller uses ``φ_l'`` itself.
+    ``T̄_ml`` ``(N, n̄_m, o_l)`` comes only for non-adjacent layers; for adjacent ones
+    ``T_ml = diag(φ_l')`` and the caller uses ``φ_l'`` itself.
     """
-    return jax.jit(functools.partial(_pair, st, kind, m, l))
+    return jax.jit(functools.partial(_pair, st, m, l))
 
 
 @jax.jit
