@@ -89,13 +89,17 @@ class _Scratch:
         return buffer[:size].reshape(shape)
 
 
-def _put(H, rows: slice, cols: slice, term, accumulate: bool) -> None:
-    """Write (or add) ``term`` ``(j, p, i, q)`` into ``H[rows, cols]``, in place."""
-    target = H[rows, cols].reshape(term.shape)  # splits the axes of a view: no copy
+def _put(H, rows: slice, cols: slice, term, accumulate: bool, scratch: _Scratch) -> None:
+    """Write (or add) ``term`` ``(j, p, i, q)`` into ``H[rows, cols]``, in place.
+
+    Adds go through a contiguous staging copy: adding the transposed view directly was ~30 %
+    slower."""
     if accumulate:
-        target += term
+        staged = scratch.take("staged", term.shape)
+        np.copyto(staged, term)
+        H[rows, cols] += staged.reshape(rows.stop - rows.start, -1)
     else:
-        np.copyto(target, term)
+        np.copyto(H[rows, cols].reshape(term.shape), term)  # splits the axes of a view: no copy
 
 
 def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool, scratch: _Scratch) -> None:
@@ -128,7 +132,7 @@ def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool
             twisted = (T_ml[:, j0:j1, :].reshape(N, -1).T @ right).reshape(j1 - j0, ol, om, cols)
             term += twisted.transpose(0, 2, 3, 1)
     rows = slice(seg_m.offset + j0 * om, seg_m.offset + j1 * om)
-    _put(H, rows, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate)
+    _put(H, rows, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate, scratch)
 
 
 def _strictly_lower(st: Structure, panel: _Panel) -> tuple[slice, slice]:
