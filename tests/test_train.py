@@ -51,3 +51,23 @@ def test_bad_arguments_and_non_convergence():
     with pytest.warns(RuntimeWarning, match="fit_map stopped after 1 iterations without converging"):
         fit = fh.fit_map(model, model.init(), X, np.sin(X[:, 0]), max_iter=1)
     assert not fit.converged
+
+
+def test_newton_polish_finishes_where_the_loss_value_is_only_rounding():
+    """A value that carries no information (as the loss's rounding near a minimum) stops
+    L-BFGS's line search; Newton steps judged by the gradient alone still converge."""
+    from fluxhess.train import lbfgs, newton_polish
+
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(6, 6))
+    A, b = Q @ Q.T + 6 * np.eye(6), rng.normal(size=6)
+
+    def objective(x):
+        return 1.0, A @ x - b  # a flat value: no decrease to be seen
+
+    x0 = np.zeros(6)
+    result = lbfgs(objective, x0, max_iter=50, gtol=1e-10, desc="test")
+    assert not result.success
+    x, _, grad, steps = newton_polish(objective, lambda x, v: A @ v, result.x, 1.0, objective(result.x)[1], 1e-10)
+    assert np.max(np.abs(grad)) <= 1e-10 and 1 <= steps <= 5
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-10)
