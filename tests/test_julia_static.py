@@ -14,6 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 JL_FILES = sorted(ROOT.joinpath("julia").rglob("*.jl"))
+#: The package's own source: the module file and what it includes (not its tests).
+PACKAGE_FILES = [ROOT / "julia" / "FluxHess.jl", *sorted(ROOT.joinpath("julia", "src").glob("*.jl"))]
+
+
+def _package_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in PACKAGE_FILES)
 FIXTURES = sorted(ROOT.joinpath("tests", "fixtures").glob("*.toml"))
 
 
@@ -26,7 +32,18 @@ def _error_nodes(node):
 
 def test_there_is_julia_code():
     names = {p.relative_to(ROOT).as_posix() for p in JL_FILES}
-    assert {"julia/FluxHess.jl", "julia/test/runtests.jl"} <= names
+    assert {"julia/FluxHess.jl", "julia/src/FluxHess.jl", "julia/test/runtests.jl"} <= names
+
+
+def test_package_entry_point_includes_the_module_source():
+    """Julia 1.10 loads src/FluxHess.jl; FluxHess.jl beside Project.toml stays the module's source."""
+    entry = ROOT.joinpath("julia", "src", "FluxHess.jl").read_text(encoding="utf-8")
+    assert 'Core.include(@__MODULE__, joinpath(dirname(@__DIR__), "FluxHess.jl"))' in entry
+    module = ROOT.joinpath("julia", "FluxHess.jl").read_text(encoding="utf-8")
+    assert "module FluxHess" in module
+    for path in PACKAGE_FILES[1:]:
+        if path.name != "FluxHess.jl":
+            assert f'include(joinpath(@__DIR__, "src", "{path.name}"))' in module, path.name
 
 
 @pytest.mark.parametrize("path", JL_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -47,7 +64,7 @@ def test_module_exports_the_python_names():
     """Every quantity of the Backend Protocol has a Julia function of the same name."""
     from fluxhess.backends.base import Backend
 
-    text = ROOT.joinpath("julia", "FluxHess.jl").read_text(encoding="utf-8")
+    text = _package_text()
     quantities = [
         name
         for name in vars(Backend)
@@ -66,22 +83,21 @@ def _juliapkg_json():
     return json.loads(ROOT.joinpath("src", "fluxhess", "juliapkg.json").read_text(encoding="utf-8"))
 
 
-def test_juliapkg_json_matches_project_toml():
+def test_juliapkg_json_develops_the_bundled_package():
+    """juliapkg installs FluxHess as a dev package from the folder beside juliapkg.json."""
     from juliapkg.compat import Compat
 
     project, pkg = _project_toml(), _juliapkg_json()
-    assert project["deps"] == {name: spec["uuid"] for name, spec in pkg["packages"].items()}
-    compat = dict(project.get("compat", {}))
-    julia = compat.pop("julia")
-    assert str(Compat.parse(julia)) == str(Compat.parse(pkg["julia"]))
-    versions = {name: spec["version"] for name, spec in pkg["packages"].items() if "version" in spec}
-    assert compat.keys() == versions.keys()
-    for name in compat:
-        assert str(Compat.parse(compat[name])) == str(Compat.parse(versions[name])), name
+    assert project["name"] == "FluxHess" and project["version"]
+    assert pkg["packages"] == {"FluxHess": {"uuid": project["uuid"], "path": "julia", "dev": True}}
+    folder = ROOT / "src" / "fluxhess" / pkg["packages"]["FluxHess"]["path"]
+    assert folder.joinpath("Project.toml").read_bytes() == ROOT.joinpath("julia", "Project.toml").read_bytes()
+    assert str(Compat.parse(project["compat"]["julia"])) == str(Compat.parse(pkg["julia"]))
+    assert set(project["compat"]) == {"julia"} | (set(project["deps"]) - {"LinearAlgebra", "Random"})
 
 
 def test_declared_packages_are_the_ones_the_module_loads():
-    text = ROOT.joinpath("julia", "FluxHess.jl").read_text(encoding="utf-8")
+    text = _package_text()
     used = set()
     for line in text.splitlines():
         words = line.replace(",", " ").replace(":", " ").split()
@@ -95,12 +111,12 @@ def test_compat_admits_current_releases():
     """julia-facts §1: Flux 0.16.11, Zygote 0.7.12, ForwardDiff 1.4.5; juliacall needs Julia ^1.10.3."""
     from juliapkg.compat import Compat, Version
 
-    pkg = _juliapkg_json()
-    current = {"Flux": "0.16.11", "Zygote": "0.7.12", "ForwardDiff": "1.4.5"}
+    compat = _project_toml()["compat"]
+    current = {"Flux": "0.16.11", "Zygote": "0.7.12", "ForwardDiff": "1.4.5", "PrecompileTools": "1.2.1"}
     for name, version in current.items():
-        assert Version.parse(version) in Compat.parse(pkg["packages"][name]["version"]), name
-    assert Version.parse("1.10.3") in Compat.parse(pkg["julia"])
-    assert "PythonCall" not in pkg["packages"]  # juliacall pins it; we never do
+        assert Version.parse(version) in Compat.parse(compat[name]), name
+    assert Version.parse("1.10.3") in Compat.parse(_juliapkg_json()["julia"])
+    assert "PythonCall" not in _project_toml()["deps"]  # juliacall pins it; we never do
 
 
 UUIDS = {  # julia-facts §1.1
@@ -109,6 +125,7 @@ UUIDS = {  # julia-facts §1.1
     "ForwardDiff": "f6369f11-7733-5829-9624-2563aa707210",
     "LinearAlgebra": "37e2e46d-f89d-539d-b4ee-838fcccc9c8e",
     "Random": "9a3f8284-a2c9-5f02-9a11-845980a1fd5c",
+    "PrecompileTools": "aea7be01-6a6a-4083-8856-8a6e6704d82a",
 }
 
 
@@ -190,18 +207,20 @@ def wheel(tmp_path_factory):
     return path
 
 
-def test_wheel_carries_the_julia_module_and_juliapkg_json(wheel):
+def test_wheel_carries_the_julia_package_and_juliapkg_json(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-        assert "fluxhess/julia/FluxHess.jl" in names
         assert "fluxhess/juliapkg.json" in names  # where juliapkg looks (julia-facts §6.2)
-        assert z.read("fluxhess/julia/FluxHess.jl") == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()
         assert json.loads(z.read("fluxhess/juliapkg.json")) == _juliapkg_json()
+        for path in [ROOT / "julia" / "Project.toml", *PACKAGE_FILES]:
+            name = "fluxhess/" + path.relative_to(ROOT).as_posix()
+            assert z.read(name) == path.read_bytes(), name
+        assert not any(n.startswith("fluxhess/julia/test") for n in names)
 
 
-def test_module_path_finds_the_bundled_file():
-    from fluxhess.backends.julia import module_path
+def test_package_path_finds_the_bundled_package():
+    from fluxhess.backends.julia import module_path, package_path
 
-    path = module_path()
-    assert path.name == "FluxHess.jl" and path.is_file()
-    assert path.read_bytes() == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()
+    folder = package_path()
+    assert folder.joinpath("Project.toml").read_bytes() == ROOT.joinpath("julia", "Project.toml").read_bytes()
+    assert module_path().read_bytes() == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()

@@ -1,10 +1,17 @@
 """The julia backend: every quantity computed by Flux + Zygote (+ ForwardDiff) in Julia.
 
-The bundled module ``FluxHess.jl`` does the work; this file only finds a Julia
-runtime, starts it lazily and once, hands arrays over and copies results back.
+The bundled Julia package ``FluxHess`` (``julia/``: ``FluxHess.jl`` and its
+``src/``) does the work; this file only finds a Julia runtime, starts it lazily
+and once, loads the package with ``using FluxHess`` (precompiled, with a
+workload of every quantity), hands arrays over and copies results back.
 
 - ``import fluxhess`` never imports juliacall. Detecting a runtime
   (:meth:`JuliaBackend.unavailable_reason`) never downloads or starts anything.
+- juliapkg installs FluxHess as a dev package from this wheel or checkout
+  (``juliapkg.json``: ``"path": "julia"``, ``"dev": true``). Where the active
+  Julia project does not have it (``PYTHON_JULIACALL_PROJECT`` set by the user),
+  the bundled package folder is put on ``LOAD_PATH``; its dependencies (Flux,
+  Zygote, ForwardDiff, PrecompileTools) must then be in that project.
 - Julia starts on the first real call, with juliapkg in offline mode unless
   :func:`setup_julia` ran in this process or the user set
   ``PYTHON_JULIAPKG_OFFLINE`` themselves, so a call never turns into a download.
@@ -13,6 +20,8 @@ runtime, starts it lazily and once, hands arrays over and copies results back.
 - Arrays reach Julia as no-copy NumPy views in NumPy index order; FluxHess.jl
   copies them into plain Julia arrays and returns plain arrays in NumPy index
   order, which are copied into C-ordered NumPy arrays here.
+- The curvature kind reaches Julia as a type (``FluxHess.Hessian()``, ``GGN()``,
+  ``EmpiricalFisher()``); Julia dispatches on it.
 - One lock serialises every call into Julia. A Julia exception becomes a
   :class:`BackendError` carrying Julia's message, the quantity and the shapes;
   the process stays usable.
@@ -21,6 +30,7 @@ runtime, starts it lazily and once, hands arrays over and copies results back.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -33,38 +43,47 @@ import numpy as np
 from ..errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
 from ..model import Chain
 
-#: The Julia packages FluxHess.jl loads (also declared in juliapkg.json / Project.toml).
-PACKAGES = ("Flux", "Zygote", "ForwardDiff")
+#: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
+PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "PrecompileTools")
+
+#: The Julia type of each curvature kind.
+_KINDS = {"hessian": "Hessian", "ggn": "GGN", "ef": "EmpiricalFisher"}
 
 _HOW_TO_FIX = (
     "Run `fluxhess setup-julia` once (online: it installs the Julia packages, and Julia "
     "itself if none is found), or point PYTHON_JULIACALL_EXE at an existing Julia together "
     "with PYTHON_JULIACALL_PROJECT at a Julia project that has "
     + ", ".join(PACKAGES)
-    + " and PythonCall installed"
+    + " and PythonCall installed (FluxHess: `Pkg.develop(path=...)` of the folder "
+    + "fluxhess/julia of this installation)"
 )
 
 
 # --- locating things --------------------------------------------------------
 
 
-def module_path() -> Path:
-    """The bundled ``FluxHess.jl``: inside the installed package, else the source checkout."""
+def package_path() -> Path:
+    """The bundled Julia package folder (``Project.toml``, ``FluxHess.jl``, ``src/``)."""
     candidates = []
     try:
-        candidates.append(Path(str(resources.files("fluxhess") / "julia" / "FluxHess.jl")))
+        candidates.append(Path(str(resources.files("fluxhess") / "julia")))
     except (ModuleNotFoundError, TypeError):  # pragma: no cover - fluxhess is importable here
         pass
-    # editable install / source checkout: <repo>/src/fluxhess/backends/julia.py -> <repo>/julia
-    candidates.append(Path(__file__).resolve().parents[3] / "julia" / "FluxHess.jl")
+    # source checkout: <repo>/src/fluxhess/backends/julia.py -> <repo>/julia
+    candidates.append(Path(__file__).resolve().parents[3] / "julia")
     for path in candidates:
-        if path.is_file():
+        if (path / "Project.toml").is_file() and (path / "FluxHess.jl").is_file():
             return path
     raise JuliaUnavailableError(
-        "the bundled Julia module FluxHess.jl is missing; looked at "
+        "the bundled Julia package FluxHess is missing; looked at "
         + ", ".join(map(str, candidates))
         + ". Reinstall fluxhess"
     )
+
+
+def module_path() -> Path:
+    """The bundled ``FluxHess.jl``, the Julia module's source."""
+    return package_path() / "FluxHess.jl"
 
 
 def _juliapkg_state() -> dict:
@@ -161,6 +180,15 @@ def _to_numpy(value) -> np.ndarray:
     return np.array(value, order="C", copy=True)
 
 
+class _Kind:
+    """A curvature kind by name, turned into its Julia type inside the lock."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
 # --- starting Julia ---------------------------------------------------------
 
 _ONLINE = False  # set by setup_julia(): later starts in this process may install packages
@@ -185,6 +213,7 @@ class JuliaBackend:
     def __init__(self):
         self._lock = threading.Lock()
         self._fh = None  # the FluxHess Julia module, once started
+        self._kinds: dict = {}  # "hessian" / "ggn" / "ef" -> the Julia kind value
         self._jl = None  # juliacall.Main
         self._failure: str | None = None  # why Julia failed to start, once it has
         self._models: dict = {}  # (source, seed, filename, dtype) -> Julia model
@@ -236,16 +265,24 @@ class JuliaBackend:
         except Exception as e:  # juliacall raises plain Exceptions (julia-facts §6.5)
             self._failure = f"Julia was found but did not start: {julia_message(e)}. {_HOW_TO_FIX}"
             raise JuliaUnavailableError(f"backend 'julia' is unavailable: {self._failure}") from e
-        path = module_path()
+        path = package_path()
         try:
-            namespace = juliacall.newmodule("FluxHessPy")
-            namespace.include(str(path))
-            self._fh = namespace.FluxHess
-            self._jl = juliacall.Main
+            jl = juliacall.Main
+            if not bool(jl.seval('Base.identify_package("FluxHess") !== nothing')):
+                jl.seval(f"push!(LOAD_PATH, {json.dumps(str(path))})")
+            self._fh = jl.seval("(using FluxHess: FluxHess; FluxHess)")
+            self._jl = jl
         except Exception as e:
-            self._failure = f"Julia started but loading {path} failed: {julia_message(e)}. {_HOW_TO_FIX}"
+            self._failure = f"Julia started but loading the package FluxHess ({path}) failed: {julia_message(e)}. {_HOW_TO_FIX}"
             raise JuliaUnavailableError(f"backend 'julia' is unavailable: {self._failure}") from e
         return self._fh
+
+    def _kind(self, name: str):
+        """The Julia value of the curvature kind ``name`` (``FluxHess.GGN()``, ...). Lock held."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            kind = self._kinds[name] = getattr(self._fh, _KINDS[name])()
+        return kind
 
     def julia(self):
         """The FluxHess Julia module (starting Julia if needed), for direct use."""
@@ -273,6 +310,11 @@ class JuliaBackend:
                 raise map_julia_error(e, "building the Flux model", f"source {key[0][:200]!r}") from e
             self._models[key] = jm
         return jm
+
+    def model(self, model, dtype="float64"):
+        """The Julia model of a spec Chain or FluxModel in ``dtype`` (built once), for direct use."""
+        with self._lock:
+            return self._model(model, dtype)
 
     def parameters(self, model, dtype="float64") -> np.ndarray:
         """θ of a FluxModel as Julia's ``destructure`` gives it, ``(P,)``."""
@@ -325,6 +367,7 @@ class JuliaBackend:
         with self._lock:
             fh = self._start()
             jm = self._model(model, params.dtype)
+            rest = [self._kind(a.name) if isinstance(a, _Kind) else a for a in rest]
             try:
                 out = getattr(fh, quantity)(jm, params, X, *rest)
                 return convert(out)
@@ -351,16 +394,16 @@ class JuliaBackend:
         return self._call("empirical_fisher", model, params, X, Y, loss, agg, Y=Y)
 
     def hvp(self, model, params, X, Y, V, loss, agg, kind):
-        return self._call("hvp", model, params, X, Y, V, loss, agg, kind, Y=Y, V=V)
+        return self._call("hvp", model, params, X, Y, V, loss, agg, _Kind(kind), Y=Y, V=V)
 
     def diagonal(self, model, params, X, Y, loss, agg, kind):
-        return self._call("diagonal", model, params, X, Y, loss, agg, kind, Y=Y)
+        return self._call("diagonal", model, params, X, Y, loss, agg, _Kind(kind), Y=Y)
 
     def kron(self, model, params, X, Y, loss, agg, kind):
         def pairs(out):
             return [(_to_numpy(A), _to_numpy(G)) for A, G in out]
 
-        return self._call("kron", model, params, X, Y, loss, agg, kind, Y=Y, convert=pairs)
+        return self._call("kron", model, params, X, Y, loss, agg, _Kind(kind), Y=Y, convert=pairs)
 
     def param_jacobian(self, model, params, X):
         return self._call("param_jacobian", model, params, X)
@@ -402,7 +445,7 @@ def setup_julia(out=print) -> dict:
             + os.environ["PYTHON_JULIACALL_EXE"]
             + " --project="
             + os.environ["PYTHON_JULIACALL_PROJECT"]
-            + ' -e \'import Pkg; Pkg.add(["Flux", "Zygote", "ForwardDiff", "PythonCall"])\''
+            + ' -e \'import Pkg; Pkg.add(["Flux", "Zygote", "ForwardDiff", "PrecompileTools", "PythonCall"])\''
         )
         info = {"executable": os.environ["PYTHON_JULIACALL_EXE"], "project": os.environ["PYTHON_JULIACALL_PROJECT"]}
     else:
@@ -424,13 +467,13 @@ def setup_julia(out=print) -> dict:
         info = {"executable": juliapkg.executable(), "project": juliapkg.project()}
         out(f"Julia: {info['executable']}")
         out(f"Julia project: {info['project']}")
-    out("Starting Julia and loading FluxHess.jl (first start compiles; this can take a few minutes)...")
+    out("Starting Julia and loading FluxHess (its first load precompiles it; this can take several minutes)...")
     from . import _REGISTRY  # the backend instance fluxhess uses
 
     backend = _REGISTRY["julia"]
     fh = backend.julia()
     version = str(backend._jl.seval("string(VERSION)"))
     info["julia_version"] = version
-    info["module"] = str(module_path())
-    out(f"Julia {version} is ready; FluxHess.jl loaded from {info['module']}")
+    info["module"] = str(package_path())
+    out(f"Julia {version} is ready; FluxHess loaded from {info['module']}")
     return info

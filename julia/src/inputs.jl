@@ -1,0 +1,101 @@
+#############################################################################
+#             Derivatives with respect to the inputs, batched               #
+#############################################################################
+
+# The model at θ and the batch d × N.
+function _at(model, θ, X)
+    re, θ, T = _setup(model, θ)
+    return re(θ), _batch(X, T)
+end
+
+"""
+    input_jacobian(model, θ, X) -> (N, C, d)
+
+`J[n, c, i] = ∂f_c(x_n)/∂x_i`: all samples at once, ⌈d/12⌉ forward passes.
+"""
+function input_jacobian(model, θ, X)
+    m, Xt = _at(model, θ, X)
+    return permutedims(columnwise_jacobian(m, Xt), (3, 1, 2))
+end
+
+"""
+    input_hessian(model, θ, X) -> (N, C, d, d)
+
+`H[n, c, i, j] = ∂²f_c(x_n)/∂x_i∂x_j`, ForwardDiff over ForwardDiff on the whole batch.
+"""
+function input_hessian(model, θ, X)
+    m, Xt = _at(model, θ, X)
+    d, N = size(Xt)
+    H = columnwise_jacobian(Z -> reshape(columnwise_jacobian(m, Z), :, size(Z, 2)), Xt)
+    return permutedims(reshape(H, :, d, d, N), (4, 1, 2, 3))
+end
+
+"""
+    laplacian(model, θ, X) -> (N, C)
+
+`Δf_c(x_n) = Σ_i ∂²f_c(x_n)/∂x_i²`. Dense chains with elementwise functions only:
+the forward Laplacian (value, Jacobian and Laplacian pushed through the layers
+together); other models: the sum of `d` batched second directional derivatives.
+"""
+function laplacian(model, θ, X)
+    m, Xt = _at(model, θ, X)
+    return permutedims(_laplacian(route(m), m, Xt))
+end
+
+function _laplacian(::Generic, m, X::Matrix{T}) where {T}
+    d = size(X, 1)
+    E = zeros(T, size(X))
+    local Δ
+    for i in 1:d
+        E[i, :] .= one(T)
+        part = directional_second(m, X, E)
+        Δ = i == 1 ? part : Δ .+ part
+        E[i, :] .= zero(T)
+    end
+    return Δ
+end
+
+# The forward Laplacian runs on Dense chains whose input goes straight to the first
+# Dense layer and whose head is elementwise.
+_forward_laplacian_applies(dc::DenseChain) =
+    all(_isflatten, dc.before) && isempty(dc.head.tail)
+
+function _laplacian(dc::DenseChain, m, X::Matrix{T}) where {T}
+    _forward_laplacian_applies(dc) || return _laplacian(Generic(), m, X)
+    d, N = size(X)
+    width = maximum(size(W, 1) for W in dc.weights)
+    n = clamp((6 * 2^20) ÷ (sizeof(T) * d * max(width, d)), 1, N)   # ~6 MiB of Jacobians
+    return reduce(hcat, [_forward_laplacian(dc, X[:, a:min(a + n - 1, N)]) for a in 1:n:N])
+end
+
+# (value, ∂/∂x, Δ) through z = W a + b, then an elementwise φ.
+function _forward_laplacian(dc::DenseChain, X::Matrix{T}) where {T}
+    d, n = size(X)
+    a, Δ = X, zeros(T, d, n)
+    J = zeros(T, d, d, n)
+    for j in 1:n, i in 1:d
+        J[i, i, j] = one(T)
+    end
+    for l in _layers(dc)
+        W = dc.weights[l]
+        Jz = reshape(W * reshape(J, size(J, 1), d * n), :, d, n)
+        φ = l == length(dc.weights) ? dc.head.σ : dc.φ[l]
+        a, d1, d2 = _elementwise_derivatives(φ, _preactivation(dc, l, a), true)
+        Δ = d1 .* (W * Δ) .+ d2 .* dropdims(sum(abs2, Jz; dims = 2); dims = 2)
+        J = reshape(d1, size(d1, 1), 1, n) .* Jz
+    end
+    return Δ
+end
+
+"""
+    divergence(model, θ, X) -> (N,)
+
+`∇·f(x_n) = Σ_i ∂f_i(x_n)/∂x_i`, the trace of the input Jacobian (needs C == d).
+"""
+function divergence(model, θ, X)
+    J = input_jacobian(model, θ, X)
+    N, C, d = size(J)
+    C == d || throw(DimensionMismatch(
+        "divergence needs as many outputs as inputs; the model maps $d inputs to $C outputs"))
+    return [tr(view(J, n, :, :)) for n in 1:N]
+end

@@ -1,0 +1,103 @@
+#############################################################################
+#                 Routes: what the model is decides how to compute          #
+#############################################################################
+
+"""
+    DenseChain
+
+A Chain seen as `before` (parameter-free layers that only transform the data),
+then Dense layers `dense[1:L]` (θ offsets `offsets`), with `φ[l]` the scalar
+function applied elementwise after Dense layer `l < L` (its activation, then the
+elementwise layers up to the next Dense layer), and `head` the map from the last
+Dense layer's pre-activation `z_L` (`o_L × N`) to the output (its activation and
+every layer after it, a softmax included).
+"""
+struct DenseChain{T}
+    before::Vector{Any}
+    weights::Vector{Matrix{T}}
+    biases::Vector{Vector{T}}     # empty where the layer has no bias
+    hasbias::Vector{Bool}
+    φ::Vector{Any}
+    head::Any
+    offsets::Vector{Int}
+end
+
+"""Any other Flux model: batched over samples, no structure assumed (`src/generic.jl`)."""
+struct Generic end
+
+# The layers of a (possibly nested) Chain, in order, as a Tuple.
+_flatlayers(c::Flux.Chain) = foldl((acc, l) -> (acc..., _flatlayers(l)...), c; init = ())
+_flatlayers(l) = (l,)
+
+# The scalar function of an elementwise layer, or nothing.
+_elementwise(l::Base.Fix1{typeof(broadcast)}) = l.x
+_elementwise(l) = nothing
+
+# Parameter-free layers known to act on each column (sample) alone.
+_columnwise(l) = _elementwise(l) !== nothing || l === Flux.softmax || l === Flux.logsoftmax ||
+                 l === identity
+
+_hasbias(d::Flux.Dense) = d.bias isa AbstractArray
+_nparams(d::Flux.Dense) = length(d.weight) + (_hasbias(d) ? length(d.bias) : 0)
+
+"""
+    route(model) -> DenseChain or Generic()
+
+The structured route when `model` is a Chain (or a Dense layer) whose parameters are
+exactly its Dense layers' weights and biases, with only elementwise layers between
+them and only columnwise layers (elementwise, softmax, logsoftmax) after the last.
+"""
+function route(model)
+    layers = _flatlayers(model)
+    θ = first(Flux.destructure(model))
+    before, dense, after, tail = Any[], Any[], Vector{Any}[], Any[]
+    for l in layers
+        if l isa Flux.Dense
+            isempty(tail) || return Generic()
+            push!(dense, l)
+            push!(after, Any[])
+        elseif !isempty(Flux.trainables(l))
+            return Generic()
+        elseif isempty(dense)
+            push!(before, l)
+        elseif isempty(tail) && _elementwise(l) !== nothing
+            push!(after[end], _elementwise(l))
+        elseif _columnwise(l)
+            push!(tail, l)
+        else
+            return Generic()
+        end
+    end
+    isempty(dense) && return Generic()
+    # θ must be the Dense layers' arrays, each once (no tied weights), in Chain order.
+    T = eltype(θ)
+    arrays = [a for d in dense for a in (d.weight, d.bias) if a isa AbstractArray]
+    all(a -> a isa Array{T}, arrays) || return Generic()
+    length(unique(objectid, arrays)) == length(arrays) || return Generic()
+    sum(_nparams, dense) == length(θ) || return Generic()
+    φ = Any[foldl((g, f) -> f ∘ g, after[l]; init = dense[l].σ) for l in 1:length(dense)-1]
+    head = _Head(foldl((g, f) -> f ∘ g, after[end]; init = dense[end].σ), Tuple(tail))
+    offsets = cumsum([0; [_nparams(d) for d in dense[1:end-1]]])
+    return DenseChain{T}(before, Matrix{T}[d.weight for d in dense],
+                         Vector{T}[_hasbias(d) ? d.bias : T[] for d in dense],
+                         Bool[_hasbias(d) for d in dense], φ, head, offsets)
+end
+
+# z_L ↦ output: the elementwise function, then the columnwise layers.
+struct _Head{S,T}
+    σ::S
+    tail::T
+end
+(h::_Head)(Z) = _through(h.tail, h.σ.(Z))
+
+# The layers of a Tuple applied in turn (a recursion Zygote differentiates, empty or not).
+_through(::Tuple{}, a) = a
+_through(layers::Tuple, a) = _through(Base.tail(layers), first(layers)(a))
+
+# The data as the first Dense layer sees it.
+function _inputs(dc::DenseChain, X::Matrix{T}) where {T}
+    a = foldl((a, l) -> l(a), dc.before; init = X)
+    a isa AbstractMatrix || throw(DimensionMismatch(
+        "the layers before the first Dense layer must give a matrix; got $(summary(a))"))
+    return Matrix{T}(a)
+end

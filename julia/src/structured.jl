@@ -1,0 +1,458 @@
+#############################################################################
+#        Dense chains: per-sample factors, then every block by BLAS         #
+#############################################################################
+#
+# Notation (shared notes, "Curvature of a Dense chain as GEMMs over samples"), per
+# sample and Dense layer l = 1 … L: ā_l the layer's input (with a 1 appended when it
+# has a bias), z_l its pre-activation, φ_l' and φ_l'' the derivatives of the
+# elementwise function after it, δ_l = ∂ℓ/∂z_l, K_l = ∂δ_l/∂z_l, B_l = ∂f/∂z_l.
+# θ's block of layer l is [vec(W_l); b_l], entry (p, j) at p + (j - 1)·o_l (the bias
+# is column j = n_l + 1), so the block (m, l) of a curvature is
+#
+#     Σ_n ā_m[j] ā_l[i] K_ml[p, q]                    (K_ml = δδᵀ, BᵀΛB or ∂δ_m/∂z_l)
+#   + Σ_n T̄_ml[j, q] δ_m[p] ā_l[i]                    (Hessian, m > l; T̄_ml = ∂ā_m/∂z_l)
+#
+# Each term is one GEMM over the samples; only the lower triangle is made, then
+# mirrored. Samples come in chunks and blocks in panels of rows under a memory budget.
+# Every per-sample array keeps the samples last (column-major: one sample contiguous).
+
+# Working memory beside a P × P result: a quarter of it, at least 16 MiB, at most 1 GiB.
+_budget(P, ::Type{T}) where {T} = clamp(P^2 * sizeof(T) ÷ 4, 16 * 2^20, 2^30)
+
+_nparams(dc::DenseChain) = dc.offsets[end] + length(dc.weights[end]) + length(dc.biases[end])
+_layers(dc::DenseChain) = eachindex(dc.weights)
+
+# The forward pass of a chunk: ā_l (n̄_l × n), φ_l' (and φ_l'' if asked) for l < L, and z_L.
+struct _Forward{T}
+    ā::Vector{Matrix{T}}
+    d1::Vector{Matrix{T}}
+    d2::Vector{Matrix{T}}
+    z::Matrix{T}
+end
+
+_derivative(φ, x) = ForwardDiff.derivative(φ, x)
+_second_derivative(φ, x) = ForwardDiff.derivative(y -> ForwardDiff.derivative(φ, y), x)
+
+# φ(z), φ'(z) and (if asked) φ''(z), elementwise; a function barrier on φ's type.
+function _elementwise_derivatives(φ, z::Matrix{T}, second::Bool) where {T}
+    d2 = second ? map(x -> _second_derivative(φ, x), z) : Matrix{T}(undef, 0, 0)
+    return map(φ, z), map(x -> _derivative(φ, x), z), d2
+end
+
+# z = W a (+ b).
+function _preactivation(dc::DenseChain, l, a)
+    z = dc.weights[l] * a
+    dc.hasbias[l] && (z .+= dc.biases[l])
+    return z
+end
+
+_augmented(dc::DenseChain, l, a::Matrix{T}) where {T} = dc.hasbias[l] ? vcat(a, ones(T, 1, size(a, 2))) : a
+
+function _forward(dc::DenseChain{T}, X::Matrix{T}, second::Bool) where {T}
+    a = _inputs(dc, X)
+    ā, d1, d2 = Matrix{T}[], Matrix{T}[], Matrix{T}[]
+    L = length(dc.weights)
+    for l in 1:L-1
+        push!(ā, _augmented(dc, l, a))
+        a, g1, g2 = _elementwise_derivatives(dc.φ[l], _preactivation(dc, l, a), second)
+        push!(d1, g1)
+        push!(d2, g2)
+    end
+    push!(ā, _augmented(dc, L, a))
+    return _Forward(ā, d1, d2, _preactivation(dc, L, a))
+end
+
+# d1 .* (Wᵀ X) for X (o × r × n): one step of a backward recursion, for r columns per sample.
+function _back(W::AbstractMatrix, X::Array{T,3}, d1::AbstractMatrix) where {T}
+    o, r, n = size(X)
+    Y = reshape(transpose(W) * reshape(X, o, r * n), size(W, 2), r, n)
+    Y .*= reshape(d1, size(d1, 1), 1, n)
+    return Y
+end
+
+# The loss of the chunk as a function of z_L, summed over its samples.
+_head_loss(head, ℓ, Y) = Z -> ℓ(head(Z), Y; agg = sum)
+
+#------------------------------- factors -----------------------------------#
+
+"""Per-sample factors of a chunk: ā_l, and δ_l (EF); B_l, s·ΛB_l (GGN); s·δ_l, s·K_l, φ_l' (Hessian)."""
+struct _Factors{Kind,T}
+    fw::_Forward{T}
+    δ::Vector{Matrix{T}}      # (o_l × n): s·δ for the Hessian, δ for the EF
+    K::Vector{Array{T,3}}     # Hessian: s·K_l (o_l × o_l × n)
+    B::Vector{Array{T,3}}     # GGN: B_lᵀ (o_l × C × n)
+    ΛB::Vector{Array{T,3}}    # GGN: s·(Λ B_l)ᵀ (o_l × C × n)
+end
+
+function _factors(::EmpiricalFisher, dc, X::Matrix{T}, Y, ℓ, s) where {T}
+    fw = _forward(dc, X, false)
+    δ = _deltas(dc, fw, _gradient(_head_loss(dc.head, ℓ, Y), fw.z))
+    return _Factors{EmpiricalFisher,T}(fw, δ, Array{T,3}[], Array{T,3}[], Array{T,3}[])
+end
+
+function _deltas(dc, fw, δL)
+    δ = Vector{typeof(δL)}(undef, length(dc.weights))
+    δ[end] = δL
+    for l in length(dc.weights)-1:-1:1
+        δ[l] = fw.d1[l] .* (transpose(dc.weights[l+1]) * δ[l+1])
+    end
+    return δ
+end
+
+function _factors(::Hessian, dc, X::Matrix{T}, Y, ℓ, s) where {T}
+    fw = _forward(dc, X, true)
+    u = _head_loss(dc.head, ℓ, Y)
+    L, n = length(dc.weights), size(X, 2)
+    δ = _deltas(dc, fw, s .* _gradient(u, fw.z))
+    K = Vector{Array{T,3}}(undef, L)
+    K[L] = s .* columnwise_hessian(u, fw.z)
+    for l in L-1:-1:1
+        W = dc.weights[l+1]
+        o, m = size(W)
+        WK = reshape(transpose(W) * reshape(K[l+1], o, o * n), m, o, n)     # Wᵀ K_n
+        KW = permutedims(WK, (2, 1, 3))                                       # K_n W (K_n symmetric)
+        inner = reshape(transpose(W) * reshape(KW, o, m * n), m, m, n)        # Wᵀ K_n W
+        d1, g = fw.d1[l], transpose(W) * δ[l+1]                               # g = ∂(sℓ)/∂a_{l+1}
+        Kl = inner .* reshape(d1, m, 1, n) .* reshape(d1, 1, m, n)
+        for j in 1:n, i in 1:m
+            Kl[i, i, j] += fw.d2[l][i, j] * g[i, j]
+        end
+        K[l] = Kl
+    end
+    return _Factors{Hessian,T}(fw, δ, K, Array{T,3}[], Array{T,3}[])
+end
+
+# B_lᵀ (o_l × C × n) for every layer, from B_L = ∂head/∂z_L.
+function _output_jacobians(dc, fw::_Forward{T}) where {T}
+    B = Vector{Array{T,3}}(undef, length(dc.weights))
+    B[end] = permutedims(columnwise_jacobian(dc.head, fw.z), (2, 1, 3))
+    for l in length(dc.weights)-1:-1:1
+        B[l] = _back(dc.weights[l+1], B[l+1], fw.d1[l])
+    end
+    return B
+end
+
+function _factors(::GGN, dc, X::Matrix{T}, Y, ℓ, s) where {T}
+    fw = _forward(dc, X, false)
+    B = _output_jacobians(dc, fw)
+    F = dc.head(fw.z)
+    Λ = columnwise_hessian(F -> ℓ(F, Y; agg = sum), F)                      # C × C × n
+    ΛB = similar(B)
+    ΛB[end] = similar(B[end])
+    for j in axes(Λ, 3)
+        mul!(view(ΛB[end], :, :, j), view(B[end], :, :, j), view(Λ, :, :, j), s, false)
+    end
+    for l in length(dc.weights)-1:-1:1
+        ΛB[l] = _back(dc.weights[l+1], ΛB[l+1], fw.d1[l])
+    end
+    return _Factors{GGN,T}(fw, Array{T,2}[], Array{T,3}[], B, ΛB)
+end
+
+# The block factor K_ml (o_m × o_l × n) of layers m ≥ l.
+_block_factor(F::_Factors{Hessian}, dc, m, l) = m == l ? F.K[m] : permutedims(_cross(F, dc, m, l), (2, 1, 3))
+
+# K_mlᵀ = (K_m J_ml)ᵀ, J_ml = ∂z_m/∂z_l, right to left from K_m (symmetric).
+function _cross(F, dc, m, l)
+    Y = F.K[m]
+    for k in m:-1:l+1
+        Y = _back(dc.weights[k], Y, F.fw.d1[k-1])
+    end
+    return Y
+end
+
+function _block_factor(F::_Factors{GGN,T}, dc, m, l) where {T}
+    Bm, ΛBl = F.B[m], F.ΛB[l]
+    K = Array{T,3}(undef, size(Bm, 1), size(ΛBl, 1), size(Bm, 3))
+    for j in axes(K, 3)
+        mul!(view(K, :, :, j), view(Bm, :, :, j), transpose(view(ΛBl, :, :, j)))
+    end
+    return K
+end
+
+# T̄_ml without its zero bias row (n_m × o_l × n), for m > l + 1: ∂a_m/∂z_l.
+function _input_sensitivity(F, dc, m, l)
+    d1 = F.fw.d1
+    n = size(d1[l], 2)
+    S = dc.weights[l+1] .* reshape(d1[l], 1, size(d1[l], 1), n)      # ∂z_{l+1}/∂z_l
+    for k in l+1:m-2
+        o, r = size(S, 1), size(S, 2)
+        S = reshape(dc.weights[k+1] * reshape(reshape(d1[k], o, 1, n) .* S, o, r * n),
+                    :, r, n)
+    end
+    return reshape(d1[m-1], size(d1[m-1], 1), 1, n) .* S
+end
+
+#------------------------------- assembly ----------------------------------#
+
+# Work arrays reused from panel to panel (fresh memory for each cost as much as the GEMMs).
+struct _Scratch{T}
+    buffers::Dict{Symbol,Vector{T}}
+end
+_Scratch(::Type{T}) where {T} = _Scratch{T}(Dict{Symbol,Vector{T}}())
+function _take(s::_Scratch{T}, name::Symbol, dims::Int...) where {T}
+    n = prod(dims)
+    v = get!(() -> Vector{T}(undef, n), s.buffers, name)
+    length(v) < n && resize!(v, n)
+    return reshape(view(v, 1:n), dims)
+end
+
+# H[row(p, j), col(q, i)] (+)= S[p, q, j, i]: rows (p, j) of layer m from row j0, columns (q, i) of layer l.
+function _scatter!(H, S, offm, j0, offl, add::Bool)
+    om, ol, nj, ni = size(S)
+    @inbounds for i in 1:ni, q in 1:ol
+        col = offl + q + (i - 1) * ol
+        for j in 1:nj
+            row = offm + (j0 + j - 2) * om
+            if add
+                @simd for p in 1:om
+                    H[row+p, col] += S[p, q, j, i]
+                end
+            else
+                @simd for p in 1:om
+                    H[row+p, col] = S[p, q, j, i]
+                end
+            end
+        end
+    end
+end
+
+# Rows per panel of block (m, l) so that each panel's temporaries fit `budget`.
+_panel_rows(om, ol, n̄l, n, budget, ::Type{T}) where {T} =
+    max(1, min(budget ÷ (sizeof(T) * om * ol * n̄l), budget ÷ (sizeof(T) * n̄l * n)))
+
+# The first term of block (m, l), rows j0:j1 of ā_m; on the diagonal only columns i ≤ j1.
+function _first_term!(H, F, dc, K, m, l, j0, j1, add, scr)
+    ām, āl = F.fw.ā[m], F.fw.ā[l]
+    om, ol, n = size(K)
+    cols = m == l ? j1 : size(āl, 1)
+    jn = j1 - j0 + 1
+    A = _take(scr, :A, jn, cols, n)
+    A .= reshape(view(ām, j0:j1, :), jn, 1, n) .* reshape(view(āl, 1:cols, :), 1, cols, n)
+    S = _take(scr, :S, om * ol, jn * cols)
+    mul!(S, reshape(K, om * ol, n), transpose(reshape(A, jn * cols, n)))
+    _scatter!(H, reshape(S, om, ol, jn, cols), dc.offsets[m], j0, dc.offsets[l], add)
+end
+
+# The Hessian's second term of block (m > l), rows j0:j1 of ā_m (the bias row adds nothing).
+function _second_term!(H, F::_Factors{Hessian}, dc, Tml, m, l, j0, j1, scr)
+    āl, δm = F.fw.ā[l], F.δ[m]
+    j1 = min(j1, size(dc.weights[m], 2))
+    j1 < j0 && return
+    om, n̄l, n = size(δm, 1), size(āl, 1), size(δm, 2)
+    ol = size(dc.weights[l], 1)
+    jn = j1 - j0 + 1
+    offm, offl = dc.offsets[m], dc.offsets[l]
+    if m == l + 1   # T̄_ml[j, q] = φ_l'[j] when q == j
+        D = _take(scr, :A, om, jn, n)
+        D .= reshape(δm, om, 1, n) .* reshape(view(F.fw.d1[l], j0:j1, :), 1, jn, n)
+        S = reshape(_take(scr, :S, om * jn, n̄l), om, jn, n̄l)
+        mul!(reshape(S, om * jn, n̄l), reshape(D, om * jn, n), transpose(āl))
+        @inbounds for i in 1:n̄l, j in 1:jn
+            col = offl + (j0 + j - 1) + (i - 1) * ol
+            row = offm + (j0 + j - 2) * om
+            @simd for p in 1:om
+                H[row+p, col] += S[p, j, i]
+            end
+        end
+    else
+        R = _take(scr, :A, om, n̄l, n)
+        R .= reshape(δm, om, 1, n) .* reshape(āl, 1, n̄l, n)
+        S = _take(scr, :S, om * n̄l, jn * ol)
+        Tp = reshape(_take(scr, :T, jn, ol, n), jn * ol, n)
+        copyto!(reshape(Tp, jn, ol, n), view(Tml, j0:j1, :, :))
+        mul!(S, reshape(R, om * n̄l, n), transpose(Tp))
+        S4 = reshape(S, om, n̄l, jn, ol)
+        @inbounds for i in 1:n̄l, q in 1:ol
+            col = offl + q + (i - 1) * ol
+            for j in 1:jn
+                row = offm + (j0 + j - 2) * om
+                @simd for p in 1:om
+                    H[row+p, col] += S4[p, i, j, q]
+                end
+            end
+        end
+    end
+end
+_second_term!(H, F, dc, Tml, m, l, j0, j1, scr) = nothing
+
+_needs_sensitivity(::_Factors{Hessian}, m, l) = m > l + 1
+_needs_sensitivity(F, m, l) = false
+
+# Add (or write, `add = false`) one chunk's lower triangle of blocks into H.
+function _assemble!(H::Matrix{T}, F::_Factors, dc::DenseChain, add::Bool, budget, scr) where {T}
+    n = size(F.fw.z, 2)
+    for m in _layers(dc), l in 1:m
+        K = _block_factor(F, dc, m, l)
+        Tml = _needs_sensitivity(F, m, l) ? _input_sensitivity(F, dc, m, l) : nothing
+        om, ol = size(K, 1), size(K, 2)
+        n̄m, n̄l = size(F.fw.ā[m], 1), size(F.fw.ā[l], 1)
+        step = _panel_rows(om, ol, n̄l, n, budget, T)
+        for j0 in 1:step:n̄m
+            j1 = min(j0 + step - 1, n̄m)
+            _first_term!(H, F, dc, K, m, l, j0, j1, add, scr)
+            m > l && _second_term!(H, F, dc, Tml, m, l, j0, j1, scr)
+        end
+    end
+end
+
+# Copy the lower triangle onto the upper one, tile by tile.
+function _mirror_lower!(H::AbstractMatrix)
+    P = size(H, 1)
+    b = 64
+    @inbounds for c0 in 1:b:P, r0 in c0:b:P
+        for c in c0:min(c0 + b - 1, P)
+            for r in max(r0, c + 1):min(r0 + b - 1, P)
+                H[c, r] = H[r, c]
+            end
+        end
+    end
+    return H
+end
+
+# Bytes of one sample's factors (and one block's), to size the chunks of samples.
+function _bytes_per_sample(kind::Kind, dc::DenseChain, C, ::Type{T}) where {T}
+    o = [size(W, 1) for W in dc.weights]
+    n̄ = [size(W, 2) + b for (W, b) in zip(dc.weights, dc.hasbias)]
+    base = sum(n̄) + 3 * sum(o)
+    extra = kind isa Hessian ? sum(abs2, o) + 2 * maximum(o)^2 + maximum(n̄) * maximum(o) :
+            kind isa GGN ? 2 * C * sum(o) + maximum(o)^2 + C * C :
+            _nparams(dc)
+    return sizeof(T) * (base + extra)
+end
+
+function _sample_chunks(N, per_sample, budget)
+    n = clamp(budget ÷ max(per_sample, 1), 1, N)
+    return [a:min(a + n - 1, N) for a in 1:n:N]
+end
+
+"""
+    curvature(kind, dc::DenseChain, p::Problem) -> (P, P)
+
+The structured route: one chunk of samples at a time, its factors, then the lower
+triangle of every block by GEMMs, mirrored at the end.
+"""
+function curvature(kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}) where {T}
+    P, N, C = length(p.θ), size(p.X, 2), size(p.Y, 1)
+    budget = _budget(P, T)
+    H = Matrix{T}(undef, P, P)
+    scr = _Scratch(T)
+    # The factors of all samples at once where they fit in the result's size: each chunk
+    # more adds every block into H once more.
+    factor_budget = clamp(P^2 * sizeof(T), 64 * 2^20, 2^31)
+    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), factor_budget))
+        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
+        _assemble!(H, F, dc, c > 1, budget ÷ 4, scr)
+    end
+    return _mirror_lower!(H)
+end
+
+# Rows per panel of the empirical Fisher's Gram matrix.
+const GRAM_PANEL = 512
+
+function curvature(kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}) where {T}
+    P, N, C = length(p.θ), size(p.X, 2), size(p.Y, 1)
+    budget = _budget(P, T)
+    H = Matrix{T}(undef, P, P)
+    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), budget))
+        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
+        _gram!(H, _sample_gradient_rows(dc, F), p.s, c > 1)
+    end
+    return _mirror_lower!(H)
+end
+
+# G (n × P): row n is sample n's gradient g_n, g_n's block of layer l is vec(δ_l ā_lᵀ).
+function _sample_gradient_rows(dc, F::_Factors{<:Any,T}) where {T}
+    n = size(F.fw.z, 2)
+    G = Matrix{T}(undef, n, _nparams(dc))
+    for (l, off) in enumerate(dc.offsets)
+        δt, āt = permutedims(F.δ[l]), permutedims(F.fw.ā[l])
+        o = size(δt, 2)
+        @inbounds for j in axes(āt, 2), p in 1:o
+            col = off + p + (j - 1) * o
+            @simd for r in 1:n
+                G[r, col] = δt[r, p] * āt[r, j]
+            end
+        end
+    end
+    return G
+end
+
+# The lower triangle of H (+)= s·GᵀG, by row panels of GEMMs.
+function _gram!(H, G, s, add::Bool)
+    P = size(G, 2)
+    for r0 in 1:GRAM_PANEL:P
+        r1 = min(r0 + GRAM_PANEL - 1, P)
+        mul!(view(H, r0:r1, 1:r1), transpose(view(G, :, r0:r1)), view(G, :, 1:r1), s, add)
+    end
+end
+
+#------------------------- diagonals, KFAC, Jacobians ----------------------#
+
+# diag of K_l per sample (o_l × n).
+_own_diagonal(F::_Factors{Hessian}, l) = [F.K[l][i, i, j] for i in axes(F.K[l], 1), j in axes(F.K[l], 3)]
+_own_diagonal(F::_Factors{GGN}, l) = dropdims(sum(F.B[l] .* F.ΛB[l]; dims = 2); dims = 2)
+_own_diagonal(F::_Factors{EmpiricalFisher}, l) = abs2.(F.δ[l])
+
+"""
+    diagonal(kind, dc::DenseChain, p) -> (P,)
+
+Per layer `Σ_n diag(K_l) ⊗ ā_l²` (the Hessian's second term has no diagonal entries).
+"""
+function diagonal(kind::Kind, dc::DenseChain, p::Problem{T}) where {T}
+    N, C = size(p.X, 2), size(p.Y, 1)
+    d = zeros(T, length(p.θ))
+    for cols in _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), 64 * 2^20)
+        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
+        for (l, off) in enumerate(dc.offsets)
+            block = _own_diagonal(F, l) * transpose(abs2.(F.fw.ā[l]))      # o_l × n̄_l
+            kind isa EmpiricalFisher && (block .*= p.s)
+            view(d, off+1:off+length(block)) .+= vec(block)
+        end
+    end
+    return d
+end
+
+_own_sum(F::_Factors{GGN}, l) = (o = size(F.B[l], 1); reshape(F.B[l], o, :) * transpose(reshape(F.ΛB[l], o, :)))
+_own_sum(F::_Factors{EmpiricalFisher}, l) = F.δ[l] * transpose(F.δ[l])
+
+"""
+    kron(kind, dc::DenseChain, p) -> [(A, G)]
+
+KFAC factors per Dense layer: `A = Σ_n ā ā ᵀ / N`, `G = s·Σ_n K_l` (δδᵀ for the EF, BᵀΛB for the GGN).
+"""
+function kron(kind::Union{GGN,EmpiricalFisher}, dc::DenseChain, p::Problem{T}) where {T}
+    N, C = size(p.X, 2), size(p.Y, 1)
+    A = [zeros(T, size(ā, 1), size(ā, 1)) for ā in _forward(dc, p.X[:, 1:1], false).ā]
+    G = [zeros(T, size(W, 1), size(W, 1)) for W in dc.weights]
+    for cols in _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), 64 * 2^20)
+        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
+        for l in _layers(dc)
+            mul!(A[l], F.fw.ā[l], transpose(F.fw.ā[l]), one(T) / N, one(T))
+            G[l] .+= _own_sum(F, l)
+        end
+    end
+    kind isa EmpiricalFisher && foreach(g -> g .*= p.s, G)
+    return [(a, (g .+ transpose(g)) ./ 2) for (a, g) in zip(A, G)]
+end
+
+"""
+    _param_jacobian(dc::DenseChain, X) -> (N, C, P)
+
+`J_n[c, (p, j)] = B_l[c, p] ā_l[j]` from the output Jacobians `B_l = ∂f/∂z_l`.
+"""
+function _param_jacobian(dc::DenseChain, X::Matrix{T}) where {T}
+    fw = _forward(dc, X, false)
+    B = _output_jacobians(dc, fw)
+    N, C = size(X, 2), size(B[end], 2)
+    J = Array{T}(undef, N, C, _nparams(dc))
+    for (l, off) in enumerate(dc.offsets)
+        o, ā = size(B[l], 1), fw.ā[l]
+        @inbounds for j in axes(ā, 1), p in 1:o, c in 1:C
+            col = off + p + (j - 1) * o
+            @simd for n in 1:N
+                J[n, c, col] = B[l][p, c, n] * ā[j, n]
+            end
+        end
+    end
+    return J
+end

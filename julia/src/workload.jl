@@ -1,0 +1,51 @@
+#############################################################################
+#                     What precompilation runs (PrecompileTools)            #
+#############################################################################
+#
+# Every quantity on small Chains of Dense layers with each activation of the spec, in
+# Float64 and Float32, with each loss and the usual heads, so that a fresh process
+# calls compiled code. The routes hold models untyped (see `Problem`), so this code
+# serves Dense chains of any depth and width. Turn it off while developing with the
+# preference `Preferences.set_preferences!(FluxHess, "precompile_workload" => false)`.
+
+function _workload(model, X, Y, lossname, agg)
+    θ = parameters(model)
+    V = reshape(collect(range(-1, 1; length = 2 * length(θ))), :, 2)
+    forward(model, θ, X)
+    loss(model, θ, X, Y, lossname, agg)
+    gradient(model, θ, X, Y, lossname, agg)
+    for kind in (Hessian(), GGN(), EmpiricalFisher())
+        curvature(kind, model, θ, X, Y, lossname, agg)
+        diagonal(model, θ, X, Y, lossname, agg, kind)
+        hvp(model, θ, X, Y, V, lossname, agg, kind)
+        kind isa Hessian || kron(model, θ, X, Y, lossname, agg, kind)
+    end
+    param_jacobian(model, θ, X)
+    input_jacobian(model, θ, X)
+    input_hessian(model, θ, X)
+    laplacian(model, θ, X)
+end
+
+@setup_workload begin
+    X = [0.3 -1.2; 0.7 0.4; -0.5 0.9]       # (N, d) = (3, 2)
+    Y = [0.1 0.9; 0.8 0.2; 0.4 0.6]         # (N, C) = (3, 2), rows sum to 1
+    activations = (identity, Flux.relu, tanh, Flux.sigmoid, Flux.softplus, Flux.elu,
+                   Flux.leakyrelu, Flux.swish, Flux.gelu)
+    heads = (identity, Flux.softmax, Flux.logsoftmax, Base.Fix1(broadcast, Flux.sigmoid))
+    @compile_workload begin
+        for T in (Float64, Float32)
+            Xt, Yt = T.(X), T.(Y)
+            for σ in activations
+                model = prepare(Flux.Chain(Flux.Dense(2 => 3, σ), Flux.Dense(3 => 2)), T)
+                _workload(model, Xt, Yt, "mse", "sum")
+            end
+            for (head, lossname) in zip(heads, ("logitcrossentropy", "crossentropy",
+                                                 "logitcrossentropy", "binarycrossentropy"))
+                model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 2), head), T)
+                _workload(model, Xt, Yt, lossname, "mean")
+            end
+            model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 2)), T)
+            _workload(model, Xt, Yt, "logitbinarycrossentropy", "sum")
+        end
+    end
+end
