@@ -31,27 +31,76 @@ class Impl:
     build: Callable
     layout: str = "fluxhess"  # or "torch": parameters in torch's order
     needs: tuple[str, ...] = ()  # modules that must be importable
-    compiles: bool = False  # JAX: the first call compiles, so it is never a timed run
+    compiles: bool = False  # JAX and Julia: the first call compiles, so it is never a timed run
+    backend: str | None = None  # a fluxhess backend that must be available here
+    any_model: bool = False  # runs Flux models written in Julia, not only the tanh MLPs
 
     def missing(self) -> list[str]:
-        return [m for m in self.needs if importlib.util.find_spec(m) is None]
+        absent = [m for m in self.needs if importlib.util.find_spec(m) is None]
+        if self.backend is not None:
+            why = fh.backends()[self.backend]
+            if why is not None:
+                absent.append(f"the {self.backend} backend ({why.split('. ')[0]})")
+        return absent
 
 
 # --- fluxhess ----------------------------------------------------------------
 
 
-def _fluxhess(problem, quantity):
-    m, t, X, Y, dt = problem.model, problem.theta, problem.X, problem.Y, problem.dtype
-    kw = dict(loss="mse", backend="jax", dtype=dt)
-    if quantity == "laplacian":
-        return lambda: fh.laplacian(m, t, X, backend="jax", dtype=dt)
-    if quantity in MATRICES:
-        fn = {"hessian": fh.hessian, "ggn": fh.ggn, "ef": fh.empirical_fisher}[quantity]
-        return lambda: fn(m, t, X, Y, **kw)
-    what, kind = quantity.split("-")
-    if what == "diag":
-        return lambda: fh.diagonal(m, t, X, Y, kind=kind, **kw)
-    return lambda: fh.kron(m, t, X, Y, kind=kind, **kw)
+def _fluxhess_on(backend: str):
+    """fluxhess's public functions on one backend."""
+
+    def build(problem, quantity):
+        m, t, X, Y, dt = problem.model, problem.theta, problem.X, problem.Y, problem.dtype
+        kw = dict(loss="mse", backend=backend, dtype=dt)
+        if quantity == "laplacian":
+            return lambda: fh.laplacian(m, t, X, backend=backend, dtype=dt)
+        if quantity in MATRICES:
+            fn = {"hessian": fh.hessian, "ggn": fh.ggn, "ef": fh.empirical_fisher}[quantity]
+            return lambda: fn(m, t, X, Y, **kw)
+        what, kind = quantity.split("-")
+        if what == "diag":
+            return lambda: fh.diagonal(m, t, X, Y, kind=kind, **kw)
+        return lambda: fh.kron(m, t, X, Y, kind=kind, **kw)
+
+    return build
+
+
+def _julia_per_sample_loop(problem, quantity):
+    """The julia backend's GGN and EF before it had batched routes: one Zygote call per
+    sample (C pullbacks per sample for the GGN). Its Hessian was ``Zygote.hessian`` of the
+    batch loss, which the generic route still is, so it is not repeated here."""
+    if quantity not in ("ggn", "ef") or not problem.flux:  # the generic route's problems only
+        return None
+    from fluxhess.backends import _REGISTRY
+
+    backend = _REGISTRY["julia"]
+    fh_jl = backend.julia()
+    loop = backend._jl.seval(_PER_SAMPLE_LOOP)
+    model = backend.model(problem.model, problem.dtype)
+    t, X, Y = problem.theta, problem.X, problem.Y
+    return lambda: np.asarray(loop(fh_jl, model, t, X, Y, quantity))
+
+
+_PER_SAMPLE_LOOP = """
+function (FH, model, θ, X, Y, quantity)
+    p = FH.problem(model, θ, X, Y, "mse", "sum")
+    P, N = length(p.θ), size(p.X, 2)
+    M = zeros(eltype(p.θ), P, P)
+    for n in 1:N
+        xn, yn = p.X[:, n:n], p.Y[:, n:n]
+        if quantity == "ggn"
+            ŷ, Jn = FH.Zygote.withjacobian(ϑ -> p.re(ϑ)(xn), p.θ)
+            Λn = FH.ForwardDiff.hessian(u -> p.ℓ(reshape(u, :, 1), yn; agg = sum), vec(ŷ))
+            M .+= transpose(Jn[1]) * (Λn * Jn[1])
+        else
+            g = FH.Zygote.gradient(ϑ -> p.ℓ(p.re(ϑ)(xn), yn; agg = sum), p.θ)[1]
+            M .+= g * transpose(g)
+        end
+    end
+    return M
+end
+"""
 
 
 def _generic_jax(problem, quantity):
@@ -294,7 +343,11 @@ def _scoped(problem, fn):
 
 
 IMPLS = [
-    Impl("fluxhess", False, _fluxhess, compiles=True),
+    Impl("fluxhess", False, _fluxhess_on("jax"), compiles=True),
+    # Julia compiles on first calls too, but FluxHess is precompiled for Dense chains; a first
+    # call past --long (the generic route's Hessian) is then timed alone, compilation included.
+    Impl("fluxhess julia", False, _fluxhess_on("julia"), backend="julia", any_model=True),
+    Impl("julia per-sample loop", False, _julia_per_sample_loop, backend="julia", any_model=True),
     Impl("jax generic route", False, _generic_jax, compiles=True),
     Impl("torch.func", True, _torch_func, "torch", ("torch",)),
     Impl("laplace-torch/ASDL", True, _laplace("Asdl"), "torch", ("laplace", "asdl")),

@@ -1,8 +1,10 @@
 """The benchmark problems: the same model, weights and data for every library.
 
 Curvature: a tanh MLP ``[d, h, h, C]`` with ``C = 3`` outputs, ``mse`` summed over the
-batch (``L = Σ_n ‖f(x_n) - y_n‖²``), ``N = 1000`` samples; P ≈ 5k and ≈ 20k.
+batch (``L = Σ_n ‖f(x_n) - y_n‖²``), ``N = 1000`` samples; P ≈ 1k, 5k and 20k.
 Laplacian: a tanh MLP ``[100, 128, 128, 128, 1]`` on a batch of 256.
+Generic (the julia backend's route for models that are not Dense chains): a Conv model
+on 8×8 images and a Chain with an anonymous layer, ``mse`` summed over N = 1000.
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ class Problem:
     X: np.ndarray = field(repr=False)
     Y: np.ndarray = field(repr=False)
 
+    source: str = ""  # Julia source of a Flux model; empty for the tanh MLP of ``widths``
+
     @property
-    def model(self) -> fh.Chain:
-        return fh.Chain.mlp(self.widths, "tanh")
+    def flux(self) -> bool:
+        """A Flux model written in Julia (only the julia backend runs it)."""
+        return bool(self.source)
+
+    @property
+    def model(self):
+        return fh.flux_model(self.source) if self.flux else fh.Chain.mlp(self.widths, "tanh")
 
     @property
     def P(self) -> int:
@@ -63,10 +72,32 @@ def make(name: str, widths: list[int], n: int, dtype: str = "float64", seed: int
 def curvature_problems(quick: bool, dtype: str) -> list[Problem]:
     if quick:
         return [make("quick", [4, 12, 12, 3], 64, dtype)]
-    return [make("P=5k", [16, 64, 64, 3], 1000, dtype), make("P=20k", [16, 128, 128, 3], 1000, dtype)]
+    return [make("P=1k", [16, 32, 16, 3], 1000, dtype), make("P=5k", [16, 64, 64, 3], 1000, dtype),
+            make("P=20k", [16, 128, 128, 3], 1000, dtype)]
 
 
 def laplacian_problem(quick: bool, dtype: str) -> Problem:
     if quick:
         return make("laplacian quick", [10, 16, 16, 1], 16, dtype)
     return make("laplacian", [100, 128, 128, 128, 1], 256, dtype)
+
+
+#: Flux models that are not Dense chains, ``(name, source, input width, outputs)``.
+GENERIC = [
+    ("conv", "Chain(x -> reshape(x, 8, 8, 1, :), Conv((3, 3), 1 => 8, tanh), Flux.flatten, "
+             "Dense(288 => 16, tanh), Dense(16 => 3))", 64, 3),
+    ("anonymous", "Chain(Dense(16 => 64, tanh), x -> 2 .* x, Dense(64 => 64, tanh), Dense(64 => 3))", 16, 3),
+]
+
+
+def generic_problems(quick: bool, dtype: str) -> list[Problem]:
+    """The GENERIC models with their Julia-initialised weights (needs the julia backend)."""
+    out = []
+    for name, source, d, C in GENERIC:
+        n = 32 if quick else 1000
+        rng = np.random.default_rng(0)
+        theta = fh.flux_model(source).params.astype(dtype)
+        X = rng.normal(size=(n, d)).astype(dtype)
+        Y = rng.normal(size=(n, C)).astype(dtype)
+        out.append(Problem(name, [d, C], n, dtype, theta, X, Y, source))
+    return out

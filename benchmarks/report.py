@@ -1,4 +1,6 @@
-"""The benchmark's Markdown report: one table per problem and quantity, then the targets of issue 6."""
+"""The benchmark's Markdown report: one table per problem and quantity, then the targets
+(issue 6: fluxhess against its peers; issue 13: the julia backend against the JAX one and
+its generic route against the per-sample loop it replaced)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ SPEEDUP_TARGETS = {"hessian": 3.0, "ggn": 2.0, "ef": 1.5}
 FLOOR_FACTOR = 2.0  # within 2× of N·P² flops at the measured GEMM rate
 MEMORY_FACTOR = 1.3  # peak ≤ 1.3 × (result + data)
 LAPLACIAN_VS_HESSIAN_TRACE = 5.0
+JULIA_VS_JAX = 1.5  # the julia backend's time ≤ 1.5 × the JAX backend's, Dense chains
+GENERIC_VS_LOOP = 10.0  # the julia generic route ≥ 10× faster than the per-sample loop
 
 
 def _gemm(meta, dtype) -> float:
@@ -31,16 +35,16 @@ def _fastest_peer(rows):
 
 
 def _table(rows, meta) -> list[str]:
-    flux = next((r for r in rows if r.library == "fluxhess"), None)
+    flux = next((r for r in rows if r.library == "fluxhess"), rows[0])
     head = rows[0]
     out = [f"### {head.problem} · {head.quantity} · {head.dtype} (P = {head.P}, N = {head.N})", ""]
     if head.quantity in MATRICES:
         out.append(f"flop floor N·P² = {head.N * head.P**2 / 1e9:.1f} GFLOP → {_floor_seconds(head, meta):.3f} s "
                    f"at {_gemm(meta, head.dtype):.0f} GFLOP/s")
         out.append("")
-    out += ["| library | median s | runs | × fluxhess time | GFLOP/s (floor flops) | % GEMM | peak MiB | peak / (result+data) | agrees with fluxhess | note |",
+    out += [f"| library | median s | runs | × {flux.library} time | GFLOP/s (floor flops) | % GEMM | peak MiB | peak / (result+data) | agrees with {flux.library} | note |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    ordered = sorted(rows, key=lambda r: (r.library != "fluxhess", r.median is None, r.median or 0))
+    ordered = sorted(rows, key=lambda r: (r is not flux, r.median is None, r.median or 0))
     for r in ordered:
         ratio = f"{r.median / flux.median:.2f}" if flux and flux.median and r.median else "–"
         if r.quantity in MATRICES and r.median:
@@ -51,7 +55,7 @@ def _table(rows, meta) -> list[str]:
         peak = f"{r.peak_bytes / 2**20:.0f}" if r.peak_bytes is not None else "–"
         rel = f"{r.peak_bytes / (r.result_bytes + r.data_bytes):.2f}" if r.peak_bytes is not None else "–"
         if r.residual is None:
-            agree = "–" if r.library == "fluxhess" or r.quantity.startswith("kron") else "?"
+            agree = "–" if r is flux or r.quantity.startswith("kron") else "?"
         else:
             agree = f"α={r.alpha:.3g}, resid {r.residual:.1e}"
         out.append(f"| {r.library} | {_fmt_s(r.median)} | {len(r.seconds)} | {ratio} | {gflops} | {pct} | {peak} | {rel} | {agree} | {r.note} |")
@@ -59,7 +63,7 @@ def _table(rows, meta) -> list[str]:
 
 
 def _targets(rows, meta) -> list[str]:
-    out = ["## Targets (issue 6)", "", "| problem | quantity | target | measured | verdict |", "|---|---|---|---|---|"]
+    out = ["## Targets (issues 6 and 13)", "", "| problem | quantity | target | measured | verdict |", "|---|---|---|---|---|"]
 
     def line(r, target, measured, ok, by=""):
         verdict = "met" if ok else f"MISSED{by}"
@@ -68,7 +72,17 @@ def _targets(rows, meta) -> list[str]:
     key = lambda r: (r.problem, r.dtype, r.quantity)  # noqa: E731
     for _, group in groupby(sorted(rows, key=key), key=key):
         group = list(group)
-        flux = next((r for r in group if r.library == "fluxhess" and r.median), None)
+        timed = {r.library: r for r in group if r.median}
+        julia = timed.get("fluxhess julia")
+        if julia and "fluxhess" in timed and julia.quantity in MATRICES:
+            x = julia.median / timed["fluxhess"].median
+            line(julia, f"julia backend within {JULIA_VS_JAX:g}× of the jax backend", f"{x:.2f}× its time",
+                 x <= JULIA_VS_JAX, f" by {x / JULIA_VS_JAX:.2f}×")
+        if julia and "julia per-sample loop" in timed:
+            s = timed["julia per-sample loop"].median / julia.median
+            line(julia, f"julia ≥ {GENERIC_VS_LOOP:g}× faster than its per-sample loop", f"{s:.2f}×",
+                 s >= GENERIC_VS_LOOP, f" by {GENERIC_VS_LOOP / s:.2f}×")
+        flux = timed.get("fluxhess")
         if flux is None:
             continue
         q = flux.quantity

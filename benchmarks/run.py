@@ -4,6 +4,10 @@
     python benchmarks/run.py --quick    # tiny sizes: a smoke test of every library, seconds
     python benchmarks/run.py --dtype float32 --only hessian,ggn
 
+Where a Julia runtime exists, the julia backend runs as a library beside the JAX one
+("fluxhess julia"), and the Conv and anonymous-layer Flux models (problems.GENERIC)
+compare its generic route with the per-sample loop it replaced.
+
 Installs nothing: a peer that is not installed is listed as such (install the peers with
 ``PYTHON=.venv/bin/python bash ../shared/install-peers.sh``). For each problem and quantity,
 every library runs the same model, weights, data and dtype in this one process: one
@@ -40,6 +44,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fluxhess as fh  # noqa: E402
 import measure  # noqa: E402
 import peers  # noqa: E402
 import problems  # noqa: E402
@@ -118,7 +123,7 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
             continue
         row = Row(problem.name, problem.dtype, problem.P, problem.n, quantity, impl.library, impl.peer,
                   result_bytes=_result_bytes(problem, quantity), data_bytes=problem.data_bytes)
-        if impl.missing():
+        if impl.missing() or (problem.flux and not impl.any_model):
             continue
         try:
             fn = impl.build(problem, quantity)
@@ -129,7 +134,7 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
         if fn is None:
             continue
         key = (impl.library, quantity, problem.dtype)
-        if key in first_seconds and impl.library != "fluxhess":
+        if key in first_seconds and not impl.library.startswith("fluxhess"):
             smaller_P, seconds = first_seconds[key]
             predicted = seconds * (problem.P / smaller_P) ** 2
             if predicted > args.limit:
@@ -151,7 +156,7 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
         first_seconds[key] = (problem.P, warm.seconds)
         sample = probe.sample(warm.value, impl.layout)
         del warm.value
-        if impl.library == "fluxhess":
+        if reference is None:  # the first library of the table: fluxhess's JAX backend where it runs
             reference = sample
         row.alpha, row.residual = _agreement(sample, reference)
         if warm.seconds > args.long and not impl.compiles:
@@ -190,6 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--problems", default="", help="comma-separated curvature problems, e.g. 'P=5k' (default: all)")
     parser.add_argument("--libraries", default="", help="comma-separated libraries (default: all installed)")
     parser.add_argument("--no-laplacian", action="store_true")
+    parser.add_argument("--no-generic", action="store_true",
+                        help="skip the julia backend's Conv and anonymous-layer models")
     parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/<time>.md)")
     args = parser.parse_args(argv)
     if args.quick:  # a smoke test: its times mean nothing, so no idle before each call
@@ -215,6 +222,13 @@ def main(argv=None) -> int:
                 if q in peers.CURVATURE:
                     rows += compare(problem, q, args, first_seconds)
                     loads.append(measure.load())
+                    _save_partial(rows, args)
+        if fh.backends()["julia"] is None and not args.no_generic and dt == "float64":
+            for problem in problems.generic_problems(args.quick, dt):
+                if args.problems and problem.name not in args.problems.split(","):
+                    continue
+                for q in [q for q in quantities if q in peers.MATRICES]:
+                    rows += compare(problem, q, args, first_seconds)
                     _save_partial(rows, args)
         if "laplacian" in quantities and not args.no_laplacian:
             rows += compare(problems.laplacian_problem(args.quick, dt), "laplacian", args, first_seconds)

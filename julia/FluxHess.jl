@@ -36,8 +36,8 @@ Second derivatives with respect to θ are ForwardDiff over Zygote (or closed
 forms of the chain rule), never reverse over reverse.
 
 Threads: the work is BLAS (`LinearAlgebra.BLAS.get_num_threads()` threads, set
-with `BLAS.set_num_threads` or `OPENBLAS_NUM_THREADS`); Julia's own threads are
-not used.
+with `BLAS.set_num_threads` or `OPENBLAS_NUM_THREADS`; Julia's default is half the
+cores, and the Python bridge sets all of them); Julia's own threads are not used.
 """
 module FluxHess
 
@@ -46,7 +46,7 @@ module FluxHess
 # `FluxHess.gradient` and `FluxHess.kron`.
 export build_model, parameters, to_spec,
        Hessian, GGN, EmpiricalFisher, DenseChain, Generic, route,
-       forward, loss, hessian, ggn, empirical_fisher, curvature, hvp, diagonal,
+       forward, loss, hessian, ggn, empirical_fisher, curvature, curvature!, hvp, diagonal,
        param_jacobian, input_jacobian, input_hessian, laplacian, divergence
 
 import Flux

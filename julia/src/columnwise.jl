@@ -5,6 +5,10 @@
 # Directions per forward pass (ForwardDiff's default chunk threshold).
 const CHUNK = 12
 
+# The Dual width for k directions: one of a few, so that precompiled code serves every
+# small k (a width of its own would compile anew); unused directions are seeded zero.
+_width(k) = k <= 1 ? 1 : k <= 4 ? 4 : CHUNK
+
 """
     columnwise_jacobian(g, Z) -> (m, k, n)
 
@@ -15,8 +19,7 @@ the whole batch, whatever `n`. `Z` may itself hold Duals (nested derivatives):
 each call tags its own.
 """
 function columnwise_jacobian(g, Z::AbstractMatrix{V}) where {V<:Real}
-    k = size(Z, 1)
-    return _columnwise_jacobian(g, Z, Val(min(k, CHUNK)))
+    return _columnwise_jacobian(g, Z, Val(_width(size(Z, 1))))
 end
 
 function _columnwise_jacobian(g, Z::AbstractMatrix{V}, ::Val{w}) where {V,w}

@@ -138,6 +138,8 @@ function jacobian_rows(model, re, θ::Vector{T}, X::Matrix{T}, C::Integer) where
     return output_jacobian_rows(re, θ, X)
 end
 
+gradient(::Generic, p::Problem) = _gradient(objective(p), p.θ)
+
 # Chunks of samples whose Jacobian rows (C·n × P) fit the budget.
 _generic_chunks(p::Problem{T}, budget) where {T} =
     _sample_chunks(size(p.X, 2), 2 * sizeof(T) * size(p.Y, 1) * length(p.θ), budget)
@@ -169,18 +171,16 @@ function _gradient_rows(p::Problem, J, F, Y)
     return dropdims(sum(reshape(r, C, n, 1) .* reshape(J, C, n, :); dims = 1); dims = 1)
 end
 
-function curvature(::GGN, ::Generic, p::Problem{T}) where {T}
+function curvature!(H::Matrix{T}, ::GGN, ::Generic, p::Problem{T}) where {T}
     P = length(p.θ)
-    H = Matrix{T}(undef, P, P)
     _each_jacobian(p, _budget(P, T)) do c, J, F, Y
         mul!(H, transpose(J), _times_output_hessians(p, J, F, Y), p.s, c > 1)
     end
     return _symmetrized!(H)
 end
 
-function curvature(::EmpiricalFisher, ::Generic, p::Problem{T}) where {T}
+function curvature!(H::Matrix{T}, ::EmpiricalFisher, ::Generic, p::Problem{T}) where {T}
     P = length(p.θ)
-    H = Matrix{T}(undef, P, P)
     _each_jacobian(p, _budget(P, T)) do c, J, F, Y
         _gram!(H, _gradient_rows(p, J, F, Y), p.s, c > 1)
     end
@@ -188,7 +188,7 @@ function curvature(::EmpiricalFisher, ::Generic, p::Problem{T}) where {T}
 end
 
 # ForwardDiff over Zygote on the whole batch, ⌈P/12⌉ gradient passes.
-curvature(::Hessian, ::Generic, p::Problem) = _symmetrized!(Zygote.hessian(objective(p), p.θ))
+curvature!(H::Matrix, ::Hessian, ::Generic, p::Problem) = _symmetrized!(copyto!(H, Zygote.hessian(objective(p), p.θ)))
 
 function _symmetrized!(H::AbstractMatrix)
     for c in axes(H, 2), r in c+1:size(H, 1)

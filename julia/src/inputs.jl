@@ -2,10 +2,12 @@
 #             Derivatives with respect to the inputs, batched               #
 #############################################################################
 
-# The model at θ and the batch d × N.
+# The model at θ (type-erased for Dense chains) and the batch d × N.
 function _at(model, θ, X)
     re, θ, T = _setup(model, θ)
-    return re(θ), _batch(X, T)
+    m = re(θ)
+    r = route(m)
+    return (r isa DenseChain ? r : m), _batch(X, T)
 end
 
 """
@@ -39,7 +41,7 @@ together); other models: the sum of `d` batched second directional derivatives.
 """
 function laplacian(model, θ, X)
     m, Xt = _at(model, θ, X)
-    return permutedims(_laplacian(route(m), m, Xt))
+    return permutedims(_laplacian(m isa DenseChain ? m : Generic(), m, Xt))
 end
 
 function _laplacian(::Generic, m, X::Matrix{T}) where {T}

@@ -137,7 +137,8 @@ function problem(model, θ, X, Y, lossname::AbstractString, agg::AbstractString)
     _check_agg(agg)
     Xt, Yt = _batch(X, T), _batch(Y, T)
     m = re(θ)
-    Ŷ = _outputs(m, Xt)
+    r = route(m)
+    Ŷ = _outputs(r isa DenseChain ? r : m, Xt)
     size(Ŷ) == size(Yt) || throw(DimensionMismatch(
         "the model gives outputs of size $(size(Ŷ)) (C × N) but the targets are $(size(Yt))"))
     C, N = size(Ŷ)
@@ -177,9 +178,10 @@ end
 """
     gradient(model, θ, X, Y, lossname, agg) -> (P,)
 
-`∇_θ L` by Zygote. Not exported; call as `FluxHess.gradient`.
+`∇_θ L`: Dense chains `Σ_n δ_l ā_lᵀ` per layer, other models Zygote. Not exported;
+call as `FluxHess.gradient`.
 """
 function gradient(model, θ, X, Y, lossname, agg)
     p = problem(model, θ, X, Y, lossname, agg)
-    return _gradient(objective(p), p.θ)
+    return gradient(route(p.model), p)
 end

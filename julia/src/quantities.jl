@@ -13,8 +13,33 @@ The curvature `kind` of the batch loss, exactly symmetric, by the model's [`rout
 """
 function curvature(kind, model, θ, X, Y, lossname, agg)
     p = problem(model, θ, X, Y, lossname, agg)
-    return curvature(_kind(kind), route(p.model), p)
+    P = length(p.θ)
+    return curvature!(Matrix{eltype(p.θ)}(undef, P, P), _kind(kind), route(p.model), p)
 end
+
+"""
+    curvature!(out, kind, model, θ, X, Y, lossname, agg) -> out
+
+[`curvature`](@ref) written into `out`, a `P × P` array of the model's eltype over
+contiguous memory in either order (the result is symmetric): from Python, a NumPy array
+that then needs no copy.
+"""
+function curvature!(out::AbstractMatrix, kind, model, θ, X, Y, lossname, agg)
+    p = problem(model, θ, X, Y, lossname, agg)
+    T, P = eltype(p.θ), length(p.θ)
+    size(out) == (P, P) && eltype(out) === T || throw(DimensionMismatch(
+        "out must be a $P × $P array of $T; got $(summary(out))"))
+    strides(out) in ((1, P), (P, 1)) || throw(ArgumentError(
+        "out must be contiguous (C or Fortran order); got strides $(strides(out))"))
+    GC.@preserve out begin
+        H = unsafe_wrap(Array, pointer(out), (P, P))
+        curvature!(H, _kind(kind), route(p.model), p)
+    end
+    return out
+end
+
+curvature(kind::Kind, r, p::Problem{T}) where {T} =
+    curvature!(Matrix{T}(undef, length(p.θ), length(p.θ)), kind, r, p)
 
 """
     hessian(model, θ, X, Y, lossname, agg) -> (P, P)

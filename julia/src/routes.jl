@@ -95,9 +95,29 @@ _through(::Tuple{}, a) = a
 _through(layers::Tuple, a) = _through(Base.tail(layers), first(layers)(a))
 
 # The data as the first Dense layer sees it.
-function _inputs(dc::DenseChain, X::Matrix{T}) where {T}
+function _inputs(dc::DenseChain, X::AbstractMatrix{V}) where {V}
     a = foldl((a, l) -> l(a), dc.before; init = X)
     a isa AbstractMatrix || throw(DimensionMismatch(
         "the layers before the first Dense layer must give a matrix; got $(summary(a))"))
-    return Matrix{T}(a)
+    return Matrix{V}(a)
 end
+
+"""
+    (dc::DenseChain)(X)
+
+The model's outputs for the batch `X` (`d × N`, any number type: Duals for input
+derivatives), through the type-erased layers: code compiled once per eltype serves
+every Dense chain.
+"""
+function (dc::DenseChain)(X::AbstractMatrix)
+    a = _inputs(dc, X)
+    for l in eachindex(dc.weights)
+        z = dc.weights[l] * a
+        dc.hasbias[l] && (z = z .+ dc.biases[l])
+        l == length(dc.weights) && return dc.head(z)
+        a = _map(dc.φ[l], z)
+    end
+end
+
+# φ elementwise: a function barrier on φ's type.
+_map(φ, z) = map(φ, z)

@@ -326,15 +326,14 @@ function _sample_chunks(N, per_sample, budget)
 end
 
 """
-    curvature(kind, dc::DenseChain, p::Problem) -> (P, P)
+    curvature!(H, kind, dc::DenseChain, p::Problem) -> H
 
-The structured route: one chunk of samples at a time, its factors, then the lower
-triangle of every block by GEMMs, mirrored at the end.
+The structured route, into `H` (`P × P`): one chunk of samples at a time, its factors,
+then the lower triangle of every block by GEMMs, mirrored at the end.
 """
-function curvature(kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}) where {T}
+function curvature!(H::Matrix{T}, kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}) where {T}
     P, N, C = length(p.θ), size(p.X, 2), size(p.Y, 1)
     budget = _budget(P, T)
-    H = Matrix{T}(undef, P, P)
     scr = _Scratch(T)
     # The factors of all samples at once where they fit in the result's size: each chunk
     # more adds every block into H once more.
@@ -349,10 +348,9 @@ end
 # Rows per panel of the empirical Fisher's Gram matrix.
 const GRAM_PANEL = 512
 
-function curvature(kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}) where {T}
+function curvature!(H::Matrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}) where {T}
     P, N, C = length(p.θ), size(p.X, 2), size(p.Y, 1)
     budget = _budget(P, T)
-    H = Matrix{T}(undef, P, P)
     for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), budget))
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         _gram!(H, _sample_gradient_rows(dc, F), p.s, c > 1)
@@ -386,7 +384,18 @@ function _gram!(H, G, s, add::Bool)
     end
 end
 
-#------------------------- diagonals, KFAC, Jacobians ----------------------#
+#----------------------- gradient, diagonals, KFAC, Jacobians -------------#
+
+function gradient(dc::DenseChain, p::Problem{T}) where {T}
+    F = _factors(EmpiricalFisher(), dc, p.X, p.Y, p.ℓ, p.s)
+    g = Vector{T}(undef, length(p.θ))
+    for (l, off) in enumerate(dc.offsets)
+        block = F.δ[l] * transpose(F.fw.ā[l])                                # o_l × n̄_l
+        g[off+1:off+length(block)] .= p.s .* vec(block)
+    end
+    return g
+end
+
 
 # diag of K_l per sample (o_l × n).
 _own_diagonal(F::_Factors{Hessian}, l) = [F.K[l][i, i, j] for i in axes(F.K[l], 1), j in axes(F.K[l], 3)]

@@ -3,9 +3,11 @@
 #############################################################################
 #
 # Every quantity on small Chains of Dense layers with each activation of the spec, in
-# Float64 and Float32, with each loss and the usual heads, so that a fresh process
-# calls compiled code. The routes hold models untyped (see `Problem`), so this code
-# serves Dense chains of any depth and width. Turn it off while developing with the
+# Float64 and Float32, with each loss and the usual heads, and 1, 2 and 10 outputs (the
+# Dual widths), so that a fresh process calls compiled code. The Dense-chain route holds
+# the layers type-erased (see `DenseChain`, `Problem`), so this code serves Dense chains
+# of any depth and width; what goes through Zygote (hvp, the generic route) compiles
+# once per model type. Turn it off while developing with the
 # preference `Preferences.set_preferences!(FluxHess, "precompile_workload" => false)`.
 
 function _workload(model, X, Y, lossname, agg)
@@ -46,6 +48,12 @@ end
             end
             model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 2)), T)
             _workload(model, Xt, Yt, "logitbinarycrossentropy", "sum")
+            # Dual widths 1 and 12 (see `_width`): one output, and ten classes.
+            model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 1)), T)
+            _workload(model, Xt, Yt[:, 1:1], "mse", "sum")
+            Y10 = repeat(T.(0.1:0.1:1.0)' ./ 5.5, 3)
+            model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 10)), T)
+            _workload(model, Xt, Y10, "logitcrossentropy", "mean")
         end
     end
 end

@@ -255,6 +255,12 @@ end
         V = reshape(collect(range(-1, 1; length = 2 * length(θ))), length(θ), 2)
         for (_, kind) in KINDS
             M = FluxHess.curvature(kind, mlp, θ, X, Y, "mse", "mean")
+            # Into a caller's buffer, in either memory order (as NumPy hands one over).
+            P = length(θ)
+            @test FluxHess.curvature!(Matrix{Float64}(undef, P, P), kind, mlp, θ, X, Y, "mse", "mean") == M
+            @test FluxHess.curvature!(transpose(Matrix{Float64}(undef, P, P)), kind, mlp, θ, X, Y, "mse", "mean") == M
+            @test_throws DimensionMismatch FluxHess.curvature!(zeros(P, P + 1), kind, mlp, θ, X, Y, "mse", "mean")
+            @test_throws DimensionMismatch FluxHess.curvature!(zeros(Float32, P, P), kind, mlp, θ, X, Y, "mse", "mean")
             @test issymmetric(M)
             @test FluxHess.hvp(mlp, θ, X, Y, V, "mse", "mean", kind) ≈ M * V rtol = 1e-10
             @test FluxHess.diagonal(mlp, θ, X, Y, "mse", "mean", kind) ≈ diag(M) rtol = 1e-10

@@ -20,6 +20,8 @@ workload of every quantity), hands arrays over and copies results back.
 - Arrays reach Julia as no-copy NumPy views in NumPy index order; FluxHess.jl
   copies them into plain Julia arrays and returns plain arrays in NumPy index
   order, which are copied into C-ordered NumPy arrays here.
+- The work in Julia is BLAS: its threads are set to every core on start (Julia's own
+  default is half), unless ``OPENBLAS_NUM_THREADS`` says otherwise.
 - The curvature kind reaches Julia as a type (``FluxHess.Hessian()``, ``GGN()``,
   ``EmpiricalFisher()``); Julia dispatches on it.
 - One lock serialises every call into Julia. A Julia exception becomes a
@@ -272,6 +274,8 @@ class JuliaBackend:
                 jl.seval(f"push!(LOAD_PATH, {json.dumps(str(path))})")
             self._fh = jl.seval("(using FluxHess: FluxHess; FluxHess)")
             self._jl = jl
+            if "OPENBLAS_NUM_THREADS" not in os.environ:  # Julia's default is half the cores
+                jl.seval("FluxHess.LinearAlgebra.BLAS.set_num_threads(Sys.CPU_THREADS)")
         except Exception as e:
             self._failure = f"Julia started but loading the package FluxHess ({path}) failed: {julia_message(e)}. {_HOW_TO_FIX}"
             raise JuliaUnavailableError(f"backend 'julia' is unavailable: {self._failure}") from e
@@ -384,14 +388,26 @@ class JuliaBackend:
     def gradient(self, model, params, X, Y, loss, agg):
         return self._call("gradient", model, params, X, Y, loss, agg, Y=Y)
 
+    def _matrix(self, quantity, kind, model, params, X, Y, loss, agg):
+        """A P×P curvature written by Julia straight into a NumPy array (no copy: it is symmetric)."""
+        out = np.empty((params.shape[0],) * 2, dtype=params.dtype)
+        with self._lock:
+            fh = self._start()
+            jm = self._model(model, params.dtype)
+            try:
+                fh.curvature_b(out, self._kind(kind), jm, params, X, Y, loss, agg)
+            except Exception as e:
+                raise map_julia_error(e, quantity, _shapes(params, X, Y)) from e
+        return out
+
     def hessian(self, model, params, X, Y, loss, agg):
-        return self._call("hessian", model, params, X, Y, loss, agg, Y=Y)
+        return self._matrix("hessian", "hessian", model, params, X, Y, loss, agg)
 
     def ggn(self, model, params, X, Y, loss, agg):
-        return self._call("ggn", model, params, X, Y, loss, agg, Y=Y)
+        return self._matrix("ggn", "ggn", model, params, X, Y, loss, agg)
 
     def empirical_fisher(self, model, params, X, Y, loss, agg):
-        return self._call("empirical_fisher", model, params, X, Y, loss, agg, Y=Y)
+        return self._matrix("empirical_fisher", "ef", model, params, X, Y, loss, agg)
 
     def hvp(self, model, params, X, Y, V, loss, agg, kind):
         return self._call("hvp", model, params, X, Y, V, loss, agg, _Kind(kind), Y=Y, V=V)
