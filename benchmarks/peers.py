@@ -57,6 +57,8 @@ def _fluxhess_on(backend: str):
             return lambda: fh.laplacian(m, t, X, backend=backend, dtype=dt)
         if quantity in MATRICES:
             fn = {"hessian": fh.hessian, "ggn": fh.ggn, "ef": fh.empirical_fisher}[quantity]
+            if problem.flux:  # compile on two samples first: a Flux model's first call compiles for its type
+                fn(m, t, X[:2], Y[:2], **kw)
             return lambda: fn(m, t, X, Y, **kw)
         what, kind = quantity.split("-")
         if what == "diag":
@@ -79,6 +81,7 @@ def _julia_per_sample_loop(problem, quantity):
     loop = backend._jl.seval(_PER_SAMPLE_LOOP)
     model = backend.model(problem.model, problem.dtype)
     t, X, Y = problem.theta, problem.X, problem.Y
+    loop(fh_jl, model, t, X[:2], Y[:2], quantity)  # compile on two samples first
     return lambda: np.asarray(loop(fh_jl, model, t, X, Y, quantity))
 
 

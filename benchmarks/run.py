@@ -92,7 +92,7 @@ class Probe:
         rng = np.random.default_rng(1)
         self.rows = rng.integers(0, problem.P, count)
         self.cols = rng.integers(0, problem.P, count)
-        self.perm = problem.torch_order()
+        self.perm = None if problem.flux else problem.torch_order()  # torch peers run only the MLPs
 
     def sample(self, value, layout: str) -> np.ndarray | None:
         if self.quantity.startswith("kron"):
