@@ -35,6 +35,14 @@ def test_there_is_julia_code():
     assert {"julia/FluxHess.jl", "julia/src/FluxHess.jl", "julia/test/runtests.jl"} <= names
 
 
+def test_test_project_declares_what_runtests_loads():
+    """julia/test/Project.toml: the stdlibs runtests.jl uses (FluxHess's own deps come through it)."""
+    test_project = tomllib.loads(ROOT.joinpath("julia", "test", "Project.toml").read_text(encoding="utf-8"))
+    text = ROOT.joinpath("julia", "test", "runtests.jl").read_text(encoding="utf-8")
+    assert "using Test, TOML, LinearAlgebra" in text and "using FluxHess" in text
+    assert set(test_project["deps"]) == {"Test", "TOML", "LinearAlgebra"}
+
+
 def test_package_entry_point_includes_the_module_source():
     """Julia 1.10 loads src/FluxHess.jl; FluxHess.jl beside Project.toml stays the module's source."""
     entry = ROOT.joinpath("julia", "src", "FluxHess.jl").read_text(encoding="utf-8")
