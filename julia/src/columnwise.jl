@@ -46,13 +46,24 @@ function _columnwise_jacobian(g, Z::AbstractMatrix{V}, ::Val{w}) where {V,w}
 end
 
 """
+    columnwise_gradient(u, Z) -> (k, n)
+
+`∇_{Z[:, j]} u_j` for every column, where `u(Z)` is the `1 × n` row of per-column
+scalars `u_j(Z[:, j])` (a loss with `agg = _columns`): forward mode, no Zygote, so
+that nothing is generated at run time.
+"""
+columnwise_gradient(u, Z::AbstractMatrix) = dropdims(columnwise_jacobian(u, Z); dims = 1)
+
+"""
     columnwise_hessian(u, Z) -> (k, k, n)
 
-`∇²_{Z[:, j]} u_j` for every column, where `u(Z)` is the sum over columns of
-per-column scalars `u_j(Z[:, j])`: the columnwise Jacobian of Zygote's gradient
-(ForwardDiff over Zygote).
+`∇²_{Z[:, j]} u_j` for every column (`u` as for [`columnwise_gradient`](@ref)):
+ForwardDiff over ForwardDiff, `k` directions each.
 """
-columnwise_hessian(u, Z::AbstractMatrix) = columnwise_jacobian(W -> _gradient(u, W), Z)
+columnwise_hessian(u, Z::AbstractMatrix) = columnwise_jacobian(W -> columnwise_gradient(u, W), Z)
+
+# A loss's `agg` that keeps one value per sample: the `1 × n` row of per-sample losses.
+_columns(x) = sum(x; dims = 1)
 
 """
     directional_second(g, X, E) -> d²/dt² g(X + t E) at t = 0

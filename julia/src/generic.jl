@@ -154,7 +154,7 @@ end
 
 # Λ J: each sample's C rows of J times its Λ_n = ∇²_f ℓ_n.
 function _times_output_hessians(p::Problem, J, F, Y)
-    Λ = columnwise_hessian(G -> p.ℓ(G, Y; agg = sum), F)
+    Λ = columnwise_hessian(G -> p.ℓ(G, Y; agg = _columns), F)
     C = size(F, 1)
     ΛJ = similar(J)
     for j in axes(F, 2)
@@ -166,7 +166,7 @@ end
 
 # G (n × P): row j is sample j's gradient Jᵀ_j ∇_f ℓ_j.
 function _gradient_rows(p::Problem, J, F, Y)
-    r = _gradient(G -> p.ℓ(G, Y; agg = sum), F)        # C × n
+    r = columnwise_gradient(G -> p.ℓ(G, Y; agg = _columns), F)        # C × n
     C, n = size(F)
     return dropdims(sum(reshape(r, C, n, 1) .* reshape(J, C, n, :); dims = 1); dims = 1)
 end
@@ -245,7 +245,7 @@ end
 function _kron_output_factors(::GGN, p::Problem{T}, layers, εs) where {T}
     Ŷ, back = Zygote.pullback(ε -> _perturbed(layers, p.X, ε), εs)
     C, N = size(Ŷ)
-    Λ = columnwise_hessian(G -> p.ℓ(G, p.Y; agg = sum), Ŷ)
+    Λ = columnwise_hessian(G -> p.ℓ(G, p.Y; agg = _columns), Ŷ)
     # B[l][:, :, n] = B_n for layer l (C × out_l).
     B = [zeros(T, C, size(ε, 1), N) for ε in εs]
     for k in 1:C

@@ -142,7 +142,7 @@ end
 function _hvp(::GGN, p::Problem{T}, V) where {T}
     f = ϑ -> p.re(ϑ)(p.X)
     Ŷ, back = Zygote.pullback(f, p.θ)
-    Λ = columnwise_hessian(G -> p.ℓ(G, p.Y; agg = sum), Ŷ)
+    Λ = columnwise_hessian(G -> p.ℓ(G, p.Y; agg = _columns), Ŷ)
     GV = similar(V)
     U = similar(Ŷ)
     for j in axes(V, 2)

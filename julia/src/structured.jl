@@ -70,8 +70,8 @@ function _back(W::AbstractMatrix, X::Array{T,3}, d1::AbstractMatrix) where {T}
     return Y
 end
 
-# The loss of the chunk as a function of z_L, summed over its samples.
-_head_loss(head, ℓ, Y) = Z -> ℓ(head(Z), Y; agg = sum)
+# The per-sample losses of the chunk (a 1 × n row) as a function of z_L.
+_head_loss(head, ℓ, Y) = Z -> ℓ(head(Z), Y; agg = _columns)
 
 #------------------------------- factors -----------------------------------#
 
@@ -86,7 +86,7 @@ end
 
 function _factors(::EmpiricalFisher, dc, X::Matrix{T}, Y, ℓ, s) where {T}
     fw = _forward(dc, X, false)
-    δ = _deltas(dc, fw, _gradient(_head_loss(dc.head, ℓ, Y), fw.z))
+    δ = _deltas(dc, fw, columnwise_gradient(_head_loss(dc.head, ℓ, Y), fw.z))
     return _Factors{EmpiricalFisher,T}(fw, δ, Array{T,3}[], Array{T,3}[], Array{T,3}[])
 end
 
@@ -103,7 +103,7 @@ function _factors(::Hessian, dc, X::Matrix{T}, Y, ℓ, s) where {T}
     fw = _forward(dc, X, true)
     u = _head_loss(dc.head, ℓ, Y)
     L, n = length(dc.weights), size(X, 2)
-    δ = _deltas(dc, fw, s .* _gradient(u, fw.z))
+    δ = _deltas(dc, fw, s .* columnwise_gradient(u, fw.z))
     K = Vector{Array{T,3}}(undef, L)
     K[L] = s .* columnwise_hessian(u, fw.z)
     for l in L-1:-1:1
@@ -136,7 +136,7 @@ function _factors(::GGN, dc, X::Matrix{T}, Y, ℓ, s) where {T}
     fw = _forward(dc, X, false)
     B = _output_jacobians(dc, fw)
     F = dc.head(fw.z)
-    Λ = columnwise_hessian(F -> ℓ(F, Y; agg = sum), F)                      # C × C × n
+    Λ = columnwise_hessian(F -> ℓ(F, Y; agg = _columns), F)                 # C × C × n
     ΛB = similar(B)
     ΛB[end] = similar(B[end])
     for j in axes(Λ, 3)
