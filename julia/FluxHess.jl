@@ -63,7 +63,8 @@ include(joinpath(@__DIR__, "src", "structured.jl"))   # Dense chains: per-sample
 include(joinpath(@__DIR__, "src", "generic.jl"))      # any Flux model, batched over samples
 include(joinpath(@__DIR__, "src", "quantities.jl"))   # the public quantities, dispatching on kind and route
 include(joinpath(@__DIR__, "src", "inputs.jl"))       # derivatives with respect to the inputs
-include(joinpath(@__DIR__, "src", "spec.jl"))         # back to the Python layer spec
+include(joinpath(@__DIR__, "src", "spec.jl"))         # back to the Python layer spec: layers identified by effect
+include(joinpath(@__DIR__, "src", "layers.jl"))       # a model's parameter blocks, its parts, its input shape
 include(joinpath(@__DIR__, "src", "workload.jl"))     # what precompilation runs
 
 end # module FluxHess

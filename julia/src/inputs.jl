@@ -58,13 +58,16 @@ function _laplacian(::Generic, m, X::Matrix{T}) where {T}
 end
 
 # The forward Laplacian runs on Dense chains whose input goes straight to the first
-# Dense layer and whose head is elementwise.
-_forward_laplacian_applies(dc::DenseChain) =
-    all(_isflatten, dc.before) && isempty(dc.head.tail)
+# Dense layer (the layers before it only reshape d × N back to itself, as an
+# InputShape and a flatten do) and whose head is elementwise.
+function _forward_laplacian_applies(dc::DenseChain, d::Integer)
+    probe = reshape(collect(1.0:2d), d, 2)
+    return isempty(dc.head.tail) && _tryapply(x -> _inputs(dc, x), probe) == probe
+end
 
 function _laplacian(dc::DenseChain, m, X::Matrix{T}) where {T}
-    _forward_laplacian_applies(dc) || return _laplacian(Generic(), m, X)
     d, N = size(X)
+    _forward_laplacian_applies(dc, d) || return _laplacian(Generic(), m, X)
     width = maximum(size(W, 1) for W in dc.weights)
     n = clamp((6 * 2^20) ÷ (sizeof(T) * d * max(width, d)), 1, N)   # ~6 MiB of Jacobians
     return reduce(hcat, [_forward_laplacian(dc, X[:, a:min(a + n - 1, N)]) for a in 1:n:N])
