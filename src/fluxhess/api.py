@@ -4,7 +4,9 @@ Conventions shared by every function (DESIGN §2–§5):
 
 - ``model``: a :class:`fluxhess.Chain` (or a :class:`fluxhess.FluxModel` on the julia
   backend); ``params``: θ ``(P,)`` in Flux ``destructure`` order (``model.layout``).
-- ``X``: ``(N, d)``, one row per sample. ``y``: ``(N, C)``, ``(N,)`` when C == 1, or
+- ``X``: ``(N, d)``, one row per sample; a FluxModel also takes ``(N, a, b, …)``, which
+  reaches Flux as ``(…, b, a, N)`` (input derivatives are then with respect to each
+  sample flattened in C order, ``d = a·b·…``). ``y``: ``(N, C)``, ``(N,)`` when C == 1, or
   integer class labels ``(N,)`` for the (logit)crossentropies.
 - ``loss``: ``"mse"``, ``"crossentropy"``, ``"logitcrossentropy"``,
   ``"binarycrossentropy"``, ``"logitbinarycrossentropy"`` with Flux.Losses semantics.
@@ -128,7 +130,10 @@ def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend
     d, C, flattens = _dims(model)
     P = model.num_params
     theta = check.params_array(params, P, dt)
-    Xa = check.inputs_array(X, d, flattens, dt)
+    shapes_input = hasattr(model, "with_input_shape")  # a FluxModel takes (N, a, b, ...) as it is
+    Xa = check.inputs_array(X, d, flattens or shapes_input, dt)
+    if shapes_input and np.ndim(X) > 2:
+        model = model.with_input_shape(np.shape(X)[1:])
     Y = None
     call = _Call(quantity, chosen, model, theta, Xa, Y, dt)
     if loss is not None:
@@ -138,6 +143,16 @@ def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend
         if loss in L.ON_PROBABILITIES:
             check.check_probabilities("the model output", np.asarray(call.run("forward")), loss)
     return call
+
+
+def model_inputs(model, X, dtype="float64") -> np.ndarray:
+    """``X`` checked as :func:`forward` checks it for ``model``, in its own shape: ``(N, d)``, or
+    ``(N, a, b, …)`` for a FluxModel (and for a Chain that starts with Flatten, flattened)."""
+    if hasattr(model, "with_input_shape"):
+        a = check.inputs_array(X, None, True, check.float_dtype(dtype))
+        return a.reshape(np.shape(X))
+    d, _, flattens = _dims(model)
+    return check.inputs_array(X, d, flattens, check.float_dtype(dtype))
 
 
 def _square(call: _Call, quantity: str) -> None:
@@ -297,22 +312,12 @@ def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="aut
     """
     check.choice("kind", kind, KRON_KINDS)
     call = _prepare("kron", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    spec = _spec_of(model)
-    shapes = [((l.in_features + l.bias,) * 2, (l.out_features,) * 2) for _, l in spec.dense_layers]
+    dense = model.dense_shapes
+    shapes = [((n_in + bias,) * 2, (n_out,) * 2) for _, n_in, n_out, bias in dense]
     floats = sum(a[0] ** 2 + g[0] ** 2 for a, g in shapes)
     memory.require("kron", memory.needed_bytes("kron", floats, call.dtype.itemsize), max((a for a, _ in shapes), key=lambda a: a[0]))
     pairs = call.run("kron", call.Y, loss, agg, kind)
-    names = [f"layers.{i}" for i, _ in spec.dense_layers]
-    return [KronFactors(n, call.result(A), call.result(G)) for n, (A, G) in zip(names, pairs)]
-
-
-def _spec_of(model):
-    if hasattr(model, "dense_layers"):
-        return model
-    to_spec = getattr(model, "to_spec", None)
-    if to_spec is None:
-        raise InputError(f"kron needs a model made of Dense layers; got {type(model).__name__}")
-    return to_spec()[0]
+    return [KronFactors(name, call.result(A), call.result(G)) for (name, *_), (A, G) in zip(dense, pairs)]
 
 
 # --- Jacobians and input derivatives ------------------------------------------

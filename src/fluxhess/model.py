@@ -224,6 +224,15 @@ class Chain:
         return [(i, l) for i, l in enumerate(self.layers) if isinstance(l, Dense)]
 
     @property
+    def dense_shapes(self) -> list[tuple[str, int, int, bool]]:
+        """``(layer name, in, out, has bias)`` of every Dense layer, in order (the layers KFAC covers)."""
+        return [(f"layers.{i}", l.in_features, l.out_features, l.bias) for i, l in self.dense_layers]
+
+    def split(self, start: int) -> tuple["Chain | None", "Chain"]:
+        """``(layers before start or None, layers from start on)``, each a Chain."""
+        return (Chain(*self.layers[:start]) if start else None), Chain(*self.layers[start:])
+
+    @property
     def in_features(self) -> int:
         return self.dense_layers[0][1].in_features
 

@@ -25,8 +25,16 @@ def get(name: str, model=None) -> Backend:
     ``auto`` is julia when a Julia runtime is already installed, else jax; it never
     installs anything. An explicitly named backend that cannot run raises at once.
     """
+    julia = _REGISTRY["julia"]
+    if name in ("auto", "jax") and model is not None and _runs_only_in_julia(model):
+        reason = julia.unavailable_reason()
+        if reason is not None:
+            raise JuliaUnavailableError(
+                f"{type(model).__name__} is a Flux model, which runs only in Julia, and Julia is unavailable here: "
+                f"{reason}. (Once Julia runs, model.to_spec() also gives the same network as a fluxhess.Chain "
+                "for backend='jax'.)"
+            )
     if name == "auto":
-        julia = _REGISTRY["julia"]
         if julia.unavailable_reason() is None and (model is None or julia.unsupported_reason(model) is None):
             return julia
         name = "jax"
@@ -42,6 +50,10 @@ def get(name: str, model=None) -> Backend:
         if why is not None:
             raise UnsupportedModelError(why)
     return backend
+
+
+def _runs_only_in_julia(model) -> bool:
+    return _REGISTRY["jax"].unsupported_reason(model) is not None and _REGISTRY["julia"].unsupported_reason(model) is None
 
 
 __all__ = ["Backend", "NAMES", "backends", "get"]

@@ -191,6 +191,13 @@ class _Kind:
         self.name = name
 
 
+def _spec_layer(d: dict):
+    """A parameter-free layer's spec twin from Julia's description (``"kind"``, ``"activation"``)."""
+    from ..model import Activation, Flatten
+
+    return Flatten() if str(d["kind"]) == "flatten" else Activation(str(d["activation"]))
+
+
 # --- starting Julia ---------------------------------------------------------
 
 _ONLINE = False  # set by setup_julia(): later starts in this process may install packages
@@ -298,21 +305,34 @@ class JuliaBackend:
         """The Julia model for a spec Chain or FluxModel, built once per dtype. Lock held."""
         from ..flux import FluxModel
 
+        dtype = np.dtype(dtype).name
         if isinstance(model, Chain):
-            key = (model.to_flux(), 0, "fluxhess.Chain", np.dtype(dtype).name)
-        elif isinstance(model, FluxModel):
-            key = (model.source, model.seed, model.filename, np.dtype(dtype).name)
-        else:
+            return self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
+        if not isinstance(model, FluxModel):
             raise UnsupportedModelError(self.unsupported_reason(model))
+        key = (model.key, dtype)
         jm = self._models.get(key)
         if jm is None:
-            fh = self._start()
-            T = self._jl.Float64 if key[3] == "float64" else self._jl.Float32
-            try:
-                jm = fh.build_model(key[0], seed=key[1], T=T, filename=key[2])
-            except Exception as e:
-                raise map_julia_error(e, "building the Flux model", f"source {key[0][:200]!r}") from e
+            jm = self._built((model.source, model.seed, model.filename), dtype)
+            if model.layers is not None:
+                jm = self._fh.sublayers(jm, model.layers[0] + 1, model.layers[1])
+            if model.input_shape is not None:  # NumPy's (a, b, c) is Julia's (c, b, a)
+                jm = self._fh.with_input_shape(jm, list(reversed(model.input_shape)))
             self._models[key] = jm
+        return jm
+
+    def _built(self, source_key, dtype):
+        """The model that ``(source, seed, filename)`` builds in ``dtype``, once. Lock held."""
+        jm = self._models.get((source_key, dtype))
+        if jm is None:
+            fh = self._start()
+            source, seed, filename = source_key
+            T = self._jl.Float64 if dtype == "float64" else self._jl.Float32
+            try:
+                jm = fh.build_model(source, seed=seed, T=T, filename=filename)
+            except Exception as e:
+                raise map_julia_error(e, "building the Flux model", f"source {source[:200]!r}") from e
+            self._models[(source_key, dtype)] = jm
         return jm
 
     def model(self, model, dtype="float64"):
@@ -329,14 +349,36 @@ class JuliaBackend:
             except Exception as e:
                 raise map_julia_error(e, "parameters", "the model") from e
 
-    def to_spec(self, model):
-        """A FluxModel as ``(fluxhess.Chain, θ)``, or :class:`UnsupportedModelError`."""
-        from ..model import Activation, Dense, Flatten
-
+    def layer_table(self, model) -> list[dict]:
+        """Each layer of a FluxModel: its summary, parameter blocks, Dense shape and spec twin."""
         with self._lock:
-            jm = self._model(model, "float64")
+            jm = self._model(model.with_input_shape(None), "float64")
             try:
-                layers = [dict(d) for d in self._fh.to_spec(jm)]
+                table = self._fh.layout(jm)
+            except Exception as e:
+                raise UnsupportedModelError(f"this Flux model's parameters cannot be named by layer: {julia_message(e)}") from e
+            return [
+                {
+                    "summary": str(entry["summary"]),
+                    "blocks": [
+                        {"name": str(b["name"]), "shape": tuple(int(n) for n in b["shape"]), "offset": int(b["offset"])}
+                        for b in entry["blocks"]
+                    ],
+                    "dense": None if entry["dense"] is None else tuple(int(v) for v in entry["dense"]),
+                    "spec": None if entry["spec"] is None else _spec_layer(dict(entry["spec"])),
+                }
+                for entry in table
+            ]
+
+    def to_spec(self, model, input_shape=None):
+        """A FluxModel as ``(fluxhess.Chain, θ)``, or :class:`UnsupportedModelError`."""
+        from ..model import Dense
+
+        shape = None if input_shape is None else list(reversed([int(n) for n in input_shape]))
+        with self._lock:
+            jm = self._model(model.with_input_shape(None), "float64")
+            try:
+                layers = [dict(d) for d in self._fh.to_spec(jm, input_shape=shape)]
                 theta = _to_numpy(self._fh.parameters(jm))
             except Exception as e:
                 raise UnsupportedModelError(
@@ -344,16 +386,13 @@ class JuliaBackend:
                 ) from e
             spec, arrays = [], {}
             for i, d in enumerate(layers):
-                kind = str(d["kind"])
-                if kind == "dense":
+                if str(d["kind"]) == "dense":
                     spec.append(Dense(int(d["in"]), int(d["out"]), str(d["activation"]), bool(d["bias"])))
                     arrays[f"layers.{i}.weight"] = _to_numpy(d["weight"])
                     if bool(d["bias"]):
                         arrays[f"layers.{i}.bias"] = _to_numpy(d["bias_values"])
-                elif kind == "activation":
-                    spec.append(Activation(str(d["activation"])))
                 else:
-                    spec.append(Flatten())
+                    spec.append(_spec_layer(d))
         try:
             chain = Chain(*spec)
         except InputError as e:

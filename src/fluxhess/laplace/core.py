@@ -23,6 +23,7 @@ from .. import api, memory
 from ..backends import get as _get_backend
 from .. import validate as check
 from ..errors import FluxHessError, InputError, NotFittedError
+from ..flux import FluxModel
 from ..model import Chain
 from ..progress import chunks
 from ..train import lbfgs
@@ -92,10 +93,9 @@ class Laplace:
         backend: str = "auto",
         clip_negative_eigenvalues: bool = False,
     ):
-        if not isinstance(model, Chain):
+        if not isinstance(model, (Chain, FluxModel)):
             raise InputError(
-                f"model must be a fluxhess.Chain; got {type(model).__name__}"
-                + (". Convert a Flux model with model.to_spec()" if hasattr(model, "to_spec") else "")
+                f"model must be a fluxhess.Chain or a FluxModel (fluxhess.flux_model); got {type(model).__name__}"
             )
         self.model = model
         self.likelihood = lik.check_choice(likelihood)
@@ -127,7 +127,7 @@ class Laplace:
         self.clipped: K.Clipped | None = None
         self.loss = None  # Σ_n ℓ_n at θ_MAP, set by fit
         self.n_data = None
-        self.n_outputs = model.out_features
+        self.n_outputs = getattr(model, "out_features", None)  # a FluxModel's is known once fit sees data
 
     # -- the subset and hyperparameters ----------------------------------------
 
@@ -216,7 +216,7 @@ class Laplace:
 
     def _features(self, X) -> np.ndarray:
         if self._subset.head is None:
-            return check.inputs_array(X, self.model.in_features, self.model.flattens_input, np.dtype(np.float64))
+            return api.model_inputs(self.model, X)
         return self._subset.features(self.params, X, self.backend)
 
     def fit(self, X, y) -> "Laplace":
@@ -228,10 +228,12 @@ class Laplace:
         Returns: ``self``.
         """
         features = self._features(X)
+        s = self._subset
+        if self.n_outputs is None:
+            self.n_outputs = api.forward(s.tail, s.tail_params(self.params), features[:1], backend=self.backend).shape[1]
         N, C = features.shape[0], self.n_outputs
         Y = lik.targets(self.likelihood, y, N, C)
         loss = lik.loss_name(self.likelihood, C)
-        s = self._subset
         theta_tail = s.tail_params(self.params)
         H = K.summed_curvature(self.structure, self.curvature, s, self.params, features, Y, loss, self.backend)
         if self.structure == "kron":

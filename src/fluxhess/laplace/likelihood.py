@@ -59,12 +59,13 @@ def log_likelihood(likelihood: str, summed_loss, sigma_noise, temperature, n_dat
     return value
 
 
-def check_model(model: Chain, likelihood: str) -> None:
-    """A classification model must output logits: refuse a Chain that ends in a probability map."""
-    last = model.layers[-1]
+def check_model(model, likelihood: str) -> None:
+    """A classification model must output logits: refuse a model that ends in a probability map
+    (for a FluxModel, a last layer identified as one, e.g. ``x -> σ.(x)``)."""
+    last = model.layers[-1] if isinstance(model, Chain) else model.layer_specs[-1]
     if likelihood == "classification" and isinstance(last, Activation) and last.name in _PROBABILITY_OUTPUTS:
         raise InputError(
-            f"likelihood='classification' needs a model that outputs logits, but this Chain ends with "
+            f"likelihood='classification' needs a model that outputs logits, but this model ends with "
             f"Activation({last.name!r}). Drop that layer: the likelihood applies the softmax (C >= 2) "
             "or the sigmoid (C == 1) itself"
         )

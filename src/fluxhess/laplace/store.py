@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..flux import FluxModel
 from ..model import Activation, Chain, Dense, Flatten
 from . import posterior
 from .curvature import Clipped
@@ -19,7 +20,9 @@ from .curvature import Clipped
 FORMAT = "fluxhess.Laplace/1"
 
 
-def _layers(model: Chain) -> list[dict]:
+def _layers(model) -> list[dict] | dict:
+    if isinstance(model, FluxModel):  # its source: the weights that matter are θ, saved below
+        return {"flux": dict(source=model.source, seed=model.seed, filename=model.filename, layers=model.layers)}
     out = []
     for layer in model.layers:
         if isinstance(layer, Dense):
@@ -32,7 +35,9 @@ def _layers(model: Chain) -> list[dict]:
     return out
 
 
-def _chain(layers: list[dict]) -> Chain:
+def _chain(layers: list[dict] | dict):
+    if isinstance(layers, dict):
+        return FluxModel(**layers["flux"])
     build = {
         "Dense": lambda d: Dense(d["in_features"], d["out_features"], d["activation"], d["bias"]),
         "Activation": lambda d: Activation(d["name"]),
@@ -57,6 +62,7 @@ def save(la, path) -> None:
         clipped=None if la.clipped is None else list(la.clipped),
         loss=la.loss,
         n_data=la.n_data,
+        n_outputs=la.n_outputs,
     )
     arrays = dict(params=la.params, prior_precision=la.prior_precision, prior_mean=la.prior_mean)
     curv = la._curv
@@ -105,6 +111,6 @@ def load(cls, path):
             posterior.KronBlock(*(arrays[f"kron{i}_{part}"] for part in ("lam_A", "Q_A", "lam_G", "Q_G"))) for i in range(n)
         ))
     if la._curv is not None:
-        la.loss, la.n_data = meta["loss"], meta["n_data"]
+        la.loss, la.n_data, la.n_outputs = meta["loss"], meta["n_data"], meta["n_outputs"]
         la.clipped = None if meta["clipped"] is None else Clipped(*meta["clipped"])
     return la

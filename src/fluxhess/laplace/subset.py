@@ -17,16 +17,17 @@ import numpy as np
 
 from .. import api
 from ..errors import InputError, UnknownNameError
-from ..model import Block, Chain, Dense
+from ..model import Block
 
 
 @dataclass(frozen=True)
 class Subset:
-    """The subset's blocks and the head/tail split of the Chain around them."""
+    """The subset's blocks and the head/tail split of the model around them."""
 
     blocks: tuple[Block, ...]  # the chosen blocks, in layout order
-    head: Chain | None  # layers before the tail (None: the tail is the whole model)
-    tail: Chain  # the layers that hold the subset, and every layer after them
+    start: int  # the tail's first layer in the model
+    head: object  # layers before the tail, as a model of the same kind (None: the tail is the whole model)
+    tail: object  # the layers that hold the subset, and every layer after them
     tail_offset: int  # θ[tail_offset:] are the tail's parameters
     index: np.ndarray  # (P_subset,) positions of the subset in the tail's θ
 
@@ -51,7 +52,7 @@ class Subset:
         return theta[self.tail_offset :]
 
     def features(self, theta: np.ndarray, X, backend: str) -> np.ndarray:
-        """The tail's inputs: the head's output for ``X`` ``(N, d)`` (``X`` itself without a head)."""
+        """The tail's inputs: the head's output for ``X`` ``(N, ...)`` (``X`` itself without a head)."""
         if self.head is None:
             return X
         return api.forward(self.head, theta[: self.tail_offset], X, backend=backend)
@@ -62,14 +63,18 @@ class Subset:
         return J if self.index.size == J.shape[2] else np.ascontiguousarray(J[:, :, self.index])
 
 
-def resolve(model: Chain, subset) -> Subset:
-    """``subset`` (``"all"``, ``"last_layer"`` or block names) as a :class:`Subset` of ``model``."""
+def resolve(model, subset) -> Subset:
+    """``subset`` (``"all"``, ``"last_layer"`` or block names) as a :class:`Subset` of ``model``.
+
+    ``model``: a :class:`fluxhess.Chain` or a :class:`fluxhess.FluxModel` (anything with
+    ``layout`` and ``split``). ``"last_layer"`` is the last layer that has parameters.
+    """
     layout = model.layout
     if isinstance(subset, str):
         if subset == "all":
             names = layout.names
         elif subset == "last_layer":
-            last = model.dense_layers[-1][0]
+            last = max(b.layer for b in layout)
             names = [b.name for b in layout if b.layer == last]
         else:
             raise UnknownNameError(
@@ -92,15 +97,13 @@ def resolve(model: Chain, subset) -> Subset:
             raise InputError(f"subset names each block at most once; {', '.join(twice)} appear more than once")
     chosen = tuple(b for b in layout if b.name in set(names))
     first = min(b.layer for b in chosen)
-    start = first if any(isinstance(l, Dense) for l in model.layers[:first]) else 0
-    head = Chain(*model.layers[:start]) if start else None
-    tail = Chain(*model.layers[start:])
-    tail_offset = sum(l.num_params for l in model.layers[:start])
+    start = first if any(b.layer < first for b in layout) else 0
+    head, tail = model.split(start)
+    tail_offset = min(b.offset for b in layout if b.layer >= start)
     index = np.concatenate([np.arange(b.offset, b.offset + b.size) for b in chosen]) - tail_offset
-    return Subset(chosen, head, tail, tail_offset, index)
+    return Subset(chosen, start, head, tail, tail_offset, index)
 
 
 def tail_block(subset: Subset, block: Block) -> str:
     """The name of ``block`` in the tail's own layout (its layers are numbered from 0)."""
-    start = block.layer - (len(subset.head.layers) if subset.head is not None else 0)
-    return f"layers.{start}.{block.name.rsplit('.', 1)[1]}"
+    return f"layers.{block.layer - subset.start}.{block.name.split('.', 2)[2]}"
