@@ -52,7 +52,9 @@ def test_seed_3_x_t_jacobians_and_gradient_of_divergence():
 
 def test_seed_4_flux_hessian_fisher_and_laplace():
     pairs = _run("seed_4_flux_hessian_fisher", ())
-    for what, (ours, _) in pairs.items():
-        if what.startswith("hessian"):
+    for what, (ours, theirs) in pairs.items():
+        if what.startswith(("hessian", "ggn", "empirical")):
             assert ours.shape == (21, 21)
+        if " julia " in what and not what.startswith("Laplace"):  # the Flux model as written, checked by JAX
+            assert np.max(np.abs(ours - theirs)) <= 1e-10, what
     _agree(pairs, rtol=1e-9)

@@ -296,6 +296,38 @@ end
         @test vcat(vec(spec[1]["weight"]), spec[1]["bias_values"],
                    vec(spec[2]["weight"]), spec[2]["bias_values"]) == θ
     end
+
+    @testset "layers identified by what they do" begin
+        identified(f) = (r = FluxHess.identify(f); r isa Dict ? get(r, "activation", r["kind"]) : nothing)
+        for (f, name) in ((x -> relu.(x), "relu"), (x -> max.(x, 0), "relu"), (x -> σ.(x), "sigmoid"),
+                          (x -> x .* σ.(x), "swish"), (x -> softmax(x), "softmax"), (identity, "identity"),
+                          (Base.Fix1(broadcast, x -> 1 / (1 + exp(-x))), "sigmoid"),
+                          (x -> reshape(x, :, size(x, 4)), "flatten"), (Flux.flatten, "flatten"))
+            @test identified(f) == name
+        end
+        # Near misses: equal to an activation near 0, not for large magnitudes or not at all.
+        for f in (x -> relu6.(x), x -> clamp.(tanh.(x), -0.99, 0.99), x -> 2 .* σ.(x), x -> clamp.(x, -10, 10),
+                  x -> reshape(permutedims(x, (2, 1, 3, 4)), :, size(x, 4)))
+            @test identified(f) === nothing
+        end
+        @test FluxHess.activation_name(x -> tanh(x)) == "tanh"
+        @test FluxHess.activation_name(x -> min(max(x, 0), 6)) === nothing
+        # The seed model: a 4-d input through InputShape, every quantity as on the flattened twin.
+        seed = FluxHess.build_model("Chain(x -> reshape(x, :, size(x, 4)), Dense(2, 5), Dense(5, 1), x -> σ.(x))")
+        twin = FluxHess.build_model("Chain(Dense(2, 5), Dense(5, 1, σ))")
+        shaped = FluxHess.with_input_shape(seed, (1, 1, 2))
+        θs = FluxHess.parameters(seed)
+        Xs, Ys = randn(7, 2), Float64.(rand(7, 1) .> 0.5)
+        for kind in (Hessian(), GGN(), EmpiricalFisher())
+            @test FluxHess.curvature(kind, shaped, θs, Xs, Ys, "crossentropy", "sum") ≈
+                  FluxHess.curvature(kind, twin, θs, Xs, Ys, "crossentropy", "sum") rtol = 1e-12
+        end
+        @test [get(l["spec"] === nothing ? Dict() : l["spec"], "kind", nothing) for l in FluxHess.layout(seed)] ==
+              ["flatten", nothing, nothing, "activation"]
+        @test [b["offset"] for l in FluxHess.layout(seed) for b in l["blocks"]] == [0, 10, 15, 20]
+        @test FluxHess.parameters(FluxHess.sublayers(seed, 3, 4)) == θs[16:21]
+        @test_throws ArgumentError FluxHess.layout(FluxHess.build_model("d = Dense(2 => 2); Chain(d, d)"))
+    end
 end
 
 println("\nlargest normwise relative error per quantity (FluxHess.jl vs the JAX fixtures):")

@@ -55,14 +55,16 @@ def _is_traced(x) -> bool:
 class Laplace:
     """A Laplace approximation ``N(θ_MAP, P⁻¹)`` over a subset of a network's parameters.
 
-    - ``model``: a :class:`fluxhess.Chain` whose output is the likelihood's parameter:
-      logits for classification (no final softmax/sigmoid layer), the mean for regression.
+    - ``model``: a :class:`fluxhess.Chain`, or a :class:`fluxhess.FluxModel` on the julia
+      backend, whose output is the likelihood's parameter: logits for classification (no
+      final softmax/sigmoid layer), the mean for regression.
     - ``params``: θ_MAP ``(P,)`` (e.g. from :func:`fluxhess.fit_map`).
     - ``likelihood``: ``"classification"`` (softmax for C ≥ 2 outputs, sigmoid for C == 1)
       or ``"regression"`` (Gaussian with noise ``sigma_noise``).
     - ``curvature``: ``"ggn"``, ``"ef"`` (empirical Fisher) or ``"hessian"``.
     - ``structure``: ``"full"`` ``(P_s, P_s)``, ``"diag"`` or ``"kron"`` (KFAC, per block).
-    - ``subset``: ``"all"``, ``"last_layer"`` (the last Dense layer's weight and bias) or a
+    - ``subset``: ``"all"``, ``"last_layer"`` (the last layer with parameters: the last Dense
+      layer's weight and bias in a Chain) or a
       list of block names of ``model.layout``; ``P_s`` is its number of parameters.
     - ``prior_precision``: ``> 0``; a scalar, one per block of the subset ``(B,)``, or
       ``(P_s,)``. ``prior_mean``: a scalar or ``(P_s,)``.
