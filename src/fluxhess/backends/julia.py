@@ -305,6 +305,7 @@ class JuliaBackend:
         """The Julia model for a spec Chain or FluxModel, built once per dtype. Lock held."""
         from ..flux import FluxModel
 
+        self._start()
         dtype = np.dtype(dtype).name
         if isinstance(model, Chain):
             return self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
@@ -325,7 +326,7 @@ class JuliaBackend:
         """The model that ``(source, seed, filename)`` builds in ``dtype``, once. Lock held."""
         jm = self._models.get((source_key, dtype))
         if jm is None:
-            fh = self._start()
+            fh = self._fh
             source, seed, filename = source_key
             T = self._jl.Float64 if dtype == "float64" else self._jl.Float32
             try:
