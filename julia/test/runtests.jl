@@ -299,14 +299,14 @@ end
 
     @testset "layers identified by what they do" begin
         identified(f) = (r = FluxHess.identify(f); r isa Dict ? get(r, "activation", r["kind"]) : nothing)
-        for (f, name) in ((x -> relu.(x), "relu"), (x -> max.(x, 0), "relu"), (x -> σ.(x), "sigmoid"),
-                          (x -> x .* σ.(x), "swish"), (x -> softmax(x), "softmax"), (identity, "identity"),
+        for (f, name) in ((x -> Flux.relu.(x), "relu"), (x -> max.(x, 0), "relu"), (x -> Flux.σ.(x), "sigmoid"),
+                          (x -> x .* Flux.σ.(x), "swish"), (x -> Flux.softmax(x), "softmax"), (identity, "identity"),
                           (Base.Fix1(broadcast, x -> 1 / (1 + exp(-x))), "sigmoid"),
                           (x -> reshape(x, :, size(x, 4)), "flatten"), (Flux.flatten, "flatten"))
             @test identified(f) == name
         end
         # Near misses: equal to an activation near 0, not for large magnitudes or not at all.
-        for f in (x -> relu6.(x), x -> clamp.(tanh.(x), -0.99, 0.99), x -> 2 .* σ.(x), x -> clamp.(x, -10, 10),
+        for f in (x -> Flux.relu6.(x), x -> clamp.(tanh.(x), -0.99, 0.99), x -> 2 .* Flux.σ.(x), x -> clamp.(x, -10, 10),
                   x -> reshape(permutedims(x, (2, 1, 3, 4)), :, size(x, 4)))
             @test identified(f) === nothing
         end
