@@ -232,3 +232,21 @@ def test_package_path_finds_the_bundled_package():
     folder = package_path()
     assert folder.joinpath("Project.toml").read_bytes() == ROOT.joinpath("julia", "Project.toml").read_bytes()
     assert module_path().read_bytes() == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()
+
+
+def _julia_name_table(const: str) -> tuple[str, ...]:
+    """The names of ``const NAME = (f => "name", ...)`` in julia/src/spec.jl."""
+    import re
+
+    text = ROOT.joinpath("julia", "src", "spec.jl").read_text(encoding="utf-8")
+    block = re.search(rf"^const {const} = \((.*?)\n\)", text, re.S | re.M) or re.search(rf"^const {const} = \((.*?)\)$", text, re.M)
+    assert block is not None, f"no const {const} in julia/src/spec.jl"
+    return tuple(re.findall(r'=>\s*"(\w+)"', block.group(1)))
+
+
+def test_the_julia_activation_table_is_the_python_registry():
+    """One registry of activations: Julia's name tables list exactly fluxhess.activations' names."""
+    from fluxhess import activations
+
+    assert _julia_name_table("ACTIVATIONS") == tuple(activations.ELEMENTWISE)
+    assert _julia_name_table("COLUMN_MAPS") == tuple(activations.COLUMNWISE)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from . import activations as A
 from .errors import UnknownNameError
 
 LOSSES = (
@@ -60,18 +61,6 @@ def _xlogy(x, y):
     return jnp.where(zero, 0.0, x * jnp.log(jnp.where(zero, 1.0, y)))
 
 
-def _softplus(x):
-    # NNlib: x < 0 ? log1p(exp(x)) : x + log1p(exp(-x)); this is the same expression on
-    # each branch, written without an overflowing exp in the branch not taken.
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
-
-
-def _logsoftmax(z):
-    # NNlib: subtract the max, then log(sum(exp)).
-    shifted = z - jnp.max(z)
-    return shifted - jnp.log(jnp.sum(jnp.exp(shifted)))
-
-
 def per_sample(loss: str, yhat, y):
     """ℓ_n for one sample: ``yhat`` and ``y`` are ``(C,)``; returns a scalar.
 
@@ -84,10 +73,10 @@ def per_sample(loss: str, yhat, y):
         eps = jnp.finfo(yhat.dtype).eps
         return -jnp.sum(_xlogy(y, yhat + eps))
     if loss == "logitcrossentropy":
-        return -jnp.sum(y * _logsoftmax(yhat))
+        return -jnp.sum(y * A.logsoftmax(yhat))
     if loss == "binarycrossentropy":
         eps = jnp.finfo(yhat.dtype).eps
         return jnp.sum(-_xlogy(y, yhat + eps) - _xlogy(1 - y, 1 - yhat + eps))
     if loss == "logitbinarycrossentropy":
-        return jnp.sum((1 - y) * yhat + _softplus(-yhat))
+        return jnp.sum((1 - y) * yhat + A.softplus(-yhat))
     raise UnknownNameError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")

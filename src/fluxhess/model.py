@@ -18,11 +18,8 @@ import numpy as np
 
 from .errors import InputError, UnknownNameError
 
-#: Elementwise activations by their Flux/NNlib name (formulas in backends/jax.py).
-ELEMENTWISE = ("identity", "relu", "tanh", "sigmoid", "softplus", "elu", "leakyrelu", "swish", "gelu")
-#: Activations that act on a whole output column (dims=1 in Flux).
-COLUMNWISE = ("softmax", "logsoftmax")
-ACTIVATIONS = ELEMENTWISE + COLUMNWISE
+from .activations import COLUMNWISE, ELEMENTWISE
+from .activations import NAMES as ACTIVATIONS
 
 
 def _check_activation(name) -> str:

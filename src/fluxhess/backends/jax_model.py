@@ -10,55 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import losses as L
+from .. import activations as A
 from ..model import Activation, Chain, Dense, Flatten
 
-# ---------------------------------------------------------------------------
-# Activations: NNlib's formulas and default constants (NNlib src/activations.jl).
-# ---------------------------------------------------------------------------
-
-
-def _sigmoid(x):
-    t = jnp.exp(-jnp.abs(x))
-    return jnp.where(x >= 0, 1 / (1 + t), t / (1 + t))
-
-
-def _gelu(x):
-    # NNlib: gelu === gelu_tanh, x/2 * (1 + tanh(√(2/π) * (x + 0.044715 x³)))
-    return x / 2 * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-
-
-ELEMENTWISE = {
-    "identity": lambda x: x,
-    "relu": lambda x: jnp.where(x < 0, 0.0, x),
-    "tanh": jnp.tanh,
-    "sigmoid": _sigmoid,
-    "softplus": L._softplus,
-    "elu": lambda x: jnp.where(x >= 0, x, jnp.exp(jnp.minimum(x, 0.0)) - 1),
-    "leakyrelu": lambda x: jnp.where(x > 0, x, 0.01 * x),
-    "swish": lambda x: x * _sigmoid(x),
-    "gelu": _gelu,
-}
-
-
-def _softmax(z):
-    # NNlib: exp.(x .- max) ./ sum(exp.(x .- max)) over each sample's outputs.
-    e = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
-    return e / jnp.sum(e, axis=-1, keepdims=True)
-
-
-def _logsoftmax(z):
-    # NNlib: (x .- max) .- log(sum(exp.(x .- max))) over each sample's outputs.
-    shifted = z - jnp.max(z, axis=-1, keepdims=True)
-    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-
-
-COLUMN = {"softmax": _softmax, "logsoftmax": _logsoftmax}
-
-
-def activation(name):
-    """The JAX function of the activation called ``name`` (elementwise or columnwise)."""
-    return ELEMENTWISE[name] if name in ELEMENTWISE else COLUMN[name]
+ELEMENTWISE, COLUMN = A.ELEMENTWISE, A.COLUMNWISE
+activation = A.function
 
 
 def compose(names):
