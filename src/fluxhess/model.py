@@ -165,9 +165,17 @@ class Chain:
     21
     >>> model.to_flux()
     'Chain(Dense(2 => 5, tanh), Dense(5 => 1))'
+
+    ``inputs``: the input signature of a network of several arrays that it concatenates
+    along the feature axis, ``{name: width}`` in the order of concatenation, e.g.
+    ``{"x": 2, "t": 1}``; the widths add up to the input width. Inputs ``X`` may then be
+    the tuple of those arrays, and input derivatives take ``wrt=`` one or more names.
+
+    >>> Chain(Dense(3, 1), inputs={"x": 2, "t": 1}).input_columns("t")
+    [2]
     """
 
-    def __init__(self, *layers: Layer):
+    def __init__(self, *layers: Layer, inputs=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -200,6 +208,27 @@ class Chain:
                     blocks.append(Block(f"layers.{i}.bias", i, (layer.out_features,), offset))
                     offset += blocks[-1].size
         self.layout = ParamLayout(blocks)
+        self.inputs: tuple[tuple[str, int], ...] | None = _signature(inputs, self)
+
+    def input_columns(self, wrt) -> list[int]:
+        """The columns of ``X`` ``(N, d)`` that the inputs named in ``wrt`` (a name or a list) occupy."""
+        if self.inputs is None:
+            raise InputError(
+                f"wrt={wrt!r} names inputs, but this model has one input of width {self.in_features} "
+                "and no input signature; build it with inputs={name: width, ...} (from_flax/from_torch "
+                "do with inputs=(x, t))"
+            )
+        names = [wrt] if isinstance(wrt, str) else list(wrt) if isinstance(wrt, (list, tuple)) else None
+        known = dict(self.inputs)
+        if not names or any(not isinstance(n, str) or n not in known for n in names) or len(set(names)) < len(names):
+            raise UnknownNameError(
+                f"wrt must be one or more distinct input names of {', '.join(known)}; got {wrt!r}"
+            )
+        start, offsets = 0, {}
+        for name, width in self.inputs:
+            offsets[name] = range(start, start + width)
+            start += width
+        return [c for n in names for c in offsets[n]]
 
     @classmethod
     def mlp(cls, widths: Sequence[int], activation: str = "tanh", output: str | None = None, bias: bool = True):
@@ -283,13 +312,32 @@ class Chain:
         return "Chain(" + ", ".join(layer.to_flux() for layer in self.layers) + ")"
 
     def __repr__(self) -> str:
-        return "Chain(" + ", ".join(map(repr, self.layers)) + ")"
+        inputs = "" if self.inputs is None else f", inputs={dict(self.inputs)!r}"
+        return "Chain(" + ", ".join(map(repr, self.layers)) + inputs + ")"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Chain) and self.layers == other.layers
+        return isinstance(other, Chain) and (self.layers, self.inputs) == (other.layers, other.inputs)
 
     def __hash__(self) -> int:
-        return hash(self.layers)
+        return hash((self.layers, self.inputs))
+
+
+def _signature(inputs, chain: Chain) -> tuple[tuple[str, int], ...] | None:
+    """``inputs`` (``{name: width}`` or ``[(name, width), ...]``) as a tuple of pairs, checked."""
+    if inputs is None:
+        return None
+    try:
+        pairs = tuple((name, _check_width(f"input {name!r} width", width)) for name, width in dict(inputs).items())
+    except (TypeError, ValueError):
+        raise InputError(f"inputs must map input names to widths, e.g. {{'x': 2, 't': 1}}; got {inputs!r}") from None
+    if not pairs or any(not isinstance(name, str) or not name.isidentifier() for name, _ in pairs):
+        raise InputError(f"inputs must map input names (identifiers) to widths, e.g. {{'x': 2, 't': 1}}; got {inputs!r}")
+    if chain.flattens_input or sum(w for _, w in pairs) != chain.in_features:
+        raise InputError(
+            f"the widths of inputs {dict(pairs)} must add up to the model's input width {chain.in_features} "
+            "(and the model must not start with Flatten)"
+        )
+    return pairs
 
 
 def _float_dtype(dtype) -> np.dtype:
