@@ -114,7 +114,8 @@ def test_forward_laplacian_in_some_columns_is_the_trace_of_that_block(columns):
     from fluxhess.backends import jax_inputs
 
     with jax.enable_x64(True):
-        lap = np.asarray(jax_inputs.forward_laplacian(model, jnp.asarray(theta), jnp.asarray(X), columns))
+        fn = jax.jit(jax_inputs.forward_laplacian, static_argnums=(0, 3))
+        lap = np.asarray(fn(model, jnp.asarray(theta), jnp.asarray(X), columns))
     assert_close(lap, np.trace(H, axis1=2, axis2=3), rtol=1e-11, atol=1e-13, what="forward Laplacian in columns")
 
 
@@ -145,3 +146,56 @@ def test_signature_must_add_up_to_the_input_width():
     with pytest.raises(fh.InputError, match="add up to the model's input width 3"):
         fh.Chain(fh.Dense(3, 1), inputs={"x": 1, "t": 1})
     assert fh.Chain(fh.Dense(3, 1), inputs={"x": 2, "t": 1}) != fh.Chain(fh.Dense(3, 1))
+
+
+def _torch_field():
+    import torch
+    import torch.nn as nn
+
+    class Field(nn.Module):
+        """``forward(x, t)``: ``torch.cat([x, t], dim=1)`` through a Sequential, torch.tanh and a head."""
+
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x, t):
+            return self.head(torch.tanh(self.body(torch.cat([x, t], dim=1))))
+
+    torch.manual_seed(0)
+    return Field().double()
+
+
+def test_from_torch_forward_of_x_and_t_matches_torch_func():
+    torch = pytest.importorskip("torch", reason="from_torch needs torch")
+    from torch.func import hessian, jacrev, vmap
+
+    net = _torch_field()
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
+    model, theta = fh.from_torch(net, inputs=(x, t))
+    assert model.inputs == (("x", 2), ("t", 1))
+    f = lambda x, t: net(x[None], t[None])[0]  # noqa: E731
+    with torch.no_grad():
+        jx, jt = (a.numpy() for a in vmap(jacrev(f, argnums=(0, 1)))(x, t))
+        htt = vmap(hessian(f, argnums=1))(x, t).numpy()
+    xt = (x.numpy(), t.numpy())
+    assert_close(fh.input_jacobian(model, theta, xt, wrt="x"), jx, rtol=1e-12, atol=1e-14, what="df/dx")
+    assert_close(fh.input_jacobian(model, theta, xt, wrt="t"), jt, rtol=1e-12, atol=1e-14, what="df/dt")
+    assert_close(fh.input_hessian(model, theta, xt, wrt="t"), htt, rtol=1e-11, atol=1e-13, what="f_tt")
+
+
+def test_from_torch_refuses_inputs_concatenated_out_of_order():
+    torch = pytest.importorskip("torch", reason="from_torch needs torch")
+    import torch.nn as nn
+
+    class Swapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 1)
+
+        def forward(self, x, t):
+            return self.layer(torch.cat([t, x], dim=1))
+
+    with pytest.raises(fh.UnsupportedModelError, match=r"must begin with torch.cat\(\[x, t\], dim=1\)"):
+        fh.from_torch(Swapped(), inputs=(torch.randn(4, 2), torch.randn(4, 1)))

@@ -72,7 +72,7 @@ def _torch_activation(layer, nn) -> tuple[str | None, str | None]:
     )
 
 
-def from_torch(sequential) -> tuple[Chain, np.ndarray]:
+def from_torch(sequential, *, inputs=None) -> tuple[Chain, np.ndarray]:
     """A ``torch.nn.Sequential`` as ``(Chain, θ)`` with the same weights.
 
     Layer ``i`` of the Sequential becomes layer ``i`` of the Chain, so θ's blocks are
@@ -80,8 +80,22 @@ def from_torch(sequential) -> tuple[Chain, np.ndarray]:
     ``Linear(in, out)`` → ``Dense(in, out)`` (its ``weight`` ``(out, in)`` as is), an
     activation module → ``Activation(name)``, a leading ``Flatten()`` → ``Flatten()``.
 
+    ``inputs``: for a module whose ``forward(x, t, ...)`` concatenates several arrays along
+    the feature axis (``torch.cat([x, t], dim=1)``) and passes the result through its
+    Linear and activation modules in order, one example tensor per argument (``(N, width)``);
+    the Chain then carries the input signature ``{"x": width, "t": width}`` named after the
+    ``forward`` parameters. The module is traced with ``torch.fx``, its modules are taken in
+    the order they are called (θ's blocks are then numbered in that order), and the Chain's
+    output is checked against the module's.
+
     Returns: ``(model, params)``, params ``(P,)`` float64.
     """
+    if inputs is not None:
+        return _torch_several_inputs(sequential, inputs)
+    return _torch_sequential(sequential)
+
+
+def _torch_sequential(sequential, signature=None) -> tuple[Chain, np.ndarray]:
     import torch.nn as nn
 
     if not isinstance(sequential, nn.Sequential):
@@ -103,7 +117,61 @@ def from_torch(sequential) -> tuple[Chain, np.ndarray]:
             if name is None:
                 raise UnsupportedModelError(f"layer {i} of the Sequential ({layer!r}) cannot be mapped: {why}")
             layers.append(Activation(name))
-    return _chain(layers, arrays, "the Sequential")
+    return _chain(layers, arrays, "the Sequential", signature)
+
+
+def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
+    """``forward(x, t, ...)`` = layers applied to ``torch.cat([x, t, ...], dim=1)``, as a Chain with a signature."""
+    import torch
+    import torch.fx
+    import torch.nn as nn
+
+    if not isinstance(inputs, (tuple, list)) or not inputs:
+        raise InputError(f"inputs must be a tuple of example tensors, one per forward argument; got {type(inputs).__name__}")
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception as e:
+        raise UnsupportedModelError(f"from_torch could not trace {type(module).__name__}.forward with torch.fx: {e}") from e
+    nodes = [n for n in graph.nodes if n.op != "output"]
+    names = [n.target for n in nodes if n.op == "placeholder"]
+    if len(names) != len(inputs):
+        raise InputError(f"inputs holds {len(inputs)} tensors but {type(module).__name__}.forward takes {len(names)} ({', '.join(names)})")
+    cat = nodes[len(names)] if len(nodes) > len(names) else None
+    placeholders = nodes[: len(names)]
+    dim = cat.kwargs.get("dim", cat.args[1] if cat is not None and len(cat.args) > 1 else 0) if cat is not None else None
+    if cat is None or cat.target is not torch.cat or list(cat.args[0]) != placeholders or dim not in (1, -1):
+        raise UnsupportedModelError(
+            f"{type(module).__name__}.forward must begin with torch.cat([{', '.join(names)}], dim=1) of its "
+            "arguments in order; from_torch(inputs=...) maps that concatenation followed by Linear and activation modules"
+        )
+    functions = {torch.tanh: nn.Tanh, torch.sigmoid: nn.Sigmoid, torch.relu: nn.ReLU}
+    layers, previous = [], cat
+    for node in nodes[len(names) + 1 :]:
+        called = functions.get(node.target) if node.op == "call_function" else None
+        if node.op == "call_module":
+            called = module.get_submodule(node.target)
+        if called is None or list(node.all_input_nodes) != [previous]:
+            raise UnsupportedModelError(
+                f"{type(module).__name__}.forward does {node.op} {node.target} after the concatenation; "
+                "from_torch(inputs=...) maps a chain of Linear and activation modules (or torch.tanh, "
+                "torch.sigmoid, torch.relu) applied one after another"
+            )
+        layers.extend(called if isinstance(called, nn.Sequential) else [called() if isinstance(called, type) else called])
+        previous = node
+    signature = {}
+    for name, x in zip(names, inputs):
+        shape = tuple(x.shape)
+        if len(shape) != 2:
+            raise InputError(f"inputs: the example for {name!r} must be (N, width); got shape {shape}")
+        signature[name] = shape[1]
+    model, theta = _torch_sequential(nn.Sequential(*layers), signature)
+    dtype = next((p.dtype for p in module.parameters()), torch.float64)
+    rng = np.random.default_rng(0)
+    probes = [torch.as_tensor(rng.normal(size=(_PROBE_ROWS, w))).to(dtype) for w in signature.values()]
+    with torch.no_grad():
+        output = module(*probes).numpy()  # in the module's dtype, which sets the tolerance
+    _check_same_output(model, theta, torch.cat(probes, dim=1).double().numpy(), output, f"{type(module).__name__}'s")
+    return model, theta
 
 
 def _torch_numpy(tensor) -> np.ndarray:
