@@ -124,6 +124,8 @@ class CompareReport:
             parts.append(f"unavailable: {name}: {why}")
         return "\n".join(parts)
 
+    __repr__ = __str__  # a notebook's text view shows the tables too
+
     def _repr_html_(self) -> str:
         parts = [f"<p><b>{html.escape(self.setup)}</b></p>", html_table(*self._run_table()),
                  f"<p><small>{html.escape(self._timing_note())}</small></p>"]

@@ -67,6 +67,11 @@ class Dense:
     def num_params(self) -> int:
         return self.in_features * self.out_features + (self.out_features if self.bias else 0)
 
+    def __repr__(self) -> str:
+        act = "" if self.activation == "identity" else f", {self.activation!r}"
+        bias = "" if self.bias else ", bias=False"
+        return f"Dense({self.in_features}, {self.out_features}{act}{bias})"
+
     def to_flux(self) -> str:
         act = "" if self.activation == "identity" else f", {self.activation}"
         bias = "" if self.bias else "; bias=false"
@@ -84,6 +89,9 @@ class Activation:
 
     num_params = 0
 
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
     def to_flux(self) -> str:
         if self.name in COLUMNWISE:
             return self.name
@@ -95,6 +103,9 @@ class Flatten:
     """Flattens each sample; inputs ``(N, ...)`` become ``(N, d)`` (row-major per sample)."""
 
     num_params = 0
+
+    def __repr__(self) -> str:
+        return "Flatten()"
 
     def to_flux(self) -> str:
         return "Flux.flatten"
