@@ -1,6 +1,6 @@
 """The public functions: validate, guard memory, dispatch to a backend, return NumPy.
 
-Conventions shared by every function (DESIGN §2–§5):
+Conventions shared by every function (the README's "Conventions" section):
 
 - ``model``: a :class:`fluxhess.Chain` (or a :class:`fluxhess.FluxModel` on the julia
   backend); ``params``: θ ``(P,)`` in Flux ``destructure`` order (``model.layout``).

@@ -1,4 +1,4 @@
-"""The JAX backend: every quantity of DESIGN §5, jit-compiled, chunked, float64 on request.
+"""The JAX backend: every quantity of the public API (:mod:`fluxhess.api`), jit-compiled, chunked, float64 on request.
 
 Per-sample functions (``f(θ, x)``, ``ℓ_n``) are written once and batched with
 ``vmap``. Results whose working memory grows with the batch or with P are built
