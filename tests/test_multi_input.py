@@ -199,3 +199,19 @@ def test_from_torch_refuses_inputs_concatenated_out_of_order():
 
     with pytest.raises(fh.UnsupportedModelError, match=r"must begin with torch.cat\(\[x, t\], dim=1\)"):
         fh.from_torch(Swapped(), inputs=(torch.randn(4, 2), torch.randn(4, 1)))
+
+
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_laplace_takes_the_tuple_and_keeps_the_signature_when_saved(subset, tmp_path):
+    model = fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 1), inputs={"x": 2, "t": 1})
+    rng = np.random.default_rng(0)
+    x, t, y = rng.normal(size=(20, 2)), rng.normal(size=20), rng.normal(size=20)
+    stacked = fh.Laplace(model, model.init(0), "regression", subset=subset, backend="jax").fit(np.column_stack([x, t]), y)
+    la = fh.Laplace(model, model.init(0), "regression", subset=subset, backend="jax").fit((x, t), y)
+    la.save(tmp_path / "la.npz")
+    loaded = fh.Laplace.load(tmp_path / "la.npz")
+    assert loaded.model == model and loaded.model.inputs == (("x", 2), ("t", 1))
+    want = stacked.predictive(np.column_stack([x, t]))
+    for got in (la.predictive((x, t)), loaded.predictive((x, t))):
+        assert_close(got.mean, want.mean, rtol=1e-12, atol=1e-14, what="predictive mean")
+        assert_close(got.variance, want.variance, rtol=1e-12, atol=1e-14, what="predictive variance")

@@ -216,7 +216,7 @@ class Laplace:
 
     def _features(self, X) -> np.ndarray:
         if self._subset.head is None:
-            return check.inputs_array(X, self.model.in_features, self.model.flattens_input, np.dtype(np.float64))
+            return check.inputs_array(X, self.model.in_features, self.model.flattens_input, np.dtype(np.float64), self.model.inputs)
         return self._subset.features(self.params, X, self.backend)
 
     def fit(self, X, y) -> "Laplace":

@@ -32,13 +32,13 @@ def _layers(model: Chain) -> list[dict]:
     return out
 
 
-def _chain(layers: list[dict]) -> Chain:
+def _chain(layers: list[dict], inputs=None) -> Chain:
     build = {
         "Dense": lambda d: Dense(d["in_features"], d["out_features"], d["activation"], d["bias"]),
         "Activation": lambda d: Activation(d["name"]),
         "Flatten": lambda d: Flatten(),
     }
-    return Chain(*[build[d["type"]](d) for d in layers])
+    return Chain(*[build[d["type"]](d) for d in layers], inputs=None if inputs is None else dict(inputs))
 
 
 def save(la, path) -> None:
@@ -46,6 +46,7 @@ def save(la, path) -> None:
     meta = dict(
         format=FORMAT,
         model=_layers(la.model),
+        inputs=la.model.inputs,
         likelihood=la.likelihood,
         curvature=la.curvature,
         structure=la.structure,
@@ -82,7 +83,7 @@ def load(cls, path):
             raise InputError(f"{path} holds format {meta.get('format')!r}; this fluxhess reads {FORMAT!r}")
         arrays = {k: data[k] for k in data.files if k != "meta"}
     la = cls(
-        _chain(meta["model"]),
+        _chain(meta["model"], meta.get("inputs")),
         arrays["params"],
         meta["likelihood"],
         curvature=meta["curvature"],

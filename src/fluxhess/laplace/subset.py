@@ -93,7 +93,7 @@ def resolve(model: Chain, subset) -> Subset:
     chosen = tuple(b for b in layout if b.name in set(names))
     first = min(b.layer for b in chosen)
     start = first if any(isinstance(l, Dense) for l in model.layers[:first]) else 0
-    head = Chain(*model.layers[:start]) if start else None
+    head = Chain(*model.layers[:start], inputs=model.inputs) if start else None
     tail = Chain(*model.layers[start:])
     tail_offset = sum(l.num_params for l in model.layers[:start])
     index = np.concatenate([np.arange(b.offset, b.offset + b.size) for b in chosen]) - tail_offset
