@@ -7,6 +7,10 @@
   modules; torch weights are already ``(out, in)``.
 - Flux source converts through ``fluxhess.flux.flux_model(source).to_spec()``.
 
+A network of several inputs (``__call__(self, x, t)`` / ``forward(self, x, t)`` that
+concatenates them along the feature axis) converts with ``inputs=(x, t)``: one example
+array per argument; the Chain then carries the input signature (``model.inputs``).
+
 Each returns ``(model, params)``: a Chain and θ ``(P,)`` float64 in Flux
 ``destructure`` order. An activation is mapped only where its formula is the
 one fluxhess computes (NNlib's): gelu is the tanh approximation, leakyrelu has
@@ -137,9 +141,11 @@ def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
     if len(names) != len(inputs):
         raise InputError(f"inputs holds {len(inputs)} tensors but {type(module).__name__}.forward takes {len(names)} ({', '.join(names)})")
     cat = nodes[len(names)] if len(nodes) > len(names) else None
-    placeholders = nodes[: len(names)]
-    dim = cat.kwargs.get("dim", cat.args[1] if cat is not None and len(cat.args) > 1 else 0) if cat is not None else None
-    if cat is None or cat.target is not torch.cat or list(cat.args[0]) != placeholders or dim not in (1, -1):
+    concatenates = (
+        cat is not None and cat.target is torch.cat and list(cat.args[0]) == nodes[: len(names)]
+        and cat.kwargs.get("dim", cat.args[1] if len(cat.args) > 1 else 0) in (1, -1)
+    )
+    if not concatenates:
         raise UnsupportedModelError(
             f"{type(module).__name__}.forward must begin with torch.cat([{', '.join(names)}], dim=1) of its "
             "arguments in order; from_torch(inputs=...) maps that concatenation followed by Linear and activation modules"
