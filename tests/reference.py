@@ -94,7 +94,7 @@ def sample_losses(loss, yhat, Y, xp=np):
 
 
 def scale(loss, agg, N, C):
-    """s, restated from DESIGN §4 (not imported from fluxhess)."""
+    """s, restated from the README's conventions (not imported from fluxhess)."""
     if agg == "sum":
         return 1.0
     return 1.0 / N if loss in ("crossentropy", "logitcrossentropy") else 1.0 / (N * C)

@@ -31,3 +31,25 @@ def test_quick_benchmark_runs_and_peers_agree_with_fluxhess(tmp_path):
     for r in compared:
         assert r["residual"] < 1e-6, f"{r['library']} {r['quantity']}: α={r['alpha']}, residual {r['residual']}"
         assert min(abs(r["alpha"] - a) for a in (0.5, 1.0)) < 1e-8, f"{r['library']} {r['quantity']}: α={r['alpha']}"
+
+
+def test_pinn_loss_benchmark_routes_compute_the_same_gradient():
+    """benchmarks/pinn_loss.py times three Laplacians inside jit(grad(loss)); they must be one quantity."""
+    import runpy
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import fluxhess as fh
+
+    bench = runpy.run_path(str(RUN.parent / "pinn_loss.py"))
+    model = fh.Chain.mlp([2, 5, 4, 1], "tanh")
+    with jax.enable_x64(True):
+        theta = jnp.asarray(model.init(1))
+        X = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(6, 2)))
+        lap = {route: np.asarray(fn(theta, X)) for route, fn in bench["routes"](model).items()}
+    assert {"fluxhess.jax", "vmap(hessian)+trace"} <= set(lap)
+    for route, value in lap.items():
+        assert value.shape == (6,)
+        np.testing.assert_allclose(value, lap["vmap(hessian)+trace"], rtol=1e-11, atol=1e-13, err_msg=route)

@@ -81,3 +81,24 @@ def test_plot_arguments_are_checked(diagnostics):
         plot.heatmap(np.zeros((4, 4)), diagnostics.layout)
     with pytest.raises(fh.InputError, match="scale"):
         plot.heatmap(np.eye(2), scale="log")
+
+
+def test_heatmap_of_2k_parameters_keeps_its_block_labels_apart(tmp_path):
+    """P = 2,163: the bias blocks (3 to 40 entries) are too thin to label; the labels drawn do not overlap."""
+    model = fh.Chain.mlp([20, 40, 30, 3], "tanh")
+    P = model.num_params
+    M = np.diag(np.linspace(1.0, 2.0, P)) + 0.01
+    fig = plot.heatmap({"ggn": M}, model.layout)
+    _save(fig, tmp_path / "heatmap_2k.png")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["L0 W", "L1 W", "L2 W"] and "3 thin blocks (biases) unlabelled" in ax.get_xlabel()
+    fig.draw_without_rendering()
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        boxes = [t.get_window_extent() for t in ticks]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), "tick labels overlap"
+
+
+def test_figures_display_as_png_in_a_notebook(diagnostics):
+    data = plot.spectra(diagnostics.eigenvalues)._repr_png_()
+    assert data.startswith(PNG) and len(data) > 10_000

@@ -11,7 +11,7 @@ structure itself.
 
 Every comparison is against something computed another way: the dense matrix
 against the matrix-free products, ``mean`` against ``s·sum`` with ``s`` restated
-from DESIGN §4, float32 against float64, a repeat against the first call.
+from the README's conventions, float32 against float64, a repeat against the first call.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def diagonal_is_diagonal_of_matrix(backend, p):
 
 
 def mean_is_s_times_sum(backend, p):
-    """Every quantity with ``agg="mean"`` is ``s`` (restated from DESIGN §4) times its ``agg="sum"`` value."""
+    """Every quantity with ``agg="mean"`` is ``s`` (restated from the README's conventions) times its ``agg="sum"`` value."""
     m, loss = p.model, p.structure.loss
     s = ref.scale(loss, "mean", p.X.shape[0], m.out_features)
     rtol = _amplified(1e-12, _margin(p, backend, 1e-8))  # s is applied at another step than in "sum"

@@ -3,6 +3,7 @@
 ``import fluxhess`` never starts Julia; the julia backend loads on first use.
 """
 
+from . import jax  # the JAX-native transforms: fluxhess.jax.laplacian(model) etc.
 from .api import (
     KronFactors,
     diagonal,

@@ -1,12 +1,16 @@
 """The public functions: validate, guard memory, dispatch to a backend, return NumPy.
 
-Conventions shared by every function (DESIGN §2–§5):
+Conventions shared by every function (the README's "Conventions" section):
 
 - ``model``: a :class:`fluxhess.Chain` (or a :class:`fluxhess.FluxModel` on the julia
   backend); ``params``: θ ``(P,)`` in Flux ``destructure`` order (``model.layout``).
-- ``X``: ``(N, d)``, one row per sample; a FluxModel also takes ``(N, a, b, …)``, which
-  reaches Flux as ``(…, b, a, N)`` (input derivatives are then with respect to each
-  sample flattened in C order, ``d = a·b·…``). ``y``: ``(N, C)``, ``(N,)`` when C == 1, or
+- ``X``: ``(N, d)``, one row per sample; for a model with an input signature
+  (``model.inputs``, e.g. ``{"x": 2, "t": 1}``) also the tuple ``(x, t)`` of
+  ``(N, width)`` arrays. Input derivatives take ``wrt=`` one or more of those names
+  and differentiate in those columns only (``d`` below is then their total width).
+  A FluxModel also takes ``(N, a, b, …)``, which reaches Flux as ``(…, b, a, N)``
+  (input derivatives are then with respect to each sample flattened in C order,
+  ``d = a·b·…``). ``y``: ``(N, C)``, ``(N,)`` when C == 1, or
   integer class labels ``(N,)`` for the (logit)crossentropies.
 - ``loss``: ``"mse"``, ``"crossentropy"``, ``"logitcrossentropy"``,
   ``"binarycrossentropy"``, ``"logitbinarycrossentropy"`` with Flux.Losses semantics.
@@ -131,7 +135,7 @@ def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend
     P = model.num_params
     theta = check.params_array(params, P, dt)
     shapes_input = hasattr(model, "with_input_shape")  # a FluxModel takes (N, a, b, ...) as it is
-    Xa = check.inputs_array(X, d, flattens or shapes_input, dt)
+    Xa = check.inputs_array(X, d, flattens or shapes_input, dt, getattr(model, "inputs", None))
     if shapes_input and np.ndim(X) > 2:
         model = model.with_input_shape(np.shape(X)[1:])
     Y = None
@@ -152,7 +156,7 @@ def model_inputs(model, X, dtype="float64") -> np.ndarray:
         a = check.inputs_array(X, None, True, check.float_dtype(dtype))
         return a.reshape(np.shape(X))
     d, _, flattens = _dims(model)
-    return check.inputs_array(X, d, flattens, check.float_dtype(dtype))
+    return check.inputs_array(X, d, flattens, check.float_dtype(dtype), getattr(model, "inputs", None))
 
 
 def _square(call: _Call, quantity: str) -> None:
@@ -335,43 +339,87 @@ def param_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.n
     return call.result(call.run("param_jacobian"))
 
 
-def input_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
-    """``∂f(x_n)/∂x`` for every sample.
+def _columns(model, wrt, d: int) -> tuple[int, ...] | None:
+    """The columns of ``X`` named by ``wrt`` (None: all ``d``)."""
+    if wrt is None:
+        return None
+    if not hasattr(model, "input_columns"):
+        raise InputError(f"wrt={wrt!r} names inputs, but a {type(model).__name__} has no input signature")
+    columns = tuple(model.input_columns(wrt))
+    return None if columns == tuple(range(d)) else columns
+
+
+def _in_columns(call: _Call, quantity: str, columns) -> np.ndarray:
+    """``quantity`` in the input ``columns``: from the backend where it selects inputs itself,
+    else its result in every input, restricted to those columns."""
+    if columns is None:
+        return call.run(quantity)
+    if getattr(call.backend, "selects_inputs", False):
+        return call.run(quantity, columns)
+    return _FROM_EVERY_COLUMN[quantity](call, list(columns))
+
+
+def _jacobian_columns(call, c):
+    return np.asarray(call.run("input_jacobian"))[:, :, c]
+
+
+def _hessian_columns(call, c):
+    return np.asarray(call.run("input_hessian"))[:, :, c][:, :, :, c]
+
+
+_FROM_EVERY_COLUMN = {
+    "input_jacobian": _jacobian_columns,
+    "input_hessian": _hessian_columns,
+    "laplacian": lambda call, c: np.trace(_hessian_columns(call, c), axis1=2, axis2=3),
+    "divergence": lambda call, c: np.trace(_jacobian_columns(call, c), axis1=1, axis2=2),
+}
+
+
+def _width(call: _Call, columns) -> int:
+    return call.X.shape[1] if columns is None else len(columns)
+
+
+def input_jacobian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
+    """``∂f(x_n)/∂x`` for every sample (``wrt``: in the named inputs only).
 
     Returns: ``(N, C, d)``.
     """
     call = _prepare("input_jacobian", model, params, X, backend=backend, dtype=dtype)
-    return call.result(call.run("input_jacobian"))
+    return call.result(_in_columns(call, "input_jacobian", _columns(model, wrt, call.X.shape[1])))
 
 
-def input_hessian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
-    """``∂²f_c(x_n)/∂x²`` for every sample and output (the PINN ``u_xx``).
+def input_hessian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
+    """``∂²f_c(x_n)/∂x²`` for every sample and output (the PINN ``u_xx``; ``wrt``: in the named inputs only).
 
     Returns: ``(N, C, d, d)``.
     """
     call = _prepare("input_hessian", model, params, X, backend=backend, dtype=dtype)
-    N, d = call.X.shape
+    columns = _columns(model, wrt, call.X.shape[1])
+    N, d = call.X.shape[0], _width(call, columns)
     C = _dims(model)[1] or 1
     memory.require("input_hessian", memory.needed_bytes("input_hessian", N * C * d * d, call.dtype.itemsize), (N, C, d, d))
-    return call.result(call.run("input_hessian"))
+    return call.result(_in_columns(call, "input_hessian", columns))
 
 
-def laplacian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
-    """``Δ_x f_c(x_n) = tr ∂²f_c/∂x²`` for every sample and output.
+def laplacian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
+    """``Δ_x f_c(x_n) = tr ∂²f_c/∂x²`` for every sample and output (``wrt``: over the named inputs only).
 
     Returns: ``(N, C)``.
     """
     call = _prepare("laplacian", model, params, X, backend=backend, dtype=dtype)
-    return call.result(call.run("laplacian"))
+    return call.result(_in_columns(call, "laplacian", _columns(model, wrt, call.X.shape[1])))
 
 
-def divergence(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
-    """``∇·f(x_n) = Σ_i ∂f_i/∂x_i`` for a model with as many outputs as inputs (C == d).
+def divergence(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
+    """``∇·f(x_n) = Σ_i ∂f_i/∂x_i`` for a model with as many outputs as inputs (C == d; with
+    ``wrt``, as many outputs as the named inputs' total width).
 
     Returns: ``(N,)``.
     """
-    d, C, _ = _dims(model)
-    if d is not None and C is not None and d != C:
-        raise InputError(f"divergence needs as many outputs as inputs (C == d); this model has C={C}, d={d}")
     call = _prepare("divergence", model, params, X, backend=backend, dtype=dtype)
-    return call.result(call.run("divergence"))
+    columns = _columns(model, wrt, call.X.shape[1])
+    d, C = _width(call, columns), _dims(model)[1]
+    if C is not None and d != C:
+        named = "" if wrt is None else f" in {wrt!r}"
+        raise InputError(f"divergence needs as many outputs as inputs (C == d); this model has C={C}, d={d}{named}")
+    return call.result(_in_columns(call, "divergence", columns))

@@ -124,6 +124,8 @@ class CompareReport:
             parts.append(f"unavailable: {name}: {why}")
         return "\n".join(parts)
 
+    __repr__ = __str__  # a notebook's text view shows the tables too
+
     def _repr_html_(self) -> str:
         parts = [f"<p><b>{html.escape(self.setup)}</b></p>", html_table(*self._run_table()),
                  f"<p><small>{html.escape(self._timing_note())}</small></p>"]
@@ -250,7 +252,8 @@ def _names(argument: str, value, choices) -> tuple[str, ...]:
 
 def _setup(model, params, X, quantities, loss, agg, dtype) -> str:
     describe = model.to_flux() if hasattr(model, "to_flux") else repr(model)
-    N = np.shape(X)[0] if np.ndim(X) else 0
+    first = X[0] if isinstance(X, tuple) and X else X  # the tuple (x, t) of a model with several inputs
+    N = np.shape(first)[0] if np.ndim(first) else 0
     uses_loss = any(QUANTITIES[q][1] for q in quantities)
     loss_part = f", loss = {loss}, agg = {agg}" if uses_loss else ""
     return f"fluxhess compare: {describe}; P = {np.size(params)}, N = {N}{loss_part}, {dtype}"

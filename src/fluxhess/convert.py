@@ -7,6 +7,10 @@
   modules; torch weights are already ``(out, in)``.
 - Flux source converts through ``fluxhess.flux.flux_model(source).to_spec()``.
 
+A network of several inputs (``__call__(self, x, t)`` / ``forward(self, x, t)`` that
+concatenates them along the feature axis) converts with ``inputs=(x, t)``: one example
+array per argument; the Chain then carries the input signature (``model.inputs``).
+
 Each returns ``(model, params)``: a Chain and θ ``(P,)`` float64 in Flux
 ``destructure`` order. An activation is mapped only where its formula is the
 one fluxhess computes (NNlib's): gelu is the tanh approximation, leakyrelu has
@@ -72,7 +76,7 @@ def _torch_activation(layer, nn) -> tuple[str | None, str | None]:
     )
 
 
-def from_torch(sequential) -> tuple[Chain, np.ndarray]:
+def from_torch(sequential, *, inputs=None) -> tuple[Chain, np.ndarray]:
     """A ``torch.nn.Sequential`` as ``(Chain, θ)`` with the same weights.
 
     Layer ``i`` of the Sequential becomes layer ``i`` of the Chain, so θ's blocks are
@@ -80,8 +84,22 @@ def from_torch(sequential) -> tuple[Chain, np.ndarray]:
     ``Linear(in, out)`` → ``Dense(in, out)`` (its ``weight`` ``(out, in)`` as is), an
     activation module → ``Activation(name)``, a leading ``Flatten()`` → ``Flatten()``.
 
+    ``inputs``: for a module whose ``forward(x, t, ...)`` concatenates several arrays along
+    the feature axis (``torch.cat([x, t], dim=1)``) and passes the result through its
+    Linear and activation modules in order, one example tensor per argument (``(N, width)``);
+    the Chain then carries the input signature ``{"x": width, "t": width}`` named after the
+    ``forward`` parameters. The module is traced with ``torch.fx``, its modules are taken in
+    the order they are called (θ's blocks are then numbered in that order), and the Chain's
+    output is checked against the module's.
+
     Returns: ``(model, params)``, params ``(P,)`` float64.
     """
+    if inputs is not None:
+        return _torch_several_inputs(sequential, inputs)
+    return _torch_sequential(sequential)
+
+
+def _torch_sequential(sequential, signature=None) -> tuple[Chain, np.ndarray]:
     import torch.nn as nn
 
     if not isinstance(sequential, nn.Sequential):
@@ -103,7 +121,63 @@ def from_torch(sequential) -> tuple[Chain, np.ndarray]:
             if name is None:
                 raise UnsupportedModelError(f"layer {i} of the Sequential ({layer!r}) cannot be mapped: {why}")
             layers.append(Activation(name))
-    return _chain(layers, arrays, "the Sequential")
+    return _chain(layers, arrays, "the Sequential", signature)
+
+
+def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
+    """``forward(x, t, ...)`` = layers applied to ``torch.cat([x, t, ...], dim=1)``, as a Chain with a signature."""
+    import torch
+    import torch.fx
+    import torch.nn as nn
+
+    if not isinstance(inputs, (tuple, list)) or not inputs:
+        raise InputError(f"inputs must be a tuple of example tensors, one per forward argument; got {type(inputs).__name__}")
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception as e:
+        raise UnsupportedModelError(f"from_torch could not trace {type(module).__name__}.forward with torch.fx: {e}") from e
+    nodes = [n for n in graph.nodes if n.op != "output"]
+    names = [n.target for n in nodes if n.op == "placeholder"]
+    if len(names) != len(inputs):
+        raise InputError(f"inputs holds {len(inputs)} tensors but {type(module).__name__}.forward takes {len(names)} ({', '.join(names)})")
+    cat = nodes[len(names)] if len(nodes) > len(names) else None
+    concatenates = (
+        cat is not None and cat.target is torch.cat and list(cat.args[0]) == nodes[: len(names)]
+        and cat.kwargs.get("dim", cat.args[1] if len(cat.args) > 1 else 0) in (1, -1)
+    )
+    if not concatenates:
+        raise UnsupportedModelError(
+            f"{type(module).__name__}.forward must begin with torch.cat([{', '.join(names)}], dim=1) of its "
+            "arguments in order; from_torch(inputs=...) maps that concatenation followed by Linear and activation modules"
+        )
+    functions = {torch.tanh: nn.Tanh, torch.sigmoid: nn.Sigmoid, torch.relu: nn.ReLU}
+    layers, previous = [], cat
+    for node in nodes[len(names) + 1 :]:
+        called = functions.get(node.target) if node.op == "call_function" else None
+        if node.op == "call_module":
+            called = module.get_submodule(node.target)
+        if called is None or list(node.all_input_nodes) != [previous]:
+            raise UnsupportedModelError(
+                f"{type(module).__name__}.forward does {node.op} {node.target} after the concatenation; "
+                "from_torch(inputs=...) maps a chain of Linear and activation modules (or torch.tanh, "
+                "torch.sigmoid, torch.relu) applied one after another"
+            )
+        layers.extend(called if isinstance(called, nn.Sequential) else [called() if isinstance(called, type) else called])
+        previous = node
+    signature = {}
+    for name, x in zip(names, inputs):
+        shape = tuple(x.shape)
+        if len(shape) != 2:
+            raise InputError(f"inputs: the example for {name!r} must be (N, width); got shape {shape}")
+        signature[name] = shape[1]
+    model, theta = _torch_sequential(nn.Sequential(*layers), signature)
+    dtype = next((p.dtype for p in module.parameters()), torch.float64)
+    rng = np.random.default_rng(0)
+    probes = [torch.as_tensor(rng.normal(size=(_PROBE_ROWS, w))).to(dtype) for w in signature.values()]
+    with torch.no_grad():
+        output = module(*probes).numpy()  # in the module's dtype, which sets the tolerance
+    _check_same_output(model, theta, torch.cat(probes, dim=1).double().numpy(), output, f"{type(module).__name__}'s")
+    return model, theta
 
 
 def _torch_numpy(tensor) -> np.ndarray:
@@ -118,7 +192,7 @@ def _torch_numpy(tensor) -> np.ndarray:
 _PROBE_ROWS = 64
 
 
-def from_flax(module, variables, *, input_shape=None) -> tuple[Chain, np.ndarray]:
+def from_flax(module, variables, *, input_shape=None, inputs=None) -> tuple[Chain, np.ndarray]:
     """A ``flax.linen`` MLP as ``(Chain, θ)`` with the same weights.
 
     The module may be any linen module whose ``__call__`` applies ``nn.Dense`` layers
@@ -132,9 +206,20 @@ def from_flax(module, variables, *, input_shape=None) -> tuple[Chain, np.ndarray
     ``variables``: what ``module.init`` returned (``{"params": ...}``).
     ``input_shape``: the shape of one sample, default ``(in,)`` of the first Dense kernel;
     a multi-dimensional shape puts ``Flatten()`` first (the module must flatten too).
+    ``inputs``: for a ``__call__(self, x, t, ...)`` of several arrays that it concatenates
+    along the feature axis, one example array per argument (``(N, width)``, or ``(N,)``
+    for width 1); the Chain then carries the input signature ``{"x": width, "t": width}``
+    named after the ``__call__`` parameters (see :class:`fluxhess.Chain`).
 
     Returns: ``(model, params)``, params ``(P,)`` float64; ``W`` is the kernel transposed.
     """
+    model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs)
+    return model, theta
+
+
+def flax_chain(module, variables, *, input_shape=None, inputs=None):
+    """:func:`from_flax`'s ``(model, params)`` and the Flax path of each Dense layer's parameters
+    (``(model layer index, path tuple)`` in Chain order)."""
     import flax.linen as nn
     import jax
 
@@ -150,23 +235,61 @@ def from_flax(module, variables, *, input_shape=None) -> tuple[Chain, np.ndarray
             f"variables must be the dict module.init returned, with a 'params' entry; got keys "
             f"{sorted(map(str, variables.keys()))}. If you hold the parameters alone, pass {{'params': params}}"
         )
+    if inputs is not None and input_shape is not None:
+        raise InputError("pass input_shape= (one input array) or inputs= (several), not both")
     with jax.enable_x64(True):
-        shape = _flax_input_shape(variables, input_shape)
-        X = np.random.default_rng(0).normal(size=(_PROBE_ROWS, *shape))
-        dense, output = _flax_dense_calls(module, variables, X, nn)
-        acts = _flax_activations(module, variables, shape, dense, nn)
-        layers, arrays = [Flatten()] if len(shape) > 1 else [], {}
-        for (_, kernel, bias, _), act in zip(dense, acts):
+        rng = np.random.default_rng(0)
+        if inputs is None:
+            shape = _flax_input_shape(variables, input_shape)
+            args, signature = [rng.normal(size=(_PROBE_ROWS, *shape))], None
+        else:
+            signature = _call_signature(module, inputs)
+            args = [rng.normal(size=(_PROBE_ROWS, *np.shape(x)[1:])) for x in inputs]
+            shape = (sum(signature.values()),)
+        dense, output = _flax_dense_calls(module, variables, args, nn)
+        acts = _flax_activations(module, variables, [np.zeros_like(a) for a in args], dense, nn)
+        layers, arrays, paths = [Flatten()] if len(shape) > 1 else [], {}, []
+        for (_, path, kernel, bias, _), act in zip(dense, acts):
             i = len(layers)
+            paths.append((i, path))
             layers.append(Dense(kernel.shape[0], kernel.shape[1], None if act in COLUMNWISE else act, bias is not None))
             arrays[f"layers.{i}.weight"] = kernel.T
             if bias is not None:
                 arrays[f"layers.{i}.bias"] = bias
             if act in COLUMNWISE:
                 layers.append(Activation(act))
-        model, theta = _chain(layers, arrays, "the Flax module")
-        _check_same_output(model, theta, X, output, "the Flax module's")
-    return model, theta
+        model, theta = _chain(layers, arrays, "the Flax module", signature)
+        _check_same_output(model, theta, _stacked(args), output, "the Flax module's")
+    return model, theta, paths
+
+
+def _stacked(args) -> np.ndarray:
+    """The probe arrays side by side, ``(rows, d)``, as the first Dense layer sees them."""
+    return np.concatenate([a.reshape(a.shape[0], -1) for a in args], axis=1)
+
+
+def _call_signature(module, inputs) -> dict[str, int]:
+    """``{parameter name: width}`` for the example ``inputs`` of ``module.__call__``."""
+    import inspect
+
+    if not isinstance(inputs, (tuple, list)) or not inputs:
+        raise InputError(f"inputs must be a tuple of example arrays, one per __call__ argument; got {type(inputs).__name__}")
+    params = [
+        p.name for p in inspect.signature(type(module).__call__).parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) < len(inputs):
+        raise InputError(
+            f"inputs holds {len(inputs)} arrays but {type(module).__name__}.__call__ takes "
+            f"{len(params)} ({', '.join(params)})"
+        )
+    signature = {}
+    for name, x in zip(params, inputs):
+        shape = np.shape(x)
+        if len(shape) not in (1, 2) or shape[0] < 1:
+            raise InputError(f"inputs: the example for {name!r} must be (N, width) or (N,); got shape {shape}")
+        signature[name] = shape[1] if len(shape) == 2 else 1
+    return signature
 
 
 def _flax_input_shape(variables, input_shape) -> tuple[int, ...]:
@@ -190,8 +313,8 @@ def _module_name(module) -> str:
     return f"{'/'.join(map(str, module.path))} ({type(module).__name__})"
 
 
-def _flax_dense_calls(module, variables, X, nn):
-    """Apply the module to ``X``; return its Dense calls ``(name, kernel, bias, input)`` and output.
+def _flax_dense_calls(module, variables, args, nn):
+    """Apply the module to ``args``; return its Dense calls ``(name, path, kernel, bias, input)`` and output.
 
     Any flax layer other than ``nn.Dense`` raises :class:`UnsupportedModelError` naming it.
     """
@@ -210,7 +333,7 @@ def _flax_dense_calls(module, variables, X, nn):
             params = m.variables["params"]
             kernel = np.asarray(params["kernel"], dtype=np.float64)
             bias = np.asarray(params["bias"], dtype=np.float64) if m.use_bias else None
-            calls.append((_module_name(m), kernel, bias, np.asarray(_dense_input(args, kwargs))))
+            calls.append((_module_name(m), tuple(m.path), kernel, bias, np.asarray(_dense_input(args, kwargs))))
         elif type(m).__module__.startswith("flax."):
             raise UnsupportedModelError(
                 f"layer {_module_name(m)} cannot be mapped: from_flax converts nn.Dense layers and the "
@@ -218,25 +341,39 @@ def _flax_dense_calls(module, variables, X, nn):
             )
         return next_fun(*args, **kwargs)
 
+    shapes = ", ".join(str(a.shape) for a in args)
     try:
         with nn.intercept_methods(record):
-            output = np.asarray(module.apply(variables, X))
+            output = np.asarray(module.apply(variables, *args))
     except UnsupportedModelError:
         raise
     except Exception as e:
         raise UnsupportedModelError(
-            f"from_flax could not apply the module to inputs of shape {X.shape} "
-            f"(pass input_shape= if one sample is not {X.shape[1:]}): {type(e).__name__}: {e}"
+            f"from_flax could not apply the module to inputs of shape {shapes}: {type(e).__name__}: {e}. "
+            f"{_hint(module, len(args))}"
         ) from e
     if not calls:
         raise UnsupportedModelError("from_flax found no nn.Dense call in the module; it converts Dense MLPs")
-    first = calls[0]
-    if first[3].shape != (X.shape[0], first[1].shape[0]) or not np.array_equal(first[3], X.reshape(X.shape[0], -1)):
+    first, X = calls[0], _stacked(args)
+    if first[4].shape != (X.shape[0], first[2].shape[0]) or not np.array_equal(first[4], X):
         raise UnsupportedModelError(
             f"the input reaches the first Dense layer {first[0]} changed (by something other "
-            "than flattening each sample); from_flax maps only Dense layers and activations"
+            "than flattening each sample or concatenating the inputs in order); from_flax maps only "
+            "Dense layers and activations"
         )
     return calls, output
+
+
+def _hint(module, given: int) -> str:
+    """What to pass when the module could not be applied to ``given`` probe arrays."""
+    import inspect
+
+    params = [p for p in inspect.signature(type(module).__call__).parameters if p != "self"]
+    if len(params) > given:
+        names = ", ".join(params)
+        return (f"{type(module).__name__}.__call__ takes ({names}): pass one example array per argument, "
+                f"inputs=({names})")
+    return "Pass input_shape= if one sample has another shape"
 
 
 def _dense_input(args, kwargs):
@@ -250,11 +387,11 @@ def _grid(rows: int, cols: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(values).reshape(rows, cols)
 
 
-def _flax_activations(module, variables, shape, dense, nn) -> list[str]:
+def _flax_activations(module, variables, args, dense, nn) -> list[str]:
     """The activation after each Dense call, identified on a grid of pre-activations."""
     from .backends.jax_model import COLUMN, ELEMENTWISE
 
-    grids = [_grid(_PROBE_ROWS, kernel.shape[1], k) for k, (_, kernel, _, _) in enumerate(dense)]
+    grids = [_grid(_PROBE_ROWS, kernel.shape[1], k) for k, (_, _, kernel, _, _) in enumerate(dense)]
     reached, k = [], iter(range(len(dense)))
 
     def substitute(next_fun, args, kwargs, context):
@@ -264,13 +401,12 @@ def _flax_activations(module, variables, shape, dense, nn) -> list[str]:
             return grids[next(k)]
         return next_fun(*args, **kwargs)
 
-    X = np.zeros((_PROBE_ROWS, *shape))
     with nn.intercept_methods(substitute):
-        output = np.asarray(module.apply(variables, X))
+        output = np.asarray(module.apply(variables, *args))
     after = reached[1:] + [output]
     candidates = {**ELEMENTWISE, **COLUMN}
     names = []
-    for (where, _, _, _), grid, seen in zip(dense, grids, after):
+    for (where, _, _, _, _), grid, seen in zip(dense, grids, after):
         match = [
             name for name, fn in candidates.items()
             if seen.shape == grid.shape and _same(np.asarray(fn(grid)), seen)
@@ -296,9 +432,9 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _chain(layers, arrays, what: str) -> tuple[Chain, np.ndarray]:
+def _chain(layers, arrays, what: str, inputs=None) -> tuple[Chain, np.ndarray]:
     try:
-        model = Chain(*layers)
+        model = Chain(*layers, inputs=inputs)
     except InputError as e:
         raise UnsupportedModelError(f"{what} cannot be written as a fluxhess.Chain: {e}") from e
     return model, np.ascontiguousarray(model.flatten(arrays), dtype=np.float64)

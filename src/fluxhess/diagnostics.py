@@ -84,6 +84,8 @@ class CurvatureDiagnostics:
         return "\n".join([text_table(*self._summary()), "", "eigenvalues, largest first:", text_table(*self._spectra()), ""]
                          + self._gaps())
 
+    __repr__ = __str__  # not a dump of three P×P matrices
+
     def _repr_html_(self) -> str:
         gaps = "".join(f"<li>{html.escape(g)}</li>" for g in self._gaps())
         return (html_table(*self._summary()) + "<p>eigenvalues, largest first:</p>" + html_table(*self._spectra())
@@ -158,6 +160,8 @@ class MemoryEstimate:
 
     def __str__(self) -> str:
         return "\n".join([self.setup, text_table(*self._table()), self._note()])
+
+    __repr__ = __str__
 
     def _repr_html_(self) -> str:
         return f"<p><b>{html.escape(self.setup)}</b></p>" + html_table(*self._table()) + f"<p>{html.escape(self._note())}</p>"

@@ -64,6 +64,11 @@ class Dense:
     def num_params(self) -> int:
         return self.in_features * self.out_features + (self.out_features if self.bias else 0)
 
+    def __repr__(self) -> str:
+        act = "" if self.activation == "identity" else f", {self.activation!r}"
+        bias = "" if self.bias else ", bias=False"
+        return f"Dense({self.in_features}, {self.out_features}{act}{bias})"
+
     def to_flux(self) -> str:
         act = "" if self.activation == "identity" else f", {self.activation}"
         bias = "" if self.bias else "; bias=false"
@@ -81,6 +86,9 @@ class Activation:
 
     num_params = 0
 
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
     def to_flux(self) -> str:
         if self.name in COLUMNWISE:
             return self.name
@@ -92,6 +100,9 @@ class Flatten:
     """Flattens each sample; inputs ``(N, ...)`` become ``(N, d)`` (row-major per sample)."""
 
     num_params = 0
+
+    def __repr__(self) -> str:
+        return "Flatten()"
 
     def to_flux(self) -> str:
         return "Flux.flatten"
@@ -162,9 +173,17 @@ class Chain:
     21
     >>> model.to_flux()
     'Chain(Dense(2 => 5, tanh), Dense(5 => 1))'
+
+    ``inputs``: the input signature of a network of several arrays that it concatenates
+    along the feature axis, ``{name: width}`` in the order of concatenation, e.g.
+    ``{"x": 2, "t": 1}``; the widths add up to the input width. Inputs ``X`` may then be
+    the tuple of those arrays, and input derivatives take ``wrt=`` one or more names.
+
+    >>> Chain(Dense(3, 1), inputs={"x": 2, "t": 1}).input_columns("t")
+    [2]
     """
 
-    def __init__(self, *layers: Layer):
+    def __init__(self, *layers: Layer, inputs=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -197,6 +216,27 @@ class Chain:
                     blocks.append(Block(f"layers.{i}.bias", i, (layer.out_features,), offset))
                     offset += blocks[-1].size
         self.layout = ParamLayout(blocks)
+        self.inputs: tuple[tuple[str, int], ...] | None = _signature(inputs, self)
+
+    def input_columns(self, wrt) -> list[int]:
+        """The columns of ``X`` ``(N, d)`` that the inputs named in ``wrt`` (a name or a list) occupy."""
+        if self.inputs is None:
+            raise InputError(
+                f"wrt={wrt!r} names inputs, but this model has one input of width {self.in_features} "
+                "and no input signature; build it with inputs={name: width, ...} (from_flax/from_torch "
+                "do with inputs=(x, t))"
+            )
+        names = [wrt] if isinstance(wrt, str) else list(wrt) if isinstance(wrt, (list, tuple)) else None
+        known = dict(self.inputs)
+        if not names or any(not isinstance(n, str) or n not in known for n in names) or len(set(names)) < len(names):
+            raise UnknownNameError(
+                f"wrt must be one or more distinct input names of {', '.join(known)}; got {wrt!r}"
+            )
+        start, offsets = 0, {}
+        for name, width in self.inputs:
+            offsets[name] = range(start, start + width)
+            start += width
+        return [c for n in names for c in offsets[n]]
 
     @classmethod
     def mlp(cls, widths: Sequence[int], activation: str = "tanh", output: str | None = None, bias: bool = True):
@@ -227,7 +267,7 @@ class Chain:
 
     def split(self, start: int) -> tuple["Chain | None", "Chain"]:
         """``(layers before start or None, layers from start on)``, each a Chain."""
-        return (Chain(*self.layers[:start]) if start else None), Chain(*self.layers[start:])
+        return (Chain(*self.layers[:start], inputs=self.inputs) if start else None), Chain(*self.layers[start:])
 
     @property
     def in_features(self) -> int:
@@ -289,13 +329,32 @@ class Chain:
         return "Chain(" + ", ".join(layer.to_flux() for layer in self.layers) + ")"
 
     def __repr__(self) -> str:
-        return "Chain(" + ", ".join(map(repr, self.layers)) + ")"
+        inputs = "" if self.inputs is None else f", inputs={dict(self.inputs)!r}"
+        return "Chain(" + ", ".join(map(repr, self.layers)) + inputs + ")"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Chain) and self.layers == other.layers
+        return isinstance(other, Chain) and (self.layers, self.inputs) == (other.layers, other.inputs)
 
     def __hash__(self) -> int:
-        return hash(self.layers)
+        return hash((self.layers, self.inputs))
+
+
+def _signature(inputs, chain: Chain) -> tuple[tuple[str, int], ...] | None:
+    """``inputs`` (``{name: width}`` or ``[(name, width), ...]``) as a tuple of pairs, checked."""
+    if inputs is None:
+        return None
+    try:
+        pairs = tuple((name, _check_width(f"input {name!r} width", width)) for name, width in dict(inputs).items())
+    except (TypeError, ValueError):
+        raise InputError(f"inputs must map input names to widths, e.g. {{'x': 2, 't': 1}}; got {inputs!r}") from None
+    if not pairs or any(not isinstance(name, str) or not name.isidentifier() for name, _ in pairs):
+        raise InputError(f"inputs must map input names (identifiers) to widths, e.g. {{'x': 2, 't': 1}}; got {inputs!r}")
+    if chain.flattens_input or sum(w for _, w in pairs) != chain.in_features:
+        raise InputError(
+            f"the widths of inputs {dict(pairs)} must add up to the model's input width {chain.in_features} "
+            "(and the model must not start with Flatten)"
+        )
+    return pairs
 
 
 def _float_dtype(dtype) -> np.dtype:

@@ -4,10 +4,14 @@ matplotlib is an optional dependency (``pip install "fluxhess[plot]"``), importe
 only when a plot is asked for. Every function builds a fresh
 ``matplotlib.figure.Figure`` (no pyplot state, so nothing is drawn twice in a
 notebook) and returns it: ``fig.savefig("h.png")``, or let the notebook show it.
+The figure renders itself as PNG (``_repr_png_``), so a Jupyter kernel displays it
+without ``%matplotlib inline``.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,12 +24,28 @@ TITLES = {"hessian": "Hessian", "ggn": "GGN", "empirical_fisher": "empirical Fis
 
 def _figure(**kw):
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         raise FluxHessError(
             'plots need matplotlib, which is not installed; install it with pip install "fluxhess[plot]"'
         ) from None
-    return Figure(**kw)
+    return _notebook_figure()(**kw)
+
+
+@functools.cache
+def _notebook_figure():
+    """A ``matplotlib.figure.Figure`` that IPython displays as a PNG image."""
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        """A matplotlib Figure that a notebook shows as an image, with or without ``%matplotlib inline``."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", bbox_inches="tight")
+            return buffer.getvalue()
+
+    return NotebookFigure
 
 
 def _named(matrices, what: str) -> dict[str, np.ndarray]:
@@ -80,16 +100,24 @@ def heatmap(matrices, layout=None, *, scale: str = "symlog", title: str | None =
     return fig
 
 
+#: A block is labelled when it spans at least this fraction of θ: at ~2k parameters the
+#: biases (a few entries each) would otherwise print their labels over one another.
+LABELLED_FRACTION = 0.03
+
+
 def _mark_blocks(ax, layout) -> None:
     edges = [b.offset for b in layout][1:]
     for e in edges:
         ax.axhline(e - 0.5, color="black", lw=0.7)
         ax.axvline(e - 0.5, color="black", lw=0.7)
-    centres = [b.offset + (b.size - 1) / 2 for b in layout]
-    labels = [b.name.replace("layers.", "L").replace(".weight", " W").replace(".bias", " b") for b in layout]
+    wide = [b for b in layout if b.size >= LABELLED_FRACTION * layout.num_params] or list(layout)
+    centres = [b.offset + (b.size - 1) / 2 for b in wide]
+    labels = [b.name.replace("layers.", "L").replace(".weight", " W").replace(".bias", " b") for b in wide]
     ax.set_xticks(centres, labels, rotation=90, fontsize=8)
     ax.set_yticks(centres, labels, fontsize=8)
     ax.tick_params(length=0)
+    if len(wide) < len(layout):
+        ax.set_xlabel(f"{len(layout) - len(wide)} thin blocks (biases) unlabelled", fontsize=7)
 
 
 def spectra(eigenvalues, *, title: str | None = None):

@@ -27,6 +27,24 @@ class MapFit(NamedTuple):
     converged: bool
     message: str
 
+    def _lines(self) -> list[str]:
+        state = "converged" if self.converged else "did not converge"
+        return [
+            f"MapFit: {state} after {self.iterations} L-BFGS iterations ({self.message})",
+            f"objective Σ ℓ_n + ½ θᵀ diag(λ) θ = {self.objective:.6g}",
+            f"‖∇‖_∞ = {self.gradient_norm:.3g}",
+            f"params: θ_MAP of shape {self.params.shape}",
+        ]
+
+    def __repr__(self) -> str:
+        return "\n".join(self._lines())
+
+    def _repr_html_(self) -> str:
+        import html
+
+        head, *rest = self._lines()
+        return f"<p><b>{html.escape(head)}</b></p><ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in rest) + "</ul>"
+
 
 def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, max_iter: int, gtol: float, desc: str):
     """Minimise ``fun(x) -> (value, gradient)`` from ``x0`` with L-BFGS; a progress bar on a terminal.
@@ -34,9 +52,10 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
     Returns SciPy's ``OptimizeResult``.
     """
     import scipy.optimize
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=max_iter, desc=desc, unit="it", leave=False, disable=None)
+    from .progress import bar_class
+
+    bar = bar_class()(total=max_iter, desc=desc, unit="it", leave=False, disable=None)
     try:
         result = scipy.optimize.minimize(
             fun,

@@ -68,8 +68,36 @@ def params_array(params, num_params: int, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def inputs_array(X, in_features: int | None, flattens: bool, dtype: np.dtype) -> np.ndarray:
-    """``X`` as ``(N, d)``: rows are samples; ``(N, ...)`` only when the model starts with Flatten."""
+def stacked_inputs(X, signature) -> np.ndarray:
+    """The tuple ``X = (x, t, ...)`` of a model with input signature ``((name, width), ...)``
+    as the matrix ``(N, d)`` its network sees: the arrays side by side in signature order.
+    Each array is ``(N, width)``, or ``(N,)`` for an input of width 1.
+    """
+    if signature is None:
+        raise InputError(
+            f"X is a tuple of {len(X)} arrays, but this model takes one input array (N, d) and has no "
+            "input signature; convert it with inputs=(x, t, ...) or pass the stacked matrix"
+        )
+    if len(X) != len(signature):
+        names = ", ".join(n for n, _ in signature)
+        raise InputError(f"X must be a tuple of {len(signature)} arrays ({names}); got {len(X)}")
+    parts = []
+    for (name, width), x in zip(signature, X):
+        a = _numeric(f"input {name!r}", x)
+        if a.ndim == 1 and width == 1:
+            a = a[:, None]
+        rows = parts[0].shape[0] if parts else None
+        if a.ndim != 2 or a.shape[1] != width or (rows is not None and a.shape[0] != rows):
+            raise InputError(f"input {name!r} must have shape ({rows or 'N'}, {width}); got {a.shape}")
+        parts.append(a)
+    return np.concatenate(parts, axis=1)
+
+
+def inputs_array(X, in_features: int | None, flattens: bool, dtype: np.dtype, signature=None) -> np.ndarray:
+    """``X`` as ``(N, d)``: rows are samples; ``(N, ...)`` only when the model starts with Flatten;
+    a tuple of arrays for a model with an input ``signature`` (:func:`stacked_inputs`)."""
+    if isinstance(X, tuple):
+        X = stacked_inputs(X, signature)
     a = _numeric("X", X)
     if a.ndim == 0 or a.shape[0] == 0:
         raise InputError(f"X must hold at least one sample, shape (N, d) with N >= 1; got {a.shape}")

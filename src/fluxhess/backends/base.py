@@ -14,7 +14,7 @@ arguments before a backend sees them, so every backend method may rely on:
 - ``V`` (``hvp`` only): ``(P, k)``, always two-dimensional.
 
 Each method returns NumPy arrays (any float dtype; the API casts and copies) with
-the shapes of DESIGN §5.
+the shapes of the public functions in :mod:`fluxhess.api`.
 """
 
 from __future__ import annotations

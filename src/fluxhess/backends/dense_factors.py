@@ -1,6 +1,6 @@
 """Per-sample factors of the curvature of a Dense chain (JAX), for :mod:`.dense_curvature`.
 
-Notation (shared/notes/dense-curvature-structure.md), for one sample and Dense
+Notation, for one sample and Dense
 layers ``l = 0 … L-1``: ``a_l`` is the input of layer ``l`` (``ā_l = [a_l; 1]`` when it
 has a bias), ``z_l = W_l a_l + b_l`` its pre-activation, ``a_{l+1} = φ_l(z_l)`` with
 ``φ_l`` the layer's activation followed by the elementwise activation layers up to the

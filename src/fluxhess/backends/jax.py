@@ -1,4 +1,4 @@
-"""The JAX backend: every quantity of DESIGN §5, jit-compiled, chunked, float64 on request.
+"""The JAX backend: every quantity of the public API (:mod:`fluxhess.api`), jit-compiled, chunked, float64 on request.
 
 Per-sample functions (``f(θ, x)``, ``ℓ_n``) are written once and batched with
 ``vmap``. Results whose working memory grows with the batch or with P are built
@@ -19,16 +19,16 @@ import numpy as np
 
 from .. import losses as L
 from ..memory import chunk_size
-from ..model import COLUMNWISE, Activation, Chain, Dense
+from ..model import Chain, Dense
 from ..progress import chunks
-from . import dense_curvature, dense_factors
-from .jax_model import COLUMN, ELEMENTWISE, dense_weights, elementwise_derivatives, run
+from . import dense_curvature, dense_factors, jax_inputs
+from .jax_model import COLUMN, ELEMENTWISE, run
 
 __all__ = ["COLUMN", "ELEMENTWISE", "JaxBackend"]
 
 @functools.lru_cache(maxsize=None)
-def _compiled(model: Chain, loss: str | None, name: str):
-    """The jitted function ``name`` for this model (and loss); built once per key."""
+def _compiled(model: Chain, loss: str | None, name: str, columns: tuple[int, ...] | None = None):
+    """The jitted function ``name`` for this model (and loss, and input ``columns``); built once per key."""
     f = functools.partial(run, model)  # f(θ, x) for one sample or a batch
 
     def sample_loss(theta, x, y):
@@ -114,21 +114,6 @@ def _compiled(model: Chain, loss: str | None, name: str):
         A, G = jax.vmap(per_sample)(X, Y)
         return [a.sum(0) / N for a in A], [s * g.sum(0) for g in G]
 
-    def input_jac(theta, X):  # (N, C, d)
-        jac = jax.jacfwd if X.shape[1] <= model.out_features else jax.jacrev
-        return jax.vmap(jac(f, argnums=1), (None, 0))(theta, X)
-
-    def input_hess(theta, X):  # (N, C, d, d)
-        return jax.vmap(jax.hessian(f, argnums=1), (None, 0))(theta, X)
-
-    def laplacian_fn(theta, X):  # (N, C)
-        if _forward_laplacian_applies(model):
-            return _forward_laplacian(model, theta, X)
-        return jnp.trace(input_hess(theta, X), axis1=2, axis2=3)
-
-    def divergence_fn(theta, X):  # (N,)
-        return jnp.trace(input_jac(theta, X), axis1=1, axis2=2)
-
     table = {
         "forward": lambda theta, X: f(theta, X),
         "loss": total,
@@ -146,52 +131,12 @@ def _compiled(model: Chain, loss: str | None, name: str):
         "kron_ggn": functools.partial(kron_chunk, kind="ggn"),
         "kron_ef": functools.partial(kron_chunk, kind="ef"),
         "param_jacobian": param_jac,
-        "input_jacobian": input_jac,
-        "input_hessian": input_hess,
-        "laplacian": laplacian_fn,
-        "divergence": divergence_fn,
+        "input_jacobian": functools.partial(jax_inputs.input_jacobian, model, columns=columns),
+        "input_hessian": functools.partial(jax_inputs.input_hessian, model, columns=columns),
+        "laplacian": functools.partial(jax_inputs.laplacian, model, columns=columns),
+        "divergence": functools.partial(jax_inputs.divergence, model, columns=columns),
     }
     return jax.jit(table[name])
-
-
-# ---------------------------------------------------------------------------
-# Forward Laplacian: propagate (value, ∂/∂x, Δ) through Dense + elementwise layers.
-# ---------------------------------------------------------------------------
-
-
-def _forward_laplacian_applies(model: Chain) -> bool:
-    return not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
-
-
-def _forward_laplacian(model: Chain, theta, X):
-    """Δ_x f(x_n) for every sample and output, without forming d×d Hessians.
-
-    With a ``(N, w)``, J = ∂a/∂x stored as ``(N, d, w)`` (so that a Dense layer is one GEMM,
-    ``J ↦ J Wᵀ``) and lap = Δa ``(N, w)``: a Dense layer maps them linearly (lap ↦ lap Wᵀ);
-    an elementwise σ gives J ↦ σ'(z) J and lap ↦ σ'(z) lap + σ''(z) Σ_i J[:, i, :]².
-    Before the first Dense layer J is the identity, which is never materialised.
-    """
-    a, J, lap, offset = X, None, None, 0
-
-    def through(sigma, z, Jz, lapz):
-        value, d1, d2 = elementwise_derivatives(sigma, z)
-        if Jz is None:  # J = I before the first Dense layer: Σ_i J[:, i, k]² = 1
-            Jz, squares = jnp.eye(z.shape[-1], dtype=z.dtype), 1.0
-        else:
-            squares = jnp.sum(Jz**2, axis=1)
-        lap = d2 * squares if lapz is None else d1 * lapz + d2 * squares
-        return value, d1[:, None, :] * Jz, lap
-
-    for layer in model.layers:
-        if isinstance(layer, Dense):
-            w_t, b = dense_weights(layer, theta, offset)
-            offset += layer.num_params
-            z = a @ w_t + (b if b is not None else 0.0)
-            Jz = jnp.broadcast_to(w_t, (X.shape[0],) + w_t.shape) if J is None else J @ w_t
-            a, J, lap = through(ELEMENTWISE[layer.activation], z, Jz, None if lap is None else lap @ w_t)
-        elif isinstance(layer, Activation):
-            a, J, lap = through(ELEMENTWISE[layer.name], a, J, lap)
-    return lap
 
 
 # ---------------------------------------------------------------------------
@@ -222,6 +167,8 @@ class JaxBackend:
     """
 
     name = "jax"
+    #: The input derivatives take ``columns`` (differentiate in some inputs only).
+    selects_inputs = True
 
     def __init__(self, structured: bool = True):
         self.structured = structured
@@ -353,22 +300,24 @@ class JaxBackend:
     def param_jacobian(self, model, params, X):
         return self._per_sample_blocks(model, params, X, "param_jacobian", model.out_features * params.shape[0])
 
-    def input_jacobian(self, model, params, X):
-        return self._per_sample_blocks(model, params, X, "input_jacobian", model.out_features * X.shape[1])
+    # ``columns``: the input columns to differentiate in (None: all of them), see jax_inputs.
+    def input_jacobian(self, model, params, X, columns=None):
+        k = X.shape[1] if columns is None else len(columns)
+        return self._per_sample_blocks(model, params, X, "input_jacobian", model.out_features * k, columns=columns)
 
-    def input_hessian(self, model, params, X):
-        d = X.shape[1]
-        return self._per_sample_blocks(model, params, X, "input_hessian", model.out_features * d * d)
+    def input_hessian(self, model, params, X, columns=None):
+        k = X.shape[1] if columns is None else len(columns)
+        return self._per_sample_blocks(model, params, X, "input_hessian", model.out_features * k * k, columns=columns)
 
-    def laplacian(self, model, params, X):
+    def laplacian(self, model, params, X, columns=None):
         floats = _widest(model) * (X.shape[1] + 2)  # the forward Laplacian's (J, Δ) per sample
         cached = LAPLACIAN_CHUNK_BYTES if jax.default_backend() == "cpu" else None
-        return self._per_sample_blocks(model, params, X, "laplacian", floats, cached)
+        return self._per_sample_blocks(model, params, X, "laplacian", floats, cached, columns=columns)
 
-    def divergence(self, model, params, X):
-        return self._per_sample_blocks(model, params, X, "divergence", model.out_features * X.shape[1])
+    def divergence(self, model, params, X, columns=None):
+        return self._per_sample_blocks(model, params, X, "divergence", model.out_features * X.shape[1], columns=columns)
 
-    def _per_sample_blocks(self, model, params, X, name, floats_per_sample, budget=None):
+    def _per_sample_blocks(self, model, params, X, name, floats_per_sample, budget=None, columns=None):
         """``name`` on chunks of samples: ``4·8·floats_per_sample`` bytes each within CHUNK_BYTES,
         or ``itemsize·floats_per_sample`` bytes each within ``budget``."""
         N = X.shape[0]
@@ -376,7 +325,7 @@ class JaxBackend:
             n = chunk_size(4 * 8 * floats_per_sample, N)
         else:
             n = chunk_size(X.dtype.itemsize * floats_per_sample, N, budget)
-        fn = _compiled(model, None, name)
+        fn = _compiled(model, None, name, columns)
         with _precision(params):
             return np.concatenate([_np(fn(params, X[sl])) for sl in chunks(N, n, name)])
 

@@ -45,6 +45,30 @@ class Predictive:
     def function_variance(self) -> np.ndarray:
         return np.ascontiguousarray(np.diagonal(self.function_covariance, axis1=1, axis2=2))
 
+    def _table(self):
+        """Each field's shape and the range and mean of its entries."""
+        fields = {"mean": self.mean, "variance": self.variance, "function_mean": self.function_mean,
+                  "function_variance": self.function_variance, "function_covariance": self.function_covariance}
+        head = ["field", "shape", "min", "mean", "max"]
+        rows = [[name, str(a.shape), f"{a.min():.4g}", f"{a.mean():.4g}", f"{a.max():.4g}"] for name, a in fields.items()]
+        return head, rows
+
+    def _title(self) -> str:
+        N, C = self.mean.shape
+        return f"Predictive at {N} inputs, {C} output{'s' if C > 1 else ''}"
+
+    def __repr__(self) -> str:
+        from ..compare import text_table
+
+        return f"{self._title()}\n{text_table(*self._table())}"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from ..compare import html_table
+
+        return f"<p><b>{html.escape(self._title())}</b></p>{html_table(*self._table())}"
+
 
 def _softmax(f: np.ndarray) -> np.ndarray:
     e = np.exp(f - f.max(axis=-1, keepdims=True))

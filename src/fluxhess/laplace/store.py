@@ -35,7 +35,7 @@ def _layers(model) -> list[dict] | dict:
     return out
 
 
-def _chain(layers: list[dict] | dict):
+def _chain(layers: list[dict] | dict, inputs=None):
     if isinstance(layers, dict):
         return FluxModel(**layers["flux"])
     build = {
@@ -43,7 +43,7 @@ def _chain(layers: list[dict] | dict):
         "Activation": lambda d: Activation(d["name"]),
         "Flatten": lambda d: Flatten(),
     }
-    return Chain(*[build[d["type"]](d) for d in layers])
+    return Chain(*[build[d["type"]](d) for d in layers], inputs=None if inputs is None else dict(inputs))
 
 
 def save(la, path) -> None:
@@ -51,6 +51,7 @@ def save(la, path) -> None:
     meta = dict(
         format=FORMAT,
         model=_layers(la.model),
+        inputs=getattr(la.model, "inputs", None),
         likelihood=la.likelihood,
         curvature=la.curvature,
         structure=la.structure,
@@ -88,7 +89,7 @@ def load(cls, path):
             raise InputError(f"{path} holds format {meta.get('format')!r}; this fluxhess reads {FORMAT!r}")
         arrays = {k: data[k] for k in data.files if k != "meta"}
     la = cls(
-        _chain(meta["model"]),
+        _chain(meta["model"], meta.get("inputs")),
         arrays["params"],
         meta["likelihood"],
         curvature=meta["curvature"],
