@@ -116,7 +116,7 @@ def test_declared_packages_are_the_ones_the_module_loads():
 
 
 def test_compat_admits_current_releases():
-    """julia-facts §1: Flux 0.16.11, Zygote 0.7.12, ForwardDiff 1.4.5; juliacall needs Julia ^1.10.3."""
+    """Flux 0.16.11, Zygote 0.7.12, ForwardDiff 1.4.5; juliacall needs Julia ^1.10.3."""
     from juliapkg.compat import Compat, Version
 
     compat = _project_toml()["compat"]
@@ -127,7 +127,7 @@ def test_compat_admits_current_releases():
     assert "PythonCall" not in _project_toml()["deps"]  # juliacall pins it; we never do
 
 
-UUIDS = {  # julia-facts §1.1
+UUIDS = {  # the General registry's UUIDs
     "Flux": "587475ba-b771-5e3f-ad9e-33799f191a9c",
     "Zygote": "e88e6eb3-aa80-5325-afca-941959d7151f",
     "ForwardDiff": "f6369f11-7733-5829-9624-2563aa707210",
@@ -218,7 +218,7 @@ def wheel(tmp_path_factory):
 def test_wheel_carries_the_julia_package_and_juliapkg_json(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-        assert "fluxhess/juliapkg.json" in names  # where juliapkg looks (julia-facts §6.2)
+        assert "fluxhess/juliapkg.json" in names  # where juliapkg looks: juliapkg.json beside the package
         assert json.loads(z.read("fluxhess/juliapkg.json")) == _juliapkg_json()
         for path in [ROOT / "julia" / "Project.toml", *PACKAGE_FILES]:
             name = "fluxhess/" + path.relative_to(ROOT).as_posix()

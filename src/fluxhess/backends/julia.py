@@ -114,7 +114,7 @@ def _manifest_has(project: str, package: str) -> bool:
 def find_runtime() -> tuple[str | None, str]:
     """``(where Julia was found, how)`` or ``(None, why not)``, without starting or downloading.
 
-    Follows juliacall/juliapkg's own search order (julia-facts §6.4–6.6).
+    Follows juliacall/juliapkg's own search order (juliapkg's ``find_julia`` and ``executable``).
     """
     exe = os.environ.get("PYTHON_JULIACALL_EXE")
     if exe:
@@ -176,7 +176,7 @@ def _shapes(params, X, Y=None, V=None) -> str:
 
 def _to_numpy(value) -> np.ndarray:
     """An owned, C-ordered NumPy copy of a Julia array (or of anything array-like)."""
-    to_numpy = getattr(value, "to_numpy", None)  # juliacall.ArrayValue (julia-facts §6.10)
+    to_numpy = getattr(value, "to_numpy", None)  # juliacall.ArrayValue: a copy owned by NumPy
     if to_numpy is not None:
         return to_numpy(order="C")  # one copy, C-ordered, owned by NumPy
     return np.array(value, order="C", copy=True)
@@ -204,7 +204,7 @@ _ONLINE = False  # set by setup_julia(): later starts in this process may instal
 
 
 def _import_juliacall():
-    """``import juliacall``, offline unless the user chose otherwise (julia-facts §6.4–6.5)."""
+    """``import juliacall``, offline unless the user chose otherwise (``juliapkg.offline``, ``PYTHON_JULIAPKG_OFFLINE``)."""
     if "juliacall" not in sys.modules and not _ONLINE and "PYTHON_JULIAPKG_OFFLINE" not in os.environ:
         import juliapkg
 
@@ -271,7 +271,7 @@ class JuliaBackend:
             raise JuliaUnavailableError(f"backend 'julia' is unavailable: {reason}")
         try:
             juliacall = _import_juliacall()
-        except Exception as e:  # juliacall raises plain Exceptions (julia-facts §6.5)
+        except Exception as e:  # juliacall raises plain Exceptions when Julia cannot start
             self._failure = f"Julia was found but did not start: {julia_message(e)}. {_HOW_TO_FIX}"
             raise JuliaUnavailableError(f"backend 'julia' is unavailable: {self._failure}") from e
         path = package_path()
