@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import validate as check
 from .errors import InputError, UnknownNameError
 
 #: Elementwise activations by their Flux/NNlib name (formulas in backends/jax.py).
@@ -35,12 +36,6 @@ def _check_activation(name) -> str:
     return name
 
 
-def _check_width(what: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{what} must be a positive integer; got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Dense:
     """``Dense(in, out, activation=None, bias=True)``: ``σ.(W x .+ b)``, ``W`` ``(out, in)``."""
@@ -51,8 +46,8 @@ class Dense:
     bias: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "in_features", _check_width("Dense in", self.in_features))
-        object.__setattr__(self, "out_features", _check_width("Dense out", self.out_features))
+        object.__setattr__(self, "in_features", check.positive_int("Dense in", self.in_features))
+        object.__setattr__(self, "out_features", check.positive_int("Dense out", self.out_features))
         act = _check_activation(self.activation)
         if act in COLUMNWISE:
             raise InputError(
@@ -208,6 +203,8 @@ class Chain:
         Hidden Dense layers use ``activation``; the last Dense layer is linear, followed
         by ``Activation(output)`` when ``output`` is given (e.g. ``"softmax"``).
         """
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+            raise InputError(f"mlp widths must be a list of layer widths [in, h1, ..., out]; got {widths!r:.80}")
         widths = list(widths)
         if len(widths) < 2:
             raise InputError(f"mlp widths need at least [in, out]; got {widths}")
@@ -245,14 +242,15 @@ class Chain:
         Weights are uniform on ``±sqrt(6 / (in + out))``; the random stream is NumPy's,
         not Julia's, so the numbers differ from a Julia ``Dense`` (the distribution does not).
         """
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check.seed("seed", seed))
+        dtype = check.float_dtype(dtype)
         theta = np.zeros(self.num_params, dtype=np.float64)
         for block in self.layout:
             if block.name.endswith(".weight"):
                 out, inp = block.shape
                 limit = math.sqrt(6.0 / (inp + out))
                 theta[block.slice] = rng.uniform(-limit, limit, size=block.size)
-        return theta.astype(_float_dtype(dtype))
+        return theta.astype(dtype)
 
     def unflatten(self, params) -> dict[str, np.ndarray]:
         """Split θ ``(P,)`` into ``{block name: array}``; weights ``(out, in)``."""
@@ -291,10 +289,3 @@ class Chain:
     def __hash__(self) -> int:
         return hash(self.layers)
 
-
-def _float_dtype(dtype) -> np.dtype:
-    if dtype in ("float64", np.float64):
-        return np.dtype(np.float64)
-    if dtype in ("float32", np.float32):
-        return np.dtype(np.float32)
-    raise UnknownNameError(f"dtype must be 'float64' or 'float32'; got {dtype!r}")

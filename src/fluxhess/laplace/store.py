@@ -72,15 +72,50 @@ def save(la, path) -> None:
 
 
 def load(cls, path):
-    """The Laplace approximation saved at ``path``, fitted state included."""
-    with np.load(Path(path), allow_pickle=False) as data:
+    """The Laplace approximation saved at ``path``, fitted state included.
+
+    A file that is not one :func:`save` wrote (another ``.npy``/``.npz``, text, an entry
+    missing or malformed) raises :class:`~fluxhess.InputError` saying so.
+    """
+    meta, arrays = _read(path)
+    try:
+        return _restore(cls, meta, arrays)
+    except KeyError as e:
+        raise _not_saved(path, f"its entry {e} is missing") from None
+    except (TypeError, ValueError, IndexError) as e:  # InputError included: an entry that is malformed
+        raise _not_saved(path, f"{type(e).__name__}: {e}") from None
+
+
+def _not_saved(path, why: str) -> InputError:
+    return InputError(f"path {str(path)!r} is not a saved fluxhess Laplace approximation ({why})")
+
+
+def _read(path) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of a file :func:`save` wrote; an InputError for anything else."""
+    try:
+        data = np.load(Path(path), allow_pickle=False)
+    except OSError as e:
+        raise _not_saved(path, f"{type(e).__name__}: {e}") from None
+    except (ValueError, EOFError):
+        raise _not_saved(path, "it is not a NumPy .npz archive") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise _not_saved(path, f"it holds a single array of shape {np.shape(data)}, not an .npz archive")
+    with data:
         try:
             meta = json.loads(str(data["meta"]))
         except (KeyError, ValueError):
-            raise InputError(f"{path} is not a saved fluxhess Laplace approximation (no readable 'meta' entry)") from None
-        if meta.get("format") != FORMAT:
-            raise InputError(f"{path} holds format {meta.get('format')!r}; this fluxhess reads {FORMAT!r}")
-        arrays = {k: data[k] for k in data.files if k != "meta"}
+            raise _not_saved(path, "no readable 'meta' entry") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise InputError(f"{path} holds format {found!r}; this fluxhess reads {FORMAT!r}")
+        try:
+            arrays = {k: data[k] for k in data.files if k != "meta"}
+        except ValueError as e:  # an entry holding pickled objects
+            raise _not_saved(path, str(e)) from None
+    return meta, arrays
+
+
+def _restore(cls, meta: dict, arrays: dict):
     la = cls(
         _chain(meta["model"]),
         arrays["params"],
