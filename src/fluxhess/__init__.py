@@ -27,7 +27,9 @@ from .diagnostics import CurvatureDiagnostics, MemoryEstimate, curvature_diagnos
 from .errors import (
     BackendError,
     BackendUnavailableError,
+    ConvergenceWarning,
     FluxHessError,
+    FluxHessWarning,
     InputError,
     JuliaUnavailableError,
     MemoryBudgetError,
@@ -101,5 +103,7 @@ __all__ = [
     "MemoryBudgetError",
     "NotFittedError",
     "NumericalWarning",
+    "FluxHessWarning",
+    "ConvergenceWarning",
     "BackendError",
 ]

@@ -108,7 +108,7 @@ def _dims(model) -> tuple[int | None, int | None, bool]:
     )
 
 
-def _check_model(model) -> None:
+def check_model(model) -> None:
     # The class is checked, not the instance: FluxModel.num_params starts Julia, so it is
     # read only once a backend has accepted the model.
     if not hasattr(type(model), "num_params"):
@@ -124,7 +124,7 @@ _NO_LOSS = object()
 
 def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> _Call:
     dt = check.float_dtype(dtype)
-    _check_model(model)
+    check_model(model)
     takes_loss = loss is not _NO_LOSS
     if takes_loss:
         L.check_loss(loss)

@@ -8,11 +8,12 @@ argument, what was expected and what arrived. Nothing is silently broadcast.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from . import losses as L
-from .errors import InputError, UnknownNameError
+from .errors import FluxHessWarning, InputError, UnknownNameError
 
 #: The float dtypes a result may have, by name.
 FLOAT_DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
@@ -196,7 +197,13 @@ def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype)
 
 
 def check_probabilities(argument: str, yhat: np.ndarray, loss: str) -> None:
-    """``crossentropy`` needs model outputs that are probabilities (a softmax/sigmoid output)."""
+    """The probability losses need model outputs in [0, 1], where Flux's ``log(ŷ + ϵ)`` terms
+    are defined (a softmax/sigmoid output): anything outside is an InputError.
+
+    ``crossentropy`` on rows that do not sum to 1 (independent sigmoids, C ≥ 2) is what Flux
+    computes too, so it is computed, with one :class:`~fluxhess.FluxHessWarning` per call
+    saying that it is unusual and what the usual choice is.
+    """
     tol = 1e-6 if yhat.dtype == np.float64 else 1e-4
     if yhat.min() < -tol or yhat.max() > 1 + tol:
         raise InputError(
@@ -208,10 +215,13 @@ def check_probabilities(argument: str, yhat: np.ndarray, loss: str) -> None:
         sums = yhat.sum(axis=1)
         worst = int(np.argmax(np.abs(sums - 1)))
         if abs(sums[worst] - 1) > math.sqrt(tol):
-            raise InputError(
-                f"loss='crossentropy' expects each row of the model output to sum to 1; "
-                f"row {worst} sums to {sums[worst]:.6g}. End the Chain with Activation('softmax'), "
-                "or use loss='logitcrossentropy' on raw outputs"
+            warnings.warn(
+                f"loss='crossentropy' on model outputs whose rows do not sum to 1 (row {worst} sums to "
+                f"{sums[worst]:.6g}): computed as Flux does, -Σ y·log(ŷ + ϵ), but unusual. The usual choice "
+                "is Activation('softmax') at the end of the Chain (or loss='logitcrossentropy' on raw "
+                "outputs); for independent sigmoid outputs, loss='binarycrossentropy'",
+                FluxHessWarning,
+                stacklevel=4,
             )
 
 
