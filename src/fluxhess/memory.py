@@ -46,9 +46,10 @@ def _machine_available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def cgroup_free_bytes(root: Path = CGROUP_ROOT) -> int | None:
-    """``limit − usage + reclaimable page cache`` of the cgroup at ``root`` (v2, else v1), or
-    None where no memory limit is set or none can be read."""
+def cgroup_free_bytes(root: Path | None = None) -> int | None:
+    """``limit − usage + reclaimable page cache`` of the cgroup at ``root`` (default
+    :data:`CGROUP_ROOT`; v2, else v1), or None where no memory limit is set or none can be read."""
+    root = CGROUP_ROOT if root is None else Path(root)
     for limit_file, usage_file, stat_file, cache_entry in _CGROUP_FILES:
         try:
             limit_text = (root / limit_file).read_text().strip()
