@@ -143,3 +143,50 @@ def test_sample_counts_must_be_positive_integers(bad):
         la.sample(bad)
     with pytest.raises(InputError, match=f"n_samples must be a positive integer; got {re.escape(repr(bad))}"):
         la.predictive(X, link_approx="mc", n_samples=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "10", 2.5])
+def test_optimize_prior_precision_validates_max_iter_and_stores_nothing(bad):
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, prior_precision=0.5, backend="jax").fit(X, y)
+    with pytest.raises(InputError, match=f"max_iter must be a positive integer; got {re.escape(repr(bad))}"):
+        la.optimize_prior_precision(max_iter=bad)
+    np.testing.assert_array_equal(la.prior_precision, [0.5])
+
+
+def test_optimize_prior_precision_warns_when_it_stops_before_converging():
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, prior_precision=1e3, backend="jax").fit(X, y)
+    with pytest.warns(fh.ConvergenceWarning, match="stopped after 1 iterations without converging"):
+        la.optimize_prior_precision(max_iter=1)
+    converged = fh.Laplace(MODEL, theta, prior_precision=1e3, backend="jax").fit(X, y)
+    converged.optimize_prior_precision()  # no warning: warnings from fluxhess are errors in the tests
+    assert abs(np.log(la.prior_precision[0] / converged.prior_precision[0])) > 1e-3  # it did stop short
+
+
+def test_gridsearch_validates_n_samples_before_scoring():
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, backend="jax").fit(X, y)
+    with pytest.raises(InputError, match="n_samples must be a positive integer; got 0"):
+        la.optimize_prior_precision("gridsearch", val=(X, y), link_approx="mc", n_samples=0, grid=[1.0, 2.0])
+    with pytest.raises(InputError, match="grid must be a numeric array"):
+        la.optimize_prior_precision("gridsearch", val=(X, y), grid="1, 2")
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "a", True])
+def test_seeds_must_be_non_negative_integers(bad):
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, backend="jax").fit(X, y)
+    message = f"seed must be a non-negative integer .*; got {re.escape(repr(bad))}"
+    for call in (lambda: la.sample(2, seed=bad), lambda: la.predictive(X, pred_type="nn", n_samples=2, seed=bad),
+                 lambda: MODEL.init(bad)):
+        with pytest.raises(InputError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("argument", ["prior_precision", "prior_mean"])
+@pytest.mark.parametrize("bad", ["1.0", None, [1.0, "a"]])
+def test_prior_arguments_that_are_not_numbers(argument, bad):
+    theta, _, _ = _data()
+    with pytest.raises(InputError, match=f"{argument} must be a numeric array"):
+        fh.Laplace(MODEL, theta, backend="jax", **{argument: bad})
