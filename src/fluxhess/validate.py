@@ -59,7 +59,7 @@ def positive_number(argument: str, value) -> float:
     except (TypeError, ValueError):
         raise InputError(f"{argument} must be a positive number; got {value!r:.80}") from None
     if not math.isfinite(v) or v <= 0:
-        raise InputError(f"{argument} must be positive and finite; got {v}")
+        raise InputError(f"{argument} must be a positive number; got {v}")
     return v
 
 
