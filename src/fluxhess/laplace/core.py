@@ -405,6 +405,9 @@ class Laplace:
           ``logspace(-4, 4, 100)``, laplace-torch's) minimising the predictive negative log
           likelihood on the validation data ``val=(X_val, y_val)`` — classification:
           ``−mean log p(y)``; regression: the Gaussian NLL with the observation noise.
+        - ``max_iter`` (marglik): at most this many L-BFGS iterations, a positive integer; a
+          :class:`fluxhess.ConvergenceWarning` says when it stops before converging (the
+          value reached is stored all the same).
 
         Returns: ``self``.
         """
