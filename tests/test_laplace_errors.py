@@ -190,3 +190,19 @@ def test_prior_arguments_that_are_not_numbers(argument, bad):
     theta, _, _ = _data()
     with pytest.raises(InputError, match=f"{argument} must be a numeric array"):
         fh.Laplace(MODEL, theta, backend="jax", **{argument: bad})
+
+
+@pytest.mark.parametrize("setting, value", [("temperature", 2.0), ("sigma_noise", 0.5), ("prior_precision", 3.0)])
+def test_a_setter_after_use_gives_the_posterior_of_a_fresh_approximation(setting, value):
+    """Setting a hyperparameter on a used approximation: no stale posterior from before."""
+    rng = np.random.default_rng(0)
+    model = fh.Chain.mlp([3, 4, 1], "tanh")
+    X, y = rng.normal(size=(8, 3)), rng.normal(size=8)
+    la = fh.Laplace(model, model.init(), "regression", backend="jax").fit(X, y)
+    la.posterior_covariance, la.log_marginal_likelihood()  # computed and cached at the old value
+    setattr(la, setting, value)
+    fresh = fh.Laplace(model, model.init(), "regression", backend="jax", **{setting: value}).fit(X, y)
+    np.testing.assert_allclose(la.posterior_covariance, fresh.posterior_covariance, rtol=1e-12)
+    assert float(la.log_marginal_likelihood()) == pytest.approx(float(fresh.log_marginal_likelihood()), rel=1e-12)
+    with pytest.raises(InputError, match=f"{setting} must be"):
+        setattr(la, setting, -1.0)

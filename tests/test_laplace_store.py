@@ -69,3 +69,14 @@ def test_load_of_anything_else_says_it_is_not_a_saved_laplace(tmp_path, write, w
     path = write(tmp_path)
     with pytest.raises(InputError, match=f"not a saved fluxhess Laplace approximation \\(.*{why}"):
         fh.Laplace.load(path)
+
+
+def test_save_and_load_name_a_path_that_is_not_one(tmp_path):
+    model = fh.Chain.mlp([2, 3, 1])
+    la = fh.Laplace(model, model.init(), "regression", backend="jax")
+    with pytest.raises(InputError, match="path must be a file name .*; got NoneType"):
+        la.save(None)
+    with pytest.raises(InputError, match="path must be a file name .*; got NoneType"):
+        fh.Laplace.load(None)
+    with pytest.raises(InputError, match="cannot be written: IsADirectoryError"):
+        la.save(tmp_path)

@@ -107,8 +107,8 @@ class Laplace:
         theta.setflags(write=False)
         self.params = theta
         self._subset: Subset = resolve(model, subset)
-        self.temperature = check.positive_number("temperature", temperature)
         self._cache = None
+        self.temperature = temperature
         self.sigma_noise = sigma_noise
         self.prior_precision = prior_precision
         self.prior_mean = prior_mean
@@ -163,6 +163,16 @@ class Laplace:
         if self.likelihood == "classification" and sigma != 1.0:
             raise InputError(f"sigma_noise is the regression noise; it must stay 1 for classification, got {sigma}")
         self._sigma = sigma
+        self._cache = None
+
+    @property
+    def temperature(self) -> float:
+        """T ``> 0``: the curvature and the loss enter the posterior divided by it."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value) -> None:
+        self._temperature = check.positive_number("temperature", value)
         self._cache = None
 
     @property

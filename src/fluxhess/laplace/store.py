@@ -67,8 +67,19 @@ def save(la, path) -> None:
     elif isinstance(curv, posterior.Kron):
         for i, b in enumerate(curv.blocks):
             arrays.update({f"kron{i}_lam_A": b.lam_A, f"kron{i}_Q_A": b.Q_A, f"kron{i}_lam_G": b.lam_G, f"kron{i}_Q_G": b.Q_G})
-    with open(Path(path), "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **{k: np.asarray(v) for k, v in arrays.items()})
+    try:
+        with open(_path(path), "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **{k: np.asarray(v) for k, v in arrays.items()})
+    except OSError as e:
+        raise InputError(f"path {str(path)!r} cannot be written: {type(e).__name__}: {e}") from None
+
+
+def _path(path) -> Path:
+    """``path`` (a ``str`` or ``os.PathLike``) as a Path; anything else is an InputError."""
+    try:
+        return Path(path)
+    except TypeError:
+        raise InputError(f"path must be a file name (str or pathlib.Path); got {type(path).__name__}") from None
 
 
 def load(cls, path):
@@ -92,8 +103,9 @@ def _not_saved(path, why: str) -> InputError:
 
 def _read(path) -> tuple[dict, dict]:
     """``(meta, arrays)`` of a file :func:`save` wrote; an InputError for anything else."""
+    file = _path(path)
     try:
-        data = np.load(Path(path), allow_pickle=False)
+        data = np.load(file, allow_pickle=False)
     except OSError as e:
         raise _not_saved(path, f"{type(e).__name__}: {e}") from None
     except (ValueError, EOFError):
