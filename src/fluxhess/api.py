@@ -147,6 +147,12 @@ def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, bac
     return call
 
 
+def check_arguments(model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> None:
+    """Check the arguments as every public function does (model, ``params``, ``X``, and ``y``
+    with ``loss``/``agg`` when a loss is given), computing nothing beyond a forward pass."""
+    _prepare("check_arguments", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+
+
 def _guard(call: _Call, quantity: str, shape: tuple[int, ...]) -> None:
     """Refuse (:func:`fluxhess.memory.require`) a result of ``shape`` whose working set cannot fit."""
     memory.require(quantity, memory.needed_bytes(quantity, math.prod(shape), call.dtype.itemsize), shape)

@@ -154,9 +154,10 @@ def compare(
     as for every fluxhess function (``y`` is needed only by quantities that take a loss).
     ``quantities``: names from :data:`QUANTITIES`. ``backends``: names such as
     ``"julia"``, ``"jax"``; one that cannot run here is listed in the report with the
-    reason, never an error, and so is the failure of one backend on a quantity. Input that
-    every backend refuses (a wrong ``X`` width, an unknown ``dtype``, an object that is not
-    a model) raises that :class:`~fluxhess.InputError` instead. A FluxModel runs as itself on julia and as its
+    reason, never an error, and so is the failure of a backend on a quantity (e.g.
+    ``divergence`` of a model with C != d). Input that every backend refuses (a wrong ``X``
+    width, an unknown ``dtype``, an object that is not a model) raises that
+    :class:`~fluxhess.InputError` instead, checked once before anything runs. A FluxModel runs as itself on julia and as its
     ``to_spec()`` Chain (with ``params``) on backends that need a spec.
     ``repeat``: calls per quantity and backend; the report shows the fastest.
 
@@ -179,26 +180,25 @@ def compare(
             runnable[name] = _model_for(name, model)
         except (BackendUnavailableError, UnsupportedModelError) as e:
             unavailable[name] = str(e)
+    for name, m in list(runnable.items())[:1]:  # input bad for every backend raises here, once
+        takes_loss = dict(loss=loss, agg=agg) if any(QUANTITIES[q][1] for q in quantities) else {}
+        api.check_arguments(m, params, X, y, backend=name, dtype=dtype, **takes_loss)
     reports = []
     for q in quantities:
         fn, needs_y = QUANTITIES[q]
         kw = dict(loss=loss, agg=agg) if needs_y else {}
         results, report = {}, QuantityReport(q, None)
-        refusals = []
         for name, m in runnable.items():
             args = (m, params, X, y) if needs_y else (m, params, X)
             try:
                 value, seconds = _timed(lambda: fn(*args, backend=name, dtype=dtype, **kw), repeat)
             except FluxHessError as e:
                 report.runs.append(BackendRun(name, error=f"{type(e).__name__}: {e}"))
-                refusals.append(e)
                 continue
             value = np.asarray(value, dtype=np.float64)
             results[name] = value
             report.shape = value.shape
             report.runs.append(BackendRun(name, seconds, *_symmetric_summary(value) if q in SYMMETRIC else ()))
-        if refusals and len(refusals) == len(runnable) and all(isinstance(e, InputError) for e in refusals):
-            raise refusals[0]  # the input is bad for every backend: not a difference between them
         for a, b in itertools.combinations(results, 2):
             report.pairs.append(PairDifference(a, b, *differences(results[a], results[b])))
         reports.append(report)

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import validate as check
-from ..errors import ConvergenceWarning, InputError
+from ..errors import ConvergenceWarning
 from ..train import MapFit, fit_map
 from . import likelihood as lik
 from .core import Laplace
