@@ -121,6 +121,8 @@ BAD = [
     Bad("backend-not-a-name", lambda b: fh.forward(M, THETA, X, backend=3), InputError, ("backend", "'jax'", "3")),
     Bad("unknown-dtype", lambda b: fh.hessian(M, THETA, X, Y, dtype="float16", backend=b), UnknownNameError, ("dtype", "'float32'", "'float16'")),
     Bad("unknown-activation", lambda b: fh.Chain(fh.Dense(2, 3, "mish")), UnknownNameError, ("activation", "tanh", "'mish'")),
+    Bad("layout-index-float", lambda b: M.layout[3.5], InputError, ("layout", "block name", "3.5")),
+    Bad("flatten-not-a-dict", lambda b: M.flatten(None), InputError, ("arrays", "dict", "NoneType")),
     Bad("unknown-block", lambda b: M.layout["layers.5.weight"], UnknownNameError, ("block", "layers.0.weight")),
     # --- models ------------------------------------------------------------------------
     Bad("dense-width-zero", lambda b: fh.Dense(3, 0), InputError, ("Dense out", "positive integer")),

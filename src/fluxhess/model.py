@@ -131,6 +131,8 @@ class ParamLayout(Sequence[Block]):
                 raise UnknownNameError(
                     f"no parameter block named {index!r}; the blocks are {', '.join(self.names)}"
                 ) from None
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer, slice)):
+            raise InputError(f"a layout is indexed by a block name or a position; got {index!r:.80}")
         return self._blocks[index]
 
     def __len__(self) -> int:
@@ -261,6 +263,8 @@ class Chain:
 
     def flatten(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Inverse of :meth:`unflatten`: ``{block name: array}`` → θ ``(P,)``."""
+        if not hasattr(arrays, "keys"):
+            raise InputError(f"arrays must be a dict {{block name: array}}; got {type(arrays).__name__}")
         missing = set(self.layout.names) - set(arrays)
         extra = set(arrays) - set(self.layout.names)
         if missing or extra:
