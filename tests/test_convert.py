@@ -1,4 +1,4 @@
-"""from_flax / from_torch / Flux to_spec: same outputs and input Hessians as the original framework."""
+"""from_flax: same outputs and input Hessians as the Flax module (from_torch and Flux source: test_convert_torch.py, test_convert_flux.py)."""
 
 from typing import Callable, Sequence
 
@@ -122,6 +122,14 @@ class _WithLayerNorm(flax_nn.Module):
         return flax_nn.Dense(2)(flax_nn.LayerNorm()(flax_nn.Dense(4)(x)))
 
 
+class _ClippedInput(flax_nn.Module):
+    """Equal to an MLP on inputs below 50 in magnitude; not beyond."""
+
+    @flax_nn.compact
+    def __call__(self, x):
+        return flax_nn.Dense(2)(flax_nn.tanh(flax_nn.Dense(4)(jnp.clip(x, -50.0, 50.0))))
+
+
 class _Residual(flax_nn.Module):
     @flax_nn.compact
     def __call__(self, x):
@@ -137,8 +145,13 @@ class _Residual(flax_nn.Module):
         (MLP([4, 1], act=lambda x: flax_nn.leaky_relu(x, 0.2)), "Dense_0"),
         (_WithLayerNorm(), "LayerNorm_0"),
         (_Residual(), "Dense_1"),
+        # equal to an NNlib activation on [-6, 6] but not everywhere: refused, not mapped to relu/identity
+        (MLP([4, 1], act=flax_nn.relu6), "output of layer Dense_0 .* from 0 to magnitudes of 1e6"),
+        (MLP([4, 1], act=lambda x: jnp.clip(x, -10.0, 10.0)), "output of layer Dense_0 .*relu6, hard_tanh, clips"),
+        (MLP([4, 1], act=flax_nn.hard_tanh), "output of layer Dense_0"),
+        (_ClippedInput(), "input reaches the first Dense layer .* changed"),
     ],
-    ids=["exact-gelu", "selu", "leaky-0.2", "layernorm", "residual"],
+    ids=["exact-gelu", "selu", "leaky-0.2", "layernorm", "residual", "relu6", "clip-10", "hard-tanh", "clipped-input"],
 )
 def test_from_flax_names_what_it_cannot_map(module, match):
     variables, _ = _flax(module, 3)
@@ -155,133 +168,11 @@ def test_from_flax_rejects_bad_arguments():
         fh.from_flax(object(), variables)
 
 
-# ---------------------------------------------------------------------------
-# PyTorch
-# ---------------------------------------------------------------------------
-
-
-def _torch():
-    return pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0, a CPU wheel)")
-
-
-def _torch_cases(nn):
-    """Each mappable torch activation module and the NNlib activation with its formula."""
-    return [
-        (nn.Tanh(), "tanh"),
-        (nn.ReLU(), "relu"),
-        (nn.Sigmoid(), "sigmoid"),
-        (nn.SiLU(), "swish"),
-        (nn.GELU(approximate="tanh"), "gelu"),
-        (nn.LeakyReLU(), "leakyrelu"),
-        (nn.ELU(), "elu"),
-        (nn.Softplus(threshold=float("inf")), "softplus"),
-        (nn.Identity(), "identity"),
-    ]
-
-
-def _torch_reference(net, X):
-    """``net(X)`` and ``vmap(hessian(net))(X)`` ``(N, C, d, d)`` from torch in float64."""
-    import torch
-    from torch.func import hessian, vmap
-
-    x = torch.as_tensor(X, dtype=torch.float64)
-    with torch.no_grad():
-        out = net(x).numpy()
-    return out, vmap(hessian(net))(x).detach().numpy()
-
-
-def test_from_torch_maps_each_activation_forward_and_input_hessian(backend):
-    torch = _torch()
-    nn = torch.nn
-    X = np.random.default_rng(0).normal(size=(6, 3))
-    for act, name in _torch_cases(nn):
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(3, 5), act, nn.Linear(5, 2)).double()
-        model, theta = fh.from_torch(net)
-        assert model.layers[1] == fh.Activation(name)
-        out, H = _torch_reference(net, X)
-        assert_close(fh.forward(model, theta, X, backend=backend), out, rtol=1e-12, atol=1e-12, what=f"forward ({name})")
-        assert_close(fh.input_hessian(model, theta, X, backend=backend), H, rtol=1e-9, atol=1e-12, what=f"input_hessian ({name})")
-
-
-def test_from_torch_pinn_and_softmax_output(backend):
-    torch = _torch()
-    nn = torch.nn
-    torch.manual_seed(1)
-    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 8, bias=False), nn.GELU(approximate="tanh"),
-                        nn.Linear(8, 3), nn.Softmax(dim=-1)).double()
-    model, theta = fh.from_torch(net)
-    X = np.random.default_rng(2).normal(size=(5, 2))
-    out, H = _torch_reference(net, X)
-    assert_close(fh.forward(model, theta, X, backend=backend), out, rtol=1e-12, atol=1e-12, what="forward")
-    assert_close(fh.input_hessian(model, theta, X, backend=backend), H, rtol=1e-9, atol=1e-12, what="input_hessian")
-
-
-def test_from_torch_blocks_are_named_like_the_state_dict():
-    torch = _torch()
-    nn = torch.nn
-    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2, bias=False))
-    model, theta = fh.from_torch(net)
-    arrays = model.unflatten(theta)
-    state = {k: v.double().numpy() for k, v in net.state_dict().items()}
-    assert sorted(arrays) == sorted(f"layers.{k}" for k in state)
-    for key, value in state.items():
-        np.testing.assert_array_equal(arrays[f"layers.{key}"], value)
-
-
-def test_from_torch_flatten_first():
-    torch = _torch()
-    nn = torch.nn
-    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)).double()
-    model, theta = fh.from_torch(net)
-    X = np.random.default_rng(0).normal(size=(4, 2, 3))
-    with torch.no_grad():
-        expected = net(torch.as_tensor(X)).numpy()
-    assert_close(fh.forward(model, theta, X, backend="jax"), expected, rtol=1e-12, atol=1e-12, what="flatten")
-
-
-@pytest.mark.parametrize(
-    "make, match",
-    [
-        (lambda nn: nn.GELU(), "exact \\(erf\\) gelu"),
-        (lambda nn: nn.LeakyReLU(0.2), "slope 0.2"),
-        (lambda nn: nn.ELU(alpha=0.5), "alpha=0.5"),
-        (lambda nn: nn.Softplus(), "threshold"),
-        (lambda nn: nn.Softmax(dim=0), "dim=0"),
-        (lambda nn: nn.BatchNorm1d(4), "BatchNorm1d"),
-        (lambda nn: nn.Sequential(nn.Tanh()), "Sequential"),
-    ],
-    ids=["gelu-exact", "leaky-0.2", "elu-0.5", "softplus-threshold", "softmax-dim0", "batchnorm", "nested"],
-)
-def test_from_torch_names_the_layer_it_cannot_map(make, match):
-    torch = _torch()
-    nn = torch.nn
-    net = nn.Sequential(nn.Linear(3, 4), make(nn), nn.Linear(4, 1))
-    with pytest.raises(fh.UnsupportedModelError, match=f"layer 1 .*{match}"):
-        fh.from_torch(net)
-
-
-def test_from_torch_rejects_a_module_that_is_not_sequential():
-    torch = _torch()
-    with pytest.raises(fh.UnsupportedModelError, match="torch.nn.Sequential"):
-        fh.from_torch(torch.nn.Linear(3, 1))
-
-
-# ---------------------------------------------------------------------------
-# Flux source
-# ---------------------------------------------------------------------------
-
-
-def test_flux_source_to_spec_runs_the_same_on_jax():
-    reason = fh.backends()["julia"]
-    if reason is not None:
-        pytest.skip(f"julia backend unavailable: {reason}")
-    from fluxhess.flux import flux_model
-
-    flux = flux_model("Chain(Dense(3 => 4, tanh), Dense(4 => 2))")
-    model, theta = flux.to_spec()
-    X = np.random.default_rng(0).normal(size=(5, 3))
-    assert_close(fh.forward(model, theta, X, backend="jax"), fh.forward(flux, theta, X, backend="julia"),
-                 rtol=1e-12, atol=1e-12, what="forward")
-    assert_close(fh.input_hessian(model, theta, X, backend="jax"), fh.input_hessian(flux, theta, X, backend="julia"),
-                 rtol=1e-10, atol=1e-12, what="input_hessian")
+def test_from_flax_names_variables_of_another_module():
+    module, other = MLP([4, 2]), MLP([5, 5, 2])
+    variables, _ = _flax(other, 3)
+    with pytest.raises(fh.InputError, match=r"variables\['params'\] do not belong to this MLP .*Dense_0/kernel: \(3, 4\) expected, \(3, 5\) given"):
+        fh.from_flax(module, variables)
+    wrong_width, _ = _flax(module, 5)
+    with pytest.raises(fh.InputError, match="do not belong to this MLP"):
+        fh.from_flax(module, wrong_width, input_shape=(3,))

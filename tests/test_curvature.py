@@ -104,17 +104,34 @@ def test_kron_factors_match_their_definition(case, backend, kind):
         abar = np.hstack([a, np.ones((N, 1))]) if layer.bias else a
         assert_close(f.A, abar.T @ abar / N, rtol=1e-12, atol=1e-14, what=f"A of layers.{i}")
         assert f.G.shape == (layer.out_features, layer.out_features)
-        if not layer.bias:
-            continue
-        bias = model.layout[f"layers.{i}.bias"].slice
+        # δ_n and B_n are the derivatives by the layer's bias; a layer without one gets a zero
+        # bias added, which changes no output but has those derivatives.
+        biased, theta_b = _with_zero_bias(model, theta, i)
+        bias = biased.layout[f"layers.{i}.bias"].slice
         if kind == "ef":
-            d = ref.per_sample_gradients(model, theta, X, Y, case.loss)[:, bias]
+            d = ref.per_sample_gradients(biased, theta_b, X, Y, case.loss)[:, bias]
             G = s * d.T @ d
         else:
-            B = ref.param_jacobian(model, theta, X)[:, :, bias]
-            lam = ref.output_hessians(case.loss, ref.forward(model, theta, X), Y)
+            B = ref.param_jacobian(biased, theta_b, X)[:, :, bias]
+            lam = ref.output_hessians(case.loss, ref.forward(biased, theta_b, X), Y)
             G = s * np.einsum("nco,ncd,ndp->op", B, lam, B)
         assert_close(f.G, G, rtol=1e-10, atol=1e-13, what=f"G of layers.{i}")
+
+
+def _with_zero_bias(model, theta, i):
+    """``model`` with layer ``i`` given a bias, and θ with that bias set to 0 (same outputs)."""
+    layers = list(model.layers)
+    layer = layers[i]
+    if layer.bias:
+        return model, theta
+    layers[i] = fh.Dense(layer.in_features, layer.out_features, layer.activation, bias=True)
+    biased = fh.Chain(*layers)
+    arrays = model.unflatten(theta)
+    arrays[f"layers.{i}.bias"] = np.zeros(layer.out_features)
+    theta_b = biased.flatten(arrays)
+    np.testing.assert_array_equal(ref.forward(biased, theta_b, np.ones((1, model.in_features))),
+                                  ref.forward(model, theta, np.ones((1, model.in_features))))
+    return biased, theta_b
 
 
 @pytest.mark.parametrize("kind", ["ggn", "ef"])

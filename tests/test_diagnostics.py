@@ -86,7 +86,11 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("quantity", ["hessian", "ggn", "empirical_fisher", "kron", "param_jacobian", "input_hessian"])
+WITH_TARGETS = ("gradient", "hessian", "ggn", "empirical_fisher", "hvp", "diagonal", "kron")
+WITHOUT_TARGETS = ("forward", "param_jacobian", "input_jacobian", "input_hessian", "laplacian")
+
+
+@pytest.mark.parametrize("quantity", WITH_TARGETS + WITHOUT_TARGETS)
 def test_estimate_needs_what_the_api_guard_asks_for(quantity, monkeypatch):
     """The bytes each public function hands the memory guard are the bytes estimate reports."""
     model = fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 2))
@@ -99,7 +103,9 @@ def test_estimate_needs_what_the_api_guard_asks_for(quantity, monkeypatch):
         raise _Stop
 
     monkeypatch.setattr(fh.memory, "require", record)
-    args = (model, theta, X, Y) if quantity not in ("param_jacobian", "input_hessian") else (model, theta, X)
+    args = (model, theta, X) if quantity in WITHOUT_TARGETS else (model, theta, X, Y)
+    if quantity == "hvp":
+        args += (np.ones(model.num_params),)
     with pytest.raises(_Stop):
         getattr(fh, quantity)(*args, backend="jax")
     assert asked == [(quantity, expected)]

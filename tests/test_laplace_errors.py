@@ -59,9 +59,9 @@ def test_prior_precision_of_the_wrong_length():
 @pytest.mark.parametrize("bad", [0.0, -0.5, np.nan])
 def test_non_positive_noise_and_temperature(bad):
     theta, _, _ = _data()
-    with pytest.raises(InputError, match="sigma_noise must be positive"):
+    with pytest.raises(InputError, match="sigma_noise must be a positive number"):
         fh.Laplace(MODEL, theta, "regression", sigma_noise=bad, backend="jax")
-    with pytest.raises(InputError, match="temperature must be positive"):
+    with pytest.raises(InputError, match="temperature must be a positive number"):
         fh.Laplace(MODEL, theta, temperature=bad, backend="jax")
     with pytest.raises(InputError, match="must stay 1 for classification"):
         fh.Laplace(MODEL, theta, sigma_noise=2.0, backend="jax")
@@ -123,7 +123,7 @@ def test_indefinite_hessian_is_reported_with_the_fix():
 def test_clipping_reports_what_it_clipped():
     model, theta, X, y = _indefinite()
     lam = np.linalg.eigvalsh(fh.hessian(model, theta, X, y, loss="mse", backend="jax"))
-    with pytest.warns(UserWarning, match=rf"clipped {np.sum(lam < 0)} of {lam.size} negative eigenvalues"):
+    with pytest.warns(fh.FluxHessWarning, match=rf"clipped {np.sum(lam < 0)} of {lam.size} negative eigenvalues"):
         la = fh.Laplace(model, theta, "regression", curvature="hessian", clip_negative_eigenvalues=True,
                         prior_precision=1e-3, backend="jax").fit(X, y)
     assert la.clipped.count == np.sum(lam < 0) and la.clipped.total == lam.size
@@ -143,3 +143,66 @@ def test_sample_counts_must_be_positive_integers(bad):
         la.sample(bad)
     with pytest.raises(InputError, match=f"n_samples must be a positive integer; got {re.escape(repr(bad))}"):
         la.predictive(X, link_approx="mc", n_samples=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "10", 2.5])
+def test_optimize_prior_precision_validates_max_iter_and_stores_nothing(bad):
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, prior_precision=0.5, backend="jax").fit(X, y)
+    with pytest.raises(InputError, match=f"max_iter must be a positive integer; got {re.escape(repr(bad))}"):
+        la.optimize_prior_precision(max_iter=bad)
+    np.testing.assert_array_equal(la.prior_precision, [0.5])
+
+
+def test_optimize_prior_precision_warns_when_it_stops_before_converging():
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, prior_precision=1e3, backend="jax").fit(X, y)
+    with pytest.warns(fh.ConvergenceWarning, match="stopped after 1 iterations without converging"):
+        la.optimize_prior_precision(max_iter=1)
+    converged = fh.Laplace(MODEL, theta, prior_precision=1e3, backend="jax").fit(X, y)
+    converged.optimize_prior_precision()  # no warning: warnings from fluxhess are errors in the tests
+    assert abs(np.log(la.prior_precision[0] / converged.prior_precision[0])) > 1e-3  # it did stop short
+
+
+def test_gridsearch_validates_n_samples_before_scoring():
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, backend="jax").fit(X, y)
+    with pytest.raises(InputError, match="n_samples must be a positive integer; got 0"):
+        la.optimize_prior_precision("gridsearch", val=(X, y), link_approx="mc", n_samples=0, grid=[1.0, 2.0])
+    with pytest.raises(InputError, match="grid must be a numeric array"):
+        la.optimize_prior_precision("gridsearch", val=(X, y), grid="1, 2")
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "a", True])
+def test_seeds_must_be_non_negative_integers(bad):
+    theta, X, y = _data()
+    la = fh.Laplace(MODEL, theta, backend="jax").fit(X, y)
+    message = f"seed must be a non-negative integer .*; got {re.escape(repr(bad))}"
+    for call in (lambda: la.sample(2, seed=bad), lambda: la.predictive(X, pred_type="nn", n_samples=2, seed=bad),
+                 lambda: MODEL.init(bad)):
+        with pytest.raises(InputError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("argument", ["prior_precision", "prior_mean"])
+@pytest.mark.parametrize("bad", ["1.0", None, [1.0, "a"]])
+def test_prior_arguments_that_are_not_numbers(argument, bad):
+    theta, _, _ = _data()
+    with pytest.raises(InputError, match=f"{argument} must be a numeric array"):
+        fh.Laplace(MODEL, theta, backend="jax", **{argument: bad})
+
+
+@pytest.mark.parametrize("setting, value", [("temperature", 2.0), ("sigma_noise", 0.5), ("prior_precision", 3.0)])
+def test_a_setter_after_use_gives_the_posterior_of_a_fresh_approximation(setting, value):
+    """Setting a hyperparameter on a used approximation: no stale posterior from before."""
+    rng = np.random.default_rng(0)
+    model = fh.Chain.mlp([3, 4, 1], "tanh")
+    X, y = rng.normal(size=(8, 3)), rng.normal(size=8)
+    la = fh.Laplace(model, model.init(), "regression", backend="jax").fit(X, y)
+    la.posterior_covariance, la.log_marginal_likelihood()  # computed and cached at the old value
+    setattr(la, setting, value)
+    fresh = fh.Laplace(model, model.init(), "regression", backend="jax", **{setting: value}).fit(X, y)
+    np.testing.assert_allclose(la.posterior_covariance, fresh.posterior_covariance, rtol=1e-12)
+    assert float(la.log_marginal_likelihood()) == pytest.approx(float(fresh.log_marginal_likelihood()), rel=1e-12)
+    with pytest.raises(InputError, match=f"{setting} must be"):
+        setattr(la, setting, -1.0)

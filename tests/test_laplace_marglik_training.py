@@ -106,6 +106,6 @@ def test_bad_arguments_and_too_few_rounds():
         fh.marglik_training(model, np.zeros(D + 1), X, y, "regression", prior_precision=0.0)
     with pytest.raises(fh.InputError, match="tune_sigma_noise=True applies to likelihood='regression' only"):
         fh.marglik_training(fh.Chain(fh.Dense(D, 2)), np.zeros(2 * D + 2), X, (y > 0).astype(int), tune_sigma_noise=True)
-    with pytest.warns(RuntimeWarning, match="marglik_training: the hyperparameters still moved by .* in round 1"):
+    with pytest.warns(fh.ConvergenceWarning, match="marglik_training: the hyperparameters still moved by .* in round 1"):
         res = fh.marglik_training(model, np.zeros(D + 1), X, y, "regression", rounds=1)
     assert not res.converged and len(res.history) == 1

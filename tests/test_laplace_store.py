@@ -33,3 +33,50 @@ def test_unfitted_round_trip_and_foreign_files(tmp_path):
     np.savez(tmp_path / "b.npz", x=np.ones(3))
     with pytest.raises(InputError, match="not a saved fluxhess Laplace approximation"):
         fh.Laplace.load(tmp_path / "b.npz")
+
+
+def _saved_without(tmp_path, entry: str, meta_key: bool):
+    """A file save wrote, with one array entry (or one key of its meta) removed."""
+    import json
+
+    model = fh.Chain.mlp([2, 3, 1])
+    la = fh.Laplace(model, model.init(), "regression", backend="jax").fit(np.ones((4, 2)), np.zeros(4))
+    la.save(tmp_path / "full.npz")
+    with np.load(tmp_path / "full.npz") as f:
+        data = dict(f)
+    if meta_key:
+        meta = json.loads(str(data["meta"]))
+        del meta[entry]
+        data["meta"] = np.array(json.dumps(meta))
+    else:
+        del data[entry]
+    np.savez(tmp_path / "broken.npz", **data)
+    return tmp_path / "broken.npz"
+
+
+@pytest.mark.parametrize(
+    "write, why",
+    [
+        (lambda p: np.save(p / "x.npy", np.ones(3)) or p / "x.npy", "single array of shape \\(3,\\)"),
+        (lambda p: (p / "x.txt").write_text("not numpy") and p / "x.txt", "not a NumPy .npz archive"),
+        (lambda p: _saved_without(p, "params", meta_key=False), "entry 'params' is missing"),
+        (lambda p: _saved_without(p, "likelihood", meta_key=True), "entry 'likelihood' is missing"),
+        (lambda p: p / "absent.npz", "FileNotFoundError"),
+    ],
+    ids=["npy", "text", "array-entry-missing", "meta-entry-missing", "absent"],
+)
+def test_load_of_anything_else_says_it_is_not_a_saved_laplace(tmp_path, write, why):
+    path = write(tmp_path)
+    with pytest.raises(InputError, match=f"not a saved fluxhess Laplace approximation \\(.*{why}"):
+        fh.Laplace.load(path)
+
+
+def test_save_and_load_name_a_path_that_is_not_one(tmp_path):
+    model = fh.Chain.mlp([2, 3, 1])
+    la = fh.Laplace(model, model.init(), "regression", backend="jax")
+    with pytest.raises(InputError, match="path must be a file name .*; got NoneType"):
+        la.save(None)
+    with pytest.raises(InputError, match="path must be a file name .*; got NoneType"):
+        fh.Laplace.load(None)
+    with pytest.raises(InputError, match="cannot be written: IsADirectoryError"):
+        la.save(tmp_path)

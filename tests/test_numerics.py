@@ -150,12 +150,6 @@ def test_float32_hessian_of_a_well_conditioned_model_does_not_warn(backend, scal
 # --- Laplace: an indefinite posterior precision is never factorised silently -------
 
 
-def _laplace_or_skip():
-    if not hasattr(fh, "Laplace"):
-        pytest.skip("fluxhess.Laplace is not part of this build yet")
-    return fh.Laplace
-
-
 def _saddle():
     """A regression MLP away from its minimum, where the loss Hessian is indefinite."""
     model = fh.Chain.mlp([2, 3, 1], "tanh")
@@ -167,14 +161,13 @@ def _saddle():
 
 @pytest.mark.parametrize("structure", ["full", "diag"])
 def test_laplace_refuses_an_indefinite_hessian_posterior(backend, structure):
-    Laplace = _laplace_or_skip()
     model, theta, X, y = _saddle()
     # independent check that the precision is indefinite: Hessian of Σ mse/(2σ²) plus the prior
     H = fh.hessian(model, theta, X, y, loss="mse", backend=backend) / 2
     precision = H + 1e-3 * np.eye(model.num_params)
     lowest = np.linalg.eigvalsh(precision).min() if structure == "full" else np.diag(precision).min()
     assert lowest < 0, "the test point must be a saddle"
-    la = Laplace(model, theta, "regression", curvature="hessian", structure=structure, prior_precision=1e-3, backend=backend)
+    la = fh.Laplace(model, theta, "regression", curvature="hessian", structure=structure, prior_precision=1e-3, backend=backend)
     la.fit(X, y)
     for what, use in [
         ("posterior_covariance", lambda: la.posterior_covariance),
@@ -191,26 +184,51 @@ def test_laplace_refuses_an_indefinite_hessian_posterior(backend, structure):
 
 
 def test_laplace_clipping_reports_what_it_removed(backend):
-    Laplace = _laplace_or_skip()
     model, theta, X, y = _saddle()
-    la = Laplace(model, theta, "regression", curvature="hessian", prior_precision=1e-3, backend=backend, clip_negative_eigenvalues=True)
-    with pytest.warns(UserWarning):
+    la = fh.Laplace(model, theta, "regression", curvature="hessian", prior_precision=1e-3, backend=backend, clip_negative_eigenvalues=True)
+    with pytest.warns(fh.FluxHessWarning, match="clipped"):
         la.fit(X, y)
     cov = la.posterior_covariance
     assert np.all(np.isfinite(cov)) and np.linalg.eigvalsh(cov).min() > 0
     assert la.clipped is not None
 
 
-def test_laplace_with_a_vanishing_prior_never_returns_nan(backend):
-    """More parameters than data: the GGN is singular; a prior of 1e-300 leaves nothing to hold it."""
-    Laplace = _laplace_or_skip()
+def test_laplace_with_a_vanishing_prior_is_refused_not_nan(backend):
+    """More parameters than data: the GGN ``JᵀJ`` has rank 2 of 17, so the precision's smallest
+    eigenvalue is the prior's 1e-300, far below float64 rounding (~1e-16·‖JᵀJ‖): no
+    factorisation can hold it, and every use must say so instead of returning NaN or inf."""
+    import reference as ref
+
     model = fh.Chain.mlp([2, 4, 1], "tanh")
     rng = np.random.default_rng(5)
     X, y = rng.normal(size=(2, 2)), rng.normal(size=(2, 1))
-    la = Laplace(model, model.init(2), "regression", prior_precision=1e-300, backend=backend).fit(X, y)
-    try:
-        values = [la.posterior_covariance, la.sample(2), np.asarray(la.log_marginal_likelihood()), la.predictive(X).mean]
-    except fh.FluxHessError as e:
-        assert "positive definite" in str(e)
-    else:
-        assert all(np.all(np.isfinite(v)) for v in values)
+    theta = model.init(2)
+    J = ref.param_jacobian(model, theta, X).reshape(-1, model.num_params)
+    assert np.linalg.matrix_rank(J) == 2 < model.num_params
+    la = fh.Laplace(model, theta, "regression", prior_precision=1e-300, backend=backend).fit(X, y)
+    uses = [lambda: la.posterior_covariance, lambda: la.sample(2), lambda: la.log_marginal_likelihood(), lambda: la.predictive(X)]
+    for use in uses:
+        with pytest.raises(fh.InputError, match="not positive definite"):
+            use()
+
+
+# --- crossentropy on outputs in [0, 1] whose rows do not sum to 1 --------------------
+
+
+def test_crossentropy_on_independent_sigmoids_is_flux_value_with_one_warning(backend):
+    """Flux computes -Σ y·log(ŷ + ϵ) for any ŷ in [0, 1]: so does fluxhess, with a warning
+    that names the usual choices; outside [0, 1] the loss is undefined and refused."""
+    model = fh.Chain(fh.Dense(3, 2, "sigmoid"))
+    theta = model.init(0)
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    labels = np.array([0, 1, 1, 0, 1])
+    W, b = theta[:6].reshape(2, 3, order="F"), theta[6:]
+    yhat = special.expit(X @ W.T + b)
+    assert np.abs(yhat.sum(axis=1) - 1).max() > 0.1  # the rows really do not sum to 1
+    expected = -np.sum(np.log(yhat[np.arange(5), labels] + EPS["float64"]))
+    with pytest.warns(fh.FluxHessWarning, match=r"rows do not sum to 1.*computed as Flux does.*softmax.*binarycrossentropy") as record:
+        got = fh.loss(model, theta, X, labels, loss="crossentropy", backend=backend)
+    assert len(record) == 1
+    assert got == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(fh.InputError, match="probabilities in \\[0, 1\\]"):
+        fh.loss(fh.Chain(fh.Dense(3, 2)), theta, 10 * X, labels, loss="crossentropy", backend=backend)

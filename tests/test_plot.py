@@ -57,8 +57,6 @@ def test_spectra_on_one_log_axis(diagnostics, tmp_path):
 
 @pytest.mark.parametrize("C", [1, 3])
 def test_laplace_predictive_2d_classification(C, tmp_path):
-    if not hasattr(fh, "Laplace"):
-        pytest.skip("fluxhess.Laplace is not available in this version")
     rng = np.random.default_rng(0)
     centres = [[-1.5, 0.0], [1.5, 0.5], [0.0, 2.5]][: max(C, 2)]
     X = np.vstack([rng.normal(c, 0.7, size=(20, 2)) for c in centres])

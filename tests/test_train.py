@@ -48,7 +48,7 @@ def test_bad_arguments_and_non_convergence():
         fh.fit_map(model, model.init(), X, y, prior_precision=np.ones(3))
     with pytest.raises(fh.InputError, match="max_iter must be a positive integer"):
         fh.fit_map(model, model.init(), X, y, max_iter=0)
-    with pytest.warns(RuntimeWarning, match="fit_map stopped after 1 iterations without converging"):
+    with pytest.warns(fh.ConvergenceWarning, match="fit_map stopped after 1 iterations without converging"):
         fit = fh.fit_map(model, model.init(), X, np.sin(X[:, 0]), max_iter=1)
     assert not fit.converged
 

@@ -28,7 +28,9 @@ from .diagnostics import CurvatureDiagnostics, MemoryEstimate, curvature_diagnos
 from .errors import (
     BackendError,
     BackendUnavailableError,
+    ConvergenceWarning,
     FluxHessError,
+    FluxHessWarning,
     InputError,
     JuliaUnavailableError,
     MemoryBudgetError,
@@ -102,5 +104,7 @@ __all__ = [
     "MemoryBudgetError",
     "NotFittedError",
     "NumericalWarning",
+    "FluxHessWarning",
+    "ConvergenceWarning",
     "BackendError",
 ]

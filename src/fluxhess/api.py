@@ -26,6 +26,7 @@ depend on the backend in shape or type.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -113,7 +114,7 @@ def _dims(model) -> tuple[int | None, int | None, bool]:
     )
 
 
-def _check_model(model) -> None:
+def check_model(model) -> None:
     # The class is checked, not the instance: FluxModel.num_params starts Julia, so it is
     # read only once a backend has accepted the model.
     if not hasattr(type(model), "num_params"):
@@ -122,10 +123,16 @@ def _check_model(model) -> None:
         )
 
 
-def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend="auto", dtype="float64") -> _Call:
+#: The ``loss`` of a quantity that takes none (forward, Jacobians, input derivatives); a
+#: quantity that takes one checks whatever arrives, ``None`` included.
+_NO_LOSS = object()
+
+
+def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> _Call:
     dt = check.float_dtype(dtype)
-    _check_model(model)
-    if loss is not None:
+    check_model(model)
+    takes_loss = loss is not _NO_LOSS
+    if takes_loss:
         L.check_loss(loss)
         L.check_agg(agg)
     chosen = _backends.get(backend, model) if isinstance(backend, str) else None
@@ -140,7 +147,7 @@ def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend
         model = model.with_input_shape(np.shape(X)[1:])
     Y = None
     call = _Call(quantity, chosen, model, theta, Xa, Y, dt)
-    if loss is not None:
+    if takes_loss:
         if C is None:
             C = np.asarray(call.run("forward")).shape[1]
         call.Y = check.targets_array(y, Xa.shape[0], C, loss, dt)
@@ -159,9 +166,25 @@ def model_inputs(model, X, dtype="float64") -> np.ndarray:
     return check.inputs_array(X, d, flattens, check.float_dtype(dtype), getattr(model, "inputs", None))
 
 
+def check_arguments(model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> None:
+    """Check the arguments as every public function does (model, ``params``, ``X``, and ``y``
+    with ``loss``/``agg`` when a loss is given), computing nothing beyond a forward pass."""
+    _prepare("check_arguments", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+
+
+def _guard(call: _Call, quantity: str, shape: tuple[int, ...]) -> None:
+    """Refuse (:func:`fluxhess.memory.require`) a result of ``shape`` whose working set cannot fit."""
+    memory.require(quantity, memory.needed_bytes(quantity, math.prod(shape), call.dtype.itemsize), shape)
+
+
 def _square(call: _Call, quantity: str) -> None:
     P = call.params.shape[0]
-    memory.require(quantity, memory.needed_bytes(quantity, P * P, call.dtype.itemsize), (P, P))
+    _guard(call, quantity, (P, P))
+
+
+def _outputs(call: _Call) -> int:
+    """C, the model's output width (1 where a model does not say)."""
+    return _dims(call.model)[1] or 1
 
 
 # --- values ----------------------------------------------------------------
@@ -173,6 +196,7 @@ def forward(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
     Returns: ``(N, C)``.
     """
     call = _prepare("forward", model, params, X, backend=backend, dtype=dtype)
+    _guard(call, "forward", (call.X.shape[0], _outputs(call)))
     return call.result(call.run("forward"))
 
 
@@ -191,6 +215,7 @@ def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtyp
     Returns: ``(P,)``.
     """
     call = _prepare("gradient", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    _guard(call, "gradient", call.params.shape)
     return call.result(call.run("gradient", call.Y, loss, agg))
 
 
@@ -287,6 +312,7 @@ def hvp(model, params, X, y, V, *, kind="hessian", loss="mse", agg="sum", backen
     check.choice("kind", kind, KINDS)
     call = _prepare("hvp", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     Vm, single = check.vectors_array(V, call.params.shape[0], call.dtype)
+    _guard(call, "hvp", Vm.shape)
     out = call.result(call.run("hvp", call.Y, Vm, loss, agg, kind))
     return out[:, 0].copy() if single else out
 
@@ -298,6 +324,7 @@ def diagonal(model, params, X, y, *, kind="hessian", loss="mse", agg="sum", back
     """
     check.choice("kind", kind, KINDS)
     call = _prepare("diagonal", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+    _guard(call, "diagonal", call.params.shape)
     return call.result(call.run("diagonal", call.Y, loss, agg, kind))
 
 
@@ -333,9 +360,7 @@ def param_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.n
     Returns: ``(N, C, P)``.
     """
     call = _prepare("param_jacobian", model, params, X, backend=backend, dtype=dtype)
-    N, P = call.X.shape[0], call.params.shape[0]
-    C = _dims(model)[1] or 1
-    memory.require("param_jacobian", memory.needed_bytes("param_jacobian", N * C * P, call.dtype.itemsize), (N, C, P))
+    _guard(call, "param_jacobian", (call.X.shape[0], _outputs(call), call.params.shape[0]))
     return call.result(call.run("param_jacobian"))
 
 
@@ -385,7 +410,9 @@ def input_jacobian(model, params, X, *, wrt=None, backend="auto", dtype="float64
     Returns: ``(N, C, d)``.
     """
     call = _prepare("input_jacobian", model, params, X, backend=backend, dtype=dtype)
-    return call.result(_in_columns(call, "input_jacobian", _columns(model, wrt, call.X.shape[1])))
+    columns = _columns(model, wrt, call.X.shape[1])
+    _guard(call, "input_jacobian", (call.X.shape[0], _outputs(call), _width(call, columns)))
+    return call.result(_in_columns(call, "input_jacobian", columns))
 
 
 def input_hessian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
@@ -396,8 +423,7 @@ def input_hessian(model, params, X, *, wrt=None, backend="auto", dtype="float64"
     call = _prepare("input_hessian", model, params, X, backend=backend, dtype=dtype)
     columns = _columns(model, wrt, call.X.shape[1])
     N, d = call.X.shape[0], _width(call, columns)
-    C = _dims(model)[1] or 1
-    memory.require("input_hessian", memory.needed_bytes("input_hessian", N * C * d * d, call.dtype.itemsize), (N, C, d, d))
+    _guard(call, "input_hessian", (N, _outputs(call), d, d))
     return call.result(_in_columns(call, "input_hessian", columns))
 
 
@@ -407,6 +433,7 @@ def laplacian(model, params, X, *, wrt=None, backend="auto", dtype="float64") ->
     Returns: ``(N, C)``.
     """
     call = _prepare("laplacian", model, params, X, backend=backend, dtype=dtype)
+    _guard(call, "laplacian", (call.X.shape[0], _outputs(call)))
     return call.result(_in_columns(call, "laplacian", _columns(model, wrt, call.X.shape[1])))
 
 
@@ -422,4 +449,5 @@ def divergence(model, params, X, *, wrt=None, backend="auto", dtype="float64") -
     if C is not None and d != C:
         named = "" if wrt is None else f" in {wrt!r}"
         raise InputError(f"divergence needs as many outputs as inputs (C == d); this model has C={C}, d={d}{named}")
+    _guard(call, "divergence", (call.X.shape[0],))
     return call.result(_in_columns(call, "divergence", columns))

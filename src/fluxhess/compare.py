@@ -156,7 +156,10 @@ def compare(
     as for every fluxhess function (``y`` is needed only by quantities that take a loss).
     ``quantities``: names from :data:`QUANTITIES`. ``backends``: names such as
     ``"julia"``, ``"jax"``; one that cannot run here is listed in the report with the
-    reason, never an error. A FluxModel runs as itself on julia and as its
+    reason, never an error, and so is the failure of a backend on a quantity (e.g.
+    ``divergence`` of a model with C != d). Input that every backend refuses (a wrong ``X``
+    width, an unknown ``dtype``, an object that is not a model) raises that
+    :class:`~fluxhess.InputError` instead, checked once before anything runs. A FluxModel runs as itself on julia and as its
     ``to_spec()`` Chain (with ``params``) on backends that need a spec.
     ``repeat``: calls per quantity and backend; the report shows the fastest.
 
@@ -165,6 +168,8 @@ def compare(
     quantities = _names("quantities", quantities, tuple(QUANTITIES))
     names = _names("backends", backends, BACKEND_NAMES)
     repeat = check.positive_int("repeat", repeat)
+    check.float_dtype(dtype)
+    api.check_model(model)
     if any(QUANTITIES[q][1] for q in quantities):
         L.check_loss(loss)
         L.check_agg(agg)
@@ -177,6 +182,9 @@ def compare(
             runnable[name] = _model_for(name, model)
         except (BackendUnavailableError, UnsupportedModelError) as e:
             unavailable[name] = str(e)
+    for name, m in list(runnable.items())[:1]:  # input bad for every backend raises here, once
+        takes_loss = dict(loss=loss, agg=agg) if any(QUANTITIES[q][1] for q in quantities) else {}
+        api.check_arguments(m, params, X, y, backend=name, dtype=dtype, **takes_loss)
     reports = []
     for q in quantities:
         fn, needs_y = QUANTITIES[q]
@@ -243,6 +251,8 @@ def _timed(call, repeat: int):
 def _names(argument: str, value, choices) -> tuple[str, ...]:
     if isinstance(value, str):
         value = (value,)
+    if not isinstance(value, (tuple, list)):
+        raise InputError(f"{argument} must be a name or a list of names from {', '.join(choices)}; got {value!r:.80}")
     value = tuple(value)
     bad = [v for v in value if v not in choices]
     if not value or bad:

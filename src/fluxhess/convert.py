@@ -107,6 +107,7 @@ def _torch_sequential(sequential, signature=None) -> tuple[Chain, np.ndarray]:
             f"from_torch takes a torch.nn.Sequential of Linear and activation modules; got "
             f"{type(sequential).__name__}. Write the network as nn.Sequential(nn.Linear(...), nn.Tanh(), ...)"
         )
+    _check_torch_parameters(sequential)
     layers, arrays = [], {}
     for i, layer in enumerate(sequential):
         if type(layer) is nn.Linear:
@@ -180,6 +181,19 @@ def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
     return model, theta
 
 
+def _check_torch_parameters(sequential) -> None:
+    """Refuse parameters that hold no values (the meta device) or are not real floats."""
+    for name, p in sequential.named_parameters():
+        if p.is_meta:
+            raise InputError(
+                f"sequential has parameters on the meta device, which hold no values ({name!r}, shape "
+                f"{tuple(p.shape)}); materialise them first, e.g. sequential.to_empty(device='cpu') and load "
+                "the weights"
+            )
+        if not p.dtype.is_floating_point:
+            raise InputError(f"sequential parameter {name!r} must be real floating point; got {p.dtype}")
+
+
 def _torch_numpy(tensor) -> np.ndarray:
     return tensor.detach().cpu().double().numpy().copy()
 
@@ -190,6 +204,14 @@ def _torch_numpy(tensor) -> np.ndarray:
 
 #: Rows of probe data fed through the module while it is traced.
 _PROBE_ROWS = 64
+
+
+def _probe_inputs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """``(_PROBE_ROWS, *shape)`` normal samples, row ``i`` scaled by ``10^(-1 … 3)``: the
+    converted Chain must reproduce the module on large inputs too, not only near 0."""
+    rng = np.random.default_rng(seed)
+    scales = np.logspace(-1.0, 3.0, _PROBE_ROWS).reshape(-1, *(1,) * len(shape))
+    return rng.normal(size=(_PROBE_ROWS, *shape)) * scales
 
 
 def from_flax(module, variables, *, input_shape=None, inputs=None) -> tuple[Chain, np.ndarray]:
@@ -238,14 +260,14 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
     if inputs is not None and input_shape is not None:
         raise InputError("pass input_shape= (one input array) or inputs= (several), not both")
     with jax.enable_x64(True):
-        rng = np.random.default_rng(0)
         if inputs is None:
             shape = _flax_input_shape(variables, input_shape)
-            args, signature = [rng.normal(size=(_PROBE_ROWS, *shape))], None
+            args, signature = [_probe_inputs(shape)], None
         else:
             signature = _call_signature(module, inputs)
-            args = [rng.normal(size=(_PROBE_ROWS, *np.shape(x)[1:])) for x in inputs]
+            args = [_probe_inputs(np.shape(x)[1:], seed) for seed, x in enumerate(inputs)]
             shape = (sum(signature.values()),)
+        _check_flax_variables(module, variables, args)
         dense, output = _flax_dense_calls(module, variables, args, nn)
         acts = _flax_activations(module, variables, [np.zeros_like(a) for a in args], dense, nn)
         layers, arrays, paths = [Flatten()] if len(shape) > 1 else [], {}, []
@@ -306,6 +328,38 @@ def _flax_input_shape(variables, input_shape) -> tuple[int, ...]:
     raise UnsupportedModelError(
         "from_flax found no Dense kernel (a 2-D 'kernel' parameter) in variables['params']; "
         "it converts MLPs made of nn.Dense layers"
+    )
+
+
+def _check_flax_variables(module, variables, args) -> None:
+    """Refuse ``variables`` whose parameters are not the ones ``module.init`` makes (those of
+    another module, or of this one on other input widths), naming the first difference."""
+    import jax
+    from flax.traverse_util import flatten_dict
+
+    try:
+        expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)
+    except Exception:  # the module cannot run on X at all: _flax_dense_calls says so, with the reason
+        return
+    want = {"/".join(map(str, k)): tuple(v.shape) for k, v in flatten_dict(dict(expected.get("params", {}))).items()}
+    got = {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in flatten_dict(dict(variables["params"])).items()}
+    if want == got:
+        return
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    shapes = [f"{k}: {want[k]} expected, {got[k]} given" for k in sorted(set(want) & set(got)) if want[k] != got[k]]
+    detail = "; ".join(
+        part for part in (
+            f"missing {', '.join(missing[:4])}" if missing else "",
+            f"unexpected {', '.join(extra[:4])}" if extra else "",
+            "; ".join(shapes[:4]),
+        ) if part
+    )
+    raise InputError(
+        f"variables['params'] do not belong to this {type(module).__name__} on samples of shape "
+        f"{', '.join(str(a.shape[1:]) for a in args)} "
+        f"({detail}). Pass what module.init returned for this module (and input_shape= the shape of one sample "
+        "if it is not the first kernel's input width)"
     )
 
 
@@ -381,17 +435,42 @@ def _dense_input(args, kwargs):
     return args[0] if args else kwargs["inputs"]
 
 
-def _grid(rows: int, cols: int, seed: int) -> np.ndarray:
-    """Values spread over [-6, 6] (0 included), shuffled into ``(rows, cols)``."""
-    values = np.linspace(-6.0, 6.0, rows * cols)
-    return np.random.default_rng(seed).permutation(values).reshape(rows, cols)
+def activation_probe(rows: int, cols: int, seed: int):
+    """A grid of pre-activations ``(rows, cols)`` and the test of what a function made of it.
+
+    The grid holds 0, values spread densely over [-8, 8] (where activations differ in shape)
+    and ± log-spaced magnitudes from 10 to 1e6, shuffled: a function that agrees with an
+    NNlib activation near 0 but not everywhere (``relu6``, a clip at ±10, a saturating
+    approximation) disagrees somewhere on it. ``match(values)``, with ``values`` what the
+    function returned on the grid, gives the names of the activations fluxhess computes
+    (elementwise, or softmax/logsoftmax over each row) that agree with it at every point,
+    to 1e-12 relative.
+
+    Returns: ``(grid, match)``.
+    """
+    from .backends.jax_model import COLUMN, ELEMENTWISE
+
+    n = rows * cols
+    large = np.logspace(1.0, 6.0, n // 4)
+    values = np.concatenate([[0.0], np.linspace(-8.0, 8.0, n - 1 - 2 * large.size), large, -large])
+    grid = np.random.default_rng(seed).permutation(values).reshape(rows, cols)
+    candidates = {**ELEMENTWISE, **COLUMN}
+
+    def match(seen) -> list[str]:
+        seen = np.asarray(seen)
+        if seen.shape != grid.shape:
+            return []
+        return [name for name, fn in candidates.items() if _same(np.asarray(fn(grid)), seen)]
+
+    return grid, match
 
 
 def _flax_activations(module, variables, args, dense, nn) -> list[str]:
-    """The activation after each Dense call, identified on a grid of pre-activations."""
+    """The activation after each Dense call, identified by :func:`activation_probe`."""
     from .backends.jax_model import COLUMN, ELEMENTWISE
 
-    grids = [_grid(_PROBE_ROWS, kernel.shape[1], k) for k, (_, _, kernel, _, _) in enumerate(dense)]
+    probes = [activation_probe(_PROBE_ROWS, kernel.shape[1], k) for k, (_, _, kernel, _, _) in enumerate(dense)]
+    grids = [grid for grid, _ in probes]
     reached, k = [], iter(range(len(dense)))
 
     def substitute(next_fun, args, kwargs, context):
@@ -404,22 +483,19 @@ def _flax_activations(module, variables, args, dense, nn) -> list[str]:
     with nn.intercept_methods(substitute):
         output = np.asarray(module.apply(variables, *args))
     after = reached[1:] + [output]
-    candidates = {**ELEMENTWISE, **COLUMN}
     names = []
-    for (where, _, _, _, _), grid, seen in zip(dense, grids, after):
-        match = [
-            name for name, fn in candidates.items()
-            if seen.shape == grid.shape and _same(np.asarray(fn(grid)), seen)
-        ]
-        if not match:
+    for (where, _, _, _, _), (_, match), seen in zip(dense, probes, after):
+        found = match(seen)
+        if not found:
             raise UnsupportedModelError(
                 f"the function applied to the output of layer {where} matches none of the activations fluxhess "
-                f"computes with NNlib's formulas ({', '.join(candidates)}). Flax functions that do: nn.relu, "
+                f"computes with NNlib's formulas ({', '.join({**ELEMENTWISE, **COLUMN})}) at every point, "
+                "from 0 to magnitudes of 1e6. Flax functions that do: nn.relu, "
                 "nn.tanh, nn.sigmoid, nn.softplus, nn.elu (alpha=1), nn.leaky_relu (negative_slope=0.01), "
                 "nn.swish/nn.silu, nn.gelu (approximate=True), nn.softmax, nn.log_softmax; the exact gelu, "
-                "selu, celu and the like have no NNlib twin here"
+                "selu, celu, relu6, hard_tanh, clips and the like have no NNlib twin here"
             )
-        names.append(match[0])
+        names.append(found[0])
     return names
 
 

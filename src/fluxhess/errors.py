@@ -1,4 +1,4 @@
-"""The exceptions fluxhess raises: one root, one subclass per kind of problem."""
+"""The exceptions fluxhess raises, and its warnings: one root each, one subclass per kind of problem."""
 
 
 class FluxHessError(Exception):
@@ -46,12 +46,22 @@ class BackendError(FluxHessError, RuntimeError):
     """
 
 
-class NumericalWarning(UserWarning):
+class FluxHessWarning(UserWarning):
+    """Root of every warning fluxhess issues: a result was computed, but something about it
+    (or about the call) deserves a look. The message says what and the usual fix."""
+
+
+class NumericalWarning(FluxHessWarning):
     """A result was computed, but rounding has cost it significant digits.
 
     The message says how much was measured, the bound it exceeded, and the fix
     (usually ``dtype="float64"``).
     """
+
+
+class ConvergenceWarning(FluxHessWarning, RuntimeWarning):
+    """An optimiser (``fit_map``, ``optimize_prior_precision``, ``marglik_training``) stopped
+    before converging; its result is stored or returned all the same."""
 
 
 class NotFittedError(FluxHessError, RuntimeError):

@@ -34,13 +34,13 @@ ON_PROBABILITIES = ("crossentropy", "binarycrossentropy")
 
 
 def check_loss(loss) -> str:
-    if loss not in LOSSES:
+    if not isinstance(loss, str) or loss not in LOSSES:
         raise UnknownNameError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
     return loss
 
 
 def check_agg(agg) -> str:
-    if agg not in AGGS:
+    if not isinstance(agg, str) or agg not in AGGS:
         raise UnknownNameError(f"agg must be 'sum' or 'mean'; got {agg!r}")
     return agg
 

@@ -1,21 +1,41 @@
 """Memory estimates and the guard that refuses a result that cannot fit.
 
-Every quantity whose result grows with P² or N·C·P asks :func:`require` before
-allocating; the refusal names the size and cheaper alternatives.
+Every public function that returns an array asks :func:`require` before allocating,
+with its result and its working set; the refusal names the size and cheaper
+alternatives. "Available" is the smaller of what the machine has free and what the
+container's memory limit (a cgroup, v2 or v1) still allows.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .errors import MemoryBudgetError
 
 #: Working memory a chunked computation may use at once, at most.
 CHUNK_BYTES = 256 * 2**20
 
+#: Where a process sees its own cgroup's memory files (the container's, inside one).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: cgroup v2 and v1 file names: (limit, usage, statistics, reclaimable page-cache entry).
+_CGROUP_FILES = (
+    ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+)
+#: A cgroup "limit" at or above this is the kernel's way of saying "none" (v1 writes 2⁶³ − 4096).
+_NO_LIMIT = 2**60
+
 
 def available_bytes() -> int:
-    """Memory the OS reports as available now (``MemAvailable``), in bytes."""
+    """Memory that can be allocated now, in bytes: the machine's ``MemAvailable``, or less
+    where a cgroup memory limit leaves less (:func:`cgroup_free_bytes`)."""
+    machine = _machine_available_bytes()
+    container = cgroup_free_bytes()
+    return machine if container is None else min(machine, container)
+
+
+def _machine_available_bytes() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -24,6 +44,34 @@ def available_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cgroup_free_bytes(root: Path | None = None) -> int | None:
+    """``limit − usage + reclaimable page cache`` of the cgroup at ``root`` (default
+    :data:`CGROUP_ROOT`; v2, else v1), or None where no memory limit is set or none can be read."""
+    root = CGROUP_ROOT if root is None else Path(root)
+    for limit_file, usage_file, stat_file, cache_entry in _CGROUP_FILES:
+        try:
+            limit_text = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= _NO_LIMIT:
+            return None
+        return max(0, int(limit_text) - usage + _stat_entry(root / stat_file, cache_entry))
+    return None
+
+
+def _stat_entry(path: Path, name: str) -> int:
+    """The value of ``name`` in a cgroup ``memory.stat`` file (0 when absent)."""
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def format_bytes(n: float) -> str:
@@ -41,21 +89,30 @@ ALTERNATIVES = {
     "param_jacobian": "a smaller batch of X, or hvp/diagonal for curvature",
     "input_hessian": "laplacian(...) for the trace only, or a smaller batch of X",
     "kron": "diagonal(...) or hvp(...)",
+    "hvp": "fewer columns of V per call",
+    "input_jacobian": "a smaller batch of X",
+    "sample": "fewer samples per call",
 }
 
 
 #: Peak memory of a quantity, in copies of its result, as measured by
 #: benchmarks/memory_estimates.py. The Dense-chain P×P routes peak at ~1.1 copies (the
 #: result and bounded working memory); the generic route holds XLA's result and the NumPy
-#: copy returned, so 2 is the bound the guard uses for both. The per-sample results hold
-#: their chunks until they are concatenated; kron holds its running sums and the chunk's
-#: factors beside the result (~2.1 copies measured).
-COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "param_jacobian": 2, "input_hessian": 2, "kron": 3}
+#: copy returned, so 2 is the bound the guard uses for both, and for every quantity not
+#: listed. The per-sample results hold their chunks until they are concatenated; kron
+#: holds its running sums and the chunk's factors beside the result (~2.1 copies measured).
+COPIES = {"kron": 3}
+
+#: Quantities computed in chunks: beside their result they hold one chunk's working set,
+#: at most :data:`CHUNK_BYTES`.
+CHUNKED = ("hvp", "diagonal", "param_jacobian", "input_jacobian", "input_hessian", "laplacian", "divergence")
 
 
 def needed_bytes(quantity: str, elements: int, itemsize: int) -> int:
-    """The bytes the guard checks for a result of ``elements`` entries of ``itemsize`` bytes."""
-    return COPIES.get(quantity, 1) * elements * itemsize
+    """The bytes the guard checks for a result of ``elements`` entries of ``itemsize`` bytes:
+    its copies (:data:`COPIES`, 2 by default) and, for a chunked quantity, one chunk."""
+    working = CHUNK_BYTES if quantity in CHUNKED else 0
+    return COPIES.get(quantity, 2) * elements * itemsize + working
 
 
 def require(quantity: str, nbytes: int, shape: tuple[int, ...], *, fraction: float = 0.8) -> None:

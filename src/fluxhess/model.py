@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import validate as check
 from .errors import InputError, UnknownNameError
 
 from .activations import COLUMNWISE, ELEMENTWISE
@@ -32,12 +33,6 @@ def _check_activation(name) -> str:
     return name
 
 
-def _check_width(what: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{what} must be a positive integer; got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Dense:
     """``Dense(in, out, activation=None, bias=True)``: ``σ.(W x .+ b)``, ``W`` ``(out, in)``."""
@@ -48,8 +43,8 @@ class Dense:
     bias: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "in_features", _check_width("Dense in", self.in_features))
-        object.__setattr__(self, "out_features", _check_width("Dense out", self.out_features))
+        object.__setattr__(self, "in_features", check.positive_int("Dense in", self.in_features))
+        object.__setattr__(self, "out_features", check.positive_int("Dense out", self.out_features))
         act = _check_activation(self.activation)
         if act in COLUMNWISE:
             raise InputError(
@@ -144,6 +139,8 @@ class ParamLayout(Sequence[Block]):
                 raise UnknownNameError(
                     f"no parameter block named {index!r}; the blocks are {', '.join(self.names)}"
                 ) from None
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer, slice)):
+            raise InputError(f"a layout is indexed by a block name or a position; got {index!r:.80}")
         return self._blocks[index]
 
     def __len__(self) -> int:
@@ -245,6 +242,8 @@ class Chain:
         Hidden Dense layers use ``activation``; the last Dense layer is linear, followed
         by ``Activation(output)`` when ``output`` is given (e.g. ``"softmax"``).
         """
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+            raise InputError(f"mlp widths must be a list of layer widths [in, h1, ..., out]; got {widths!r:.80}")
         widths = list(widths)
         if len(widths) < 2:
             raise InputError(f"mlp widths need at least [in, out]; got {widths}")
@@ -291,14 +290,15 @@ class Chain:
         Weights are uniform on ``±sqrt(6 / (in + out))``; the random stream is NumPy's,
         not Julia's, so the numbers differ from a Julia ``Dense`` (the distribution does not).
         """
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check.seed("seed", seed))
+        dtype = check.float_dtype(dtype)
         theta = np.zeros(self.num_params, dtype=np.float64)
         for block in self.layout:
             if block.name.endswith(".weight"):
                 out, inp = block.shape
                 limit = math.sqrt(6.0 / (inp + out))
                 theta[block.slice] = rng.uniform(-limit, limit, size=block.size)
-        return theta.astype(_float_dtype(dtype))
+        return theta.astype(dtype)
 
     def unflatten(self, params) -> dict[str, np.ndarray]:
         """Split θ ``(P,)`` into ``{block name: array}``; weights ``(out, in)``."""
@@ -309,6 +309,8 @@ class Chain:
 
     def flatten(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Inverse of :meth:`unflatten`: ``{block name: array}`` → θ ``(P,)``."""
+        if not hasattr(arrays, "keys"):
+            raise InputError(f"arrays must be a dict {{block name: array}}; got {type(arrays).__name__}")
         missing = set(self.layout.names) - set(arrays)
         extra = set(arrays) - set(self.layout.names)
         if missing or extra:
@@ -356,10 +358,3 @@ def _signature(inputs, chain: Chain) -> tuple[tuple[str, int], ...] | None:
         )
     return pairs
 
-
-def _float_dtype(dtype) -> np.dtype:
-    if dtype in ("float64", np.float64):
-        return np.dtype(np.float64)
-    if dtype in ("float32", np.float32):
-        return np.dtype(np.float32)
-    raise UnknownNameError(f"dtype must be 'float64' or 'float32'; got {dtype!r}")

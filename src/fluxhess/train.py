@@ -14,7 +14,7 @@ import numpy as np
 
 from . import api
 from . import validate as check
-from .errors import InputError
+from .errors import ConvergenceWarning, InputError
 
 
 class MapFit(NamedTuple):
@@ -72,7 +72,7 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
 
 def prior_vector(prior_precision, num_params: int) -> np.ndarray:
     """λ as ``(P,)``: one positive value for every parameter, or ``(P,)`` positive values."""
-    lam = np.asarray(prior_precision, dtype=np.float64)
+    lam = np.array(check.numeric("prior_precision", prior_precision), dtype=np.float64)
     if lam.ndim == 0:
         lam = np.full(num_params, float(lam))
     if lam.shape != (num_params,):
@@ -112,7 +112,8 @@ def fit_map(
     array([1., 2.])
 
     Returns: a :class:`MapFit` (``params`` ``(P,)``, ``objective``, ``gradient_norm``,
-    ``iterations``, ``converged``, ``message``); a ``RuntimeWarning`` when it did not converge.
+    ``iterations``, ``converged``, ``message``); a :class:`fluxhess.ConvergenceWarning` (a
+    ``RuntimeWarning``) when it did not converge.
     """
     P = getattr(model, "num_params", None)
     if not isinstance(P, int):
@@ -120,6 +121,7 @@ def fit_map(
     theta0 = check.params_array(params0, P, np.dtype(np.float64))
     lam = prior_vector(prior_precision, P)
     max_iter = check.positive_int("max_iter", max_iter)
+    gtol = check.positive_number("gtol", gtol)
     api.loss(model, theta0, X, y, loss=loss, agg="sum", backend=backend)  # validates X, y and loss once
 
     def objective(theta):
@@ -144,7 +146,7 @@ def fit_map(
         warnings.warn(
             f"fit_map stopped after {iterations} iterations without converging ({message}); "
             f"‖∇L‖_∞ = {gnorm:.3g}. Raise max_iter or loosen gtol",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=2,
         )
     return MapFit(theta, float(value), gnorm, iterations, converged, message)

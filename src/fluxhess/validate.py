@@ -8,16 +8,26 @@ argument, what was expected and what arrived. Nothing is silently broadcast.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from . import losses as L
-from .errors import InputError, UnknownNameError
-from .model import _float_dtype
+from .errors import FluxHessWarning, InputError, UnknownNameError
+
+#: The float dtypes a result may have, by name.
+FLOAT_DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
 
 
 def float_dtype(dtype) -> np.dtype:
-    return _float_dtype(dtype)
+    """``"float64"``/``"float32"`` (or ``np.float64``/``np.float32``, or their ``np.dtype``) as a ``np.dtype``."""
+    if isinstance(dtype, type) and dtype in (np.float64, np.float32):
+        return np.dtype(dtype)
+    if isinstance(dtype, np.dtype) and dtype.name in FLOAT_DTYPES:
+        return dtype
+    if isinstance(dtype, str) and dtype in FLOAT_DTYPES:
+        return FLOAT_DTYPES[dtype]
+    raise UnknownNameError(f"dtype must be 'float64' or 'float32'; got {dtype!r:.80}")
 
 
 def choice(argument: str, value, choices) -> str:
@@ -33,7 +43,27 @@ def positive_int(argument: str, value) -> int:
     return int(value)
 
 
-def _numeric(argument: str, value) -> np.ndarray:
+def seed(argument: str, value) -> int:
+    """``value`` as an ``int`` when it is an integer ``>= 0`` (not a bool), as NumPy's random streams take."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"{argument} must be a non-negative integer (a random seed); got {value!r:.80}")
+    return int(value)
+
+
+def positive_number(argument: str, value) -> float:
+    """``value`` as a ``float`` when it is a real number ``> 0`` and finite (not a bool or a string)."""
+    if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
+        raise InputError(f"{argument} must be a positive number; got {value!r:.80}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{argument} must be a positive number; got {value!r:.80}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise InputError(f"{argument} must be a positive number; got {v}")
+    return v
+
+
+def numeric(argument: str, value) -> np.ndarray:
     """``value`` as a real floating/integer NumPy array, refusing bool, complex, object, strings."""
     try:
         a = np.asarray(value)
@@ -45,7 +75,8 @@ def _numeric(argument: str, value) -> np.ndarray:
     if kind == "c":
         raise InputError(f"{argument} must be real; got complex dtype {a.dtype}")
     if kind not in "iuf":
-        raise InputError(f"{argument} must be a numeric array; got dtype {a.dtype}")
+        got = f"{type(value).__name__} {value!r:.60}" if a.ndim == 0 else f"dtype {a.dtype}"
+        raise InputError(f"{argument} must be a numeric array; got {got}")
     return a
 
 
@@ -57,15 +88,31 @@ def _finite(argument: str, a: np.ndarray) -> None:
         )
 
 
+def cast(argument: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` as a C-contiguous array of ``dtype``; an entry too large for ``dtype`` (finite in
+    float64, infinite in float32) is an InputError naming it, not an overflow found later."""
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(a, dtype=dtype)
+    if a.dtype.kind == "f" and out.dtype.itemsize < a.dtype.itemsize:
+        overflow = ~np.isfinite(out)
+        if overflow.any():
+            bad = tuple(int(i) for i in np.argwhere(overflow)[0])
+            raise InputError(
+                f"{argument} holds {a[bad].item()!r} at index {bad}, beyond the largest {dtype.name} "
+                f"({np.finfo(dtype).max:.4g}); rescale it or use dtype='float64'"
+            )
+    return out
+
+
 def params_array(params, num_params: int, dtype: np.dtype) -> np.ndarray:
     """θ as a C-contiguous ``(P,)`` array of ``dtype``."""
-    a = _numeric("params", params)
+    a = numeric("params", params)
     if a.shape != (num_params,):
         raise InputError(
             f"params must have shape ({num_params},) for this model (its num_params); got {a.shape}"
         )
     _finite("params", a)
-    return np.ascontiguousarray(a, dtype=dtype)
+    return cast("params", a, dtype)
 
 
 def stacked_inputs(X, signature) -> np.ndarray:
@@ -83,7 +130,7 @@ def stacked_inputs(X, signature) -> np.ndarray:
         raise InputError(f"X must be a tuple of {len(signature)} arrays ({names}); got {len(X)}")
     parts = []
     for (name, width), x in zip(signature, X):
-        a = _numeric(f"input {name!r}", x)
+        a = numeric(f"input {name!r}", x)
         if a.ndim == 1 and width == 1:
             a = a[:, None]
         rows = parts[0].shape[0] if parts else None
@@ -98,7 +145,7 @@ def inputs_array(X, in_features: int | None, flattens: bool, dtype: np.dtype, si
     a tuple of arrays for a model with an input ``signature`` (:func:`stacked_inputs`)."""
     if isinstance(X, tuple):
         X = stacked_inputs(X, signature)
-    a = _numeric("X", X)
+    a = numeric("X", X)
     if a.ndim == 0 or a.shape[0] == 0:
         raise InputError(f"X must hold at least one sample, shape (N, d) with N >= 1; got {a.shape}")
     if a.ndim > 2:
@@ -117,7 +164,7 @@ def inputs_array(X, in_features: int | None, flattens: bool, dtype: np.dtype, si
             f"shape (N, {in_features}); got {a.shape}"
         )
     _finite("X", a)
-    return np.ascontiguousarray(a, dtype=dtype)
+    return cast("X", a, dtype)
 
 
 def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype) -> np.ndarray:
@@ -132,7 +179,7 @@ def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype)
     """
     if y is None:
         raise InputError(f"y is required for loss={loss!r}: targets of shape ({n_samples}, {n_outputs})")
-    a = _numeric("y", y)
+    a = numeric("y", y)
     if a.ndim == 0 or a.shape[0] != n_samples:
         raise InputError(f"y must have one row per sample of X ({n_samples} rows); got shape {a.shape}")
     N, C = n_samples, n_outputs
@@ -144,12 +191,12 @@ def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype)
                     f"y as a vector holds class labels for loss={loss!r}, which must be integers in "
                     f"[0, {C}); got non-integer values such as {a[a != np.round(a)][0]}"
                 )
-        labels = a.astype(np.int64)
-        if labels.min() < 0 or labels.max() >= C:
+        if a.min() < 0 or a.max() >= C:  # on the values as given: an int64 cast would wrap 2**70
             raise InputError(
                 f"class labels in y must lie in [0, {C}) for a model with {C} outputs; "
-                f"got values from {labels.min()} to {labels.max()}"
+                f"got values from {a.min()} to {a.max()}"
             )
+        labels = a.astype(np.int64)
         out = np.zeros((N, C), dtype=dtype)
         out[np.arange(N), labels] = 1
         return out
@@ -160,7 +207,7 @@ def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype)
     if a.ndim != 2 or a.shape[1] != C:
         raise InputError(f"y must have shape ({N}, {C}) for a model with {C} outputs; got {a.shape}")
     _finite("y", a)
-    a = np.ascontiguousarray(a, dtype=dtype)
+    a = cast("y", a, dtype)
     if loss != "mse" and (a.min() < 0 or a.max() > 1):
         raise InputError(
             f"y must hold probabilities in [0, 1] for loss={loss!r}; got values from {a.min()} to {a.max()}"
@@ -178,7 +225,13 @@ def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype)
 
 
 def check_probabilities(argument: str, yhat: np.ndarray, loss: str) -> None:
-    """``crossentropy`` needs model outputs that are probabilities (a softmax/sigmoid output)."""
+    """The probability losses need model outputs in [0, 1], where Flux's ``log(ŷ + ϵ)`` terms
+    are defined (a softmax/sigmoid output): anything outside is an InputError.
+
+    ``crossentropy`` on rows that do not sum to 1 (independent sigmoids, C ≥ 2) is what Flux
+    computes too, so it is computed, with one :class:`~fluxhess.FluxHessWarning` per call
+    saying that it is unusual and what the usual choice is.
+    """
     tol = 1e-6 if yhat.dtype == np.float64 else 1e-4
     if yhat.min() < -tol or yhat.max() > 1 + tol:
         raise InputError(
@@ -190,18 +243,21 @@ def check_probabilities(argument: str, yhat: np.ndarray, loss: str) -> None:
         sums = yhat.sum(axis=1)
         worst = int(np.argmax(np.abs(sums - 1)))
         if abs(sums[worst] - 1) > math.sqrt(tol):
-            raise InputError(
-                f"loss='crossentropy' expects each row of the model output to sum to 1; "
-                f"row {worst} sums to {sums[worst]:.6g}. End the Chain with Activation('softmax'), "
-                "or use loss='logitcrossentropy' on raw outputs"
+            warnings.warn(
+                f"loss='crossentropy' on model outputs whose rows do not sum to 1 (row {worst} sums to "
+                f"{sums[worst]:.6g}): computed as Flux does, -Σ y·log(ŷ + ϵ), but unusual. The usual choice "
+                "is Activation('softmax') at the end of the Chain (or loss='logitcrossentropy' on raw "
+                "outputs); for independent sigmoid outputs, loss='binarycrossentropy'",
+                FluxHessWarning,
+                stacklevel=4,
             )
 
 
 def vectors_array(V, num_params: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
     """``V`` as ``(P, k)``; returns it and whether the caller passed a single ``(P,)`` vector."""
-    a = _numeric("V", V)
+    a = numeric("V", V)
     if a.ndim not in (1, 2) or a.shape[0] != num_params or (a.ndim == 2 and a.shape[1] == 0):
         raise InputError(f"V must have shape ({num_params},) or ({num_params}, k) with k >= 1; got {a.shape}")
     _finite("V", a)
     single = a.ndim == 1
-    return np.ascontiguousarray(a[:, None] if single else a, dtype=dtype), single
+    return cast("V", a[:, None] if single else a, dtype), single

@@ -220,8 +220,7 @@ class JaxBackend:
                 H = _np(_compiled(model, loss, "hessian")(params, X, Y, s))
             else:
                 H = np.empty((P, P), dtype=params.dtype)
-                per_column = 8 * (P + 4 * X.shape[0] * _widest(model))
-                k = chunk_size(per_column, P)
+                k = chunk_size(_column_bytes(model, P, X.shape[0]), P)
                 fn = _compiled(model, loss, "hessian_columns")
                 for sl in chunks(P, k, "hessian columns"):
                     idx = np.arange(sl.start, sl.stop)
@@ -255,9 +254,16 @@ class JaxBackend:
 
     # -- matrix-free --------------------------------------------------------
     def hvp(self, model, params, X, Y, V, loss, agg, kind):
+        """``M @ V`` in chunks of columns of ``V``, each within :data:`fluxhess.memory.CHUNK_BYTES`."""
         s = L.scale(loss, agg, *Y.shape)
+        P, k = V.shape
+        n = chunk_size(_column_bytes(model, P, X.shape[0]), k)
+        out = np.empty((P, k), dtype=params.dtype)
+        fn = _compiled(model, loss, f"hvp_{kind}")
         with _precision(params):
-            return _np(_compiled(model, loss, f"hvp_{kind}")(params, X, Y, s, V))
+            for sl in chunks(k, n, f"hvp ({kind})"):
+                out[:, sl] = _np(fn(params, X, Y, s, V[:, sl]))
+        return out
 
     def diagonal(self, model, params, X, Y, loss, agg, kind):
         fast = self._fast(model, params, X, Y, loss, agg, kind, "diagonal")
@@ -270,7 +276,7 @@ class JaxBackend:
         P = params.shape[0]
         s = L.scale(loss, agg, *Y.shape)
         out = np.empty(P, dtype=params.dtype)
-        k = chunk_size(8 * (P + 4 * X.shape[0] * _widest(model)), P)
+        k = chunk_size(_column_bytes(model, P, X.shape[0]), P)
         fn = _compiled(model, loss, "hessian_diag_chunk")
         with _precision(params):
             for sl in chunks(P, k, "hessian diagonal"):
@@ -335,6 +341,12 @@ class JaxBackend:
 #: cache: [100, 128, 128, 128, 1] on 256 points took 39 -> 27 ms (float64) and 28 -> 19 ms
 #: (float32) against one chunk on 2 cores (64-96 samples best; 32 or 256 slower).
 LAPLACIAN_CHUNK_BYTES = 6 * 2**20
+
+
+def _column_bytes(model: Chain, num_params: int, num_samples: int) -> int:
+    """Working memory of one curvature-vector product: the vector, its tangent and cotangent
+    (P each) and the N × width activations of the forward and backward passes."""
+    return 8 * (num_params + 4 * num_samples * _widest(model))
 
 
 def _widest(model: Chain) -> int:

@@ -13,7 +13,7 @@ weights, data and settings give the same numbers:
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import numpy as np
 from .. import api, memory
 from ..backends import get as _get_backend
 from .. import validate as check
-from ..errors import FluxHessError, InputError, NotFittedError
+from ..errors import ConvergenceWarning, FluxHessError, InputError, NotFittedError
 from ..flux import FluxModel
 from ..model import Chain
 from ..progress import chunks
@@ -36,16 +36,6 @@ from .subset import Subset, resolve
 
 PRIOR_STRUCTURES = ("scalar", "layerwise", "diag")
 METHODS = ("marglik", "gridsearch")
-
-
-def _positive_scalar(argument: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{argument} must be a positive number; got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise InputError(f"{argument} must be positive and finite; got {v}")
-    return v
 
 
 def _is_traced(x) -> bool:
@@ -114,12 +104,13 @@ class Laplace:
         self.clip_negative_eigenvalues = clip_negative_eigenvalues
         _get_backend(backend, model)  # fail now, not at fit, when it cannot run
         self.backend = backend
-        theta = check.params_array(params, model.num_params, np.dtype(np.float64))
+        # A copy, frozen: the caller's θ stays theirs (writeable, never aliased).
+        theta = np.array(check.params_array(params, model.num_params, np.dtype(np.float64)))
         theta.setflags(write=False)
         self.params = theta
         self._subset: Subset = resolve(model, subset)
-        self.temperature = _positive_scalar("temperature", temperature)
         self._cache = None
+        self.temperature = temperature
         self.sigma_noise = sigma_noise
         self.prior_precision = prior_precision
         self.prior_mean = prior_mean
@@ -170,10 +161,20 @@ class Laplace:
 
     @sigma_noise.setter
     def sigma_noise(self, value) -> None:
-        sigma = _positive_scalar("sigma_noise", value)
+        sigma = check.positive_number("sigma_noise", value)
         if self.likelihood == "classification" and sigma != 1.0:
             raise InputError(f"sigma_noise is the regression noise; it must stay 1 for classification, got {sigma}")
         self._sigma = sigma
+        self._cache = None
+
+    @property
+    def temperature(self) -> float:
+        """T ``> 0``: the curvature and the loss enter the posterior divided by it."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value) -> None:
+        self._temperature = check.positive_number("temperature", value)
         self._cache = None
 
     @property
@@ -183,11 +184,14 @@ class Laplace:
 
     @prior_mean.setter
     def prior_mean(self, value) -> None:
-        m = np.asarray(value, dtype=np.float64)
+        m = np.array(check.numeric("prior_mean", value), dtype=np.float64)  # a copy: never the caller's array
         if m.ndim == 0:
             m = np.full(self.n_params, float(m))
         if m.shape != (self.n_params,) or not np.all(np.isfinite(m)):
-            raise InputError(f"prior_mean must be a finite scalar or have shape ({self.n_params},); got shape {m.shape}")
+            raise InputError(
+                f"prior_mean must be a finite scalar or have shape ({self.n_params},); got shape {np.shape(value)}"
+                + ("" if m.shape != (self.n_params,) else " with non-finite entries")
+            )
         self._prior_mean = m
 
     def _check_prior(self, value, *, concrete: bool = True):
@@ -195,7 +199,10 @@ class Laplace:
         allowed = {1: "one value", B: "one per block"}
         if self.structure != "kron":
             allowed.setdefault(P, "one per parameter")
-        p = np.atleast_1d(np.asarray(value, dtype=np.float64)) if concrete else jnp.atleast_1d(jnp.asarray(value, dtype=jnp.float64))
+        if concrete:  # a copy: an array the caller changes later must not change this posterior
+            p = np.atleast_1d(np.array(check.numeric("prior_precision", value), dtype=np.float64))
+        else:
+            p = jnp.atleast_1d(jnp.asarray(value, dtype=jnp.float64))
         if p.ndim != 1 or p.shape[0] not in allowed:
             shapes = ", ".join(f"({n},) ({what})" for n, what in allowed.items())
             raise InputError(
@@ -318,8 +325,10 @@ class Laplace:
         Returns: ``(n, P_s)``.
         """
         n = check.positive_int("n", n)
+        rng = np.random.default_rng(check.seed("seed", seed))
         dec = self._decomposition()
-        Z = np.random.default_rng(seed).standard_normal((int(n), self.n_params))
+        memory.require("sample", memory.needed_bytes("sample", n * self.n_params, 8), (n, self.n_params))
+        Z = rng.standard_normal((n, self.n_params))
         with jax.enable_x64(True):
             return self.mean + np.asarray(self._curv.scale(dec, jnp.asarray(Z)))
 
@@ -351,7 +360,7 @@ class Laplace:
             if sigma_noise is None:
                 sigma = self._sigma
             else:
-                sigma = sigma_noise if traced else _positive_scalar("sigma_noise", sigma_noise)
+                sigma = sigma_noise if traced else check.positive_number("sigma_noise", sigma_noise)
             value = self._log_marglik(prior, sigma)
         if not traced and not np.isfinite(np.asarray(value)):
             raise self._not_positive_definite(self._factor(sigma), np.asarray(prior))
@@ -410,11 +419,15 @@ class Laplace:
           ``logspace(-4, 4, 100)``, laplace-torch's) minimising the predictive negative log
           likelihood on the validation data ``val=(X_val, y_val)`` — classification:
           ``−mean log p(y)``; regression: the Gaussian NLL with the observation noise.
+        - ``max_iter`` (marglik): at most this many L-BFGS iterations, a positive integer; a
+          :class:`fluxhess.ConvergenceWarning` says when it stops before converging (the
+          value reached is stored all the same).
 
         Returns: ``self``.
         """
         self._require_fit("optimize_prior_precision")
         check.choice("method", method, METHODS)
+        max_iter = check.positive_int("max_iter", max_iter)
         self._check_tuning(prior_structure, tune_sigma_noise)
         if method == "gridsearch":
             if tune_sigma_noise or prior_structure != "scalar":
@@ -478,6 +491,13 @@ class Laplace:
             result = lbfgs(fun, x0, max_iter=max_iter, gtol=1e-9, desc="marginal likelihood (L-BFGS)")
         if not np.all(np.isfinite(result.x)):
             raise FluxHessError(f"the marginal likelihood optimisation diverged: {result.message}")
+        if not result.success:
+            warnings.warn(
+                f"optimize_prior_precision stopped after {result.nit} iterations without converging "
+                f"({result.message}); the prior precision it stores is where it stopped. Raise max_iter",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         self.prior_precision = np.exp(result.x[:k])
         if tune_sigma:
             self.sigma_noise = float(np.exp(result.x[k]))
@@ -486,7 +506,8 @@ class Laplace:
     def _gridsearch(self, val, grid, pred_type, link_approx, n_samples) -> "Laplace":
         if val is None or not isinstance(val, (tuple, list)) or len(val) != 2:
             raise InputError("method='gridsearch' needs validation data val=(X_val, y_val)")
-        grid = np.logspace(-4, 4, 100) if grid is None else np.atleast_1d(np.asarray(grid, dtype=np.float64))
+        n_samples = check.positive_int("n_samples", n_samples)
+        grid = np.logspace(-4, 4, 100) if grid is None else np.atleast_1d(np.array(check.numeric("grid", grid), dtype=np.float64))
         if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
             raise InputError(f"grid must be a non-empty 1-D array of positive prior precisions; got {grid!r}")
         X_val, y_val = val
@@ -547,6 +568,7 @@ class Laplace:
         self._require_fit("predictive")
         link = pred.check_link(link_approx, pred_type, self.likelihood)
         n_samples = check.positive_int("n_samples", n_samples)
+        seed = check.seed("seed", seed)
         features = self._features(X)
         moments = self._glm_inputs(features) if pred_type == "glm" else None
         return self._predict(features, pred_type, link, int(n_samples), seed, moments)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import api, memory
 from .. import validate as check
-from ..errors import InputError
+from ..errors import FluxHessWarning, InputError
 from ..progress import chunks
 from . import posterior
 from .subset import Subset, tail_block
@@ -98,6 +98,7 @@ def clip_negative(curvature) -> tuple[object, Clipped | None]:
     warnings.warn(
         f"clipped {report.count} of {report.total} negative {what} of the Hessian of the summed loss to 0 "
         f"(most negative {report.most_negative:.6g}); Laplace.clipped has the details",
+        FluxHessWarning,
         stacklevel=3,
     )
     return clipped, report

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import validate as check
-from ..errors import InputError
+from ..errors import ConvergenceWarning
 from ..train import MapFit, fit_map
 from . import likelihood as lik
 from .core import Laplace
@@ -92,15 +92,11 @@ def marglik_training(
     - ``max_iter``, ``gtol``: for each :func:`fluxhess.fit_map`.
 
     Returns: a :class:`MarglikFit` (``laplace``, ``map_fit``, ``history``, ``converged``); a
-    ``RuntimeWarning`` when ``rounds`` ran out before the hyperparameters settled.
+    :class:`fluxhess.ConvergenceWarning` (a ``RuntimeWarning``) when ``rounds`` ran out before the
+    hyperparameters settled.
     """
     rounds = check.positive_int("rounds", rounds)
-    try:
-        rtol = float(rtol)
-    except (TypeError, ValueError):
-        raise InputError(f"rtol must be a positive number; got {rtol!r}") from None
-    if not rtol > 0:
-        raise InputError(f"rtol must be a positive number; got {rtol!r}")
+    rtol = check.positive_number("rtol", rtol)
     settings = dict(curvature=curvature, structure=structure, subset="all", temperature=temperature, backend=backend)
     la = Laplace(model, params0, likelihood, prior_precision=prior_precision, sigma_noise=sigma_noise, **settings)
     la._check_tuning(prior_structure, tune_sigma_noise)
@@ -123,7 +119,7 @@ def marglik_training(
     warnings.warn(
         f"marglik_training: the hyperparameters still moved by {change:.3g} (log scale) in round {rounds}, "
         f"above rtol={rtol:g}. Raise rounds or loosen rtol",
-        RuntimeWarning,
+        ConvergenceWarning,
         stacklevel=2,
     )
     return MarglikFit(la, fit, history, False)

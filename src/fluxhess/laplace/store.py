@@ -74,20 +74,67 @@ def save(la, path) -> None:
     elif isinstance(curv, posterior.Kron):
         for i, b in enumerate(curv.blocks):
             arrays.update({f"kron{i}_lam_A": b.lam_A, f"kron{i}_Q_A": b.Q_A, f"kron{i}_lam_G": b.lam_G, f"kron{i}_Q_G": b.Q_G})
-    with open(Path(path), "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **{k: np.asarray(v) for k, v in arrays.items()})
+    try:
+        with open(_path(path), "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **{k: np.asarray(v) for k, v in arrays.items()})
+    except OSError as e:
+        raise InputError(f"path {str(path)!r} cannot be written: {type(e).__name__}: {e}") from None
+
+
+def _path(path) -> Path:
+    """``path`` (a ``str`` or ``os.PathLike``) as a Path; anything else is an InputError."""
+    try:
+        return Path(path)
+    except TypeError:
+        raise InputError(f"path must be a file name (str or pathlib.Path); got {type(path).__name__}") from None
 
 
 def load(cls, path):
-    """The Laplace approximation saved at ``path``, fitted state included."""
-    with np.load(Path(path), allow_pickle=False) as data:
+    """The Laplace approximation saved at ``path``, fitted state included.
+
+    A file that is not one :func:`save` wrote (another ``.npy``/``.npz``, text, an entry
+    missing or malformed) raises :class:`~fluxhess.InputError` saying so.
+    """
+    meta, arrays = _read(path)
+    try:
+        return _restore(cls, meta, arrays)
+    except KeyError as e:
+        raise _not_saved(path, f"its entry {e} is missing") from None
+    except (TypeError, ValueError, IndexError) as e:  # InputError included: an entry that is malformed
+        raise _not_saved(path, f"{type(e).__name__}: {e}") from None
+
+
+def _not_saved(path, why: str) -> InputError:
+    return InputError(f"path {str(path)!r} is not a saved fluxhess Laplace approximation ({why})")
+
+
+def _read(path) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of a file :func:`save` wrote; an InputError for anything else."""
+    file = _path(path)
+    try:
+        data = np.load(file, allow_pickle=False)
+    except OSError as e:
+        raise _not_saved(path, f"{type(e).__name__}: {e}") from None
+    except (ValueError, EOFError):
+        raise _not_saved(path, "it is not a NumPy .npz archive") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise _not_saved(path, f"it holds a single array of shape {np.shape(data)}, not an .npz archive")
+    with data:
         try:
             meta = json.loads(str(data["meta"]))
         except (KeyError, ValueError):
-            raise InputError(f"{path} is not a saved fluxhess Laplace approximation (no readable 'meta' entry)") from None
-        if meta.get("format") != FORMAT:
-            raise InputError(f"{path} holds format {meta.get('format')!r}; this fluxhess reads {FORMAT!r}")
-        arrays = {k: data[k] for k in data.files if k != "meta"}
+            raise _not_saved(path, "no readable 'meta' entry") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise InputError(f"{path} holds format {found!r}; this fluxhess reads {FORMAT!r}")
+        try:
+            arrays = {k: data[k] for k in data.files if k != "meta"}
+        except ValueError as e:  # an entry holding pickled objects
+            raise _not_saved(path, str(e)) from None
+    return meta, arrays
+
+
+def _restore(cls, meta: dict, arrays: dict):
     la = cls(
         _chain(meta["model"], meta.get("inputs")),
         arrays["params"],

@@ -1,0 +1,127 @@
+"""The memory guard: every result is refused before it is computed when it cannot fit, the
+guard sees a container's memory limit, and hvp works through V's columns in chunks.
+
+References: tests/reference.py (a plain JAX Hessian), closed forms for the cgroup files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fluxhess as fh
+import reference as ref
+from conftest import assert_close
+from fluxhess import memory
+
+M = fh.Chain.mlp([3, 4, 2], "tanh")  # P = 26
+SQUARE = fh.Chain(fh.Dense(3, 3, "tanh"))
+rng = np.random.default_rng(0)
+X = rng.normal(size=(5, 3))
+Y = rng.normal(size=(5, 2))
+
+#: public function -> (the call, the shape of its result): C = 2, d = 3, N = 5, P = 26.
+RESULTS = {
+    "forward": (lambda: fh.forward(M, M.init(), X, backend="jax"), (5, 2)),
+    "gradient": (lambda: fh.gradient(M, M.init(), X, Y, backend="jax"), (26,)),
+    "hvp": (lambda: fh.hvp(M, M.init(), X, Y, np.ones((26, 7)), backend="jax"), (26, 7)),
+    "diagonal": (lambda: fh.diagonal(M, M.init(), X, Y, backend="jax"), (26,)),
+    "hessian": (lambda: fh.hessian(M, M.init(), X, Y, backend="jax"), (26, 26)),
+    "param_jacobian": (lambda: fh.param_jacobian(M, M.init(), X, backend="jax"), (5, 2, 26)),
+    "input_jacobian": (lambda: fh.input_jacobian(M, M.init(), X, backend="jax"), (5, 2, 3)),
+    "input_hessian": (lambda: fh.input_hessian(M, M.init(), X, backend="jax"), (5, 2, 3, 3)),
+    "laplacian": (lambda: fh.laplacian(M, M.init(), X, backend="jax"), (5, 2)),
+    "divergence": (lambda: fh.divergence(SQUARE, SQUARE.init(), X, backend="jax"), (5,)),
+}
+
+
+@pytest.mark.parametrize("quantity", list(RESULTS))
+def test_every_result_is_refused_when_it_cannot_fit(quantity, monkeypatch):
+    call, shape = RESULTS[quantity]
+    call()  # fits normally
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64)
+    with pytest.raises(fh.MemoryBudgetError, match=rf"{quantity} of shape {re_shape(shape)}"):
+        call()
+
+
+def re_shape(shape) -> str:
+    return str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
+
+
+@pytest.mark.parametrize("quantity", ["hvp", "diagonal", "param_jacobian", "input_jacobian", "input_hessian", "laplacian", "divergence"])
+def test_chunked_results_count_one_chunk_of_working_memory(quantity, monkeypatch):
+    """Room for two copies of the result but not for a chunk of working memory beside it: refused."""
+    call, shape = RESULTS[quantity]
+    room = 2 * 8 * int(np.prod(shape)) + memory.CHUNK_BYTES // 2
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(room / 0.8))
+    with pytest.raises(fh.MemoryBudgetError, match=quantity):
+        call()
+
+
+def test_hvp_runs_over_chunks_of_the_columns_of_V(monkeypatch):
+    """With room for 3 columns at a time, 10 columns run as 3 + 3 + 3 + 1 and equal H @ V."""
+    from fluxhess.backends import jax as jax_backend
+
+    seen = []
+
+    def chunks(total, size, desc):
+        seen.append((total, size))
+        return iter([slice(a, min(a + size, total)) for a in range(0, total, size)])
+
+    monkeypatch.setattr(jax_backend, "_column_bytes", lambda *a: memory.CHUNK_BYTES // 3)
+    monkeypatch.setattr(jax_backend, "chunks", chunks)
+    theta = M.init(1)
+    V = np.random.default_rng(2).normal(size=(26, 10))
+    for kind in ("hessian", "ggn"):
+        got = fh.hvp(M, theta, X, Y, V, kind=kind, backend="jax")
+        H = ref.jax_hessian(M, theta, X, Y, "mse", "sum") if kind == "hessian" else ref.linearized_ggn(M, theta, X, Y, "mse", "sum")
+        assert_close(got, H @ V, rtol=1e-12, atol=1e-12, what=f"hvp ({kind}) in chunks")
+    assert (10, 3) in seen
+
+
+def test_laplace_sample_is_refused_by_the_guard():
+    model = fh.Chain.mlp([3, 4, 1], "tanh")
+    la = fh.Laplace(model, model.init(0), "regression", backend="jax").fit(X, Y[:, 0])
+    with pytest.raises(fh.MemoryBudgetError, match=r"sample of shape \(1000000000000, 21\)"):
+        la.sample(10**12)
+    assert la.sample(3).shape == (3, 21)
+
+
+# --- a container's memory limit ------------------------------------------------------
+
+
+def _cgroup(tmp_path, files: dict[str, str]):
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def test_cgroup_v2_limit_is_limit_minus_usage_plus_reclaimable_cache(tmp_path):
+    root = _cgroup(tmp_path, {"memory.max": "1000000\n", "memory.current": "400000\n",
+                              "memory.stat": "anon 300000\nfile 100000\ninactive_file 50000\n"})
+    assert memory.cgroup_free_bytes(root) == 1000000 - 400000 + 50000
+
+
+def test_cgroup_v1_limit_and_no_limit(tmp_path):
+    v1 = _cgroup(tmp_path / "v1", {"memory/memory.limit_in_bytes": "2000000\n", "memory/memory.usage_in_bytes": "500000\n",
+                                    "memory/memory.stat": "cache 10\ntotal_inactive_file 1000\n"})
+    assert memory.cgroup_free_bytes(v1) == 2000000 - 500000 + 1000
+    unlimited_v2 = _cgroup(tmp_path / "v2", {"memory.max": "max\n", "memory.current": "5\n"})
+    assert memory.cgroup_free_bytes(unlimited_v2) is None
+    unlimited_v1 = _cgroup(tmp_path / "v1-none", {"memory/memory.limit_in_bytes": "9223372036854771712\n",
+                                                  "memory/memory.usage_in_bytes": "5\n"})
+    assert memory.cgroup_free_bytes(unlimited_v1) is None
+    assert memory.cgroup_free_bytes(tmp_path / "absent") is None
+
+
+def test_the_guard_honours_a_cgroup_limit(tmp_path, monkeypatch):
+    """A container with 1 MiB free: a 26 × 26 Hessian (2 × 5.4 KB) fits, a 300 × 300 one (2 × 720 KB) does not."""
+    root = _cgroup(tmp_path, {"memory.max": str(2**20), "memory.current": "0", "memory.stat": ""})
+    monkeypatch.setattr(memory, "CGROUP_ROOT", root)
+    assert memory.available_bytes() == 2**20
+    fh.hessian(M, M.init(), X, Y, backend="jax")
+    wide = fh.Chain(fh.Dense(3, 75))  # P = 300
+    with pytest.raises(fh.MemoryBudgetError, match=r"hessian of shape \(300, 300\)"):
+        fh.hessian(wide, wide.init(), X, np.zeros((5, 75)), backend="jax")
