@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -159,8 +160,10 @@ def test_laplace_on_a_flux_model_equals_laplace_on_its_spec_twin(julia, structur
     a, b = las
     assert a.subset == b.subset
     assert float(a.log_marginal_likelihood()) == pytest.approx(float(b.log_marginal_likelihood()), rel=1e-8)
-    for la in las:
-        la.optimize_prior_precision(method="marglik")
+    with warnings.catch_warnings():  # L-BFGS may stop at round-off (ABNORMAL) at the optimum; both are compared
+        warnings.simplefilter("ignore", fh.ConvergenceWarning)
+        for la in las:
+            la.optimize_prior_precision(method="marglik")
     np.testing.assert_allclose(a.prior_precision, b.prior_precision, rtol=1e-6)  # the optimiser's own tolerance
     a.prior_precision = b.prior_precision
     np.testing.assert_allclose(a.posterior_precision, b.posterior_precision, rtol=1e-8, atol=1e-10)

@@ -346,7 +346,7 @@ def _signature(inputs, chain: Chain) -> tuple[tuple[str, int], ...] | None:
     if inputs is None:
         return None
     try:
-        pairs = tuple((name, _check_width(f"input {name!r} width", width)) for name, width in dict(inputs).items())
+        pairs = tuple((name, check.positive_int(f"input {name!r} width", width)) for name, width in dict(inputs).items())
     except (TypeError, ValueError):
         raise InputError(f"inputs must map input names to widths, e.g. {{'x': 2, 't': 1}}; got {inputs!r}") from None
     if not pairs or any(not isinstance(name, str) or not name.isidentifier() for name, _ in pairs):
