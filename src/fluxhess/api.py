@@ -140,9 +140,29 @@ def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend
     return call
 
 
-def _square(call: _Call, quantity: str) -> None:
-    P = call.params.shape[0]
-    memory.require(quantity, memory.needed_bytes(quantity, P * P, call.dtype.itemsize), (P, P))
+def _square(call: _Call, quantity: str, loss: str, agg: str, out) -> np.ndarray:
+    """The backend's P×P ``quantity``, in a new array or written into ``out``, behind the memory guard.
+
+    With ``out`` on a route that writes panel by panel (the backend's
+    ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise
+    the whole result, which ``out`` then receives as a copy.
+    """
+    P, itemsize = call.params.shape[0], call.dtype.itemsize
+    whole = memory.needed_bytes(quantity, P * P, itemsize)
+    if out is None:
+        memory.require(quantity, whole, (P, P))
+        return call.result(call.run(quantity, call.Y, loss, agg))
+    target = check.out_array(out, P, call.dtype)
+    working_bytes = getattr(call.backend, "panel_working_bytes", None)  # a capability: absent = copies
+    working = None if working_bytes is None else working_bytes(call.model, P, itemsize)
+    memory.require(quantity, whole if working is None else working, (P, P))
+    if working_bytes is None:
+        np.copyto(target, call.run(quantity, call.Y, loss, agg))
+    else:
+        call.run(quantity, call.Y, loss, agg, target)
+    if isinstance(target, np.memmap):
+        target.flush()
+    return call.result(target)
 
 
 # --- values ----------------------------------------------------------------
@@ -178,7 +198,7 @@ def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtyp
 # --- P × P curvature ---------------------------------------------------------
 
 
-def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None) -> np.ndarray:
     """The exact parameter Hessian ``∇²_θ L``.
 
     For a linear model with ``mse`` it equals :func:`ggn`:
@@ -193,11 +213,14 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
     cost the result about half its digits, measured as the symmetry error of the
     Hessian-vector products (:data:`SYMMETRY_BOUND`).
 
-    Returns: ``(P, P)``, symmetric.
+    ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
+    from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
+    result panel by panel (the memory guard then counts only the working set) and is returned.
+
+    Returns: ``(P, P)``, symmetric (``out`` itself when given).
     """
     call = _prepare("hessian", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _square(call, "hessian")
-    H = call.result(call.run("hessian", call.Y, loss, agg))
+    H = _square(call, "hessian", loss, agg, out)
     if call.dtype == np.float32:
         error = _symmetry_error(call, loss, agg)
         if error > SYMMETRY_BOUND:
@@ -232,26 +255,31 @@ def _symmetry_error(call: _Call, loss: str, agg: str) -> float:
     return float(abs(u @ Hv - v @ Hu) / scale) if scale > 0 else 0.0
 
 
-def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None) -> np.ndarray:
     """The generalized Gauss-Newton ``s·Σ_n J_nᵀ Λ_n J_n``.
 
     ``J_n = ∂f(x_n)/∂θ`` ``(C, P)``, ``Λ_n = ∇²_ŷ ℓ_n`` ``(C, C)``.
+    ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
+    from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
+    result panel by panel (the memory guard then counts only the working set) and is returned.
 
-    Returns: ``(P, P)``, symmetric positive semi-definite.
+    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given).
     """
     call = _prepare("ggn", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _square(call, "ggn")
-    return call.result(call.run("ggn", call.Y, loss, agg))
+    return _square(call, "ggn", loss, agg, out)
 
 
-def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None) -> np.ndarray:
     """The empirical Fisher ``s·Σ_n g_n g_nᵀ`` with ``g_n = ∇_θ ℓ_n`` the per-sample gradient.
 
-    Returns: ``(P, P)``, symmetric positive semi-definite.
+    ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
+    from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
+    result panel by panel (the memory guard then counts only the working set) and is returned.
+
+    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given).
     """
     call = _prepare("empirical_fisher", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _square(call, "empirical_fisher")
-    return call.result(call.run("empirical_fisher", call.Y, loss, agg))
+    return _square(call, "empirical_fisher", loss, agg, out)
 
 
 # --- matrix-free and structured ----------------------------------------------

@@ -214,6 +214,10 @@ def _np(x) -> np.ndarray:
 class JaxBackend:
     """Every quantity in JAX; always available.
 
+    The P×P methods take ``out=`` (a writable ``(P, P)`` array of the call's dtype): the
+    structured route writes its panels into it one at a time, the generic routes copy their
+    result into it; :meth:`panel_working_bytes` says which, for the memory guard.
+
     ``structured=True`` (the default) computes the Hessian, GGN, empirical Fisher, their
     diagonals and KFAC factors of a Dense chain by the block-structured GEMM route of
     :mod:`.dense_curvature` wherever :func:`.dense_factors.split` covers the model, and by
@@ -226,14 +230,21 @@ class JaxBackend:
     def __init__(self, structured: bool = True):
         self.structured = structured
 
-    def _fast(self, model, params, X, Y, loss, agg, kind, part):
+    def _fast(self, model, params, X, Y, loss, agg, kind, part, **out):
         """The structured route's ``part`` of ``kind``, or None where it does not apply."""
         st = dense_factors.split(model) if self.structured else None
         if st is None:
             return None
         s = L.scale(loss, agg, *Y.shape)
         with _precision(params):
-            return getattr(dense_curvature, part)(st, loss, kind, params, X, Y, s)
+            return getattr(dense_curvature, part)(st, loss, kind, params, X, Y, s, **out)
+
+    def panel_working_bytes(self, model, P: int, itemsize: int) -> int | None:
+        """Bytes beside the result when a P×P route writes panel by panel into ``out=``, or None
+        where the route builds the whole matrix first (then ``out`` receives a copy)."""
+        if self.structured and dense_factors.split(model) is not None:
+            return dense_curvature.working_bytes(P, itemsize)
+        return None
 
     def unavailable_reason(self):
         return None
@@ -262,8 +273,8 @@ class JaxBackend:
             return _np(_compiled(model, loss, "gradient")(params, X, Y, s))
 
     # -- P × P matrices -----------------------------------------------------
-    def hessian(self, model, params, X, Y, loss, agg):
-        fast = self._fast(model, params, X, Y, loss, agg, "hessian", "matrix")
+    def hessian(self, model, params, X, Y, loss, agg, out=None):
+        fast = self._fast(model, params, X, Y, loss, agg, "hessian", "matrix", out=out)
         if fast is not None:
             return fast
         P = params.shape[0]
@@ -279,19 +290,19 @@ class JaxBackend:
                 for sl in chunks(P, k, "hessian columns"):
                     idx = np.arange(sl.start, sl.stop)
                     H[sl] = _np(fn(params, X, Y, s, idx))
-            return _symmetrize(H)
+            return _into(out, _symmetrize(H))
 
-    def ggn(self, model, params, X, Y, loss, agg):
-        fast = self._fast(model, params, X, Y, loss, agg, "ggn", "matrix")
+    def ggn(self, model, params, X, Y, loss, agg, out=None):
+        fast = self._fast(model, params, X, Y, loss, agg, "ggn", "matrix", out=out)
         if fast is not None:
             return fast
-        return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_chunk", model.out_features))
+        return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_chunk", model.out_features)))
 
-    def empirical_fisher(self, model, params, X, Y, loss, agg):
-        fast = self._fast(model, params, X, Y, loss, agg, "ef", "matrix")
+    def empirical_fisher(self, model, params, X, Y, loss, agg, out=None):
+        fast = self._fast(model, params, X, Y, loss, agg, "ef", "matrix", out=out)
         if fast is not None:
             return fast
-        return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1))
+        return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1)))
 
     def _sum_over_samples(self, model, params, X, Y, loss, agg, name, rows_per_sample):
         """Σ over sample chunks of a per-chunk reduction whose working set is rows × P."""
@@ -390,6 +401,14 @@ LAPLACIAN_CHUNK_BYTES = 6 * 2**20
 
 def _widest(model: Chain) -> int:
     return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+
+
+def _into(out: np.ndarray | None, M: np.ndarray) -> np.ndarray:
+    """``M``, or ``out`` holding a copy of it (the generic routes build the whole matrix first)."""
+    if out is None:
+        return M
+    np.copyto(out, M)
+    return out
 
 
 def _symmetrize(M: np.ndarray) -> np.ndarray:
