@@ -41,6 +41,7 @@ ALTERNATIVES = {
     "param_jacobian": "a smaller batch of X, or hvp/diagonal for curvature",
     "input_hessian": "laplacian(...) for the trace only, or a smaller batch of X",
     "kron": "diagonal(...) or hvp(...)",
+    "Laplace low-rank factor": "a subset of the parameters (subset='last_layer'), structure='kron' or 'diag'",
 }
 
 
@@ -49,8 +50,9 @@ ALTERNATIVES = {
 #: result and bounded working memory); the generic route holds XLA's result and the NumPy
 #: copy returned, so 2 is the bound the guard uses for both. The per-sample results hold
 #: their chunks until they are concatenated; kron holds its running sums and the chunk's
-#: factors beside the result (~2.1 copies measured).
-COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "param_jacobian": 2, "input_hessian": 2, "kron": 3}
+#: factors beside the result (~2.1 copies measured). A low-rank Laplace holds its factor ``U``,
+#: the decomposition's ``V`` and a temporary of the same size.
+COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "param_jacobian": 2, "input_hessian": 2, "kron": 3, "lowrank": 3}
 
 
 def needed_bytes(quantity: str, elements: int, itemsize: int) -> int:
