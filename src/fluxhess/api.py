@@ -140,14 +140,34 @@ def _prepare(quantity, model, params, X, y=None, *, loss=None, agg=None, backend
     return call
 
 
-def _square(call: _Call, quantity: str, loss: str, agg: str, out) -> np.ndarray:
-    """The backend's P×P ``quantity``, in a new array or written into ``out``, behind the memory guard.
+#: The curvature kind of each P×P quantity, as the backends name it.
+_KIND = {"hessian": "hessian", "ggn": "ggn", "empirical_fisher": "ef"}
+
+
+def _square(call: _Call, quantity: str, loss: str, agg: str, out, devices, as_jax: bool):
+    """The backend's P×P ``quantity`` behind the memory guard: a new NumPy array, written into
+    ``out``, or assembled on JAX devices (``devices``, ``as_jax``, or an accelerator by default).
 
     With ``out`` on a route that writes panel by panel (the backend's
     ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise
     the whole result, which ``out`` then receives as a copy.
     """
     P, itemsize = call.params.shape[0], call.dtype.itemsize
+    if not isinstance(as_jax, bool):
+        raise InputError(f"as_jax must be True or False; got {as_jax!r}")
+    asked = devices is not None or as_jax
+    on_devices = getattr(call.backend, "sharded_matrix", None)  # a capability: absent = host only
+    if asked and on_devices is None:
+        raise InputError(f"devices= and as_jax=True need backend='jax' (the result is a jax.Array); got backend {call.backend.name!r}")
+    mesh = _backends.sharded.mesh_for(devices, as_jax) if on_devices is not None and out is None else None
+    if asked and out is not None:
+        raise InputError("out= writes the result into a host array, devices= and as_jax=True keep it on JAX devices: pass one or the other")
+    if mesh is not None:
+        memory.require_on_devices(quantity, _backends.sharded.device_bytes(P, mesh, itemsize), mesh.local_devices, (P, P))
+        M = on_devices(call.model, call.params, call.X, call.Y, loss, agg, _KIND[quantity], mesh)
+        if not _backends.sharded.all_finite(M):
+            raise BackendError(f"{quantity} on backend {call.backend.name!r} produced non-finite values for {call.shapes}")
+        return M if asked else call.result(M)
     whole = memory.needed_bytes(quantity, P * P, itemsize)
     if out is None:
         memory.require(quantity, whole, (P, P))
@@ -198,7 +218,7 @@ def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtyp
 # --- P × P curvature ---------------------------------------------------------
 
 
-def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None) -> np.ndarray:
+def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
     """The exact parameter Hessian ``∇²_θ L``.
 
     For a linear model with ``mse`` it equals :func:`ggn`:
@@ -216,11 +236,15 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
     ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
     from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
     result panel by panel (the memory guard then counts only the working set) and is returned.
+    ``devices``: a list of JAX devices or a ``jax.sharding.Mesh``: the rows of the result are
+    sharded over them, each device computing its own, and a ``jax.Array`` comes back.
+    ``as_jax=True``: assembled by XLA on JAX's default device and returned there as a
+    ``jax.Array`` (without it, an accelerator's result is copied back to NumPy).
 
-    Returns: ``(P, P)``, symmetric (``out`` itself when given).
+    Returns: ``(P, P)``, symmetric (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("hessian", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    H = _square(call, "hessian", loss, agg, out)
+    H = _square(call, "hessian", loss, agg, out, devices, as_jax)
     if call.dtype == np.float32:
         error = _symmetry_error(call, loss, agg)
         if error > SYMMETRY_BOUND:
@@ -255,31 +279,39 @@ def _symmetry_error(call: _Call, loss: str, agg: str) -> float:
     return float(abs(u @ Hv - v @ Hu) / scale) if scale > 0 else 0.0
 
 
-def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None) -> np.ndarray:
+def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
     """The generalized Gauss-Newton ``s·Σ_n J_nᵀ Λ_n J_n``.
 
     ``J_n = ∂f(x_n)/∂θ`` ``(C, P)``, ``Λ_n = ∇²_ŷ ℓ_n`` ``(C, C)``.
     ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
     from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
     result panel by panel (the memory guard then counts only the working set) and is returned.
+    ``devices``: a list of JAX devices or a ``jax.sharding.Mesh``: the rows of the result are
+    sharded over them, each device computing its own, and a ``jax.Array`` comes back.
+    ``as_jax=True``: assembled by XLA on JAX's default device and returned there as a
+    ``jax.Array`` (without it, an accelerator's result is copied back to NumPy).
 
-    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given).
+    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("ggn", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return _square(call, "ggn", loss, agg, out)
+    return _square(call, "ggn", loss, agg, out, devices, as_jax)
 
 
-def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None) -> np.ndarray:
+def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
     """The empirical Fisher ``s·Σ_n g_n g_nᵀ`` with ``g_n = ∇_θ ℓ_n`` the per-sample gradient.
 
     ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
     from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
     result panel by panel (the memory guard then counts only the working set) and is returned.
+    ``devices``: a list of JAX devices or a ``jax.sharding.Mesh``: the rows of the result are
+    sharded over them, each device computing its own, and a ``jax.Array`` comes back.
+    ``as_jax=True``: assembled by XLA on JAX's default device and returned there as a
+    ``jax.Array`` (without it, an accelerator's result is copied back to NumPy).
 
-    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given).
+    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("empirical_fisher", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return _square(call, "empirical_fisher", loss, agg, out)
+    return _square(call, "empirical_fisher", loss, agg, out, devices, as_jax)
 
 
 # --- matrix-free and structured ----------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import BackendUnavailableError, JuliaUnavailableError, UnknownNameError, UnsupportedModelError
+from . import sharded
 from .base import Backend
 from .jax import JaxBackend
 from .julia import JuliaBackend
@@ -44,4 +45,4 @@ def get(name: str, model=None) -> Backend:
     return backend
 
 
-__all__ = ["Backend", "NAMES", "backends", "get"]
+__all__ = ["Backend", "NAMES", "backends", "get", "sharded"]

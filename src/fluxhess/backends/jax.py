@@ -21,7 +21,7 @@ from .. import losses as L
 from ..memory import chunk_size
 from ..model import COLUMNWISE, Activation, Chain, Dense
 from ..progress import chunks
-from . import dense_curvature, dense_factors
+from . import dense_curvature, dense_factors, sharded
 from .jax_model import COLUMN, ELEMENTWISE, dense_weights, elementwise_derivatives, run
 
 __all__ = ["COLUMN", "ELEMENTWISE", "JaxBackend"]
@@ -75,6 +75,14 @@ def _compiled(model: Chain, loss: str | None, name: str):
 
     def sample_grads(theta, X, Y):  # (N, P)
         return jax.vmap(jax.grad(sample_loss), (None, 0, 0))(theta, X, Y)
+
+    def ggn_factor(theta, X, Y, s):  # U (N·C, P) with Uᵀ U = s·Σ_n J_nᵀ Λ_n J_n: rows L_nᵀ J_n, Λ_n = L_n L_nᵀ
+        lam, Q = jnp.linalg.eigh(output_hessians(theta, X, Y))  # Λ_n is positive semi-definite: clip rounding
+        root = Q * jnp.sqrt(jnp.clip(s * lam, 0.0, None))[:, None, :]
+        return jnp.einsum("nck,ncp->nkp", root, param_jac(theta, X)).reshape(-1, theta.shape[0])
+
+    def ef_factor(theta, X, Y, s):  # √s·g_n as rows (N, P)
+        return jnp.sqrt(s) * sample_grads(theta, X, Y)
 
     def ef_chunk(theta, X, Y, s):
         G = sample_grads(theta, X, Y)
@@ -139,6 +147,8 @@ def _compiled(model: Chain, loss: str | None, name: str):
         "ggn_chunk": ggn_chunk,
         "ggn_diag_chunk": ggn_diag_chunk,
         "ef_chunk": ef_chunk,
+        "ggn_factor": ggn_factor,
+        "ef_factor": ef_factor,
         "ef_diag_chunk": ef_diag_chunk,
         "hvp_hessian": jax.vmap(hvp_hessian, (None, None, None, None, 1), 1),
         "hvp_ggn": jax.vmap(hvps["ggn"], (None, None, None, None, 1), 1),
@@ -303,6 +313,12 @@ class JaxBackend:
         if fast is not None:
             return fast
         return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1)))
+
+    def sharded_matrix(self, model, params, X, Y, loss, agg, kind, mesh):
+        """The P×P ``kind`` assembled by XLA on ``mesh``'s devices, rows sharded (:mod:`.sharded`)."""
+        s = L.scale(loss, agg, *Y.shape)
+        with _precision(params):
+            return sharded.matrix(model, loss, kind, params, X, Y, s, mesh)
 
     def _sum_over_samples(self, model, params, X, Y, loss, agg, name, rows_per_sample):
         """Σ over sample chunks of a per-chunk reduction whose working set is rows × P."""

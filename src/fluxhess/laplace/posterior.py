@@ -254,17 +254,19 @@ class LowRank:
         return e[R - P :] if R >= P else np.concatenate([np.zeros(P - R), e])
 
     def decompose(self, c, prior, sizes):
-        """``(p₀ (P,), V (R, P), e (R,))``, see the class docstring."""
-        p0 = prior_diagonal(prior, sizes)
-        A = self.U * jnp.sqrt(c / p0)
-        e, W = jnp.linalg.eigh(A @ A.T)
-        e = jnp.clip(e, 0.0, None)  # A Aᵀ is positive semi-definite; clip its rounding
-        return p0, W.T @ A, e
+        """``(p₀ (P,), V (R, P), e (R,))``, see the class docstring. NumPy (BLAS GEMMs, several
+        times XLA's on a CPU at this size), like everything below: only :meth:`logdet` is traced."""
+        p0 = np.asarray(prior_diagonal(prior, sizes), dtype=np.float64)
+        A = self.U * np.sqrt(float(c) / p0)
+        e, W = np.linalg.eigh(A @ A.T)
+        e = np.clip(e, 0.0, None)  # A Aᵀ is positive semi-definite; clip its rounding
+        V = np.matmul(W.T, A, out=A)  # A is not needed again: V takes its memory
+        return p0, V, e
 
     @staticmethod
     def positive_definite(dec) -> bool:
         p0, V, e = dec
-        return bool(np.all(np.asarray(p0) > 0) and np.all(np.isfinite(np.asarray(V))))
+        return bool(np.all(p0 > 0) and np.all(np.isfinite(e)))
 
     def smallest_eigenvalue(self, c, prior, sizes) -> float:
         """A lower bound: ``H`` is positive semi-definite, so ``P``'s smallest eigenvalue is at least ``min p₀``."""
@@ -274,29 +276,29 @@ class LowRank:
     def inv_quad(dec, J):
         """``J P⁻¹ Jᵀ`` per sample: ``J`` ``(N, C, P)`` → ``(N, C, C)``."""
         p0, V, e = dec
-        Jt = J / jnp.sqrt(p0)
-        B = jnp.einsum("ncp,rp->ncr", Jt, V) / jnp.sqrt(1.0 + e)
-        return jnp.einsum("ncp,nkp->nck", Jt, Jt) - jnp.einsum("ncr,nkr->nck", B, B)
+        Jt = np.asarray(J) / np.sqrt(p0)
+        B = (Jt @ V.T) / np.sqrt(1.0 + e)  # (N, C, R)
+        return np.einsum("ncp,nkp->nck", Jt, Jt) - np.einsum("ncr,nkr->nck", B, B)
 
     @staticmethod
     def scale(dec, Z):
         """Rows of ``Z`` ``(n, P)`` mapped by ``S = D^{-1/2} (I + AᵀA)^{-1/2}`` (``S Sᵀ = P⁻¹``)."""
         p0, V, e = dec
-        root = jnp.sqrt(1.0 + e)
-        g = -1.0 / (root * (1.0 + root))
-        return (Z + ((Z @ V.T) * g) @ V) / jnp.sqrt(p0)
+        root = np.sqrt(1.0 + e)
+        Z = np.asarray(Z)
+        return (Z + ((Z @ V.T) * (-1.0 / (root * (1.0 + root)))) @ V) / np.sqrt(p0)
 
     @staticmethod
     def variance(dec):
         """``diag(P⁻¹)`` ``(P,)`` in ``O(R·P)``."""
         p0, V, e = dec
-        return (1.0 - jnp.sum(V * V / (1.0 + e)[:, None], axis=0)) / p0
+        return (1.0 - np.einsum("rp,rp,r->p", V, V, 1.0 / (1.0 + e))) / p0
 
     @staticmethod
     def covariance(dec):
         p0, V, e = dec
-        inner = jnp.eye(V.shape[1], dtype=V.dtype) - (V.T / (1.0 + e)) @ V
-        root = 1.0 / jnp.sqrt(p0)
+        inner = np.eye(V.shape[1]) - (V.T / (1.0 + e)) @ V
+        root = 1.0 / np.sqrt(p0)
         return root[:, None] * inner * root[None, :]
 
 
