@@ -15,7 +15,18 @@ Conventions shared by every function (DESIGN §2–§5):
   ``"jax"`` or ``"julia"``. ``dtype``: ``"float64"`` (default) or ``"float32"``.
 
 Results are C-ordered NumPy arrays of ``dtype`` that own their memory; they never
-depend on the backend in shape or type.
+depend on the backend in shape or type. The P×P functions (``hessian``, ``ggn``,
+``empirical_fisher``) also take:
+
+- ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
+  from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
+  result panel by panel (the memory guard then counts only the working set) and is returned;
+- ``devices``: a list of JAX devices or a ``jax.sharding.Mesh`` (jax backend): the rows of
+  the result are sharded over them, each device computing its own, and the ``jax.Array``
+  comes back (:mod:`fluxhess.backends.sharded`; also under ``jax.distributed``);
+- ``as_jax=True`` (jax backend): assembled by XLA on JAX's default device and returned there
+  as a ``jax.Array``. When the default device is an accelerator this route is taken anyway,
+  and its result copied to NumPy unless ``as_jax=True``.
 """
 
 from __future__ import annotations
@@ -233,13 +244,7 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
     cost the result about half its digits, measured as the symmetry error of the
     Hessian-vector products (:data:`SYMMETRY_BOUND`).
 
-    ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
-    from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
-    result panel by panel (the memory guard then counts only the working set) and is returned.
-    ``devices``: a list of JAX devices or a ``jax.sharding.Mesh``: the rows of the result are
-    sharded over them, each device computing its own, and a ``jax.Array`` comes back.
-    ``as_jax=True``: assembled by XLA on JAX's default device and returned there as a
-    ``jax.Array`` (without it, an accelerator's result is copied back to NumPy).
+    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
 
     Returns: ``(P, P)``, symmetric (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
@@ -283,13 +288,7 @@ def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="fl
     """The generalized Gauss-Newton ``s·Σ_n J_nᵀ Λ_n J_n``.
 
     ``J_n = ∂f(x_n)/∂θ`` ``(C, P)``, ``Λ_n = ∇²_ŷ ℓ_n`` ``(C, C)``.
-    ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
-    from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
-    result panel by panel (the memory guard then counts only the working set) and is returned.
-    ``devices``: a list of JAX devices or a ``jax.sharding.Mesh``: the rows of the result are
-    sharded over them, each device computing its own, and a ``jax.Array`` comes back.
-    ``as_jax=True``: assembled by XLA on JAX's default device and returned there as a
-    ``jax.Array`` (without it, an accelerator's result is copied back to NumPy).
+    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
 
     Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
@@ -300,13 +299,7 @@ def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="fl
 def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
     """The empirical Fisher ``s·Σ_n g_n g_nᵀ`` with ``g_n = ∇_θ ℓ_n`` the per-sample gradient.
 
-    ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
-    from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
-    result panel by panel (the memory guard then counts only the working set) and is returned.
-    ``devices``: a list of JAX devices or a ``jax.sharding.Mesh``: the rows of the result are
-    sharded over them, each device computing its own, and a ``jax.Array`` comes back.
-    ``as_jax=True``: assembled by XLA on JAX's default device and returned there as a
-    ``jax.Array`` (without it, an accelerator's result is copied back to NumPy).
+    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
 
     Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """

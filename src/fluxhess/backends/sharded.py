@@ -8,9 +8,10 @@ and no device talks to another:
 - GGN and empirical Fisher: every device forms the factor ``U`` with ``Uᵀ U`` the curvature —
   ``(N·C, P)`` rows ``√s·L_nᵀ J_n`` (``Λ_n = L_n L_nᵀ``) for the GGN, ``(N, P)`` rows ``√s·g_n``
   for the EF — and its rows of ``Uᵀ U`` as one GEMM; samples are taken in chunks whose
-  factor fits :data:`fluxhess.memory.CHUNK_BYTES`, their panels summed on the devices.
+  factor fits the working memory (:func:`_work_bytes`), their panels summed on the devices.
 - Hessian: its rows are Hessian-vector products with the unit vectors of the device's rows
-  (H is symmetric), in batches under ``lax.map``.
+  (H is symmetric), in batches under ``lax.map`` — about four times the flops of the host's
+  block GEMMs (:mod:`.dense_curvature`), in exchange for running wherever XLA does.
 
 The result is made exactly symmetric, ``(M + Mᵀ)/2``, which moves each device's panel
 transposed onto the others (XLA's all-to-all; still no device holds more than its rows).
@@ -58,9 +59,25 @@ def mesh_for(devices, as_jax: bool) -> Mesh | None:
     device is an accelerator, that one device; else None (the host route)."""
     if devices is not None:
         return as_mesh(devices)
-    if as_jax or jax.default_backend() != "cpu":
-        return Mesh(np.array(jax.devices()[:1]), (AXIS,))
+    device = _default_device()
+    if as_jax or device.platform != "cpu":
+        return Mesh(np.array([device]), (AXIS,))
     return None
+
+
+def _default_device() -> jax.Device:
+    """JAX's default device, honouring ``jax.default_device(...)`` around the call."""
+    chosen = jax.config.jax_default_device
+    if isinstance(chosen, str):
+        return jax.devices(chosen)[0]
+    return chosen if chosen is not None else jax.devices()[0]
+
+
+def _work_bytes(mesh: Mesh) -> int:
+    """Working memory per device for one batch of rows or chunk of samples: an eighth of an
+    accelerator's memory, :data:`CHUNK_BYTES` on CPU devices (which share the host's)."""
+    limit = (mesh.local_devices[0].memory_stats() or {}).get("bytes_limit")
+    return max(CHUNK_BYTES, limit // 8) if limit else CHUNK_BYTES
 
 
 def row_sharding(mesh: Mesh) -> NamedSharding:
@@ -115,10 +132,10 @@ def _local_rows(model: Chain, loss: str, kind: str, mesh: Mesh, P: int, batch: i
     return jax.jit(sharded)
 
 
-def _sample_chunks(kind: str, N: int, C: int, P: int, itemsize: int) -> list[slice]:
-    """All samples at once for the Hessian; for the GGN/EF chunks whose factor and Jacobians fit CHUNK_BYTES."""
+def _sample_chunks(kind: str, N: int, C: int, P: int, itemsize: int, budget: int) -> list[slice]:
+    """All samples at once for the Hessian; for the GGN/EF chunks whose factor and Jacobians fit ``budget``."""
     per_sample = 3 * (C if kind == "ggn" else 1) * P * itemsize
-    n = N if kind == "hessian" else chunk_size(per_sample, N, CHUNK_BYTES)
+    n = N if kind == "hessian" else chunk_size(per_sample, N, budget)
     return [slice(a, min(a + n, N)) for a in range(0, N, n)]
 
 
@@ -132,13 +149,14 @@ def matrix(model: Chain, loss: str, kind: str, theta, X, Y, s: float, mesh: Mesh
     P, itemsize = theta.shape[0], theta.dtype.itemsize
     local = _rows_per_device(P, mesh)
     widest = max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
-    batch = max(1, min(local, CHUNK_BYTES // (4 * itemsize * (P + X.shape[0] * widest))))
+    budget = _work_bytes(mesh)
+    batch = max(1, min(local, budget // (4 * itemsize * (P + X.shape[0] * widest))))
     fn = _local_rows(model, loss, kind, mesh, P, batch)
     rows = np.arange(P)
     rows_g = jax.make_array_from_callback(rows.shape, NamedSharding(mesh, PartitionSpec(mesh.axis_names)), lambda i: rows[i])
     theta_g, s_g = _replicated(mesh, theta), _replicated(mesh, np.asarray(s, theta.dtype))
     total = None
-    for sl in _sample_chunks(kind, X.shape[0], Y.shape[1], P, itemsize):
+    for sl in _sample_chunks(kind, X.shape[0], Y.shape[1], P, itemsize, budget):
         part = fn(theta_g, _replicated(mesh, X[sl]), _replicated(mesh, Y[sl]), s_g, rows_g)
         total = part if total is None else total + part
     return _symmetric(mesh)(total)
