@@ -158,32 +158,37 @@ _KIND = {"hessian": "hessian", "ggn": "ggn", "empirical_fisher": "ef"}
 def _square(call: _Call, quantity: str, loss: str, agg: str, out, devices, as_jax: bool):
     """The backend's P×P ``quantity`` behind the memory guard: a new NumPy array, written into
     ``out``, or assembled on JAX devices (``devices``, ``as_jax``, or an accelerator by default).
-
-    With ``out`` on a route that writes panel by panel (the backend's
-    ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise
-    the whole result, which ``out`` then receives as a copy.
     """
     P, itemsize = call.params.shape[0], call.dtype.itemsize
     if not isinstance(as_jax, bool):
         raise InputError(f"as_jax must be True or False; got {as_jax!r}")
     asked = devices is not None or as_jax
-    on_devices = getattr(call.backend, "sharded_matrix", None)  # a capability: absent = host only
-    if asked and on_devices is None:
+    on_devices = hasattr(call.backend, "sharded_matrix")  # a capability: absent = host only
+    if asked and not on_devices:
         raise InputError(f"devices= and as_jax=True need backend='jax' (the result is a jax.Array); got backend {call.backend.name!r}")
-    mesh = _backends.sharded.mesh_for(devices, as_jax) if on_devices is not None and out is None else None
     if asked and out is not None:
         raise InputError("out= writes the result into a host array, devices= and as_jax=True keep it on JAX devices: pass one or the other")
+    mesh = _backends.sharded.mesh_for(devices, as_jax) if on_devices and out is None else None
+    whole = memory.needed_bytes(quantity, P * P, itemsize)
     if mesh is not None:
         memory.require_on_devices(quantity, _backends.sharded.device_bytes(P, mesh, itemsize), mesh.local_devices, (P, P))
-        M = on_devices(call.model, call.params, call.X, call.Y, loss, agg, _KIND[quantity], mesh)
+        if not asked:  # an accelerator's result copied to NumPy
+            memory.require(quantity, whole, (P, P))
+        M = call.run("sharded_matrix", call.Y, loss, agg, _KIND[quantity], mesh)
         if not _backends.sharded.all_finite(M):
             raise BackendError(f"{quantity} on backend {call.backend.name!r} produced non-finite values for {call.shapes}")
         return M if asked else call.result(M)
-    whole = memory.needed_bytes(quantity, P * P, itemsize)
     if out is None:
         memory.require(quantity, whole, (P, P))
         return call.result(call.run(quantity, call.Y, loss, agg))
-    target = check.out_array(out, P, call.dtype)
+    return _into(call, quantity, loss, agg, check.out_array(out, P, call.dtype), whole)
+
+
+def _into(call: _Call, quantity: str, loss: str, agg: str, target: np.ndarray, whole: int) -> np.ndarray:
+    """``quantity`` written into ``target``. On a route that writes panel by panel (the backend's
+    ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise the
+    whole result, which ``target`` then receives as a copy."""
+    P, itemsize = call.params.shape[0], call.dtype.itemsize
     working_bytes = getattr(call.backend, "panel_working_bytes", None)  # a capability: absent = copies
     working = None if working_bytes is None else working_bytes(call.model, P, itemsize)
     memory.require(quantity, whole if working is None else working, (P, P))
