@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
+from conftest import CASES, Case, make_data
 from problems_sharded import MODEL, QUANTITIES, data
 
 HERE = Path(__file__).parent
@@ -93,12 +94,23 @@ def test_two_processes_jax_distributed(tmp_path):
     _check(files, 4)
 
 
-def test_as_jax_on_the_default_device():
-    theta, X, y = data()
-    for q, M in _expected().items():
-        A = getattr(fh, q)(MODEL, theta, X, y, loss="logitcrossentropy", agg="mean", backend="jax", as_jax=True)
+#: Dense chains (the block route of dense_device: biases or none, adjacent and non-adjacent
+#: layer pairs, a softmax head) and a softmax between Dense layers (the generic route on one device).
+ONE_DEVICE = [c for c in CASES if c.id in ("gelu-softmax-ce-mean", "swish-elu-nobias-logitbce", "logsoftmax-tanh-mse")] + [
+    Case("softmax-between", fh.Chain(fh.Dense(3, 4, "tanh"), fh.Activation("softmax"), fh.Dense(4, 2)), "mse", "mean", 5)
+]
+
+
+@pytest.mark.parametrize("case", ONE_DEVICE, ids=[c.id for c in ONE_DEVICE])
+def test_as_jax_on_the_default_device(case):
+    theta, X, y = make_data(case)
+    for q in QUANTITIES:
+        fn = getattr(fh, q)
+        M = fn(case.model, theta, X, y, loss=case.loss, agg=case.agg, backend="jax")
+        A = fn(case.model, theta, X, y, loss=case.loss, agg=case.agg, backend="jax", as_jax=True)
         assert isinstance(A, jax.Array) and A.devices() == {jax.devices()[0]}
         np.testing.assert_allclose(np.asarray(A), M, rtol=0, atol=1e-12 * np.abs(M).max())
+        np.testing.assert_array_equal(np.asarray(A), np.asarray(A).T)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from .. import losses as L
 from ..memory import chunk_size
 from ..model import COLUMNWISE, Activation, Chain, Dense
 from ..progress import chunks
-from . import dense_curvature, dense_factors, sharded
+from . import dense_curvature, dense_device, dense_factors, sharded
 from .jax_model import COLUMN, ELEMENTWISE, dense_weights, elementwise_derivatives, run
 
 __all__ = ["COLUMN", "ELEMENTWISE", "JaxBackend"]
@@ -315,10 +315,15 @@ class JaxBackend:
         return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1)))
 
     def sharded_matrix(self, model, params, X, Y, loss, agg, kind, mesh):
-        """The P×P ``kind`` assembled by XLA on ``mesh``'s devices, rows sharded (:mod:`.sharded`)."""
+        """The P×P ``kind`` assembled by XLA on ``mesh``'s devices, rows sharded (:mod:`.sharded`);
+        on one device, a Dense chain's by its blocks (:mod:`.dense_device`)."""
         s = L.scale(loss, agg, *Y.shape)
+        st = dense_factors.split(model) if self.structured and mesh.size == 1 else None
         with _precision(params):
-            return sharded.matrix(model, loss, kind, params, X, Y, s, mesh)
+            if st is None:
+                return sharded.matrix(model, loss, kind, params, X, Y, s, mesh)
+            with jax.default_device(mesh.devices.flat[0]):
+                return dense_device.matrix(st, loss, kind, params, X, Y, s, sharded.work_bytes(mesh))
 
     def _sum_over_samples(self, model, params, X, Y, loss, agg, name, rows_per_sample):
         """Σ over sample chunks of a per-chunk reduction whose working set is rows × P."""

@@ -8,7 +8,7 @@ and no device talks to another:
 - GGN and empirical Fisher: every device forms the factor ``U`` with ``Uᵀ U`` the curvature —
   ``(N·C, P)`` rows ``√s·L_nᵀ J_n`` (``Λ_n = L_n L_nᵀ``) for the GGN, ``(N, P)`` rows ``√s·g_n``
   for the EF — and its rows of ``Uᵀ U`` as one GEMM; samples are taken in chunks whose
-  factor fits the working memory (:func:`_work_bytes`), their panels summed on the devices.
+  factor fits the working memory (:func:`work_bytes`), their panels summed on the devices.
 - Hessian: its rows are Hessian-vector products with the unit vectors of the device's rows
   (H is symmetric), in batches under ``lax.map`` — about four times the flops of the host's
   block GEMMs (:mod:`.dense_curvature`), in exchange for running wherever XLA does.
@@ -73,7 +73,7 @@ def _default_device() -> jax.Device:
     return chosen if chosen is not None else jax.devices()[0]
 
 
-def _work_bytes(mesh: Mesh) -> int:
+def work_bytes(mesh: Mesh) -> int:
     """Working memory per device for one batch of rows or chunk of samples: an eighth of an
     accelerator's memory, :data:`CHUNK_BYTES` on CPU devices (which share the host's)."""
     limit = (mesh.local_devices[0].memory_stats() or {}).get("bytes_limit")
@@ -149,7 +149,7 @@ def matrix(model: Chain, loss: str, kind: str, theta, X, Y, s: float, mesh: Mesh
     P, itemsize = theta.shape[0], theta.dtype.itemsize
     local = _rows_per_device(P, mesh)
     widest = max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
-    budget = _work_bytes(mesh)
+    budget = work_bytes(mesh)
     batch = max(1, min(local, budget // (4 * itemsize * (P + X.shape[0] * widest))))
     fn = _local_rows(model, loss, kind, mesh, P, batch)
     rows = np.arange(P)
