@@ -17,8 +17,9 @@ The result is made exactly symmetric, ``(M + Mᵀ)/2``, which moves each device'
 transposed onto the others (XLA's all-to-all; still no device holds more than its rows).
 
 Under ``jax.distributed.initialize`` the same code runs on every process with the global
-mesh; each process computes and holds the rows of its own devices. One device (e.g. the
-default GPU) is the device-resident route: the matrix is assembled there and stays there.
+mesh; each process computes and holds the rows of its own devices. On one device a Dense
+chain takes :mod:`.dense_device` instead (the host route's blocks, as XLA einsums); other
+models take this route on a mesh of that one device.
 """
 
 from __future__ import annotations
