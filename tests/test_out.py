@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
-from conftest import CASES, make_data
+from conftest import CASES, Case, make_data
 from fluxhess.backends import dense_curvature
 
 QUANTITIES = {"hessian": fh.hessian, "ggn": fh.ggn, "empirical_fisher": fh.empirical_fisher}
@@ -23,9 +23,7 @@ QUANTITIES = {"hessian": fh.hessian, "ggn": fh.ggn, "empirical_fisher": fh.empir
 #: (a softmax between Dense layers: the generic route, whose result is copied into out).
 MODELS = {
     "dense-chain": CASES[2],
-    "generic": CASES[0].__class__(
-        "softmax-between", fh.Chain(fh.Dense(3, 4, "tanh"), fh.Activation("softmax"), fh.Dense(4, 2)), "mse", "mean", 5
-    ),
+    "generic": Case("softmax-between", fh.Chain(fh.Dense(3, 4, "tanh"), fh.Activation("softmax"), fh.Dense(4, 2)), "mse", "mean", 5),
 }
 
 
@@ -82,7 +80,7 @@ def test_out_read_only_refused():
     theta, X, Y = make_data(case)
     out = np.empty((theta.shape[0],) * 2)
     out.setflags(write=False)
-    with pytest.raises(fh.InputError, match=r"read-only.*|shape \(38, 38\)"):
+    with pytest.raises(fh.InputError, match="read-only"):
         fh.ggn(case.model, theta, X, Y, loss=case.loss, backend="jax", out=out)
 
 

@@ -56,7 +56,7 @@ def as_mesh(devices) -> Mesh:
 
 
 def mesh_for(devices, as_jax: bool) -> Mesh | None:
-    """The mesh a P×P call assembles on: ``devices``'; else, when ``as_jax`` or when JAX's default
+    """The mesh a P×P call assembles on: that of ``devices``; else, when ``as_jax`` or when JAX's default
     device is an accelerator, that one device; else None (the host route)."""
     if devices is not None:
         return as_mesh(devices)
@@ -102,31 +102,43 @@ def _rows_per_device(P: int, mesh: Mesh) -> int:
     return P // mesh.size
 
 
+def _hessian_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
+    """``(θ, X, Y, s, rows) ↦ H[rows]``: H is symmetric, so row i is ``H e_i``, an HVP."""
+    from .jax import _compiled  # the per-sample functions, written once there
+
+    hvp = _compiled(model, loss, "hvp_hessian")  # (θ, X, Y, s, V (P, k)) -> (P, k)
+
+    def rows_of(theta, X, Y, s, rows):
+        unit = lambda i: hvp(theta, X, Y, s, jax.nn.one_hot(i, P, dtype=theta.dtype)[:, None])[:, 0]
+        return jax.lax.map(unit, rows, batch_size=batch)
+
+    return rows_of
+
+
+def _gram_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
+    """``(θ, X, Y, s, rows) ↦ (UᵀU)[rows]`` with ``U`` ``(R, P)`` the GGN's or the EF's factor."""
+    from .jax import _compiled
+
+    factor = _compiled(model, loss, f"{kind}_factor")  # (θ, X, Y, s) -> U (R, P)
+
+    def rows_of(theta, X, Y, s, rows):
+        U = factor(theta, X, Y, s)
+        return jnp.take(U, rows, axis=1).T @ U
+
+    return rows_of
+
+
+_ROWS = {"hessian": _hessian_rows, "ggn": _gram_rows, "ef": _gram_rows}
+
+
 @functools.lru_cache(maxsize=None)
 def _local_rows(model: Chain, loss: str, kind: str, mesh: Mesh, P: int, batch: int):
     """The jitted ``(θ, X, Y, s, rows) ↦ M[rows]`` with ``rows`` ``(P,)`` and the result
     ``(P, P)`` sharded by rows: each device computes the rows it holds."""
-    from .jax import _compiled  # the per-sample functions, written once there
-
-    spec = PartitionSpec(mesh.axis_names)
-    if kind == "hessian":
-        hvp = _compiled(model, loss, "hvp_hessian")  # (θ, X, Y, s, V (P, k)) -> (P, k)
-
-        def rows_of(theta, X, Y, s, rows):  # H is symmetric: row i is H e_i
-            unit = lambda i: hvp(theta, X, Y, s, jax.nn.one_hot(i, P, dtype=theta.dtype)[:, None])[:, 0]
-            return jax.lax.map(unit, rows, batch_size=batch)
-
-    else:
-        factor = _compiled(model, loss, f"{kind}_factor")  # (θ, X, Y, s) -> U (R, P)
-
-        def rows_of(theta, X, Y, s, rows):
-            U = factor(theta, X, Y, s)
-            return jnp.take(U, rows, axis=1).T @ U
-
     sharded = jax.shard_map(
-        rows_of,
+        _ROWS[kind](model, loss, kind, P, batch),
         mesh=mesh,
-        in_specs=(PartitionSpec(),) * 4 + (spec,),
+        in_specs=(PartitionSpec(),) * 4 + (PartitionSpec(mesh.axis_names),),
         out_specs=PartitionSpec(mesh.axis_names, None),
         check_vma=False,  # the rows vary over the mesh, θ, X, Y do not: mixing them is the point
     )
