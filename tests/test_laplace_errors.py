@@ -79,8 +79,8 @@ def test_unknown_subset_names():
 
 def test_unknown_options():
     theta, X, y = _data()
-    with pytest.raises(UnknownNameError, match="structure must be one of 'full', 'diag', 'kron'; got 'lowrank'"):
-        fh.Laplace(MODEL, theta, structure="lowrank")
+    with pytest.raises(UnknownNameError, match="structure must be one of 'full', 'diag', 'kron', 'lowrank'; got 'kfac'"):
+        fh.Laplace(MODEL, theta, structure="kfac")
     with pytest.raises(InputError, match="structure='kron' needs curvature='ggn' or 'ef'"):
         fh.Laplace(MODEL, theta, structure="kron", curvature="hessian")
     la = fh.Laplace(MODEL, theta, backend="jax").fit(X, y)

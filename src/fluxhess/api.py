@@ -21,7 +21,18 @@ Conventions shared by every function (the README's "Conventions" section):
   ``"jax"`` or ``"julia"``. ``dtype``: ``"float64"`` (default) or ``"float32"``.
 
 Results are C-ordered NumPy arrays of ``dtype`` that own their memory; they never
-depend on the backend in shape or type.
+depend on the backend in shape or type. The P×P functions (``hessian``, ``ggn``,
+``empirical_fisher``) also take:
+
+- ``out``: a writable C-contiguous ``(P, P)`` array of ``dtype`` — e.g. a ``numpy.memmap``
+  from ``np.lib.format.open_memmap`` for a result larger than memory — that receives the
+  result panel by panel (the memory guard then counts only the working set) and is returned;
+- ``devices``: a list of JAX devices or a ``jax.sharding.Mesh`` (jax backend): the rows of
+  the result are sharded over them, each device computing its own, and the ``jax.Array``
+  comes back (:mod:`fluxhess.backends.sharded`; also under ``jax.distributed``);
+- ``as_jax=True`` (jax backend): assembled by XLA on JAX's default device and returned there
+  as a ``jax.Array``. When the default device is an accelerator this route is taken anyway,
+  and its result copied to NumPy unless ``as_jax=True``.
 """
 
 from __future__ import annotations
@@ -177,14 +188,59 @@ def _guard(call: _Call, quantity: str, shape: tuple[int, ...]) -> None:
     memory.require(quantity, memory.needed_bytes(quantity, math.prod(shape), call.dtype.itemsize), shape)
 
 
-def _square(call: _Call, quantity: str) -> None:
-    P = call.params.shape[0]
-    _guard(call, quantity, (P, P))
-
-
 def _outputs(call: _Call) -> int:
     """C, the model's output width (1 where a model does not say)."""
     return _dims(call.model)[1] or 1
+
+
+#: The curvature kind of each P×P quantity, as the backends name it.
+_KIND = {"hessian": "hessian", "ggn": "ggn", "empirical_fisher": "ef"}
+
+
+def _square(call: _Call, quantity: str, loss: str, agg: str, out, devices, as_jax: bool):
+    """The backend's P×P ``quantity`` behind the memory guard: a new NumPy array, written into
+    ``out``, or assembled on JAX devices (``devices``, ``as_jax``, or an accelerator by default).
+    """
+    P, itemsize = call.params.shape[0], call.dtype.itemsize
+    if not isinstance(as_jax, bool):
+        raise InputError(f"as_jax must be True or False; got {as_jax!r}")
+    asked = devices is not None or as_jax
+    on_devices = hasattr(call.backend, "sharded_matrix")  # a capability: absent = host only
+    if asked and not on_devices:
+        raise InputError(f"devices= and as_jax=True need backend='jax' (the result is a jax.Array); got backend {call.backend.name!r}")
+    if asked and out is not None:
+        raise InputError("out= writes the result into a host array, devices= and as_jax=True keep it on JAX devices: pass one or the other")
+    mesh = _backends.sharded.mesh_for(devices, as_jax) if on_devices and out is None else None
+    whole = memory.needed_bytes(quantity, P * P, itemsize)
+    if mesh is not None:
+        memory.require_on_devices(quantity, _backends.sharded.device_bytes(P, mesh, itemsize), mesh.local_devices, (P, P))
+        if not asked:  # an accelerator's result copied to NumPy
+            memory.require(quantity, whole, (P, P))
+        M = call.run("sharded_matrix", call.Y, loss, agg, _KIND[quantity], mesh)
+        if not _backends.sharded.all_finite(M):
+            raise BackendError(f"{quantity} on backend {call.backend.name!r} produced non-finite values for {call.shapes}")
+        return M if asked else call.result(M)
+    if out is None:
+        memory.require(quantity, whole, (P, P))
+        return call.result(call.run(quantity, call.Y, loss, agg))
+    return _into(call, quantity, loss, agg, check.out_array(out, P, call.dtype), whole)
+
+
+def _into(call: _Call, quantity: str, loss: str, agg: str, target: np.ndarray, whole: int) -> np.ndarray:
+    """``quantity`` written into ``target``. On a route that writes panel by panel (the backend's
+    ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise the
+    whole result, which ``target`` then receives as a copy."""
+    P, itemsize = call.params.shape[0], call.dtype.itemsize
+    working_bytes = getattr(call.backend, "panel_working_bytes", None)  # a capability: absent = copies
+    working = None if working_bytes is None else working_bytes(call.model, P, itemsize)
+    memory.require(quantity, whole if working is None else working, (P, P))
+    if working_bytes is None:
+        np.copyto(target, call.run(quantity, call.Y, loss, agg))
+    else:
+        call.run(quantity, call.Y, loss, agg, target)
+    if isinstance(target, np.memmap):
+        target.flush()
+    return call.result(target)
 
 
 # --- values ----------------------------------------------------------------
@@ -222,7 +278,7 @@ def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtyp
 # --- P × P curvature ---------------------------------------------------------
 
 
-def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
     """The exact parameter Hessian ``∇²_θ L``.
 
     For a linear model with ``mse`` it equals :func:`ggn`:
@@ -237,11 +293,12 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
     cost the result about half its digits, measured as the symmetry error of the
     Hessian-vector products (:data:`SYMMETRY_BOUND`).
 
-    Returns: ``(P, P)``, symmetric.
+    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
+
+    Returns: ``(P, P)``, symmetric (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("hessian", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _square(call, "hessian")
-    H = call.result(call.run("hessian", call.Y, loss, agg))
+    H = _square(call, "hessian", loss, agg, out, devices, as_jax)
     if call.dtype == np.float32:
         error = _symmetry_error(call, loss, agg)
         if error > SYMMETRY_BOUND:
@@ -276,26 +333,27 @@ def _symmetry_error(call: _Call, loss: str, agg: str) -> float:
     return float(abs(u @ Hv - v @ Hu) / scale) if scale > 0 else 0.0
 
 
-def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
     """The generalized Gauss-Newton ``s·Σ_n J_nᵀ Λ_n J_n``.
 
     ``J_n = ∂f(x_n)/∂θ`` ``(C, P)``, ``Λ_n = ∇²_ŷ ℓ_n`` ``(C, C)``.
+    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
 
-    Returns: ``(P, P)``, symmetric positive semi-definite.
+    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("ggn", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _square(call, "ggn")
-    return call.result(call.run("ggn", call.Y, loss, agg))
+    return _square(call, "ggn", loss, agg, out, devices, as_jax)
 
 
-def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
+def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
     """The empirical Fisher ``s·Σ_n g_n g_nᵀ`` with ``g_n = ∇_θ ℓ_n`` the per-sample gradient.
 
-    Returns: ``(P, P)``, symmetric positive semi-definite.
+    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
+
+    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("empirical_fisher", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _square(call, "empirical_fisher")
-    return call.result(call.run("empirical_fisher", call.Y, loss, agg))
+    return _square(call, "empirical_fisher", loss, agg, out, devices, as_jax)
 
 
 # --- matrix-free and structured ----------------------------------------------

@@ -92,6 +92,7 @@ ALTERNATIVES = {
     "hvp": "fewer columns of V per call",
     "input_jacobian": "a smaller batch of X",
     "sample": "fewer samples per call",
+    "Laplace low-rank factor": "a subset of the parameters (subset='last_layer'), structure='kron' or 'diag'",
 }
 
 
@@ -106,6 +107,11 @@ COPIES = {"kron": 3}
 #: Quantities computed in chunks: beside their result they hold one chunk's working set,
 #: at most :data:`CHUNK_BYTES`.
 CHUNKED = ("hvp", "diagonal", "param_jacobian", "input_jacobian", "input_hessian", "laplacian", "divergence")
+#: copy returned, so 2 is the bound the guard uses for both. The per-sample results hold
+#: their chunks until they are concatenated; kron holds its running sums and the chunk's
+#: factors beside the result (~2.1 copies measured). A low-rank Laplace holds its factor ``U``,
+#: the decomposition's ``V`` and a temporary of the same size.
+COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "param_jacobian": 2, "input_hessian": 2, "kron": 3, "lowrank": 3}
 
 
 def needed_bytes(quantity: str, elements: int, itemsize: int) -> int:
@@ -129,3 +135,24 @@ def require(quantity: str, nbytes: int, shape: tuple[int, ...], *, fraction: flo
 def chunk_size(bytes_per_item: int, total: int, budget: int = CHUNK_BYTES) -> int:
     """How many items of ``bytes_per_item`` fit in ``budget`` (at least 1, at most ``total``)."""
     return max(1, min(total, budget // max(1, bytes_per_item)))
+
+
+def require_on_devices(quantity: str, per_device: int, devices, shape: tuple[int, ...], *, fraction: float = 0.8) -> None:
+    """Raise :class:`MemoryBudgetError` when ``per_device`` bytes exceed ``fraction`` of a device's
+    memory (``memory_stats()["bytes_limit"]``); devices that report none (CPU devices) share
+    the host's available memory."""
+    shared = 0
+    for device in devices:
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            budget = fraction * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+            if per_device > budget:
+                raise MemoryBudgetError(
+                    f"{quantity} of shape {shape} needs about {format_bytes(per_device)} on each device, but only "
+                    f"{format_bytes(budget)} can be used on {device}; use more devices or "
+                    f"{ALTERNATIVES.get(quantity, 'a smaller problem')} instead"
+                )
+        else:
+            shared += per_device
+    if shared:
+        require(quantity, shared, shape, fraction=fraction)

@@ -261,3 +261,15 @@ def vectors_array(V, num_params: int, dtype: np.dtype) -> tuple[np.ndarray, bool
     _finite("V", a)
     single = a.ndim == 1
     return cast("V", a[:, None] if single else a, dtype), single
+
+
+def out_array(out, num_params: int, dtype: np.dtype) -> np.ndarray:
+    """``out`` when it is a writable C-contiguous ``(P, P)`` NumPy array of ``dtype`` (a memmap included)."""
+    expected = f"a writable C-contiguous numpy array (or numpy.memmap) of shape ({num_params}, {num_params}) and dtype {dtype}"
+    if not isinstance(out, np.ndarray):
+        raise InputError(f"out must be {expected}; got {type(out).__name__}")
+    if out.shape != (num_params, num_params) or out.dtype != dtype:
+        raise InputError(f"out must be {expected}; got shape {out.shape} and dtype {out.dtype}")
+    if not out.flags.writeable or not out.flags.c_contiguous:
+        raise InputError(f"out must be {expected}; got a {'read-only' if not out.flags.writeable else 'non-contiguous'} array")
+    return out

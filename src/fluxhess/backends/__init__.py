@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import BackendUnavailableError, JuliaUnavailableError, UnknownNameError, UnsupportedModelError
+from . import sharded
 from .base import Backend
 from .jax import JaxBackend
 from .julia import JuliaBackend
@@ -56,4 +57,4 @@ def _runs_only_in_julia(model) -> bool:
     return _REGISTRY["jax"].unsupported_reason(model) is not None and _REGISTRY["julia"].unsupported_reason(model) is None
 
 
-__all__ = ["Backend", "NAMES", "backends", "get"]
+__all__ = ["Backend", "NAMES", "backends", "get", "sharded"]

@@ -14,9 +14,11 @@ flops for any of the three whatever the number of outputs C, and the factors cos
 each block's ``K_ml = B_mᵀ Λ B_l`` formed when the block is filled).
 
 Only the lower triangle is computed — diagonal blocks by panels of ``j`` whose columns stop
-at the panel's end — straight into one preallocated P×P array; each panel is mirrored
-onto the upper triangle as soon as it is complete. Working memory beside the result is bounded by :func:`_budget`: the samples are taken in chunks
-and each block in panels of rows, with a progress bar when there are many.
+at the panel's end — straight into one preallocated P×P array (or the caller's ``out``, e.g.
+a ``numpy.memmap`` larger than memory); each panel is mirrored onto the upper triangle as
+soon as it is complete. Working memory beside the result is bounded by :func:`_budget`
+(:func:`working_bytes`): the samples are taken in chunks and each block in panels of rows,
+with a progress bar when there are many.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def _strictly_lower(st: Structure, panel: _Panel) -> tuple[slice, slice]:
     return rows, slice(seg_l.offset, end)
 
 
-def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int) -> np.ndarray:
+def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndarray) -> np.ndarray:
     """``Σ_n g_n g_nᵀ`` from the rows ``√s·g_n``: the lower triangle by row panels, one GEMM each.
 
     Not SYRK: OpenBLAS 0.3.31's (in NumPy's and SciPy's wheels) writes out of bounds at
@@ -155,7 +157,6 @@ def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int) -> np.nda
     P = theta.shape[0]
     step = min(EF_PANEL_ROWS, chunk_size(P * theta.dtype.itemsize, P, budget // 4))
     work = [(c, slice(r, min(r + step, P))) for c in range(len(sample_chunks)) for r in range(0, P, step)]
-    H = np.empty((P, P), dtype=theta.dtype)
     current, G, last = None, None, len(sample_chunks) - 1
     for task in chunks(len(work), 1, "ef"):
         c, rows = work[task.start]
@@ -194,15 +195,24 @@ def mirror_panel(H: np.ndarray, rows: slice, cols: slice, square: bool, tile: in
             diagonal[upper] = diagonal.T[upper]
 
 
-def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.ndarray:
+def working_bytes(P: int, itemsize: int) -> int:
+    """Memory :func:`matrix` uses beside its ``(P, P)`` result: the per-sample factors, the
+    panels' GEMM outputs and their scratch, within twice :func:`_budget`."""
+    return 2 * _budget(P, itemsize)
+
+
+def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float, out: np.ndarray | None = None) -> np.ndarray:
     """The exact Hessian (``kind="hessian"``), GGN or empirical Fisher (``"ef"``), ``(P, P)``.
 
     ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` NumPy arrays of one float dtype (the
-    caller scopes JAX's precision to it); ``s`` is the aggregation factor.
+    caller scopes JAX's precision to it); ``s`` is the aggregation factor. ``out``: a
+    C-contiguous writable ``(P, P)`` array of that dtype (a ``numpy.memmap`` included) that the
+    panels are written into, one at a time, instead of a new array; it is returned.
     """
     P, N = theta.shape[0], X.shape[0]
     itemsize = theta.dtype.itemsize
     budget = _budget(P, itemsize)
+    H = np.empty((P, P), dtype=theta.dtype) if out is None else out
     fn = factors(st, loss, kind, "matrix")
     per_sample = bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y))
     if kind != "ef":  # and one block's K_ml at a time
@@ -210,8 +220,7 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.nda
     n = chunk_size(per_sample, N, budget if kind == "ef" else budget * 3 // 4)  # the panels' GEMM outputs: ¼
     sample_chunks = [slice(a, min(a + n, N)) for a in range(0, N, n)]
     if kind == "ef":
-        return _gram(fn, theta, X, Y, s, sample_chunks, budget)
-    H = np.empty((P, P), dtype=theta.dtype)
+        return _gram(fn, theta, X, Y, s, sample_chunks, budget, H)
     work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, itemsize, budget // 4)]
     key, F, K_ml, T_ml = None, None, None, None
     scratch, last = _Scratch(theta.dtype), len(sample_chunks) - 1

@@ -21,7 +21,7 @@ from .. import losses as L
 from ..memory import chunk_size
 from ..model import Chain, Dense
 from ..progress import chunks
-from . import dense_curvature, dense_factors, jax_inputs
+from . import dense_curvature, dense_device, dense_factors, jax_inputs, sharded
 from .jax_model import COLUMN, ELEMENTWISE, run
 
 __all__ = ["COLUMN", "ELEMENTWISE", "JaxBackend"]
@@ -76,6 +76,14 @@ def _compiled(model: Chain, loss: str | None, name: str, columns: tuple[int, ...
     def sample_grads(theta, X, Y):  # (N, P)
         return jax.vmap(jax.grad(sample_loss), (None, 0, 0))(theta, X, Y)
 
+    def ggn_factor(theta, X, Y, s):  # U (N·C, P) with Uᵀ U = s·Σ_n J_nᵀ Λ_n J_n: rows L_nᵀ J_n, Λ_n = L_n L_nᵀ
+        lam, Q = jnp.linalg.eigh(output_hessians(theta, X, Y))  # Λ_n is positive semi-definite: clip rounding
+        root = Q * jnp.sqrt(jnp.clip(s * lam, 0.0, None))[:, None, :]
+        return jnp.einsum("nck,ncp->nkp", root, param_jac(theta, X)).reshape(-1, theta.shape[0])
+
+    def ef_factor(theta, X, Y, s):  # √s·g_n as rows (N, P)
+        return jnp.sqrt(s) * sample_grads(theta, X, Y)
+
     def ef_chunk(theta, X, Y, s):
         G = sample_grads(theta, X, Y)
         return s * (G.T @ G)
@@ -124,6 +132,8 @@ def _compiled(model: Chain, loss: str | None, name: str, columns: tuple[int, ...
         "ggn_chunk": ggn_chunk,
         "ggn_diag_chunk": ggn_diag_chunk,
         "ef_chunk": ef_chunk,
+        "ggn_factor": ggn_factor,
+        "ef_factor": ef_factor,
         "ef_diag_chunk": ef_diag_chunk,
         "hvp_hessian": jax.vmap(hvp_hessian, (None, None, None, None, 1), 1),
         "hvp_ggn": jax.vmap(hvps["ggn"], (None, None, None, None, 1), 1),
@@ -159,6 +169,10 @@ def _np(x) -> np.ndarray:
 class JaxBackend:
     """Every quantity in JAX; always available.
 
+    The P×P methods take ``out=`` (a writable ``(P, P)`` array of the call's dtype): the
+    structured route writes its panels into it one at a time, the generic routes copy their
+    result into it; :meth:`panel_working_bytes` says which, for the memory guard.
+
     ``structured=True`` (the default) computes the Hessian, GGN, empirical Fisher, their
     diagonals and KFAC factors of a Dense chain by the block-structured GEMM route of
     :mod:`.dense_curvature` wherever :func:`.dense_factors.split` covers the model, and by
@@ -173,14 +187,21 @@ class JaxBackend:
     def __init__(self, structured: bool = True):
         self.structured = structured
 
-    def _fast(self, model, params, X, Y, loss, agg, kind, part):
+    def _fast(self, model, params, X, Y, loss, agg, kind, part, **out):
         """The structured route's ``part`` of ``kind``, or None where it does not apply."""
         st = dense_factors.split(model) if self.structured else None
         if st is None:
             return None
         s = L.scale(loss, agg, *Y.shape)
         with _precision(params):
-            return getattr(dense_curvature, part)(st, loss, kind, params, X, Y, s)
+            return getattr(dense_curvature, part)(st, loss, kind, params, X, Y, s, **out)
+
+    def panel_working_bytes(self, model, P: int, itemsize: int) -> int | None:
+        """Bytes beside the result when a P×P route writes panel by panel into ``out=``, or None
+        where the route builds the whole matrix first (then ``out`` receives a copy)."""
+        if self.structured and dense_factors.split(model) is not None:
+            return dense_curvature.working_bytes(P, itemsize)
+        return None
 
     def unavailable_reason(self):
         return None
@@ -209,8 +230,8 @@ class JaxBackend:
             return _np(_compiled(model, loss, "gradient")(params, X, Y, s))
 
     # -- P × P matrices -----------------------------------------------------
-    def hessian(self, model, params, X, Y, loss, agg):
-        fast = self._fast(model, params, X, Y, loss, agg, "hessian", "matrix")
+    def hessian(self, model, params, X, Y, loss, agg, out=None):
+        fast = self._fast(model, params, X, Y, loss, agg, "hessian", "matrix", out=out)
         if fast is not None:
             return fast
         P = params.shape[0]
@@ -225,19 +246,30 @@ class JaxBackend:
                 for sl in chunks(P, k, "hessian columns"):
                     idx = np.arange(sl.start, sl.stop)
                     H[sl] = _np(fn(params, X, Y, s, idx))
-            return _symmetrize(H)
+            return _into(out, _symmetrize(H))
 
-    def ggn(self, model, params, X, Y, loss, agg):
-        fast = self._fast(model, params, X, Y, loss, agg, "ggn", "matrix")
+    def ggn(self, model, params, X, Y, loss, agg, out=None):
+        fast = self._fast(model, params, X, Y, loss, agg, "ggn", "matrix", out=out)
         if fast is not None:
             return fast
-        return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_chunk", model.out_features))
+        return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_chunk", model.out_features)))
 
-    def empirical_fisher(self, model, params, X, Y, loss, agg):
-        fast = self._fast(model, params, X, Y, loss, agg, "ef", "matrix")
+    def empirical_fisher(self, model, params, X, Y, loss, agg, out=None):
+        fast = self._fast(model, params, X, Y, loss, agg, "ef", "matrix", out=out)
         if fast is not None:
             return fast
-        return _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1))
+        return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1)))
+
+    def sharded_matrix(self, model, params, X, Y, loss, agg, kind, mesh):
+        """The P×P ``kind`` assembled by XLA on ``mesh``'s devices, rows sharded (:mod:`.sharded`);
+        on one device, a Dense chain's by its blocks (:mod:`.dense_device`)."""
+        s = L.scale(loss, agg, *Y.shape)
+        st = dense_factors.split(model) if self.structured and mesh.size == 1 else None
+        with _precision(params):
+            if st is None:
+                return sharded.matrix(model, loss, kind, params, X, Y, s, mesh)
+            with jax.default_device(mesh.devices.flat[0]):
+                return dense_device.matrix(st, loss, kind, params, X, Y, s, sharded.work_bytes(mesh))
 
     def _sum_over_samples(self, model, params, X, Y, loss, agg, name, rows_per_sample):
         """Σ over sample chunks of a per-chunk reduction whose working set is rows × P."""
@@ -351,6 +383,14 @@ def _column_bytes(model: Chain, num_params: int, num_samples: int) -> int:
 
 def _widest(model: Chain) -> int:
     return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+
+
+def _into(out: np.ndarray | None, M: np.ndarray) -> np.ndarray:
+    """``M``, or ``out`` holding a copy of it (the generic routes build the whole matrix first)."""
+    if out is None:
+        return M
+    np.copyto(out, M)
+    return out
 
 
 def _symmetrize(M: np.ndarray) -> np.ndarray:

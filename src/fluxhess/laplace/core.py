@@ -35,6 +35,8 @@ from . import store
 from .subset import Subset, resolve
 
 PRIOR_STRUCTURES = ("scalar", "layerwise", "diag")
+#: Structures whose log det under a scalar prior comes from ``H``'s eigenvalues, computed once.
+EIGENVALUE_LOGDET = ("full", "lowrank")
 METHODS = ("marglik", "gridsearch")
 
 
@@ -52,7 +54,10 @@ class Laplace:
     - ``likelihood``: ``"classification"`` (softmax for C ≥ 2 outputs, sigmoid for C == 1)
       or ``"regression"`` (Gaussian with noise ``sigma_noise``).
     - ``curvature``: ``"ggn"``, ``"ef"`` (empirical Fisher) or ``"hessian"``.
-    - ``structure``: ``"full"`` ``(P_s, P_s)``, ``"diag"`` or ``"kron"`` (KFAC, per block).
+    - ``structure``: ``"full"`` ``(P_s, P_s)``, ``"diag"``, ``"kron"`` (KFAC, per block) or
+      ``"lowrank"`` (GGN/EF only: the factor ``U`` ``(N·C, P_s)`` resp. ``(N, P_s)`` with
+      ``H = Uᵀ U``; solves, log det, variances and samples by Woodbury in ``O(R²·P_s)``, for
+      ``P_s ≫ N·C`` where ``(P_s, P_s)`` does not fit).
     - ``subset``: ``"all"``, ``"last_layer"`` (the last layer with parameters: the last Dense
       layer's weight and bias in a Chain) or a
       list of block names of ``model.layout``; ``P_s`` is its number of parameters.
@@ -317,6 +322,9 @@ class Laplace:
         dec = self._decomposition()
         if self.structure == "diag":
             return 1.0 / np.asarray(dec)
+        if self.structure == "lowrank":
+            with jax.enable_x64(True):
+                return np.array(self._curv.variance(dec))
         return np.ascontiguousarray(np.diagonal(self.posterior_covariance))
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
@@ -367,9 +375,9 @@ class Laplace:
         return value
 
     def _eigenvalues(self) -> np.ndarray:
-        """The eigenvalues of a full ``H`` (computed once per fit): a scalar prior's log det is then O(P)."""
+        """The eigenvalues of a full or low-rank ``H`` (computed once per fit): a scalar prior's log det is then O(P)."""
         if self._eig is None:
-            self._eig = np.linalg.eigvalsh(self._curv.H)
+            self._eig = self._curv.eigenvalues()
         return self._eig
 
     def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
@@ -386,7 +394,7 @@ class Laplace:
         c = self._factor(sigma)
         p0 = posterior.prior_diagonal(prior, sizes)
         delta = self.mean - self._prior_mean
-        if self.structure == "full" and prior.shape[0] == 1:  # log det(c·H + λ·I) from H's eigenvalues
+        if self.structure in EIGENVALUE_LOGDET and prior.shape[0] == 1:  # log det(c·H + λ·I) from H's eigenvalues
             log_det = jnp.sum(jnp.log(c * self._eigenvalues() + prior[0]))
         else:
             log_det = curv.logdet(c, prior, sizes)

@@ -4,7 +4,8 @@ Each structure asks the public API (hence any backend) for one quantity of the t
 network (:mod:`fluxhess.laplace.subset`) on its input features, chunk by chunk, and
 sums: ``full`` → :func:`fluxhess.ggn` / :func:`fluxhess.empirical_fisher` /
 :func:`fluxhess.hessian`, ``diag`` → :func:`fluxhess.diagonal`, ``kron`` →
-:func:`fluxhess.kron`. All with ``agg="sum"``: the curvature of ``Σ_n ℓ_n``, unscaled;
+:func:`fluxhess.kron`; ``lowrank`` stacks the rows of the factor ``U`` (``H = Uᵀ U``) from
+:func:`fluxhess.param_jacobian` and the loss's derivatives in the outputs. All with ``agg="sum"``: the curvature of ``Σ_n ℓ_n``, unscaled;
 the likelihood's factor is applied later, in one place.
 """
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 import warnings
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from .. import api, memory
+from .. import losses as L
 from .. import validate as check
 from ..errors import FluxHessWarning, InputError
 from ..progress import chunks
@@ -50,6 +53,8 @@ def summed_curvature(structure: str, kind: str, subset: Subset, theta, features,
     tail, t_theta, idx = subset.tail, subset.tail_params(theta), subset.index
     kw = dict(loss=loss, agg="sum", backend=backend)
     step = _samples_per_chunk(subset, Y.shape[1], N)
+    if structure == "lowrank":
+        return posterior.LowRank(_low_rank_factor(kind, subset, theta, features, Y, loss, backend, step))
     if structure == "kron":
         A_sum, G_sum = None, None
         for sl in chunks(N, step, "Laplace fit (kron)"):
@@ -75,6 +80,38 @@ def summed_curvature(structure: str, kind: str, subset: Subset, theta, features,
             part = api.diagonal(tail, t_theta, features[sl], Y[sl], kind=kind, **kw)[idx]
         total = part if total is None else total + part
     return posterior.Full(total) if structure == "full" else posterior.Diag(total)
+
+
+def _low_rank_factor(kind: str, subset: Subset, theta, features, Y, loss: str, backend: str, step: int) -> np.ndarray:
+    """``U`` with ``Uᵀ U`` the GGN (``(N·C, P_s)``, rows ``L_nᵀ J_n``, ``Λ_n = L_n L_nᵀ``) or the
+    EF (``(N, P_s)``, rows ``g_nᵀ = r_nᵀ J_n``, ``r_n = ∇_f ℓ_n``) of ``Σ_n ℓ_n``, from the
+    subset's Jacobians ``J_n`` ``(C, P_s)``, chunk by chunk."""
+    N, C = Y.shape
+    per_sample = C if kind == "ggn" else 1
+    P = subset.num_params
+    shape = (N * per_sample, P)
+    memory.require("Laplace low-rank factor", memory.needed_bytes("lowrank", shape[0] * P, 8), shape)
+    U = np.empty(shape)
+    f = api.forward(subset.tail, subset.tail_params(theta), features, backend=backend)
+    for sl in chunks(N, step, "Laplace fit (lowrank)"):
+        J = subset.jacobian(theta, features[sl], backend)  # (n, C, P_s)
+        rows = slice(sl.start * per_sample, sl.stop * per_sample)
+        U[rows] = np.einsum("nck,ncp->nkp", _output_root(kind, loss, f[sl], Y[sl]), J).reshape(-1, P)
+    return U
+
+
+def _output_root(kind: str, loss: str, f: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Per sample ``(n, C, k)``: for the GGN a root ``L_n`` of ``Λ_n = ∇²_f ℓ_n`` (k = C), for the
+    EF the gradient ``∇_f ℓ_n`` as a column (k = 1)."""
+    with jax.enable_x64(True):
+        def ell(fn, yn):
+            return L.per_sample(loss, fn, yn)
+
+        if kind == "ef":
+            return np.asarray(jax.vmap(jax.grad(ell))(f, Y))[:, :, None]
+        lam = np.asarray(jax.vmap(jax.hessian(ell))(f, Y))
+    e, Q = np.linalg.eigh(lam)  # Λ_n is positive semi-definite for these losses: clip its rounding
+    return Q * np.sqrt(np.clip(e, 0.0, None))[:, None, :]
 
 
 def clip_negative(curvature) -> tuple[object, Clipped | None]:
@@ -113,9 +150,10 @@ def most_negative_eigenvalue(curvature) -> float:
 
 def check_kind(kind, structure: str) -> str:
     check.choice("curvature", kind, CURVATURES)
-    if structure == "kron" and kind == "hessian":
+    if structure in ("kron", "lowrank") and kind == "hessian":
+        why = {"kron": "KFAC factors exist for those", "lowrank": "their low-rank factor Uᵀ U exists, the Hessian's does not"}
         raise InputError(
-            "structure='kron' needs curvature='ggn' or 'ef' (KFAC factors exist for those); "
+            f"structure={structure!r} needs curvature='ggn' or 'ef' ({why[structure]}); "
             "for the exact Hessian use structure='full' or 'diag'"
         )
     return kind

@@ -11,7 +11,12 @@ structure   ``H``                                  ``P``
 full        ``(P, P)``                             ``c·H + diag(p₀)``, via its Cholesky factor
 diag        ``(P,)``, the diagonal of ``H``        ``c·h + p₀``
 kron        per block ``A ⊗ G`` (eigendecomposed)  per block ``c·A ⊗ G + δ_b·I``
+lowrank     ``Uᵀ U``, the factor ``U`` ``(R, P)``   ``c·Uᵀ U + diag(p₀)``, by Woodbury
 ==========  =====================================  ========================================
+
+``lowrank`` is for ``P ≫ R``: the GGN and the empirical Fisher of ``N`` samples have rank at
+most ``R = N·C`` (GGN, ``U``'s rows ``L_nᵀ J_n`` with ``Λ_n = L_n L_nᵀ``) or ``R = N`` (EF,
+rows ``g_nᵀ``); every question is answered in ``O(R²·P)`` time and ``O(R·P)`` memory.
 
 ``kron`` follows laplace-torch (``separate_weight_and_bias``): a weight block
 ``A ⊗ G`` with ``A = (1/N)·Σ a aᵀ`` the layer-input second moment and ``G`` the summed
@@ -84,6 +89,10 @@ class Full:
     @staticmethod
     def covariance(L):
         return jsl.cho_solve((L, True), jnp.eye(L.shape[0], dtype=L.dtype))
+
+    def eigenvalues(self) -> np.ndarray:
+        """The eigenvalues of ``H``, ascending ``(P,)``."""
+        return np.linalg.eigvalsh(self.H)
 
 
 @jax.tree_util.register_dataclass
@@ -212,4 +221,85 @@ class Kron:
         return self._map(eig, jnp.eye(P), -1.0)
 
 
-STRUCTURES = ("full", "diag", "kron")
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class LowRank:
+    """``H = Uᵀ U`` from its factor ``U`` ``(R, P)``; nothing ``(P, P)`` is formed.
+
+    With ``D = diag(p₀)`` and ``A = √c·U D^{-1/2}`` ``(R, P)``, ``P = D^{1/2} (I + AᵀA) D^{1/2}``.
+    :meth:`decompose` diagonalises ``A Aᵀ = W diag(e) Wᵀ`` ``(R, R)`` and keeps ``V = Wᵀ A``
+    (orthogonal rows of norms ``√e``), so that by Woodbury
+    ``(I + AᵀA)⁻¹ = I − Vᵀ diag(1/(1+e)) V`` and ``(I + AᵀA)^{-1/2} = I + Vᵀ diag(g(e)) V``
+    with ``g(e) = ((1+e)^{-1/2} − 1)/e = −1/(√(1+e)·(1 + √(1+e)))``.
+    """
+
+    U: np.ndarray
+
+    name = "lowrank"
+
+    def precision(self, c, prior, sizes):
+        return c * self.U.T @ self.U + jnp.diag(prior_diagonal(prior, sizes))
+
+    def logdet(self, c, prior, sizes):
+        """``log det D + log det(I_R + c·U D⁻¹ Uᵀ)`` (Sylvester), by a Cholesky factor of the ``(R, R)`` matrix."""
+        p0 = prior_diagonal(prior, sizes)
+        R = self.U.shape[0]
+        L = jnp.linalg.cholesky(jnp.eye(R, dtype=self.U.dtype) + c * (self.U / p0) @ self.U.T)
+        return jnp.sum(jnp.log(p0)) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+
+    def eigenvalues(self) -> np.ndarray:
+        """The ``P`` eigenvalues of ``H = Uᵀ U``, ascending: those of ``U Uᵀ`` and ``P − R`` zeros."""
+        R, P = self.U.shape
+        e = np.clip(np.linalg.eigvalsh(self.U @ self.U.T), 0.0, None)
+        return e[R - P :] if R >= P else np.concatenate([np.zeros(P - R), e])
+
+    def decompose(self, c, prior, sizes):
+        """``(p₀ (P,), V (R, P), e (R,))``, see the class docstring. NumPy (BLAS GEMMs, several
+        times XLA's on a CPU at this size), like everything below: only :meth:`logdet` is traced."""
+        p0 = np.asarray(prior_diagonal(prior, sizes), dtype=np.float64)
+        A = self.U * np.sqrt(float(c) / p0)
+        e, W = np.linalg.eigh(A @ A.T)
+        e = np.clip(e, 0.0, None)  # A Aᵀ is positive semi-definite; clip its rounding
+        V = np.matmul(W.T, A, out=A)  # A is not needed again: V takes its memory
+        return p0, V, e
+
+    @staticmethod
+    def positive_definite(dec) -> bool:
+        p0, V, e = dec
+        return bool(np.all(p0 > 0) and np.all(np.isfinite(e)))
+
+    def smallest_eigenvalue(self, c, prior, sizes) -> float:
+        """A lower bound: ``H`` is positive semi-definite, so ``P``'s smallest eigenvalue is at least ``min p₀``."""
+        return float(jnp.min(prior_diagonal(prior, sizes)))
+
+    @staticmethod
+    def inv_quad(dec, J):
+        """``J P⁻¹ Jᵀ`` per sample: ``J`` ``(N, C, P)`` → ``(N, C, C)``."""
+        p0, V, e = dec
+        Jt = np.asarray(J) / np.sqrt(p0)
+        B = (Jt @ V.T) / np.sqrt(1.0 + e)  # (N, C, R)
+        return np.einsum("ncp,nkp->nck", Jt, Jt) - np.einsum("ncr,nkr->nck", B, B)
+
+    @staticmethod
+    def scale(dec, Z):
+        """Rows of ``Z`` ``(n, P)`` mapped by ``S = D^{-1/2} (I + AᵀA)^{-1/2}`` (``S Sᵀ = P⁻¹``)."""
+        p0, V, e = dec
+        root = np.sqrt(1.0 + e)
+        Z = np.asarray(Z)
+        return (Z + ((Z @ V.T) * (-1.0 / (root * (1.0 + root)))) @ V) / np.sqrt(p0)
+
+    @staticmethod
+    def variance(dec):
+        """``diag(P⁻¹)`` ``(P,)`` in ``O(R·P)``."""
+        p0, V, e = dec
+        return (1.0 - np.einsum("rp,rp,r->p", V, V, 1.0 / (1.0 + e))) / p0
+
+    @staticmethod
+    def covariance(dec):
+        p0, V, e = dec
+        inner = np.eye(V.shape[1]) - (V.T / (1.0 + e)) @ V
+        root = 1.0 / np.sqrt(p0)
+        return root[:, None] * inner * root[None, :]
+
+
+STRUCTURES = ("full", "diag", "kron", "lowrank")

@@ -71,6 +71,8 @@ def save(la, path) -> None:
         arrays["H"] = curv.H
     elif isinstance(curv, posterior.Diag):
         arrays["h"] = curv.h
+    elif isinstance(curv, posterior.LowRank):
+        arrays["U"] = curv.U
     elif isinstance(curv, posterior.Kron):
         for i, b in enumerate(curv.blocks):
             arrays.update({f"kron{i}_lam_A": b.lam_A, f"kron{i}_Q_A": b.Q_A, f"kron{i}_lam_G": b.lam_G, f"kron{i}_Q_G": b.Q_G})
@@ -153,6 +155,8 @@ def _restore(cls, meta: dict, arrays: dict):
         la._curv = posterior.Full(arrays["H"])
     elif "h" in arrays:
         la._curv = posterior.Diag(arrays["h"])
+    elif "U" in arrays:
+        la._curv = posterior.LowRank(arrays["U"])
     elif "kron0_lam_A" in arrays:
         n = sum(1 for k in arrays if k.endswith("_lam_A"))
         la._curv = posterior.Kron(tuple(

@@ -1,0 +1,79 @@
+"""The Dense-chain Hessian, GGN and empirical Fisher assembled by XLA on one JAX device.
+
+The same blocks as :mod:`.dense_curvature` (see its docstring for the formulas) from the
+same per-sample factors (:mod:`.dense_factors`), each block ``(m, l)`` one ``einsum`` over
+the samples, written for XLA instead of NumPy: the factors never leave the device, and the
+matrix stays there until the caller asks for it. Whole blocks at a time (no row panels):
+the working memory is about the result again, so this route is for a result that fits the
+device twice.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ..memory import chunk_size
+from .dense_factors import Structure, bytes_per_sample, factors, gauss_newton_block, pair
+
+
+def _adjacent_T(st: Structure, m: int, l: int, d1):
+    """``T̄_ml`` ``(N, n̄_m, o_l)`` for adjacent layers (``m = l + 1``): ``diag(φ_l')`` and a zero bias row."""
+    T = d1[:, :, None] * jnp.eye(d1.shape[1], dtype=d1.dtype)
+    if st.segments[m].layer.bias:
+        T = jnp.concatenate([T, jnp.zeros((T.shape[0], 1, T.shape[2]), T.dtype)], axis=1)
+    return T
+
+
+def _block(st: Structure, kind: str, m: int, l: int, theta, F):
+    """Block ``(m, l)``, ``m ≥ l``, of the matrix: ``(n̄_m·o_m, n̄_l·o_l)``."""
+    am, al = F["abar"][m], F["abar"][l]
+    if kind == "ggn":
+        K = gauss_newton_block(F["B"][m], F["lamB"][l])
+    elif m == l:
+        K = F["K"][m]
+    else:
+        K, T = pair(st, m, l)(theta, F["K"][m], F["d1"])
+    block = jnp.einsum("nj,ni,npq->jpiq", am, al, K)
+    if kind == "hessian" and m > l:
+        T = _adjacent_T(st, m, l, F["d1"][l]) if m == l + 1 else T
+        block = block + jnp.einsum("njq,np,ni->jpiq", T, F["delta"][m], al)
+    rows, cols = st.segments[m].size, st.segments[l].size
+    return block.reshape(rows, cols)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _assemble(st: Structure, kind: str, theta, F):
+    """The whole symmetric matrix from one chunk's factors: lower blocks, their transposes above."""
+    n = len(st.segments)
+    lower = {(m, l): _block(st, kind, m, l, theta, F) for m in range(n) for l in range(m + 1)}
+    rows = [jnp.concatenate([lower[m, l] if l <= m else lower[l, m].T for l in range(n)], axis=1) for m in range(n)]
+    M = jnp.concatenate(rows, axis=0)
+    return 0.5 * (M + M.T)  # the diagonal blocks' einsums round their two triangles differently
+
+
+@jax.jit
+def _gram(G):
+    """``Gᵀ G`` from the rows ``√s·g_n``, exactly symmetric."""
+    M = G.T @ G
+    return 0.5 * (M + M.T)
+
+
+def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float, budget: int) -> jax.Array:
+    """The exact Hessian (``kind="hessian"``), GGN or empirical Fisher (``"ef"``), ``(P, P)``, on
+    JAX's default device; samples in chunks whose factors fit ``budget`` bytes.
+
+    ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` of one float dtype (the caller scopes
+    JAX's precision to it); ``s`` is the aggregation factor.
+    """
+    fn = factors(st, loss, kind, "matrix")
+    per_sample = 4 * bytes_per_sample(st, loss, kind, "matrix", theta.dtype.name, X.shape[1], Y.shape[1])
+    n = chunk_size(per_sample, X.shape[0], budget)
+    total = None
+    for a in range(0, X.shape[0], n):
+        F = fn(theta, X[a : a + n], Y[a : a + n], s)
+        part = _gram(F) if kind == "ef" else _assemble(st, kind, theta, F)
+        total = part if total is None else total + part
+    return total

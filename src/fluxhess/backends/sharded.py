@@ -1,0 +1,192 @@
+"""P×P curvature assembled by XLA on JAX devices, its row panels sharded across them.
+
+The devices form a :class:`jax.sharding.Mesh`; the result's rows are split over all of its
+axes (``PartitionSpec(mesh.axis_names, None)``), and each device computes only its own rows
+(:func:`jax.shard_map`) from replicated θ, X and Y, so no device ever holds the whole matrix
+and no device talks to another:
+
+- GGN and empirical Fisher: every device forms the factor ``U`` with ``Uᵀ U`` the curvature —
+  ``(N·C, P)`` rows ``√s·L_nᵀ J_n`` (``Λ_n = L_n L_nᵀ``) for the GGN, ``(N, P)`` rows ``√s·g_n``
+  for the EF — and its rows of ``Uᵀ U`` as one GEMM; samples are taken in chunks whose
+  factor fits the working memory (:func:`work_bytes`), their panels summed on the devices.
+- Hessian: its rows are Hessian-vector products with the unit vectors of the device's rows
+  (H is symmetric), in batches under ``lax.map`` — about four times the flops of the host's
+  block GEMMs (:mod:`.dense_curvature`), in exchange for running wherever XLA does.
+
+The result is made exactly symmetric, ``(M + Mᵀ)/2``, which moves each device's panel
+transposed onto the others (XLA's all-to-all; still no device holds more than its rows).
+
+Under ``jax.distributed.initialize`` the same code runs on every process with the global
+mesh; each process computes and holds the rows of its own devices. On one device a Dense
+chain takes :mod:`.dense_device` instead (the host route's blocks, as XLA einsums); other
+models take this route on a mesh of that one device.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ..errors import InputError
+from ..memory import CHUNK_BYTES, chunk_size
+from ..model import Chain
+
+#: Mesh axis of a mesh built from a list of devices.
+AXIS = "rows"
+
+
+def as_mesh(devices) -> Mesh:
+    """``devices`` (a :class:`~jax.sharding.Mesh`, or a non-empty list of distinct JAX devices) as a mesh."""
+    if isinstance(devices, Mesh):
+        return devices
+    try:
+        found = list(devices)
+    except TypeError:
+        found = None
+    if not found or not all(isinstance(d, jax.Device) for d in found) or len(set(found)) != len(found):
+        raise InputError(
+            "devices must be a jax.sharding.Mesh or a non-empty list of distinct JAX devices (e.g. jax.devices()); "
+            f"got {devices!r}"
+        )
+    return Mesh(np.array(found), (AXIS,))
+
+
+def mesh_for(devices, as_jax: bool) -> Mesh | None:
+    """The mesh a P×P call assembles on: that of ``devices``; else, when ``as_jax`` or when JAX's default
+    device is an accelerator, that one device; else None (the host route)."""
+    if devices is not None:
+        return as_mesh(devices)
+    device = _default_device()
+    if as_jax or device.platform != "cpu":
+        return Mesh(np.array([device]), (AXIS,))
+    return None
+
+
+def _default_device() -> jax.Device:
+    """JAX's default device, honouring ``jax.default_device(...)`` around the call."""
+    chosen = jax.config.jax_default_device
+    if isinstance(chosen, str):
+        return jax.devices(chosen)[0]
+    return chosen if chosen is not None else jax.devices()[0]
+
+
+def work_bytes(mesh: Mesh) -> int:
+    """Working memory per device for one batch of rows or chunk of samples: an eighth of an
+    accelerator's memory, :data:`CHUNK_BYTES` on CPU devices (which share the host's)."""
+    limit = (mesh.local_devices[0].memory_stats() or {}).get("bytes_limit")
+    return max(CHUNK_BYTES, limit // 8) if limit else CHUNK_BYTES
+
+
+def row_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows split over every axis of ``mesh``, columns whole."""
+    return NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
+
+
+def _replicated(mesh: Mesh, x: np.ndarray) -> jax.Array:
+    """``x`` on every device of ``mesh`` (each process supplies its own devices' copies)."""
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, PartitionSpec()), lambda index: x[index])
+
+
+def _rows_per_device(P: int, mesh: Mesh) -> int:
+    """``P / devices``; JAX shards an axis only evenly, so a P that the devices do not divide is refused."""
+    if P % mesh.size:
+        divisors = [k for k in range(1, mesh.size) if P % k == 0]
+        raise InputError(
+            f"devices: the {P} rows of the ({P}, {P}) result cannot be split evenly over {mesh.size} devices "
+            f"(JAX shards an axis evenly); use {max(divisors)} of them, or a model whose P they divide"
+        )
+    return P // mesh.size
+
+
+def _hessian_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
+    """``(θ, X, Y, s, rows) ↦ H[rows]``: H is symmetric, so row i is ``H e_i``, an HVP."""
+    from .jax import _compiled  # the per-sample functions, written once there
+
+    hvp = _compiled(model, loss, "hvp_hessian")  # (θ, X, Y, s, V (P, k)) -> (P, k)
+
+    def rows_of(theta, X, Y, s, rows):
+        unit = lambda i: hvp(theta, X, Y, s, jax.nn.one_hot(i, P, dtype=theta.dtype)[:, None])[:, 0]
+        return jax.lax.map(unit, rows, batch_size=batch)
+
+    return rows_of
+
+
+def _gram_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
+    """``(θ, X, Y, s, rows) ↦ (UᵀU)[rows]`` with ``U`` ``(R, P)`` the GGN's or the EF's factor."""
+    from .jax import _compiled
+
+    factor = _compiled(model, loss, f"{kind}_factor")  # (θ, X, Y, s) -> U (R, P)
+
+    def rows_of(theta, X, Y, s, rows):
+        U = factor(theta, X, Y, s)
+        return jnp.take(U, rows, axis=1).T @ U
+
+    return rows_of
+
+
+_ROWS = {"hessian": _hessian_rows, "ggn": _gram_rows, "ef": _gram_rows}
+
+
+@functools.lru_cache(maxsize=None)
+def _local_rows(model: Chain, loss: str, kind: str, mesh: Mesh, P: int, batch: int):
+    """The jitted ``(θ, X, Y, s, rows) ↦ M[rows]`` with ``rows`` ``(P,)`` and the result
+    ``(P, P)`` sharded by rows: each device computes the rows it holds."""
+    sharded = jax.shard_map(
+        _ROWS[kind](model, loss, kind, P, batch),
+        mesh=mesh,
+        in_specs=(PartitionSpec(),) * 4 + (PartitionSpec(mesh.axis_names),),
+        out_specs=PartitionSpec(mesh.axis_names, None),
+        check_vma=False,  # the rows vary over the mesh, θ, X, Y do not: mixing them is the point
+    )
+    return jax.jit(sharded)
+
+
+def _sample_chunks(kind: str, N: int, C: int, P: int, itemsize: int, budget: int) -> list[slice]:
+    """All samples at once for the Hessian; for the GGN/EF chunks whose factor and Jacobians fit ``budget``."""
+    per_sample = 3 * (C if kind == "ggn" else 1) * P * itemsize
+    n = N if kind == "hessian" else chunk_size(per_sample, N, budget)
+    return [slice(a, min(a + n, N)) for a in range(0, N, n)]
+
+
+def matrix(model: Chain, loss: str, kind: str, theta, X, Y, s: float, mesh: Mesh) -> jax.Array:
+    """The Hessian (``kind="hessian"``), GGN or empirical Fisher (``"ef"``), ``(P, P)``, as a
+    :class:`jax.Array` on ``mesh`` sharded by rows (:func:`row_sharding`).
+
+    ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` NumPy arrays of one float dtype (the
+    caller scopes JAX's precision to it), the same on every process; ``s`` the aggregation factor.
+    """
+    P, itemsize = theta.shape[0], theta.dtype.itemsize
+    local = _rows_per_device(P, mesh)
+    widest = max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+    budget = work_bytes(mesh)
+    batch = max(1, min(local, budget // (4 * itemsize * (P + X.shape[0] * widest))))
+    fn = _local_rows(model, loss, kind, mesh, P, batch)
+    rows = np.arange(P)
+    rows_g = jax.make_array_from_callback(rows.shape, NamedSharding(mesh, PartitionSpec(mesh.axis_names)), lambda i: rows[i])
+    theta_g, s_g = _replicated(mesh, theta), _replicated(mesh, np.asarray(s, theta.dtype))
+    total = None
+    for sl in _sample_chunks(kind, X.shape[0], Y.shape[1], P, itemsize, budget):
+        part = fn(theta_g, _replicated(mesh, X[sl]), _replicated(mesh, Y[sl]), s_g, rows_g)
+        total = part if total is None else total + part
+    return _symmetric(mesh)(total)
+
+
+@functools.lru_cache(maxsize=None)
+def _symmetric(mesh: Mesh):
+    """``(M + Mᵀ)/2``, sharded by rows: exact symmetry, as on the host route (the rows of a
+    device and the columns of the others round differently)."""
+    return jax.jit(lambda M: 0.5 * (M + M.T), out_shardings=row_sharding(mesh))
+
+
+def device_bytes(P: int, mesh: Mesh, itemsize: int) -> int:
+    """Bytes each device holds: its rows of the result and of one chunk's partial sum."""
+    return 2 * _rows_per_device(P, mesh) * P * itemsize
+
+
+def all_finite(M: jax.Array) -> bool:
+    """Whether this process's shards of ``M`` are finite (no communication between processes)."""
+    return all(bool(np.isfinite(np.asarray(shard.data)).all()) for shard in M.addressable_shards)
