@@ -176,3 +176,18 @@ def test_mirror_panel_copies_the_panel_onto_its_transpose(square):
         expected[200:260, 200:260] = lower + np.tril(lower, -1).T
     dense_curvature.mirror_panel(M, slice(200, 260), slice(10, 190), square, tile=64)
     np.testing.assert_array_equal(M, expected)
+
+
+def test_the_compile_cache_keeps_only_the_most_recent_models():
+    """Compiled functions are kept per model spec for the MODELS_KEPT most recent models, not forever."""
+    from fluxhess.backends import jax_compiled as jc
+
+    X = np.ones((2, 1))
+    models = [fh.Chain(fh.Dense(1, width), fh.Dense(width, 1)) for width in range(1, jc.MODELS_KEPT + 4)]
+    for m in models:
+        fh.forward(m, m.init(), X, backend="jax")
+    kept = list(jc._CACHE)
+    assert len(kept) == jc.MODELS_KEPT
+    assert models[0] not in kept and models[-1] == kept[-1]
+    fh.forward(models[-2], models[-2].init(), X, backend="jax")
+    assert list(jc._CACHE)[-1] == models[-2]  # used again: the most recent

@@ -21,132 +21,10 @@ from .. import losses as L
 from ..memory import chunk_size
 from ..model import Chain, Dense
 from ..progress import chunks
-from . import dense_curvature, dense_device, dense_factors, jax_inputs, sharded
-from .jax_model import COLUMN, ELEMENTWISE, run
+from . import dense_curvature, dense_device, dense_factors, sharded
+from .jax_compiled import compiled
 
-__all__ = ["COLUMN", "ELEMENTWISE", "JaxBackend"]
-
-@functools.lru_cache(maxsize=None)
-def _compiled(model: Chain, loss: str | None, name: str, columns: tuple[int, ...] | None = None):
-    """The jitted function ``name`` for this model (and loss, and input ``columns``); built once per key."""
-    f = functools.partial(run, model)  # f(θ, x) for one sample or a batch
-
-    def sample_loss(theta, x, y):
-        return L.per_sample(loss, f(theta, x), y)
-
-    def batch_losses(theta, X, Y):  # (N,)
-        return jax.vmap(sample_loss, (None, 0, 0))(theta, X, Y)
-
-    def total(theta, X, Y, s):
-        return s * jnp.sum(batch_losses(theta, X, Y))
-
-    def output_hessians(theta, X, Y):  # Λ_n, (N, C, C)
-        lam = jax.hessian(lambda yhat, y: L.per_sample(loss, yhat, y))
-        return jax.vmap(lam)(f(theta, X), Y)
-
-    def hvp_hessian(theta, X, Y, s, v):
-        return jax.jvp(lambda t: jax.grad(total)(t, X, Y, s), (theta,), (v,))[1]
-
-    def hvp_ggn(theta, X, Y, s, v):
-        out, jv = jax.jvp(lambda t: f(t, X), (theta,), (v,))
-        lam = output_hessians(theta, X, Y)
-        w = s * jnp.einsum("ncd,nd->nc", lam, jv)
-        return jax.vjp(lambda t: f(t, X), theta)[1](w)[0]
-
-    def hvp_ef(theta, X, Y, s, v):
-        gv = jax.jvp(lambda t: batch_losses(t, X, Y), (theta,), (v,))[1]
-        return jax.vjp(lambda t: batch_losses(t, X, Y), theta)[1](s * gv)[0]
-
-    hvps = {"hessian": hvp_hessian, "ggn": hvp_ggn, "ef": hvp_ef}
-
-    def param_jac(theta, X):  # (N, C, P)
-        return jax.vmap(jax.jacrev(f), (None, 0))(theta, X)
-
-    def ggn_chunk(theta, X, Y, s):
-        J = param_jac(theta, X)
-        M = jnp.einsum("ncd,ndp->ncp", output_hessians(theta, X, Y), J)
-        P = theta.shape[0]
-        return s * (J.reshape(-1, P).T @ M.reshape(-1, P))
-
-    def ggn_diag_chunk(theta, X, Y, s):
-        J = param_jac(theta, X)
-        M = jnp.einsum("ncd,ndp->ncp", output_hessians(theta, X, Y), J)
-        return s * jnp.sum(J * M, axis=(0, 1))
-
-    def sample_grads(theta, X, Y):  # (N, P)
-        return jax.vmap(jax.grad(sample_loss), (None, 0, 0))(theta, X, Y)
-
-    def ggn_factor(theta, X, Y, s):  # U (N·C, P) with Uᵀ U = s·Σ_n J_nᵀ Λ_n J_n: rows L_nᵀ J_n, Λ_n = L_n L_nᵀ
-        lam, Q = jnp.linalg.eigh(output_hessians(theta, X, Y))  # Λ_n is positive semi-definite: clip rounding
-        root = Q * jnp.sqrt(jnp.clip(s * lam, 0.0, None))[:, None, :]
-        return jnp.einsum("nck,ncp->nkp", root, param_jac(theta, X)).reshape(-1, theta.shape[0])
-
-    def ef_factor(theta, X, Y, s):  # √s·g_n as rows (N, P)
-        return jnp.sqrt(s) * sample_grads(theta, X, Y)
-
-    def ef_chunk(theta, X, Y, s):
-        G = sample_grads(theta, X, Y)
-        return s * (G.T @ G)
-
-    def ef_diag_chunk(theta, X, Y, s):
-        return s * jnp.sum(sample_grads(theta, X, Y) ** 2, axis=0)
-
-    def hessian_columns(theta, X, Y, s, idx):  # H[:, idx] as (k, P)
-        basis = jax.nn.one_hot(idx, theta.shape[0], dtype=theta.dtype)
-        return jax.vmap(lambda v: hvp_hessian(theta, X, Y, s, v))(basis)
-
-    def hessian_diag_chunk(theta, X, Y, s, idx):
-        cols = hessian_columns(theta, X, Y, s, idx)
-        return cols[jnp.arange(idx.shape[0]), idx]
-
-    def kron_chunk(theta, X, Y, s, kind):
-        dense = [l for l in model.layers if isinstance(l, Dense)]
-        N = X.shape[0]
-
-        def per_sample(x, y):
-            eps = [jnp.zeros(l.out_features, theta.dtype) for l in dense]
-            out, inputs = run(model, theta, x, eps, taps=True)
-            if kind == "ef":
-                delta = jax.grad(lambda e: L.per_sample(loss, run(model, theta, x, e), y))(eps)
-                G = [jnp.outer(d, d) for d in delta]
-            else:
-                B = jax.jacrev(lambda e: run(model, theta, x, e))(eps)  # each (C, out)
-                lam = jax.hessian(lambda yhat: L.per_sample(loss, yhat, y))(out)
-                G = [b.T @ lam @ b for b in B]
-            A = []
-            for layer, a in zip(dense, inputs):
-                abar = jnp.concatenate([a, jnp.ones(1, a.dtype)]) if layer.bias else a
-                A.append(jnp.outer(abar, abar))
-            return A, G
-
-        A, G = jax.vmap(per_sample)(X, Y)
-        return [a.sum(0) / N for a in A], [s * g.sum(0) for g in G]
-
-    table = {
-        "forward": lambda theta, X: f(theta, X),
-        "loss": total,
-        "gradient": jax.grad(total),
-        "hessian": jax.hessian(total),
-        "hessian_columns": hessian_columns,
-        "hessian_diag_chunk": hessian_diag_chunk,
-        "ggn_chunk": ggn_chunk,
-        "ggn_diag_chunk": ggn_diag_chunk,
-        "ef_chunk": ef_chunk,
-        "ggn_factor": ggn_factor,
-        "ef_factor": ef_factor,
-        "ef_diag_chunk": ef_diag_chunk,
-        "hvp_hessian": jax.vmap(hvp_hessian, (None, None, None, None, 1), 1),
-        "hvp_ggn": jax.vmap(hvps["ggn"], (None, None, None, None, 1), 1),
-        "hvp_ef": jax.vmap(hvps["ef"], (None, None, None, None, 1), 1),
-        "kron_ggn": functools.partial(kron_chunk, kind="ggn"),
-        "kron_ef": functools.partial(kron_chunk, kind="ef"),
-        "param_jacobian": param_jac,
-        "input_jacobian": functools.partial(jax_inputs.input_jacobian, model, columns=columns),
-        "input_hessian": functools.partial(jax_inputs.input_hessian, model, columns=columns),
-        "laplacian": functools.partial(jax_inputs.laplacian, model, columns=columns),
-        "divergence": functools.partial(jax_inputs.divergence, model, columns=columns),
-    }
-    return jax.jit(table[name])
+__all__ = ["JaxBackend"]
 
 
 # ---------------------------------------------------------------------------
@@ -164,6 +42,29 @@ def _precision(*arrays):
 
 def _np(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
+
+
+def _structured_first(part: str, kind: str | None = None):
+    """A method that takes the structured Dense-chain route (:func:`.dense_curvature` ``part``)
+    where :func:`.dense_factors.split` covers the model, and its own generic route otherwise.
+
+    ``kind``: the curvature kind of a P×P method, whose optional last argument is ``out``;
+    ``None`` for the methods whose last argument is the kind (``diagonal``, ``kron``).
+    """
+
+    def wrap(generic):
+        @functools.wraps(generic)
+        def method(self, model, params, X, Y, loss, agg, *rest, **kw):
+            st = dense_factors.split(model) if self.structured else None
+            if st is None:
+                return generic(self, model, params, X, Y, loss, agg, *rest, **kw)
+            k, extra = (rest[0], {}) if kind is None else (kind, {"out": rest[0] if rest else kw.get("out")})
+            with _precision(params):
+                return getattr(dense_curvature, part)(st, loss, k, params, X, Y, L.scale(loss, agg, *Y.shape), **extra)
+
+        return method
+
+    return wrap
 
 
 class JaxBackend:
@@ -187,15 +88,6 @@ class JaxBackend:
     def __init__(self, structured: bool = True):
         self.structured = structured
 
-    def _fast(self, model, params, X, Y, loss, agg, kind, part, **out):
-        """The structured route's ``part`` of ``kind``, or None where it does not apply."""
-        st = dense_factors.split(model) if self.structured else None
-        if st is None:
-            return None
-        s = L.scale(loss, agg, *Y.shape)
-        with _precision(params):
-            return getattr(dense_curvature, part)(st, loss, kind, params, X, Y, s, **out)
-
     def panel_working_bytes(self, model, P: int, itemsize: int) -> int | None:
         """Bytes beside the result when a P×P route writes panel by panel into ``out=``, or None
         where the route builds the whole matrix first (then ``out`` receives a copy)."""
@@ -217,47 +109,41 @@ class JaxBackend:
     # -- values -------------------------------------------------------------
     def forward(self, model, params, X):
         with _precision(params):
-            return _np(_compiled(model, None, "forward")(params, X))
+            return _np(compiled(model, None, "forward")(params, X))
 
     def loss(self, model, params, X, Y, loss, agg):
         with _precision(params):
             s = L.scale(loss, agg, *Y.shape)
-            return float(_compiled(model, loss, "loss")(params, X, Y, s))
+            return float(compiled(model, loss, "loss")(params, X, Y, s))
 
     def gradient(self, model, params, X, Y, loss, agg):
         with _precision(params):
             s = L.scale(loss, agg, *Y.shape)
-            return _np(_compiled(model, loss, "gradient")(params, X, Y, s))
+            return _np(compiled(model, loss, "gradient")(params, X, Y, s))
 
     # -- P × P matrices -----------------------------------------------------
+    @_structured_first("matrix", "hessian")
     def hessian(self, model, params, X, Y, loss, agg, out=None):
-        fast = self._fast(model, params, X, Y, loss, agg, "hessian", "matrix", out=out)
-        if fast is not None:
-            return fast
         P = params.shape[0]
         s = L.scale(loss, agg, *Y.shape)
         with _precision(params):
             if P <= 256:
-                H = _np(_compiled(model, loss, "hessian")(params, X, Y, s))
+                H = _np(compiled(model, loss, "hessian")(params, X, Y, s))
             else:
                 H = np.empty((P, P), dtype=params.dtype)
-                k = chunk_size(_column_bytes(model, P, X.shape[0]), P)
-                fn = _compiled(model, loss, "hessian_columns")
+                k = chunk_size(_column_bytes(model, P, X.shape[0], params.dtype.itemsize), P)
+                fn = compiled(model, loss, "hessian_columns")
                 for sl in chunks(P, k, "hessian columns"):
                     idx = np.arange(sl.start, sl.stop)
                     H[sl] = _np(fn(params, X, Y, s, idx))
             return _into(out, _symmetrize(H))
 
+    @_structured_first("matrix", "ggn")
     def ggn(self, model, params, X, Y, loss, agg, out=None):
-        fast = self._fast(model, params, X, Y, loss, agg, "ggn", "matrix", out=out)
-        if fast is not None:
-            return fast
         return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_chunk", model.out_features)))
 
+    @_structured_first("matrix", "ef")
     def empirical_fisher(self, model, params, X, Y, loss, agg, out=None):
-        fast = self._fast(model, params, X, Y, loss, agg, "ef", "matrix", out=out)
-        if fast is not None:
-            return fast
         return _into(out, _symmetrize(self._sum_over_samples(model, params, X, Y, loss, agg, "ef_chunk", 1)))
 
     def sharded_matrix(self, model, params, X, Y, loss, agg, kind, mesh):
@@ -275,8 +161,8 @@ class JaxBackend:
         """Σ over sample chunks of a per-chunk reduction whose working set is rows × P."""
         P, N = params.shape[0], X.shape[0]
         s = L.scale(loss, agg, *Y.shape)
-        n = chunk_size(3 * 8 * rows_per_sample * P, N)
-        fn = _compiled(model, loss, name)
+        n = chunk_size(3 * params.dtype.itemsize * rows_per_sample * P, N)
+        fn = compiled(model, loss, name)
         with _precision(params):
             total = None
             for sl in chunks(N, n, name.replace("_chunk", "")):
@@ -289,18 +175,16 @@ class JaxBackend:
         """``M @ V`` in chunks of columns of ``V``, each within :data:`fluxhess.memory.CHUNK_BYTES`."""
         s = L.scale(loss, agg, *Y.shape)
         P, k = V.shape
-        n = chunk_size(_column_bytes(model, P, X.shape[0]), k)
+        n = chunk_size(_column_bytes(model, P, X.shape[0], params.dtype.itemsize), k)
         out = np.empty((P, k), dtype=params.dtype)
-        fn = _compiled(model, loss, f"hvp_{kind}")
+        fn = compiled(model, loss, f"hvp_{kind}")
         with _precision(params):
             for sl in chunks(k, n, f"hvp ({kind})"):
                 out[:, sl] = _np(fn(params, X, Y, s, V[:, sl]))
         return out
 
+    @_structured_first("diagonal")
     def diagonal(self, model, params, X, Y, loss, agg, kind):
-        fast = self._fast(model, params, X, Y, loss, agg, kind, "diagonal")
-        if fast is not None:
-            return fast
         if kind == "ggn":
             return self._sum_over_samples(model, params, X, Y, loss, agg, "ggn_diag_chunk", model.out_features)
         if kind == "ef":
@@ -308,22 +192,20 @@ class JaxBackend:
         P = params.shape[0]
         s = L.scale(loss, agg, *Y.shape)
         out = np.empty(P, dtype=params.dtype)
-        k = chunk_size(_column_bytes(model, P, X.shape[0]), P)
-        fn = _compiled(model, loss, "hessian_diag_chunk")
+        k = chunk_size(_column_bytes(model, P, X.shape[0], params.dtype.itemsize), P)
+        fn = compiled(model, loss, "hessian_diag_chunk")
         with _precision(params):
             for sl in chunks(P, k, "hessian diagonal"):
                 out[sl] = _np(fn(params, X, Y, s, np.arange(sl.start, sl.stop)))
         return out
 
+    @_structured_first("kron")
     def kron(self, model, params, X, Y, loss, agg, kind):
-        fast = self._fast(model, params, X, Y, loss, agg, kind, "kron")
-        if fast is not None:
-            return fast
         s = L.scale(loss, agg, *Y.shape)
         N = X.shape[0]
-        per_sample = 8 * sum((l.in_features + 1) ** 2 + l.out_features**2 for _, l in model.dense_layers)
+        per_sample = params.dtype.itemsize * sum((l.in_features + 1) ** 2 + l.out_features**2 for _, l in model.dense_layers)
         n = chunk_size(per_sample, N)
-        fn = _compiled(model, loss, f"kron_{kind}")
+        fn = compiled(model, loss, f"kron_{kind}")
         with _precision(params):
             A_sum, G_sum = None, None
             for sl in chunks(N, n, "kron"):
@@ -356,14 +238,14 @@ class JaxBackend:
         return self._per_sample_blocks(model, params, X, "divergence", model.out_features * X.shape[1], columns=columns)
 
     def _per_sample_blocks(self, model, params, X, name, floats_per_sample, budget=None, columns=None):
-        """``name`` on chunks of samples: ``4·8·floats_per_sample`` bytes each within CHUNK_BYTES,
+        """``name`` on chunks of samples: ``4·itemsize·floats_per_sample`` bytes each within CHUNK_BYTES,
         or ``itemsize·floats_per_sample`` bytes each within ``budget``."""
         N = X.shape[0]
         if budget is None:
-            n = chunk_size(4 * 8 * floats_per_sample, N)
+            n = chunk_size(4 * X.dtype.itemsize * floats_per_sample, N)
         else:
             n = chunk_size(X.dtype.itemsize * floats_per_sample, N, budget)
-        fn = _compiled(model, None, name, columns)
+        fn = compiled(model, None, name, columns)
         with _precision(params):
             return np.concatenate([_np(fn(params, X[sl])) for sl in chunks(N, n, name)])
 
@@ -375,10 +257,10 @@ class JaxBackend:
 LAPLACIAN_CHUNK_BYTES = 6 * 2**20
 
 
-def _column_bytes(model: Chain, num_params: int, num_samples: int) -> int:
+def _column_bytes(model: Chain, num_params: int, num_samples: int, itemsize: int) -> int:
     """Working memory of one curvature-vector product: the vector, its tangent and cotangent
     (P each) and the N × width activations of the forward and backward passes."""
-    return 8 * (num_params + 4 * num_samples * _widest(model))
+    return itemsize * (num_params + 4 * num_samples * _widest(model))
 
 
 def _widest(model: Chain) -> int:

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ..errors import InputError
 from ..memory import CHUNK_BYTES, chunk_size
 from ..model import Chain
+from .jax_compiled import compiled
 
 #: Mesh axis of a mesh built from a list of devices.
 AXIS = "rows"
@@ -104,9 +105,7 @@ def _rows_per_device(P: int, mesh: Mesh) -> int:
 
 def _hessian_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
     """``(θ, X, Y, s, rows) ↦ H[rows]``: H is symmetric, so row i is ``H e_i``, an HVP."""
-    from .jax import _compiled  # the per-sample functions, written once there
-
-    hvp = _compiled(model, loss, "hvp_hessian")  # (θ, X, Y, s, V (P, k)) -> (P, k)
+    hvp = compiled(model, loss, "hvp_hessian")  # (θ, X, Y, s, V (P, k)) -> (P, k)
 
     def rows_of(theta, X, Y, s, rows):
         unit = lambda i: hvp(theta, X, Y, s, jax.nn.one_hot(i, P, dtype=theta.dtype)[:, None])[:, 0]
@@ -117,9 +116,7 @@ def _hessian_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
 
 def _gram_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
     """``(θ, X, Y, s, rows) ↦ (UᵀU)[rows]`` with ``U`` ``(R, P)`` the GGN's or the EF's factor."""
-    from .jax import _compiled
-
-    factor = _compiled(model, loss, f"{kind}_factor")  # (θ, X, Y, s) -> U (R, P)
+    factor = compiled(model, loss, f"{kind}_factor")  # (θ, X, Y, s) -> U (R, P)
 
     def rows_of(theta, X, Y, s, rows):
         U = factor(theta, X, Y, s)
