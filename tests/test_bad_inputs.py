@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
-from fluxhess.errors import BackendError, InputError, MemoryBudgetError, UnknownNameError, UnsupportedModelError
+from fluxhess.errors import BackendError, InputError, JuliaUnavailableError, MemoryBudgetError, UnknownNameError, UnsupportedModelError
 from fluxhess.flux import FluxModel
 
 M = fh.Chain.mlp([3, 4, 2], "tanh")  # P = 26, C = 2
 THETA = M.init(0)
 X = np.random.default_rng(0).normal(size=(5, 3))
+JULIA_RUNS = fh.backends()["julia"] is None
 Y = np.random.default_rng(1).normal(size=(5, 2))
 LABELS = np.array([0, 1, 1, 0, 1])
 SOFTMAX = fh.Chain(fh.Dense(3, 2), fh.Activation("softmax"))
@@ -133,7 +134,10 @@ BAD = [
     Bad("chain-mismatch", lambda b: fh.Chain(fh.Dense(2, 3), fh.Dense(4, 1)), InputError, ("layer 1", "4 inputs", "gives 3")),
     Bad("chain-without-dense", lambda b: fh.Chain(fh.Activation("tanh")), InputError, ("Chain", "Dense")),
     Bad("not-a-model", lambda b: fh.forward(object(), THETA, X, backend=b), InputError, ("model", "fluxhess.Chain", "object")),
-    Bad("flux-model-on-jax", lambda b: fh.forward(FluxModel("Chain(Dense(3 => 2))"), THETA, X, backend="jax"), UnsupportedModelError, ("jax backend", "fluxhess.Chain", "FluxModel")),
+    # A Flux model on jax: where Julia runs, convert it (to_spec); where it does not, Julia is missing first.
+    Bad("flux-model-on-jax", lambda b: fh.forward(FluxModel("Chain(Dense(3 => 2))"), THETA, X, backend="jax"),
+        *((UnsupportedModelError, ("jax backend", "fluxhess.Chain", "FluxModel")) if JULIA_RUNS else
+          (JuliaUnavailableError, ("FluxModel", "runs only in Julia", "setup-julia")))),
     Bad("divergence-not-square", lambda b: fh.divergence(M, THETA, X, backend=b), InputError, ("divergence", "C == d", "C=2, d=3")),
     # --- compare: input bad for every backend raises, it is not a report of failures -----
     Bad("compare-backends-none", lambda b: fh.compare(M, THETA, X, Y, backends=None), InputError, ("backends", "jax", "None")),

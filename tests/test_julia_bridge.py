@@ -204,10 +204,10 @@ class FakeJulia:
 
 @pytest.fixture
 def fake_julia(monkeypatch):
-    backend = JuliaBackend()
+    backend = _REGISTRY["julia"]  # the process's one julia backend, started on a fake Julia
     fake = FakeJulia()
-    backend._fh, backend._jl = fake, fake
-    monkeypatch.setitem(_REGISTRY, "julia", backend)
+    for name, value in (("_fh", fake), ("_jl", fake), ("_models", {}), ("_kinds", {}), ("_failure", None)):
+        monkeypatch.setattr(backend, name, value)
     return fake
 
 

@@ -68,9 +68,9 @@ def info(args) -> int:
     print(f"fluxhess {fh.__version__}, numpy {np.__version__}, jax {jax.__version__}, python {sys.version.split()[0]}")
     for name, reason in fh.backends().items():
         print(f"  {name:6} {'available' if reason is None else 'unavailable: ' + reason}")
-    from .backends.julia import _juliapkg_state
+    from .backends.julia import juliapkg_state
 
-    state = _juliapkg_state()
+    state = juliapkg_state()
     print(f"  `fluxhess setup-julia` installs Julia under {state['install']} and its packages into {state['project']}")
     return 0
 

@@ -6,10 +6,10 @@ from ..errors import BackendUnavailableError, JuliaUnavailableError, UnknownName
 from . import sharded
 from .base import Backend
 from .jax import JaxBackend
-from .julia import JuliaBackend
+from .julia import JULIA
 
 NAMES = ("jax", "julia")
-_REGISTRY: dict[str, Backend] = {"jax": JaxBackend(), "julia": JuliaBackend()}
+_REGISTRY: dict[str, Backend] = {"jax": JaxBackend(), "julia": JULIA}
 
 
 def backends() -> dict[str, str | None]:

@@ -39,6 +39,7 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def module_path() -> Path:
     return package_path() / "FluxHess.jl"
 
 
-def _juliapkg_state() -> dict:
+def juliapkg_state() -> dict:
     """juliapkg's view of where its Julia and project live (reads env vars only)."""
     from juliapkg.state import STATE  # side-effect free: only reads the environment
 
@@ -132,7 +133,7 @@ def find_runtime() -> tuple[str | None, str]:
     if exe:
         found = shutil.which(exe)
         return (found, "PYTHON_JULIAPKG_EXE") if found else (None, f"PYTHON_JULIAPKG_EXE={exe} is not an executable")
-    state = _juliapkg_state()
+    state = juliapkg_state()
     installed = os.path.join(state["install"], "bin", "julia.exe" if os.name == "nt" else "julia")
     if os.path.isfile(installed):
         return installed, "juliapkg"
@@ -180,6 +181,26 @@ def _to_numpy(value) -> np.ndarray:
     if to_numpy is not None:
         return to_numpy(order="C")  # one copy, C-ordered, owned by NumPy
     return np.array(value, order="C", copy=True)
+
+
+@runtime_checkable
+class FluxSource(Protocol):
+    """What the julia backend needs of a Flux model written in Julia (a :class:`fluxhess.FluxModel`):
+    the source, the RNG seed it runs under, its file name, which of its flattened layers
+    (``layers``, 0-based ``(start, stop)`` or None) and the NumPy shape of one input sample
+    (``input_shape`` or None); ``key`` identifies all of it, and ``with_input_shape`` gives
+    the same model fed another sample shape."""
+
+    source: str
+    seed: int
+    filename: str
+    layers: tuple[int, int] | None
+    input_shape: tuple[int, ...] | None
+
+    @property
+    def key(self) -> tuple: ...
+
+    def with_input_shape(self, shape): ...
 
 
 class _Kind:
@@ -243,7 +264,7 @@ class JuliaBackend:
             return f"{how}. {_HOW_TO_FIX}"
         if how in ("PYTHON_JULIACALL_EXE",):
             return None  # the user manages the project; a missing package shows on start
-        project = _juliapkg_state()["project"]
+        project = juliapkg_state()["project"]
         missing = [p for p in PACKAGES if not _manifest_has(project, p)]
         if missing:
             return (
@@ -253,9 +274,7 @@ class JuliaBackend:
         return None
 
     def unsupported_reason(self, model) -> str | None:
-        from ..flux import FluxModel
-
-        if isinstance(model, (Chain, FluxModel)):
+        if isinstance(model, (Chain, FluxSource)):
             return None
         return (
             f"the julia backend runs fluxhess.Chain specs and FluxModels; got {type(model).__name__}. "
@@ -300,16 +319,21 @@ class JuliaBackend:
         with self._lock:
             return self._start()
 
+    def version(self) -> str:
+        """The running Julia's version (starting Julia if needed)."""
+        with self._lock:
+            self._start()
+            return str(self._jl.seval("string(VERSION)"))
+
     # -- models -------------------------------------------------------------
     def _model(self, model, dtype):
         """The Julia model for a spec Chain or FluxModel, built once per dtype. Lock held."""
-        from ..flux import FluxModel
 
         self._start()
         dtype = np.dtype(dtype).name
         if isinstance(model, Chain):
             return self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
-        if not isinstance(model, FluxModel):
+        if not isinstance(model, FluxSource):
             raise UnsupportedModelError(self.unsupported_reason(model))
         key = (model.key, dtype)
         jm = self._models.get(key)
@@ -517,19 +541,20 @@ def setup_julia(out=print) -> dict:
 
         juliapkg.offline(False)
         _ONLINE = True
-        state = _juliapkg_state()
+        state = juliapkg_state()
         out(f"Resolving the Julia packages of fluxhess into {state['project']} (this downloads on first use)...")
         juliapkg.resolve()
         info = {"executable": juliapkg.executable(), "project": juliapkg.project()}
         out(f"Julia: {info['executable']}")
         out(f"Julia project: {info['project']}")
     out("Starting Julia and loading FluxHess (its first load precompiles it; this can take several minutes)...")
-    from . import _REGISTRY  # the backend instance fluxhess uses
-
-    backend = _REGISTRY["julia"]
-    fh = backend.julia()
-    version = str(backend._jl.seval("string(VERSION)"))
+    JULIA.julia()
+    version = JULIA.version()
     info["julia_version"] = version
     info["module"] = str(package_path())
     out(f"Julia {version} is ready; FluxHess loaded from {info['module']}")
     return info
+
+
+#: The julia backend of this process (Julia runs once per process).
+JULIA = JuliaBackend()
