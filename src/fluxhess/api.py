@@ -86,9 +86,10 @@ class _Call:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:
+            describe = getattr(self.backend, "error_message", None)  # a backend's own wording, e.g. Julia's
             raise BackendError(
                 f"{self.quantity} on backend {self.backend.name!r} failed for {self.shapes}: "
-                f"{type(e).__name__}: {e}"
+                + (describe(e) if describe is not None else f"{type(e).__name__}: {e}")
             ) from e
 
     def result(self, value) -> np.ndarray:

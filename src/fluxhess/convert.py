@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from .errors import InputError, UnsupportedModelError
+from . import activations as A
 from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
 
 # ---------------------------------------------------------------------------
@@ -448,13 +449,11 @@ def activation_probe(rows: int, cols: int, seed: int):
 
     Returns: ``(grid, match)``.
     """
-    from .backends.jax_model import COLUMN, ELEMENTWISE
-
     n = rows * cols
     large = np.logspace(1.0, 6.0, n // 4)
     values = np.concatenate([[0.0], np.linspace(-8.0, 8.0, n - 1 - 2 * large.size), large, -large])
     grid = np.random.default_rng(seed).permutation(values).reshape(rows, cols)
-    candidates = {**ELEMENTWISE, **COLUMN}
+    candidates = {**A.ELEMENTWISE, **A.COLUMNWISE}
 
     def match(seen) -> list[str]:
         seen = np.asarray(seen)
@@ -467,8 +466,6 @@ def activation_probe(rows: int, cols: int, seed: int):
 
 def _flax_activations(module, variables, args, dense, nn) -> list[str]:
     """The activation after each Dense call, identified by :func:`activation_probe`."""
-    from .backends.jax_model import COLUMN, ELEMENTWISE
-
     probes = [activation_probe(_PROBE_ROWS, kernel.shape[1], k) for k, (_, _, kernel, _, _) in enumerate(dense)]
     grids = [grid for grid, _ in probes]
     reached, k = [], iter(range(len(dense)))
@@ -489,7 +486,7 @@ def _flax_activations(module, variables, args, dense, nn) -> list[str]:
         if not found:
             raise UnsupportedModelError(
                 f"the function applied to the output of layer {where} matches none of the activations fluxhess "
-                f"computes with NNlib's formulas ({', '.join({**ELEMENTWISE, **COLUMN})}) at every point, "
+                f"computes with NNlib's formulas ({', '.join({**A.ELEMENTWISE, **A.COLUMNWISE})}) at every point, "
                 "from 0 to magnitudes of 1e6. Flax functions that do: nn.relu, "
                 "nn.tanh, nn.sigmoid, nn.softplus, nn.elu (alpha=1), nn.leaky_relu (negative_slope=0.01), "
                 "nn.swish/nn.silu, nn.gelu (approximate=True), nn.softmax, nn.log_softmax; the exact gelu, "

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from ..model import COLUMNWISE, Activation, Chain, Dense
-from .jax_model import ELEMENTWISE, dense_weights, elementwise_derivatives, run
+from ..activations import ELEMENTWISE
+from .jax_model import dense_weights, elementwise_derivatives, run
 
 
 def _of_columns(model: Chain, theta, x, columns):

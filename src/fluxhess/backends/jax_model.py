@@ -13,13 +13,9 @@ import numpy as np
 from .. import activations as A
 from ..model import Activation, Chain, Dense, Flatten
 
-ELEMENTWISE, COLUMN = A.ELEMENTWISE, A.COLUMNWISE
-activation = A.function
-
-
 def compose(names):
     """``x ↦ σ_k(…σ_1(x))`` for the activations ``names = (σ_1, …, σ_k)``."""
-    fns = [activation(n) for n in names]
+    fns = [A.function(n) for n in names]
 
     def composed(x):
         for fn in fns:
@@ -69,9 +65,9 @@ def run(model: Chain, theta, x, eps=None, taps=False):
             if eps is not None:
                 z = z + eps[k]
             k += 1
-            a = ELEMENTWISE[layer.activation](z)
+            a = A.ELEMENTWISE[layer.activation](z)
         elif isinstance(layer, Activation):
-            a = activation(layer.name)(a)
+            a = A.function(layer.name)(a)
         elif isinstance(layer, Flatten):
             pass  # the API hands over inputs already flattened to (N, d)
     return (a, inputs) if taps else a

@@ -166,15 +166,6 @@ def map_julia_error(exc: BaseException, quantity: str, shapes: str) -> BackendEr
     )
 
 
-def _shapes(params, X, Y=None, V=None) -> str:
-    parts = [f"params {tuple(np.shape(params))}", f"X {tuple(np.shape(X))}"]
-    if Y is not None:
-        parts.append(f"y {tuple(np.shape(Y))}")
-    if V is not None:
-        parts.append(f"V {tuple(np.shape(V))}")
-    return ", ".join(parts)
-
-
 def _to_numpy(value) -> np.ndarray:
     """An owned, C-ordered NumPy copy of a Julia array (or of anything array-like)."""
     to_numpy = getattr(value, "to_numpy", None)  # juliacall.ArrayValue: a copy owned by NumPy
@@ -431,59 +422,56 @@ class JuliaBackend:
         return chain, theta
 
     # -- one call into Julia ------------------------------------------------
-    def _call(self, quantity, model, params, X, *rest, Y=None, V=None, convert=_to_numpy):
+    # A Julia exception propagates to the API, which names the call (fluxhess.api._Call.run)
+    # with the text error_message gives.
+    error_message = staticmethod(julia_message)
+
+    def _call(self, quantity, model, params, X, *rest, convert=_to_numpy):
         with self._lock:
             fh = self._start()
             jm = self._model(model, params.dtype)
             rest = [self._kind(a.name) if isinstance(a, _Kind) else a for a in rest]
-            try:
-                out = getattr(fh, quantity)(jm, params, X, *rest)
-                return convert(out)
-            except Exception as e:
-                raise map_julia_error(e, quantity, _shapes(params, X, Y, V)) from e
+            return convert(getattr(fh, quantity)(jm, params, X, *rest))
 
     # -- the quantities -----------------------------------------------------
     def forward(self, model, params, X):
         return self._call("forward", model, params, X)
 
     def loss(self, model, params, X, Y, loss, agg):
-        return self._call("loss", model, params, X, Y, loss, agg, Y=Y, convert=float)
+        return self._call("loss", model, params, X, Y, loss, agg, convert=float)
 
     def gradient(self, model, params, X, Y, loss, agg):
-        return self._call("gradient", model, params, X, Y, loss, agg, Y=Y)
+        return self._call("gradient", model, params, X, Y, loss, agg)
 
-    def _matrix(self, quantity, kind, model, params, X, Y, loss, agg):
+    def _matrix(self, kind, model, params, X, Y, loss, agg):
         """A P×P curvature written by Julia straight into a NumPy array (no copy: it is symmetric)."""
         out = np.empty((params.shape[0],) * 2, dtype=params.dtype)
         with self._lock:
             fh = self._start()
             jm = self._model(model, params.dtype)
-            try:
-                fh.curvature_b(out, self._kind(kind), jm, params, X, Y, loss, agg)
-            except Exception as e:
-                raise map_julia_error(e, quantity, _shapes(params, X, Y)) from e
+            fh.curvature_b(out, self._kind(kind), jm, params, X, Y, loss, agg)
         return out
 
     def hessian(self, model, params, X, Y, loss, agg):
-        return self._matrix("hessian", "hessian", model, params, X, Y, loss, agg)
+        return self._matrix("hessian", model, params, X, Y, loss, agg)
 
     def ggn(self, model, params, X, Y, loss, agg):
-        return self._matrix("ggn", "ggn", model, params, X, Y, loss, agg)
+        return self._matrix("ggn", model, params, X, Y, loss, agg)
 
     def empirical_fisher(self, model, params, X, Y, loss, agg):
-        return self._matrix("empirical_fisher", "ef", model, params, X, Y, loss, agg)
+        return self._matrix("ef", model, params, X, Y, loss, agg)
 
     def hvp(self, model, params, X, Y, V, loss, agg, kind):
-        return self._call("hvp", model, params, X, Y, V, loss, agg, _Kind(kind), Y=Y, V=V)
+        return self._call("hvp", model, params, X, Y, V, loss, agg, _Kind(kind))
 
     def diagonal(self, model, params, X, Y, loss, agg, kind):
-        return self._call("diagonal", model, params, X, Y, loss, agg, _Kind(kind), Y=Y)
+        return self._call("diagonal", model, params, X, Y, loss, agg, _Kind(kind))
 
     def kron(self, model, params, X, Y, loss, agg, kind):
         def pairs(out):
             return [(_to_numpy(A), _to_numpy(G)) for A, G in out]
 
-        return self._call("kron", model, params, X, Y, loss, agg, _Kind(kind), Y=Y, convert=pairs)
+        return self._call("kron", model, params, X, Y, loss, agg, _Kind(kind), convert=pairs)
 
     def param_jacobian(self, model, params, X):
         return self._call("param_jacobian", model, params, X)
