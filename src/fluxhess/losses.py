@@ -61,22 +61,26 @@ def _xlogy(x, y):
     return jnp.where(zero, 0.0, x * jnp.log(jnp.where(zero, 1.0, y)))
 
 
+def _eps(yhat):
+    return jnp.finfo(yhat.dtype).eps
+
+
+#: ℓ_n for one sample of each loss, ``(ŷ (C,), y (C,)) -> scalar``, as Flux.Losses writes it.
+PER_SAMPLE = {
+    "mse": lambda yhat, y: jnp.sum((yhat - y) ** 2),
+    "crossentropy": lambda yhat, y: -jnp.sum(_xlogy(y, yhat + _eps(yhat))),
+    "logitcrossentropy": lambda yhat, y: -jnp.sum(y * A.logsoftmax(yhat)),
+    "binarycrossentropy": lambda yhat, y: jnp.sum(-_xlogy(y, yhat + _eps(yhat)) - _xlogy(1 - y, 1 - yhat + _eps(yhat))),
+    "logitbinarycrossentropy": lambda yhat, y: jnp.sum((1 - y) * yhat + A.softplus(-yhat)),
+}
+
+
 def per_sample(loss: str, yhat, y):
     """ℓ_n for one sample: ``yhat`` and ``y`` are ``(C,)``; returns a scalar.
 
     ϵ for the probability losses is ``eps`` of the dtype of ``yhat`` (2⁻⁵² in float64,
     2⁻²³ in float32), as in Flux.
     """
-    if loss == "mse":
-        return jnp.sum((yhat - y) ** 2)
-    if loss == "crossentropy":
-        eps = jnp.finfo(yhat.dtype).eps
-        return -jnp.sum(_xlogy(y, yhat + eps))
-    if loss == "logitcrossentropy":
-        return -jnp.sum(y * A.logsoftmax(yhat))
-    if loss == "binarycrossentropy":
-        eps = jnp.finfo(yhat.dtype).eps
-        return jnp.sum(-_xlogy(y, yhat + eps) - _xlogy(1 - y, 1 - yhat + eps))
-    if loss == "logitbinarycrossentropy":
-        return jnp.sum((1 - y) * yhat + A.softplus(-yhat))
-    raise UnknownNameError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    if loss not in PER_SAMPLE:
+        raise UnknownNameError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    return PER_SAMPLE[loss](yhat, y)
