@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -62,25 +63,38 @@ class KronFactors(NamedTuple):
     G: np.ndarray  # (out, out)
 
 
-@dataclass
-class _Call:
+@dataclass(frozen=True)
+class Problem:
+    """One call's checked arguments, built once by the API and handed to the backend: the
+    model, θ ``(P,)``, ``X`` ``(N, d)``, and for the quantities of a loss ``Y`` ``(N, C)``,
+    the loss and ``agg``; every array already in ``dtype``."""
+
     quantity: str
     backend: object
     model: object
     params: np.ndarray
     X: np.ndarray
-    Y: np.ndarray | None
     dtype: np.dtype
+    Y: np.ndarray | None = None
+    loss: str | None = None
+    agg: str | None = None
 
     @property
     def shapes(self) -> str:
         y = f", y {self.Y.shape}" if self.Y is not None else ""
         return f"params {self.params.shape}, X {self.X.shape}{y}"
 
-    def run(self, method: str, *args):
-        fn = getattr(self.backend, method)
+    def run(self, method: str, *extra):
+        """The backend's ``method(model, params, X, *extra)``: a quantity of the network alone."""
+        return self._call(method, self.model, self.params, self.X, *extra)
+
+    def run_with_loss(self, method: str, *extra):
+        """The backend's ``method(model, params, X, Y, loss, agg, *extra)``: a quantity of the loss."""
+        return self._call(method, self.model, self.params, self.X, self.Y, self.loss, self.agg, *extra)
+
+    def _call(self, method: str, *args):
         try:
-            return fn(self.model, self.params, self.X, *args)
+            return getattr(self.backend, method)(*args)
         except FluxHessError:
             raise
         except (KeyboardInterrupt, MemoryError):
@@ -140,7 +154,7 @@ def check_model(model) -> None:
 _NO_LOSS = object()
 
 
-def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> _Call:
+def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> Problem:
     dt = check.float_dtype(dtype)
     check_model(model)
     takes_loss = loss is not _NO_LOSS
@@ -157,12 +171,11 @@ def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, bac
     Xa = check.inputs_array(X, d, flattens or shapes_input, dt, getattr(model, "inputs", None))
     if shapes_input and np.ndim(X) > 2:
         model = model.with_input_shape(np.shape(X)[1:])
-    Y = None
-    call = _Call(quantity, chosen, model, theta, Xa, Y, dt)
+    call = Problem(quantity, chosen, model, theta, Xa, dt)
     if takes_loss:
         if C is None:
             C = np.asarray(call.run("forward")).shape[1]
-        call.Y = check.targets_array(y, Xa.shape[0], C, loss, dt)
+        call = dataclasses.replace(call, Y=check.targets_array(y, Xa.shape[0], C, loss, dt), loss=loss, agg=agg)
         if loss in L.ON_PROBABILITIES:
             check.check_probabilities("the model output", np.asarray(call.run("forward")), loss)
     return call
@@ -184,12 +197,12 @@ def check_arguments(model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backen
     _prepare("check_arguments", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
 
 
-def _guard(call: _Call, quantity: str, shape: tuple[int, ...]) -> None:
+def _guard(call: Problem, quantity: str, shape: tuple[int, ...]) -> None:
     """Refuse (:func:`fluxhess.memory.require`) a result of ``shape`` whose working set cannot fit."""
     memory.require(quantity, memory.needed_bytes(quantity, math.prod(shape), call.dtype.itemsize), shape)
 
 
-def _outputs(call: _Call) -> int:
+def _outputs(call: Problem) -> int:
     """C, the model's output width (1 where a model does not say)."""
     return _dims(call.model)[1] or 1
 
@@ -198,7 +211,7 @@ def _outputs(call: _Call) -> int:
 _KIND = {"hessian": "hessian", "ggn": "ggn", "empirical_fisher": "ef"}
 
 
-def _square(call: _Call, quantity: str, loss: str, agg: str, out, devices, as_jax: bool):
+def _square(call: Problem, quantity: str, out, devices, as_jax: bool):
     """The backend's P×P ``quantity`` behind the memory guard: a new NumPy array, written into
     ``out``, or assembled on JAX devices (``devices``, ``as_jax``, or an accelerator by default).
     """
@@ -217,17 +230,17 @@ def _square(call: _Call, quantity: str, loss: str, agg: str, out, devices, as_ja
         memory.require_on_devices(quantity, _backends.sharded.device_bytes(P, mesh, itemsize), mesh.local_devices, (P, P))
         if not asked:  # an accelerator's result copied to NumPy
             memory.require(quantity, whole, (P, P))
-        M = call.run("sharded_matrix", call.Y, loss, agg, _KIND[quantity], mesh)
+        M = call.run_with_loss("sharded_matrix", _KIND[quantity], mesh)
         if not _backends.sharded.all_finite(M):
             raise BackendError(f"{quantity} on backend {call.backend.name!r} produced non-finite values for {call.shapes}")
         return M if asked else call.result(M)
     if out is None:
         memory.require(quantity, whole, (P, P))
-        return call.result(call.run(quantity, call.Y, loss, agg))
-    return _into(call, quantity, loss, agg, check.out_array(out, P, call.dtype), whole)
+        return call.result(call.run_with_loss(quantity))
+    return _into(call, quantity, check.out_array(out, P, call.dtype), whole)
 
 
-def _into(call: _Call, quantity: str, loss: str, agg: str, target: np.ndarray, whole: int) -> np.ndarray:
+def _into(call: Problem, quantity: str, target: np.ndarray, whole: int) -> np.ndarray:
     """``quantity`` written into ``target``. On a route that writes panel by panel (the backend's
     ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise the
     whole result, which ``target`` then receives as a copy."""
@@ -236,9 +249,9 @@ def _into(call: _Call, quantity: str, loss: str, agg: str, target: np.ndarray, w
     working = None if working_bytes is None else working_bytes(call.model, P, itemsize)
     memory.require(quantity, whole if working is None else working, (P, P))
     if working_bytes is None:
-        np.copyto(target, call.run(quantity, call.Y, loss, agg))
+        np.copyto(target, call.run_with_loss(quantity))
     else:
-        call.run(quantity, call.Y, loss, agg, target)
+        call.run_with_loss(quantity, target)
     if isinstance(target, np.memmap):
         target.flush()
     return call.result(target)
@@ -263,7 +276,7 @@ def loss(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="f
     Returns: a Python float.
     """
     call = _prepare("loss", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return float(call.result(call.run("loss", call.Y, loss, agg)))
+    return float(call.result(call.run_with_loss("loss")))
 
 
 def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
@@ -273,7 +286,7 @@ def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtyp
     """
     call = _prepare("gradient", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     _guard(call, "gradient", call.params.shape)
-    return call.result(call.run("gradient", call.Y, loss, agg))
+    return call.result(call.run_with_loss("gradient"))
 
 
 # --- P × P curvature ---------------------------------------------------------
@@ -299,9 +312,9 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
     Returns: ``(P, P)``, symmetric (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("hessian", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    H = _square(call, "hessian", loss, agg, out, devices, as_jax)
+    H = _square(call, "hessian", out, devices, as_jax)
     if call.dtype == np.float32:
-        error = _symmetry_error(call, loss, agg)
+        error = _symmetry_error(call)
         if error > SYMMETRY_BOUND:
             warnings.warn(
                 f"the float32 hessian is inaccurate: its symmetry error {error:.2g} exceeds {SYMMETRY_BOUND:.2g} "
@@ -320,7 +333,7 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
 SYMMETRY_BOUND = 100 * float(np.finfo(np.float32).eps)
 
 
-def _symmetry_error(call: _Call, loss: str, agg: str) -> float:
+def _symmetry_error(call: Problem) -> float:
     """``|uᵀ(Hv) − vᵀ(Hu)| / (‖u‖·‖Hv‖ + ‖v‖·‖Hu‖)`` for two fixed random probes ``u, v``.
 
     Zero in exact arithmetic. The products come from the matrix-free route, which no
@@ -328,7 +341,7 @@ def _symmetry_error(call: _Call, loss: str, agg: str) -> float:
     symmetric (or built from one triangle), cannot show.
     """
     probes = np.random.default_rng(0).standard_normal((call.params.shape[0], 2)).astype(call.dtype)
-    Hu, Hv = np.asarray(call.run("hvp", call.Y, probes, loss, agg, "hessian"), dtype=np.float64).T
+    Hu, Hv = np.asarray(call.run_with_loss("hvp", probes, "hessian"), dtype=np.float64).T
     u, v = probes.T.astype(np.float64)
     scale = np.linalg.norm(u) * np.linalg.norm(Hv) + np.linalg.norm(v) * np.linalg.norm(Hu)
     return float(abs(u @ Hv - v @ Hu) / scale) if scale > 0 else 0.0
@@ -343,7 +356,7 @@ def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="fl
     Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("ggn", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return _square(call, "ggn", loss, agg, out, devices, as_jax)
+    return _square(call, "ggn", out, devices, as_jax)
 
 
 def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
@@ -354,7 +367,7 @@ def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="aut
     Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("empirical_fisher", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return _square(call, "empirical_fisher", loss, agg, out, devices, as_jax)
+    return _square(call, "empirical_fisher", out, devices, as_jax)
 
 
 # --- matrix-free and structured ----------------------------------------------
@@ -372,7 +385,7 @@ def hvp(model, params, X, y, V, *, kind="hessian", loss="mse", agg="sum", backen
     call = _prepare("hvp", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     Vm, single = check.vectors_array(V, call.params.shape[0], call.dtype)
     _guard(call, "hvp", Vm.shape)
-    out = call.result(call.run("hvp", call.Y, Vm, loss, agg, kind))
+    out = call.result(call.run_with_loss("hvp", Vm, kind))
     return out[:, 0].copy() if single else out
 
 
@@ -384,7 +397,7 @@ def diagonal(model, params, X, y, *, kind="hessian", loss="mse", agg="sum", back
     check.choice("kind", kind, KINDS)
     call = _prepare("diagonal", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     _guard(call, "diagonal", call.params.shape)
-    return call.result(call.run("diagonal", call.Y, loss, agg, kind))
+    return call.result(call.run_with_loss("diagonal", kind))
 
 
 def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="auto", dtype="float64") -> list[KronFactors]:
@@ -406,7 +419,7 @@ def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="aut
     shapes = [((n_in + bias,) * 2, (n_out,) * 2) for _, n_in, n_out, bias in dense]
     floats = sum(a[0] ** 2 + g[0] ** 2 for a, g in shapes)
     memory.require("kron", memory.needed_bytes("kron", floats, call.dtype.itemsize), max((a for a, _ in shapes), key=lambda a: a[0]))
-    pairs = call.run("kron", call.Y, loss, agg, kind)
+    pairs = call.run_with_loss("kron", kind)
     return [KronFactors(name, call.result(A), call.result(G)) for (name, *_), (A, G) in zip(dense, pairs)]
 
 
@@ -433,7 +446,7 @@ def _columns(model, wrt, d: int) -> tuple[int, ...] | None:
     return None if columns == tuple(range(d)) else columns
 
 
-def _in_columns(call: _Call, quantity: str, columns) -> np.ndarray:
+def _in_columns(call: Problem, quantity: str, columns) -> np.ndarray:
     """``quantity`` in the input ``columns``: from the backend where it selects inputs itself,
     else its result in every input, restricted to those columns."""
     if columns is None:
@@ -459,7 +472,7 @@ _FROM_EVERY_COLUMN = {
 }
 
 
-def _width(call: _Call, columns) -> int:
+def _width(call: Problem, columns) -> int:
     return call.X.shape[1] if columns is None else len(columns)
 
 

@@ -49,7 +49,7 @@ class Backend(Protocol):
 
     def empirical_fisher(self, model, params, X, Y, loss, agg) -> np.ndarray: ...  # (P, P)
 
-    def hvp(self, model, params, X, Y, V, loss, agg, kind) -> np.ndarray: ...  # (P, k)
+    def hvp(self, model, params, X, Y, loss, agg, V, kind) -> np.ndarray: ...  # (P, k)
 
     def diagonal(self, model, params, X, Y, loss, agg, kind) -> np.ndarray: ...  # (P,)
 

@@ -171,7 +171,7 @@ class JaxBackend:
             return _np(total)
 
     # -- matrix-free --------------------------------------------------------
-    def hvp(self, model, params, X, Y, V, loss, agg, kind):
+    def hvp(self, model, params, X, Y, loss, agg, V, kind):
         """``M @ V`` in chunks of columns of ``V``, each within :data:`fluxhess.memory.CHUNK_BYTES`."""
         s = L.scale(loss, agg, *Y.shape)
         P, k = V.shape

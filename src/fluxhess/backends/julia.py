@@ -422,7 +422,7 @@ class JuliaBackend:
         return chain, theta
 
     # -- one call into Julia ------------------------------------------------
-    # A Julia exception propagates to the API, which names the call (fluxhess.api._Call.run)
+    # A Julia exception propagates to the API, which names the call (fluxhess.api.Problem)
     # with the text error_message gives.
     error_message = staticmethod(julia_message)
 
@@ -461,7 +461,7 @@ class JuliaBackend:
     def empirical_fisher(self, model, params, X, Y, loss, agg):
         return self._matrix("ef", model, params, X, Y, loss, agg)
 
-    def hvp(self, model, params, X, Y, V, loss, agg, kind):
+    def hvp(self, model, params, X, Y, loss, agg, V, kind):
         return self._call("hvp", model, params, X, Y, V, loss, agg, _Kind(kind))
 
     def diagonal(self, model, params, X, Y, loss, agg, kind):
