@@ -87,6 +87,15 @@ def test_laplace_sample_is_refused_by_the_guard():
     assert la.sample(3).shape == (3, 21)
 
 
+@pytest.mark.parametrize("kw", [dict(pred_type="nn"), dict(link_approx="mc")], ids=["nn", "glm-mc"])
+def test_a_sampled_predictive_is_refused_by_the_guard(kw):
+    model = fh.Chain.mlp([3, 4, 2], "tanh")
+    la = fh.Laplace(model, model.init(0), "classification", backend="jax").fit(X, np.arange(len(X)) % 2)
+    with pytest.raises(fh.MemoryBudgetError, match=r"predictive of shape \(1000000000000, 2, 2\)"):
+        la.predictive(X[:2], n_samples=10**12, **kw)
+    assert la.predictive(X[:2], n_samples=5, **kw).mean.shape == (2, 2)
+
+
 # --- a container's memory limit ------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ weights, data and settings give the same numbers:
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import jax
@@ -578,6 +579,9 @@ class Laplace:
         n_samples = check.positive_int("n_samples", n_samples)
         seed = check.seed("seed", seed)
         features = self._features(X)
+        if pred_type == "nn" or link == "mc":  # the draws of f, (n_samples, N, C), are held at once
+            draws = (n_samples, features.shape[0], self.n_outputs)
+            memory.require("predictive", memory.needed_bytes("predictive", math.prod(draws), 8), draws)
         moments = self._glm_inputs(features) if pred_type == "glm" else None
         return self._predict(features, pred_type, link, int(n_samples), seed, moments)
 
