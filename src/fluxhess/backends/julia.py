@@ -44,7 +44,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
-from ..model import Chain
+from ..model import Activation, Chain, Dense, Flatten
 
 #: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
 PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "PrecompileTools")
@@ -205,8 +205,6 @@ class _Kind:
 
 def _spec_layer(d: dict):
     """A parameter-free layer's spec twin from Julia's description (``"kind"``, ``"activation"``)."""
-    from ..model import Activation, Flatten
-
     return Flatten() if str(d["kind"]) == "flatten" else Activation(str(d["activation"]))
 
 
@@ -319,7 +317,6 @@ class JuliaBackend:
     # -- models -------------------------------------------------------------
     def _model(self, model, dtype):
         """The Julia model for a spec Chain or FluxModel, built once per dtype. Lock held."""
-
         self._start()
         dtype = np.dtype(dtype).name
         if isinstance(model, Chain):
@@ -388,8 +385,6 @@ class JuliaBackend:
 
     def to_spec(self, model, input_shape=None):
         """A FluxModel as ``(fluxhess.Chain, θ)``, or :class:`UnsupportedModelError`."""
-        from ..model import Dense
-
         shape = None if input_shape is None else list(reversed([int(n) for n in input_shape]))
         with self._lock:
             jm = self._model(model.with_input_shape(None), "float64")
