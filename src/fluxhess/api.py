@@ -167,7 +167,7 @@ def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, bac
     d, C, flattens = _dims(model)
     P = model.num_params
     theta = check.params_array(params, P, dt)
-    shapes_input = hasattr(model, "with_input_shape")  # a FluxModel takes (N, a, b, ...) as it is
+    shapes_input = _takes_nd_inputs(model)
     Xa = check.inputs_array(X, d, flattens or shapes_input, dt, getattr(model, "inputs", None))
     if shapes_input and np.ndim(X) > 2:
         model = model.with_input_shape(np.shape(X)[1:])
@@ -181,10 +181,15 @@ def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, bac
     return call
 
 
+def _takes_nd_inputs(model) -> bool:
+    """A FluxModel takes ``X`` ``(N, a, b, …)`` as it is (its Julia model reshapes it)."""
+    return hasattr(model, "with_input_shape")
+
+
 def model_inputs(model, X, dtype="float64") -> np.ndarray:
     """``X`` checked as :func:`forward` checks it for ``model``, in its own shape: ``(N, d)``, or
     ``(N, a, b, …)`` for a FluxModel (and for a Chain that starts with Flatten, flattened)."""
-    if hasattr(model, "with_input_shape"):
+    if _takes_nd_inputs(model):
         a = check.inputs_array(X, None, True, check.float_dtype(dtype))
         return a.reshape(np.shape(X))
     d, _, flattens = _dims(model)
