@@ -19,6 +19,7 @@ import numpy as np
 
 import fluxhess as fh
 from fluxhess.backends.jax import JaxBackend
+from fluxhess.problem import Problem
 
 CURVATURE = ["hessian", "ggn", "ef", "diag-hessian", "diag-ggn", "diag-ef", "kron-ggn", "kron-ef"]
 MATRICES = ("hessian", "ggn", "ef")
@@ -74,9 +75,9 @@ def _julia_per_sample_loop(problem, quantity):
     batch loss, which the generic route still is, so it is not repeated here."""
     if quantity not in ("ggn", "ef") or not problem.flux:  # the generic route's problems only
         return None
-    from fluxhess.backends import _REGISTRY
+    from fluxhess.backends import REGISTRY
 
-    backend = _REGISTRY["julia"]
+    backend = REGISTRY["julia"]
     fh_jl = backend.julia()
     loop = backend._jl.seval(_PER_SAMPLE_LOOP)
     model = backend.model(problem.model, problem.dtype)
@@ -108,12 +109,13 @@ end
 
 def _generic_jax(problem, quantity):
     """fluxhess's generic route (chunked HVPs, per-sample Jacobians): what plain JAX gives."""
-    b, m, t, X, Y = JaxBackend(structured=False), problem.model, problem.theta, problem.X, problem.Y
+    b = JaxBackend(structured=False)
+    call = Problem(problem.model, problem.theta, problem.X, problem.Y, "mse", "sum")
     if quantity in MATRICES:
         fn = {"hessian": b.hessian, "ggn": b.ggn, "ef": b.empirical_fisher}[quantity]
-        return lambda: fn(m, t, X, Y, "mse", "sum")
+        return lambda: fn(call)
     if quantity.startswith("diag-"):
-        return lambda: b.diagonal(m, t, X, Y, "mse", "sum", quantity[5:])
+        return lambda: b.diagonal(call, quantity[5:])
     return None
 
 

@@ -1,7 +1,7 @@
-"""The Dense-chain fast paths (backends/dense_curvature.py) against the generic JAX route and
+"""The Dense-chain fast paths (backends/jax/dense_matrix.py) against the generic JAX route and
 the independent references, on every spec activation and loss, with and without biases.
 
-The public API takes the structured route wherever ``dense_factors.split`` covers the
+The public API takes the structured route wherever ``dense.split`` covers the
 model; ``JaxBackend(structured=False)`` is the generic chunked forward-over-reverse route.
 """
 
@@ -13,9 +13,10 @@ import pytest
 import fluxhess as fh
 import reference as ref
 from conftest import Case, assert_close, make_data
-from fluxhess.backends import dense_curvature, dense_factors
+from fluxhess.backends.jax import dense, dense_matrix
 from fluxhess.backends.jax import JaxBackend
 from fluxhess.losses import LOSSES
+from fluxhess.problem import Problem
 from fluxhess.model import ELEMENTWISE, Activation, Chain, Dense
 
 GENERIC = JaxBackend(structured=False)
@@ -80,13 +81,13 @@ def _structured(case, theta, X, Y, dtype="float64"):
 
 
 def _generic(case, theta, X, Y):
-    args = (case.model, theta, X, Y, case.loss, case.agg)
-    return {"hessian": GENERIC.hessian(*args), "ggn": GENERIC.ggn(*args), "ef": GENERIC.empirical_fisher(*args)}
+    problem = Problem(case.model, theta, X, Y, case.loss, case.agg)
+    return {"hessian": GENERIC.hessian(problem), "ggn": GENERIC.ggn(problem), "ef": GENERIC.empirical_fisher(problem)}
 
 
 @pytest.mark.parametrize("case", CYCLIC + LAYERS, ids=lambda c: c.id)
 def test_structured_matrices_match_generic_route(case):
-    assert dense_factors.split(case.model) is not None, "the structured route must cover this model"
+    assert dense.split(case.model) is not None, "the structured route must cover this model"
     theta, X, Y = make_data(case)
     fast, generic = _structured(case, theta, X, Y), _generic(case, theta, X, Y)
     for kind in ("hessian", "ggn", "ef"):
@@ -111,13 +112,13 @@ def test_structured_matrices_match_references(case):
 def test_structured_diagonal_and_kron_match_generic_route(case):
     """Every activation and loss (the even cyclic cases cover them all) and a four-layer chain."""
     theta, X, Y = make_data(case)
-    args = (case.model, theta, X, Y, case.loss, case.agg)
+    problem = Problem(case.model, theta, X, Y, case.loss, case.agg)
     kw = dict(loss=case.loss, agg=case.agg, backend="jax")
     for kind in ("hessian", "ggn", "ef"):
         fast = fh.diagonal(case.model, theta, X, Y, kind=kind, **kw)
-        assert_close(fast, GENERIC.diagonal(*args, kind), **TOL, what=f"diagonal {kind}")
+        assert_close(fast, GENERIC.diagonal(problem, kind), **TOL, what=f"diagonal {kind}")
     for kind in ("ggn", "ef"):
-        for f, (A, G) in zip(fh.kron(case.model, theta, X, Y, kind=kind, **kw), GENERIC.kron(*args, kind)):
+        for f, (A, G) in zip(fh.kron(case.model, theta, X, Y, kind=kind, **kw), GENERIC.kron(problem, kind)):
             assert_close(f.A, A, **TOL, what=f"kron {kind} A of {f.layer}")
             assert_close(f.G, G, **TOL, what=f"kron {kind} G of {f.layer}")
 
@@ -136,7 +137,7 @@ def test_every_activation_with_every_loss(activation, loss, bias):
 
 def test_softmax_between_dense_layers_falls_back_to_the_generic_route():
     case = Case("softmax-inside", Chain(Dense(3, 4), Activation("softmax"), Dense(4, 2, "tanh")), "mse", "sum", 5)
-    assert dense_factors.split(case.model) is None
+    assert dense.split(case.model) is None
     theta, X, Y = make_data(case)
     fast, expected = _structured(case, theta, X, Y), _references(case, theta, X, Y)
     for kind in ("hessian", "ggn", "ef"):
@@ -148,8 +149,8 @@ def test_chunks_of_samples_and_panels_of_rows_give_the_same_matrices(monkeypatch
     case = LAYERS[2]
     theta, X, Y = make_data(case)
     whole = _structured(case, theta, X, Y)
-    monkeypatch.setattr(dense_curvature, "_budget", lambda P, itemsize: 4096)
-    monkeypatch.setattr(dense_curvature, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(dense_matrix, "_budget", lambda P, itemsize: 4096)
+    monkeypatch.setattr(dense, "CHUNK_BYTES", 4096)
     chunked = _structured(case, theta, X, Y)
     for kind in ("hessian", "ggn", "ef"):
         assert_close(chunked[kind], whole[kind], rtol=1e-13, atol=1e-15, what=kind)
@@ -174,13 +175,13 @@ def test_mirror_panel_copies_the_panel_onto_its_transpose(square):
     if square:
         lower = np.tril(M[200:260, 200:260])
         expected[200:260, 200:260] = lower + np.tril(lower, -1).T
-    dense_curvature.mirror_panel(M, slice(200, 260), slice(10, 190), square, tile=64)
+    dense_matrix.mirror_panel(M, slice(200, 260), slice(10, 190), square, tile=64)
     np.testing.assert_array_equal(M, expected)
 
 
 def test_the_compile_cache_keeps_only_the_most_recent_models():
     """Compiled functions are kept per model spec for the MODELS_KEPT most recent models, not forever."""
-    from fluxhess.backends import jax_compiled as jc
+    from fluxhess.backends.jax import compiled as jc
 
     X = np.ones((2, 1))
     models = [fh.Chain(fh.Dense(1, width), fh.Dense(width, 1)) for width in range(1, jc.MODELS_KEPT + 4)]

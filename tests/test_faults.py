@@ -18,7 +18,7 @@ import fluxhess as fh
 from conftest import assert_close
 from fluxhess import memory, progress
 from fluxhess.api import Problem
-from fluxhess.backends import _REGISTRY
+from fluxhess.backends import REGISTRY
 from fluxhess.backends.julia import JuliaBackend
 from fluxhess.errors import BackendError, MemoryBudgetError
 from fluxhess.flux import flux_model
@@ -88,7 +88,7 @@ class Exploding:
 )
 def test_a_backend_exception_is_mapped_and_the_next_call_works(monkeypatch, error, expected):
     reference = CALLS["hessian"](backend="jax")
-    monkeypatch.setitem(_REGISTRY, "jax", Exploding(_REGISTRY["jax"], error))
+    monkeypatch.setitem(REGISTRY, "jax", Exploding(REGISTRY["jax"], error))
     with pytest.raises(expected) as info:
         CALLS["hessian"](backend="jax")
     assert type(info.value) is expected
@@ -123,7 +123,7 @@ def test_the_julia_bridge_survives_an_exception_mid_call(monkeypatch, error):
     """Bridge logic only (no Julia here): the lock is released and the model cache kept."""
     backend = JuliaBackend()
     backend._fh = backend._jl = FakeJulia(error)
-    monkeypatch.setitem(_REGISTRY, "julia", backend)
+    monkeypatch.setitem(REGISTRY, "julia", backend)
     with pytest.raises((BackendError, KeyboardInterrupt)) as info:
         fh.gradient(MODEL, THETA, X, Y, backend="julia")
     assert type(info.value) is (KeyboardInterrupt if isinstance(error, KeyboardInterrupt) else BackendError)
@@ -137,7 +137,7 @@ def test_a_real_julia_exception_leaves_the_bridge_usable():
     reason = fh.backends()["julia"]
     if reason is not None:
         pytest.skip(f"needs a Julia runtime: {reason}")
-    julia = _REGISTRY["julia"]
+    julia = REGISTRY["julia"]
     # Y with the wrong width, past validation: the call as the API makes it, which names it.
     call = Problem("gradient", julia, MODEL, THETA, X, np.dtype(np.float64), Y=Y[:, :1].copy(), loss="mse", agg="sum")
     with pytest.raises(BackendError, match="gradient.*DimensionMismatch"):
@@ -240,7 +240,7 @@ GUARDED = {
 @pytest.mark.parametrize("quantity", GUARDED)
 def test_a_request_beyond_available_memory_is_refused_before_the_backend_runs(monkeypatch, quantity):
     reached = []
-    jax_backend = _REGISTRY["jax"]
+    jax_backend = REGISTRY["jax"]
     monkeypatch.setattr(memory, "available_bytes", lambda: 1024)  # 1 KiB free
     monkeypatch.setattr(type(jax_backend), quantity, lambda self, *a: reached.append(quantity), raising=True)
     with pytest.raises(MemoryBudgetError) as info:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
-from fluxhess.backends import _REGISTRY
+from fluxhess.backends import REGISTRY
 from fluxhess.errors import JuliaUnavailableError, UnsupportedModelError
 from fluxhess.flux import flux_model
 
@@ -30,7 +30,7 @@ def julia():
     reason = fh.backends()["julia"]
     if reason is not None:
         pytest.skip(f"julia backend unavailable: {reason}")
-    return _REGISTRY["julia"].julia()
+    return REGISTRY["julia"].julia()
 
 
 def _data(shape, n=12, seed=0):
@@ -241,7 +241,7 @@ def test_weights_saved_by_flux_come_back_as_params(julia, tmp_path):
 @pytest.fixture
 def no_julia(monkeypatch):
     """As on a machine without Julia: no runtime found, none started in this process."""
-    julia_backend = _REGISTRY["julia"]
+    julia_backend = REGISTRY["julia"]
     julia_module = sys.modules[type(julia_backend).__module__]
     monkeypatch.setattr(julia_module, "find_runtime", lambda: (None, "no Julia runtime found"))
     monkeypatch.setattr(julia_backend, "_fh", None)

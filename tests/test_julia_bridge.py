@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
-from fluxhess.backends import _REGISTRY
+from fluxhess.backends import REGISTRY
 from fluxhess.backends.julia import JuliaBackend, julia_message, map_julia_error
 from fluxhess.errors import BackendError, InputError, JuliaUnavailableError
 from fluxhess.flux import FluxModel, flux_model
@@ -127,7 +127,7 @@ def test_without_juliacall_installed_julia_is_unavailable_and_auto_is_jax(monkey
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("juliacall", "juliapkg") else real(name, *a))
-    monkeypatch.setitem(_REGISTRY, "julia", JuliaBackend())
+    monkeypatch.setitem(REGISTRY, "julia", JuliaBackend())
     reason = fh.backends()["julia"]
     assert reason is not None and "juliacall and juliapkg" in reason and "pip install juliacall" in reason, reason
     m = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1))
@@ -204,7 +204,7 @@ class FakeJulia:
 
 @pytest.fixture
 def fake_julia(monkeypatch):
-    backend = _REGISTRY["julia"]  # the process's one julia backend, started on a fake Julia
+    backend = REGISTRY["julia"]  # the process's one julia backend, started on a fake Julia
     fake = FakeJulia()
     for name, value in (("_fh", fake), ("_jl", fake), ("_models", {}), ("_kinds", {}), ("_failure", None)):
         monkeypatch.setattr(backend, name, value)

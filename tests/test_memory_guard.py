@@ -60,7 +60,7 @@ def test_chunked_results_count_one_chunk_of_working_memory(quantity, monkeypatch
 
 def test_hvp_runs_over_chunks_of_the_columns_of_V(monkeypatch):
     """With room for 3 columns at a time, 10 columns run as 3 + 3 + 3 + 1 and equal H @ V."""
-    from fluxhess.backends import jax as jax_backend
+    from fluxhess.backends.jax import curvature
 
     seen = []
 
@@ -68,8 +68,8 @@ def test_hvp_runs_over_chunks_of_the_columns_of_V(monkeypatch):
         seen.append((total, size))
         return iter([slice(a, min(a + size, total)) for a in range(0, total, size)])
 
-    monkeypatch.setattr(jax_backend, "_column_bytes", lambda *a: memory.CHUNK_BYTES // 3)
-    monkeypatch.setattr(jax_backend, "chunks", chunks)
+    monkeypatch.setattr(curvature, "column_bytes", lambda *a: memory.CHUNK_BYTES // 3)
+    monkeypatch.setattr(curvature, "chunks", chunks)
     theta = M.init(1)
     V = np.random.default_rng(2).normal(size=(26, 10))
     for kind in ("hessian", "ggn"):

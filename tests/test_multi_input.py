@@ -116,7 +116,7 @@ def activation_first():
 
 @pytest.mark.parametrize("columns", [(1,), (0, 2), (2, 0)])
 def test_forward_laplacian_in_some_columns_is_the_trace_of_that_block(columns, activation_first):
-    from fluxhess.backends import jax_inputs
+    from fluxhess.backends.jax import inputs as jax_inputs
 
     model, theta, X, H = activation_first
     block = H[:, :, list(columns)][:, :, :, list(columns)]

@@ -16,7 +16,7 @@ import pytest
 
 import fluxhess as fh
 from conftest import CASES, Case, make_data
-from fluxhess.backends import dense_curvature
+from fluxhess.backends.jax import dense_matrix
 
 QUANTITIES = {"hessian": fh.hessian, "ggn": fh.ggn, "empirical_fisher": fh.empirical_fisher}
 #: A Dense chain (panel-by-panel route) and a model the structured route does not cover
@@ -146,7 +146,7 @@ def test_memmap_result_larger_than_the_memory_cap(tmp_path):
     report, path, cap = _run_capped(tmp_path, widths, N)
     P = report["P"]
     assert 8 * P * P > cap and report["whole"] == "refused"
-    working = dense_curvature.working_bytes(P, 8)
+    working = dense_matrix.working_bytes(P, 8)
     grown = report["peak"] - report["before"]
     assert grown <= working, f"anonymous RSS grew by {grown / 2**20:.0f} MiB; working set {working / 2**20:.0f} MiB"
     model = fh.Chain.mlp(widths, "tanh")

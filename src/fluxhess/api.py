@@ -29,7 +29,7 @@ depend on the backend in shape or type. The P×P functions (``hessian``, ``ggn``
   result panel by panel (the memory guard then counts only the working set) and is returned;
 - ``devices``: a list of JAX devices or a ``jax.sharding.Mesh`` (jax backend): the rows of
   the result are sharded over them, each device computing its own, and the ``jax.Array``
-  comes back (:mod:`fluxhess.backends.sharded`; also under ``jax.distributed``);
+  comes back (:mod:`fluxhess.backends.jax.sharded`; also under ``jax.distributed``);
 - ``as_jax=True`` (jax backend): assembled by XLA on JAX's default device and returned there
   as a ``jax.Array``. When the default device is an accelerator this route is taken anyway,
   and its result copied to NumPy unless ``as_jax=True``.
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,6 +49,7 @@ from . import losses as L
 from . import memory
 from . import validate as check
 from .errors import BackendError, FluxHessError, InputError, NumericalWarning
+from .problem import Problem
 
 KINDS = ("hessian", "ggn", "ef")
 KRON_KINDS = ("ggn", "ef")
@@ -64,37 +64,23 @@ class KronFactors(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One call's checked arguments, built once by the API and handed to the backend: the
-    model, θ ``(P,)``, ``X`` ``(N, d)``, and for the quantities of a loss ``Y`` ``(N, C)``,
-    the loss and ``agg``; every array already in ``dtype``."""
+class Call:
+    """One public call: its quantity, the backend that runs it, and the checked
+    :class:`~fluxhess.problem.Problem` every backend method takes."""
 
     quantity: str
     backend: object
-    model: object
-    params: np.ndarray
-    X: np.ndarray
-    dtype: np.dtype
-    Y: np.ndarray | None = None
-    loss: str | None = None
-    agg: str | None = None
+    problem: Problem
 
     @property
-    def shapes(self) -> str:
-        y = f", y {self.Y.shape}" if self.Y is not None else ""
-        return f"params {self.params.shape}, X {self.X.shape}{y}"
+    def dtype(self) -> np.dtype:
+        return self.problem.dtype
 
     def run(self, method: str, *extra):
-        """The backend's ``method(model, params, X, *extra)``: a quantity of the network alone."""
-        return self._call(method, self.model, self.params, self.X, *extra)
-
-    def run_with_loss(self, method: str, *extra):
-        """The backend's ``method(model, params, X, Y, loss, agg, *extra)``: a quantity of the loss."""
-        return self._call(method, self.model, self.params, self.X, self.Y, self.loss, self.agg, *extra)
-
-    def _call(self, method: str, *args):
+        """The backend's ``method(problem, *extra)``; any exception but fluxhess's own (and
+        interrupts, MemoryError) becomes a :class:`BackendError` naming this call."""
         try:
-            return getattr(self.backend, method)(*args)
+            return getattr(self.backend, method)(self.problem, *extra)
         except FluxHessError:
             raise
         except (KeyboardInterrupt, MemoryError):
@@ -102,7 +88,7 @@ class Problem:
         except Exception as e:
             describe = getattr(self.backend, "error_message", None)  # a backend's own wording, e.g. Julia's
             raise BackendError(
-                f"{self.quantity} on backend {self.backend.name!r} failed for {self.shapes}: "
+                f"{self.quantity} on backend {self.backend.name!r} failed for {self.problem.shapes}: "
                 + (describe(e) if describe is not None else f"{type(e).__name__}: {e}")
             ) from e
 
@@ -127,7 +113,7 @@ class Problem:
         if not np.isfinite(total) and not np.isfinite(out).all():
             raise BackendError(
                 f"{self.quantity} on backend {self.backend.name!r} produced non-finite values for "
-                f"{self.shapes}; the loss or model overflowed at these parameters and data"
+                f"{self.problem.shapes}; the loss or model overflowed at these parameters and data"
             )
         return out
 
@@ -154,7 +140,7 @@ def check_model(model) -> None:
 _NO_LOSS = object()
 
 
-def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> Problem:
+def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backend="auto", dtype="float64") -> Call:
     dt = check.float_dtype(dtype)
     check_model(model)
     takes_loss = loss is not _NO_LOSS
@@ -171,11 +157,12 @@ def _prepare(quantity, model, params, X, y=None, *, loss=_NO_LOSS, agg=None, bac
     Xa = check.inputs_array(X, d, flattens or shapes_input, dt, getattr(model, "inputs", None))
     if shapes_input and np.ndim(X) > 2:
         model = model.with_input_shape(np.shape(X)[1:])
-    call = Problem(quantity, chosen, model, theta, Xa, dt)
+    call = Call(quantity, chosen, Problem(model, theta, Xa))
     if takes_loss:
         if C is None:
             C = np.asarray(call.run("forward")).shape[1]
-        call = dataclasses.replace(call, Y=check.targets_array(y, Xa.shape[0], C, loss, dt), loss=loss, agg=agg)
+        problem = call.problem.with_loss(check.targets_array(y, Xa.shape[0], C, loss, dt), loss, agg)
+        call = Call(quantity, chosen, problem)
         if loss in L.ON_PROBABILITIES:
             check.check_probabilities("the model output", np.asarray(call.run("forward")), loss)
     return call
@@ -202,25 +189,25 @@ def check_arguments(model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backen
     _prepare("check_arguments", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
 
 
-def _guard(call: Problem, quantity: str, shape: tuple[int, ...]) -> None:
+def _guard(call: Call, quantity: str, shape: tuple[int, ...]) -> None:
     """Refuse (:func:`fluxhess.memory.require`) a result of ``shape`` whose working set cannot fit."""
     memory.require(quantity, memory.needed_bytes(quantity, math.prod(shape), call.dtype.itemsize), shape)
 
 
-def _outputs(call: Problem) -> int:
+def _outputs(call: Call) -> int:
     """C, the model's output width (1 where a model does not say)."""
-    return _dims(call.model)[1] or 1
+    return _dims(call.problem.model)[1] or 1
 
 
 #: The curvature kind of each P×P quantity, as the backends name it.
 _KIND = {"hessian": "hessian", "ggn": "ggn", "empirical_fisher": "ef"}
 
 
-def _square(call: Problem, quantity: str, out, devices, as_jax: bool):
+def _square(call: Call, quantity: str, out, devices, as_jax: bool):
     """The backend's P×P ``quantity`` behind the memory guard: a new NumPy array, written into
     ``out``, or assembled on JAX devices (``devices``, ``as_jax``, or an accelerator by default).
     """
-    P, itemsize = call.params.shape[0], call.dtype.itemsize
+    P, itemsize = call.problem.params.shape[0], call.dtype.itemsize
     if not isinstance(as_jax, bool):
         raise InputError(f"as_jax must be True or False; got {as_jax!r}")
     asked = devices is not None or as_jax
@@ -235,28 +222,28 @@ def _square(call: Problem, quantity: str, out, devices, as_jax: bool):
         memory.require_on_devices(quantity, _backends.sharded.device_bytes(P, mesh, itemsize), mesh.local_devices, (P, P))
         if not asked:  # an accelerator's result copied to NumPy
             memory.require(quantity, whole, (P, P))
-        M = call.run_with_loss("sharded_matrix", _KIND[quantity], mesh)
+        M = call.run("sharded_matrix", _KIND[quantity], mesh)
         if not _backends.sharded.all_finite(M):
-            raise BackendError(f"{quantity} on backend {call.backend.name!r} produced non-finite values for {call.shapes}")
+            raise BackendError(f"{quantity} on backend {call.backend.name!r} produced non-finite values for {call.problem.shapes}")
         return M if asked else call.result(M)
     if out is None:
         memory.require(quantity, whole, (P, P))
-        return call.result(call.run_with_loss(quantity))
+        return call.result(call.run(quantity))
     return _into(call, quantity, check.out_array(out, P, call.dtype), whole)
 
 
-def _into(call: Problem, quantity: str, target: np.ndarray, whole: int) -> np.ndarray:
+def _into(call: Call, quantity: str, target: np.ndarray, whole: int) -> np.ndarray:
     """``quantity`` written into ``target``. On a route that writes panel by panel (the backend's
     ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise the
     whole result, which ``target`` then receives as a copy."""
-    P, itemsize = call.params.shape[0], call.dtype.itemsize
+    P, itemsize = call.problem.params.shape[0], call.dtype.itemsize
     working_bytes = getattr(call.backend, "panel_working_bytes", None)  # a capability: absent = copies
-    working = None if working_bytes is None else working_bytes(call.model, P, itemsize)
+    working = None if working_bytes is None else working_bytes(call.problem.model, P, itemsize)
     memory.require(quantity, whole if working is None else working, (P, P))
     if working_bytes is None:
-        np.copyto(target, call.run_with_loss(quantity))
+        np.copyto(target, call.run(quantity))
     else:
-        call.run_with_loss(quantity, target)
+        call.run(quantity, target)
     if isinstance(target, np.memmap):
         target.flush()
     return call.result(target)
@@ -271,7 +258,7 @@ def forward(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
     Returns: ``(N, C)``.
     """
     call = _prepare("forward", model, params, X, backend=backend, dtype=dtype)
-    _guard(call, "forward", (call.X.shape[0], _outputs(call)))
+    _guard(call, "forward", (call.problem.X.shape[0], _outputs(call)))
     return call.result(call.run("forward"))
 
 
@@ -281,7 +268,7 @@ def loss(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="f
     Returns: a Python float.
     """
     call = _prepare("loss", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return float(call.result(call.run_with_loss("loss")))
+    return float(call.result(call.run("loss")))
 
 
 def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
@@ -290,8 +277,8 @@ def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtyp
     Returns: ``(P,)``.
     """
     call = _prepare("gradient", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _guard(call, "gradient", call.params.shape)
-    return call.result(call.run_with_loss("gradient"))
+    _guard(call, "gradient", call.problem.params.shape)
+    return call.result(call.run("gradient"))
 
 
 # --- P × P curvature ---------------------------------------------------------
@@ -338,15 +325,15 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
 SYMMETRY_BOUND = 100 * float(np.finfo(np.float32).eps)
 
 
-def _symmetry_error(call: Problem) -> float:
+def _symmetry_error(call: Call) -> float:
     """``|uᵀ(Hv) − vᵀ(Hu)| / (‖u‖·‖Hv‖ + ‖v‖·‖Hu‖)`` for two fixed random probes ``u, v``.
 
     Zero in exact arithmetic. The products come from the matrix-free route, which no
     backend symmetrizes, so this sees the rounding that the returned matrix, made exactly
     symmetric (or built from one triangle), cannot show.
     """
-    probes = np.random.default_rng(0).standard_normal((call.params.shape[0], 2)).astype(call.dtype)
-    Hu, Hv = np.asarray(call.run_with_loss("hvp", probes, "hessian"), dtype=np.float64).T
+    probes = np.random.default_rng(0).standard_normal((call.problem.params.shape[0], 2)).astype(call.dtype)
+    Hu, Hv = np.asarray(call.run("hvp", probes, "hessian"), dtype=np.float64).T
     u, v = probes.T.astype(np.float64)
     scale = np.linalg.norm(u) * np.linalg.norm(Hv) + np.linalg.norm(v) * np.linalg.norm(Hu)
     return float(abs(u @ Hv - v @ Hu) / scale) if scale > 0 else 0.0
@@ -388,9 +375,9 @@ def hvp(model, params, X, y, V, *, kind="hessian", loss="mse", agg="sum", backen
     """
     check.choice("kind", kind, KINDS)
     call = _prepare("hvp", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    Vm, single = check.vectors_array(V, call.params.shape[0], call.dtype)
+    Vm, single = check.vectors_array(V, call.problem.params.shape[0], call.dtype)
     _guard(call, "hvp", Vm.shape)
-    out = call.result(call.run_with_loss("hvp", Vm, kind))
+    out = call.result(call.run("hvp", Vm, kind))
     return out[:, 0].copy() if single else out
 
 
@@ -401,8 +388,8 @@ def diagonal(model, params, X, y, *, kind="hessian", loss="mse", agg="sum", back
     """
     check.choice("kind", kind, KINDS)
     call = _prepare("diagonal", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    _guard(call, "diagonal", call.params.shape)
-    return call.result(call.run_with_loss("diagonal", kind))
+    _guard(call, "diagonal", call.problem.params.shape)
+    return call.result(call.run("diagonal", kind))
 
 
 def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="auto", dtype="float64") -> list[KronFactors]:
@@ -424,7 +411,7 @@ def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="aut
     shapes = [((n_in + bias,) * 2, (n_out,) * 2) for _, n_in, n_out, bias in dense]
     floats = sum(a[0] ** 2 + g[0] ** 2 for a, g in shapes)
     memory.require("kron", memory.needed_bytes("kron", floats, call.dtype.itemsize), max((a for a, _ in shapes), key=lambda a: a[0]))
-    pairs = call.run_with_loss("kron", kind)
+    pairs = call.run("kron", kind)
     return [KronFactors(name, call.result(A), call.result(G)) for (name, *_), (A, G) in zip(dense, pairs)]
 
 
@@ -437,7 +424,7 @@ def param_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.n
     Returns: ``(N, C, P)``.
     """
     call = _prepare("param_jacobian", model, params, X, backend=backend, dtype=dtype)
-    _guard(call, "param_jacobian", (call.X.shape[0], _outputs(call), call.params.shape[0]))
+    _guard(call, "param_jacobian", (call.problem.X.shape[0], _outputs(call), call.problem.params.shape[0]))
     return call.result(call.run("param_jacobian"))
 
 
@@ -451,7 +438,7 @@ def _columns(model, wrt, d: int) -> tuple[int, ...] | None:
     return None if columns == tuple(range(d)) else columns
 
 
-def _in_columns(call: Problem, quantity: str, columns) -> np.ndarray:
+def _in_columns(call: Call, quantity: str, columns) -> np.ndarray:
     """``quantity`` in the input ``columns``: from the backend where it selects inputs itself,
     else its result in every input, restricted to those columns."""
     if columns is None:
@@ -477,8 +464,8 @@ _FROM_EVERY_COLUMN = {
 }
 
 
-def _width(call: Problem, columns) -> int:
-    return call.X.shape[1] if columns is None else len(columns)
+def _width(call: Call, columns) -> int:
+    return call.problem.X.shape[1] if columns is None else len(columns)
 
 
 def input_jacobian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
@@ -487,8 +474,8 @@ def input_jacobian(model, params, X, *, wrt=None, backend="auto", dtype="float64
     Returns: ``(N, C, d)``.
     """
     call = _prepare("input_jacobian", model, params, X, backend=backend, dtype=dtype)
-    columns = _columns(model, wrt, call.X.shape[1])
-    _guard(call, "input_jacobian", (call.X.shape[0], _outputs(call), _width(call, columns)))
+    columns = _columns(model, wrt, call.problem.X.shape[1])
+    _guard(call, "input_jacobian", (call.problem.X.shape[0], _outputs(call), _width(call, columns)))
     return call.result(_in_columns(call, "input_jacobian", columns))
 
 
@@ -498,8 +485,8 @@ def input_hessian(model, params, X, *, wrt=None, backend="auto", dtype="float64"
     Returns: ``(N, C, d, d)``.
     """
     call = _prepare("input_hessian", model, params, X, backend=backend, dtype=dtype)
-    columns = _columns(model, wrt, call.X.shape[1])
-    N, d = call.X.shape[0], _width(call, columns)
+    columns = _columns(model, wrt, call.problem.X.shape[1])
+    N, d = call.problem.X.shape[0], _width(call, columns)
     _guard(call, "input_hessian", (N, _outputs(call), d, d))
     return call.result(_in_columns(call, "input_hessian", columns))
 
@@ -510,8 +497,8 @@ def laplacian(model, params, X, *, wrt=None, backend="auto", dtype="float64") ->
     Returns: ``(N, C)``.
     """
     call = _prepare("laplacian", model, params, X, backend=backend, dtype=dtype)
-    _guard(call, "laplacian", (call.X.shape[0], _outputs(call)))
-    return call.result(_in_columns(call, "laplacian", _columns(model, wrt, call.X.shape[1])))
+    _guard(call, "laplacian", (call.problem.X.shape[0], _outputs(call)))
+    return call.result(_in_columns(call, "laplacian", _columns(model, wrt, call.problem.X.shape[1])))
 
 
 def divergence(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
@@ -521,10 +508,10 @@ def divergence(model, params, X, *, wrt=None, backend="auto", dtype="float64") -
     Returns: ``(N,)``.
     """
     call = _prepare("divergence", model, params, X, backend=backend, dtype=dtype)
-    columns = _columns(model, wrt, call.X.shape[1])
+    columns = _columns(model, wrt, call.problem.X.shape[1])
     d, C = _width(call, columns), _dims(model)[1]
     if C is not None and d != C:
         named = "" if wrt is None else f" in {wrt!r}"
         raise InputError(f"divergence needs as many outputs as inputs (C == d); this model has C={C}, d={d}{named}")
-    _guard(call, "divergence", (call.X.shape[0],))
+    _guard(call, "divergence", (call.problem.X.shape[0],))
     return call.result(_in_columns(call, "divergence", columns))

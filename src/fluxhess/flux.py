@@ -1,8 +1,8 @@
 """Flux models written in Julia, run by the julia backend: :func:`flux_model` and :class:`FluxModel`.
 
-They live with the julia backend (:mod:`fluxhess.backends.flux_model`); this is their public door.
+They live with the julia backend (:mod:`fluxhess.backends.julia.flux_model`); this is their public door.
 """
 
-from .backends.flux_model import FluxModel, flux_model
+from .backends.julia import FluxModel, flux_model
 
 __all__ = ["FluxModel", "flux_model"]

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from .backends import jax_inputs
-from .backends.jax_model import run
+from .backends.jax import inputs as jax_inputs
+from .backends.jax.model import run
 from .errors import InputError, UnsupportedModelError
 from .model import Chain
 

@@ -1,15 +1,20 @@
-"""Backend registry: which backends exist, which can run here, and ``auto``."""
+"""Backend registry: which backends exist, which can run here, and ``auto``.
+
+Each backend is a package of its own (:mod:`.jax`, :mod:`.julia`) satisfying the
+:class:`~.base.Backend` Protocol: its methods take the call's
+:class:`fluxhess.problem.Problem`. All of it is internal; the public door is :mod:`fluxhess`.
+"""
 
 from __future__ import annotations
 
 from ..errors import BackendUnavailableError, JuliaUnavailableError, UnknownNameError, UnsupportedModelError
-from . import sharded
 from .base import Backend
-from .jax import JaxBackend
+from .jax import JaxBackend, sharded
 from .julia import JULIA
 
 NAMES = ("jax", "julia")
-_REGISTRY: dict[str, Backend] = {"jax": JaxBackend(), "julia": JULIA}
+#: Each backend of this process by name (the same objects :func:`get` hands out).
+REGISTRY: dict[str, Backend] = {"jax": JaxBackend(), "julia": JULIA}
 
 
 def backends() -> dict[str, str | None]:
@@ -17,7 +22,7 @@ def backends() -> dict[str, str | None]:
 
     Never starts Julia and never downloads anything.
     """
-    return {name: b.unavailable_reason() for name, b in _REGISTRY.items()}
+    return {name: b.unavailable_reason() for name, b in REGISTRY.items()}
 
 
 def get(name: str, model=None) -> Backend:
@@ -26,7 +31,7 @@ def get(name: str, model=None) -> Backend:
     ``auto`` is julia when a Julia runtime is already installed, else jax; it never
     installs anything. An explicitly named backend that cannot run raises at once.
     """
-    julia = _REGISTRY["julia"]
+    julia = REGISTRY["julia"]
     if name in ("auto", "jax") and model is not None and _runs_only_in_julia(model):
         reason = julia.unavailable_reason()
         if reason is not None:
@@ -39,9 +44,9 @@ def get(name: str, model=None) -> Backend:
         if julia.unavailable_reason() is None and (model is None or julia.unsupported_reason(model) is None):
             return julia
         name = "jax"
-    if name not in _REGISTRY:
+    if name not in REGISTRY:
         raise UnknownNameError(f"backend must be 'auto' or one of {', '.join(NAMES)}; got {name!r}")
-    backend = _REGISTRY[name]
+    backend = REGISTRY[name]
     reason = backend.unavailable_reason()
     if reason is not None:
         error = JuliaUnavailableError if name == "julia" else BackendUnavailableError
@@ -54,7 +59,7 @@ def get(name: str, model=None) -> Backend:
 
 
 def _runs_only_in_julia(model) -> bool:
-    return _REGISTRY["jax"].unsupported_reason(model) is not None and _REGISTRY["julia"].unsupported_reason(model) is None
+    return REGISTRY["jax"].unsupported_reason(model) is not None and REGISTRY["julia"].unsupported_reason(model) is None
 
 
-__all__ = ["Backend", "NAMES", "backends", "get", "sharded"]
+__all__ = ["Backend", "NAMES", "REGISTRY", "backends", "get", "sharded"]

@@ -1,15 +1,19 @@
 """The Protocol every backend satisfies.
 
-The public functions in :mod:`fluxhess.api` validate and normalise their
-arguments before a backend sees them, so every backend method may rely on:
+The public functions in :mod:`fluxhess.api` validate and normalise their arguments once
+and hand every backend method the call's :class:`fluxhess.problem.Problem`, on which it
+may rely:
 
 - ``model``: a :class:`fluxhess.Chain` spec (or, on backends that support it, a
   :class:`fluxhess.FluxModel` built from Julia source);
 - ``params``: a C-contiguous NumPy array ``(P,)`` of the requested dtype
   (float64 or float32), finite, in Flux ``destructure`` order;
 - ``X``: ``(N, d)`` of that dtype, finite, N >= 1, already flattened;
-- ``Y``: ``(N, C)`` of that dtype (integer labels already one-hot);
-- ``loss``: a name in :data:`fluxhess.losses.LOSSES`; ``agg``: ``"sum"`` or ``"mean"``;
+- for the quantities of a loss, ``Y``: ``(N, C)`` of that dtype (integer labels already
+  one-hot), ``loss``: a name in :data:`fluxhess.losses.LOSSES`, ``agg``: ``"sum"`` or ``"mean"``.
+
+Beside the problem, a method takes only what its quantity needs:
+
 - ``kind``: ``"hessian"``, ``"ggn"`` or ``"ef"`` (``kron``: ``"ggn"`` or ``"ef"``);
 - ``V`` (``hvp`` only): ``(P, k)``, always two-dimensional.
 
@@ -22,6 +26,8 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from ..problem import Problem
 
 
 @runtime_checkable
@@ -37,31 +43,31 @@ class Backend(Protocol):
     def unsupported_reason(self, model) -> str | None:
         """``None`` when ``model`` can run on this backend, else why not."""
 
-    def forward(self, model, params, X) -> np.ndarray: ...  # (N, C)
+    def forward(self, problem: Problem) -> np.ndarray: ...  # (N, C)
 
-    def loss(self, model, params, X, Y, loss, agg) -> float: ...
+    def loss(self, problem: Problem) -> float: ...
 
-    def gradient(self, model, params, X, Y, loss, agg) -> np.ndarray: ...  # (P,)
+    def gradient(self, problem: Problem) -> np.ndarray: ...  # (P,)
 
-    def hessian(self, model, params, X, Y, loss, agg) -> np.ndarray: ...  # (P, P)
+    def hessian(self, problem: Problem) -> np.ndarray: ...  # (P, P)
 
-    def ggn(self, model, params, X, Y, loss, agg) -> np.ndarray: ...  # (P, P)
+    def ggn(self, problem: Problem) -> np.ndarray: ...  # (P, P)
 
-    def empirical_fisher(self, model, params, X, Y, loss, agg) -> np.ndarray: ...  # (P, P)
+    def empirical_fisher(self, problem: Problem) -> np.ndarray: ...  # (P, P)
 
-    def hvp(self, model, params, X, Y, loss, agg, V, kind) -> np.ndarray: ...  # (P, k)
+    def hvp(self, problem: Problem, V, kind: str) -> np.ndarray: ...  # (P, k)
 
-    def diagonal(self, model, params, X, Y, loss, agg, kind) -> np.ndarray: ...  # (P,)
+    def diagonal(self, problem: Problem, kind: str) -> np.ndarray: ...  # (P,)
 
-    def kron(self, model, params, X, Y, loss, agg, kind) -> list[tuple[np.ndarray, np.ndarray]]:
+    def kron(self, problem: Problem, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """One ``(A, G)`` per Dense layer, in Chain order (see :func:`fluxhess.kron`)."""
 
-    def param_jacobian(self, model, params, X) -> np.ndarray: ...  # (N, C, P)
+    def param_jacobian(self, problem: Problem) -> np.ndarray: ...  # (N, C, P)
 
-    def input_jacobian(self, model, params, X) -> np.ndarray: ...  # (N, C, d)
+    def input_jacobian(self, problem: Problem) -> np.ndarray: ...  # (N, C, d)
 
-    def input_hessian(self, model, params, X) -> np.ndarray: ...  # (N, C, d, d)
+    def input_hessian(self, problem: Problem) -> np.ndarray: ...  # (N, C, d, d)
 
-    def laplacian(self, model, params, X) -> np.ndarray: ...  # (N, C)
+    def laplacian(self, problem: Problem) -> np.ndarray: ...  # (N, C)
 
-    def divergence(self, model, params, X) -> np.ndarray: ...  # (N,)
+    def divergence(self, problem: Problem) -> np.ndarray: ...  # (N,)

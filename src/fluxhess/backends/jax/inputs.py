@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..model import COLUMNWISE, Activation, Chain, Dense
-from ..activations import ELEMENTWISE
-from .jax_model import dense_weights, elementwise_derivatives, run
+from ...model import COLUMNWISE, Activation, Chain, Dense
+from ...activations import ELEMENTWISE
+from .model import dense_weights, elementwise_derivatives, run
 
 
 def _of_columns(model: Chain, theta, x, columns):

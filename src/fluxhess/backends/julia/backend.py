@@ -43,8 +43,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
-from ..model import Activation, Chain, Dense, Flatten
+from ...errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
+from ...model import Activation, Chain, Dense, Flatten
+from ...problem import Problem
 
 #: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
 PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "PrecompileTools")
@@ -72,8 +73,8 @@ def package_path() -> Path:
         candidates.append(Path(str(resources.files("fluxhess") / "julia")))
     except (ModuleNotFoundError, TypeError):  # pragma: no cover - fluxhess is importable here
         pass
-    # source checkout: <repo>/src/fluxhess/backends/julia.py -> <repo>/julia
-    candidates.append(Path(__file__).resolve().parents[3] / "julia")
+    # source checkout: <repo>/src/fluxhess/backends/julia/backend.py -> <repo>/julia
+    candidates.append(Path(__file__).resolve().parents[4] / "julia")
     for path in candidates:
         if (path / "Project.toml").is_file() and (path / "FluxHess.jl").is_file():
             return path
@@ -421,67 +422,69 @@ class JuliaBackend:
     # with the text error_message gives.
     error_message = staticmethod(julia_message)
 
-    def _call(self, quantity, model, params, X, *rest, convert=_to_numpy):
+    def _call(self, quantity, problem: Problem, *rest, convert=_to_numpy):
+        """``FluxHess.<quantity>(model, θ, X, rest...)`` in Julia, its result converted."""
         with self._lock:
             fh = self._start()
-            jm = self._model(model, params.dtype)
+            jm = self._model(problem.model, problem.dtype)
             rest = [self._kind(a.name) if isinstance(a, _Kind) else a for a in rest]
-            return convert(getattr(fh, quantity)(jm, params, X, *rest))
+            return convert(getattr(fh, quantity)(jm, problem.params, problem.X, *rest))
 
     # -- the quantities -----------------------------------------------------
-    def forward(self, model, params, X):
-        return self._call("forward", model, params, X)
+    def forward(self, problem: Problem):
+        return self._call("forward", problem)
 
-    def loss(self, model, params, X, Y, loss, agg):
-        return self._call("loss", model, params, X, Y, loss, agg, convert=float)
+    def loss(self, problem: Problem):
+        return self._call("loss", problem, problem.Y, problem.loss, problem.agg, convert=float)
 
-    def gradient(self, model, params, X, Y, loss, agg):
-        return self._call("gradient", model, params, X, Y, loss, agg)
+    def gradient(self, problem: Problem):
+        return self._call("gradient", problem, problem.Y, problem.loss, problem.agg)
 
-    def _matrix(self, kind, model, params, X, Y, loss, agg):
+    def _matrix(self, kind, problem: Problem):
         """A P×P curvature written by Julia straight into a NumPy array (no copy: it is symmetric)."""
-        out = np.empty((params.shape[0],) * 2, dtype=params.dtype)
+        p = problem
+        out = np.empty((p.params.shape[0],) * 2, dtype=p.dtype)
         with self._lock:
             fh = self._start()
-            jm = self._model(model, params.dtype)
-            fh.curvature_b(out, self._kind(kind), jm, params, X, Y, loss, agg)
+            jm = self._model(p.model, p.dtype)
+            fh.curvature_b(out, self._kind(kind), jm, p.params, p.X, p.Y, p.loss, p.agg)
         return out
 
-    def hessian(self, model, params, X, Y, loss, agg):
-        return self._matrix("hessian", model, params, X, Y, loss, agg)
+    def hessian(self, problem: Problem):
+        return self._matrix("hessian", problem)
 
-    def ggn(self, model, params, X, Y, loss, agg):
-        return self._matrix("ggn", model, params, X, Y, loss, agg)
+    def ggn(self, problem: Problem):
+        return self._matrix("ggn", problem)
 
-    def empirical_fisher(self, model, params, X, Y, loss, agg):
-        return self._matrix("ef", model, params, X, Y, loss, agg)
+    def empirical_fisher(self, problem: Problem):
+        return self._matrix("ef", problem)
 
-    def hvp(self, model, params, X, Y, loss, agg, V, kind):
-        return self._call("hvp", model, params, X, Y, V, loss, agg, _Kind(kind))
+    def hvp(self, problem: Problem, V, kind):
+        return self._call("hvp", problem, problem.Y, V, problem.loss, problem.agg, _Kind(kind))
 
-    def diagonal(self, model, params, X, Y, loss, agg, kind):
-        return self._call("diagonal", model, params, X, Y, loss, agg, _Kind(kind))
+    def diagonal(self, problem: Problem, kind):
+        return self._call("diagonal", problem, problem.Y, problem.loss, problem.agg, _Kind(kind))
 
-    def kron(self, model, params, X, Y, loss, agg, kind):
+    def kron(self, problem: Problem, kind):
         def pairs(out):
             return [(_to_numpy(A), _to_numpy(G)) for A, G in out]
 
-        return self._call("kron", model, params, X, Y, loss, agg, _Kind(kind), convert=pairs)
+        return self._call("kron", problem, problem.Y, problem.loss, problem.agg, _Kind(kind), convert=pairs)
 
-    def param_jacobian(self, model, params, X):
-        return self._call("param_jacobian", model, params, X)
+    def param_jacobian(self, problem: Problem):
+        return self._call("param_jacobian", problem)
 
-    def input_jacobian(self, model, params, X):
-        return self._call("input_jacobian", model, params, X)
+    def input_jacobian(self, problem: Problem):
+        return self._call("input_jacobian", problem)
 
-    def input_hessian(self, model, params, X):
-        return self._call("input_hessian", model, params, X)
+    def input_hessian(self, problem: Problem):
+        return self._call("input_hessian", problem)
 
-    def laplacian(self, model, params, X):
-        return self._call("laplacian", model, params, X)
+    def laplacian(self, problem: Problem):
+        return self._call("laplacian", problem)
 
-    def divergence(self, model, params, X):
-        return self._call("divergence", model, params, X)
+    def divergence(self, problem: Problem):
+        return self._call("divergence", problem)
 
 
 # --- installing ---------------------------------------------------------------

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..model import Block, ParamLayout
-from .julia import JULIA
+from ...errors import InputError
+from ...model import Block, ParamLayout
+from .backend import JULIA
 
 
 class FluxModel:

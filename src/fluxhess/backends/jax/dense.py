@@ -1,7 +1,8 @@
-"""Per-sample factors of the curvature of a Dense chain (JAX), for :mod:`.dense_curvature`.
+"""A Dense chain's structure and the per-sample factors of its curvature (JAX), for the
+structured routes (:mod:`.dense_matrix`, :mod:`.dense_device`, and the diagonal and KFAC
+routes). What each curvature kind takes from these factors is in :mod:`.kinds`.
 
-Notation, for one sample and Dense
-layers ``l = 0 … L-1``: ``a_l`` is the input of layer ``l`` (``ā_l = [a_l; 1]`` when it
+Notation, for one sample and Dense layers ``l = 0 … L-1``: ``a_l`` is the input of layer ``l`` (``ā_l = [a_l; 1]`` when it
 has a bias), ``z_l = W_l a_l + b_l`` its pre-activation, ``a_{l+1} = φ_l(z_l)`` with
 ``φ_l`` the layer's activation followed by the elementwise activation layers up to the
 next Dense layer. After the last Dense layer, the *head* ``h`` (its activation and every
@@ -34,9 +35,11 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from .. import losses as L
-from ..model import COLUMNWISE, Activation, Chain, Dense
-from .jax_model import compose, dense_weights, elementwise_derivatives
+from ... import losses as L
+from ...memory import CHUNK_BYTES, chunk_size
+from ...progress import chunks
+from ...model import COLUMNWISE, Activation, Chain, Dense
+from .model import compose, dense_weights, elementwise_derivatives
 
 
 @dataclass(frozen=True)
@@ -110,27 +113,22 @@ def _forward(st: Structure, theta, x):
     raise AssertionError("a Structure has at least one segment")
 
 
-def _head_curvature(st: Structure, loss: str, kind: str, z, y):
-    """δ_{L-1} and K_{L-1} (``∇²u`` for the Hessian, None for the EF)."""
+def backward(st: Structure, loss: str, theta, x, y, curvature: bool):
+    """ā, Wᵀ, φ' per layer, with δ_l and, with ``curvature`` (the exact Hessian), K_ll from the output down."""
+    abar, w_ts, d1, d2, z = _forward(st, theta, x)
     head = compose(st.segments[-1].activations)
 
     def u(t):
         return L.per_sample(loss, head(t), y)
 
-    delta = jax.grad(u)(z)
-    return delta, jax.hessian(u)(z) if kind == "hessian" else None
-
-
-def _backward(st: Structure, loss: str, kind: str, theta, x, y):
-    """ā, Wᵀ, φ' per layer, with δ_l and (for the Hessian) K_ll from the output down."""
-    abar, w_ts, d1, d2, z = _forward(st, theta, x)
     n = len(st.segments)
     delta, K = [None] * n, [None] * n
-    delta[-1], K[-1] = _head_curvature(st, loss, kind, z, y)
+    delta[-1] = jax.grad(u)(z)
+    K[-1] = jax.hessian(u)(z) if curvature else None
     for l in reversed(range(n - 1)):
         g = w_ts[l + 1] @ delta[l + 1]  # ∂ℓ/∂a_{l+1}
         delta[l] = d1[l] * g
-        if kind == "hessian":
+        if curvature:
             inner = w_ts[l + 1] @ K[l + 1] @ w_ts[l + 1].T
             K[l] = d1[l][:, None] * inner * d1[l][None, :] + jnp.diag(d2[l] * g)
     return abar, w_ts, d1, delta, K
@@ -159,7 +157,7 @@ def _pair(st: Structure, m: int, l: int, theta, K_m, d1):
     return K, T
 
 
-def _output_jacobians(st: Structure, loss: str, theta, x, y):
+def output_jacobians(st: Structure, loss: str, theta, x, y):
     """ā_l, ``B_l = ∂f/∂z_l`` ``(C, o_l)`` and ``Λ B_l`` for every layer: the GGN's square-root factors.
 
     ``K_ll = B_lᵀ Λ B_l``, so its diagonal and sum over samples cost ``C·o_l`` per sample
@@ -175,74 +173,38 @@ def _output_jacobians(st: Structure, loss: str, theta, x, y):
     return abar, B, [lam @ b for b in B]
 
 
-def _per_layer(st: Structure, loss: str, kind: str, theta, x, y, s=None):
-    """ā_l and the layer's own factors: δ_l (EF), (B_l, ΛB_l) (GGN), K_ll (Hessian); ``s`` unused."""
-    if kind == "ggn":
-        abar, B, lamB = _output_jacobians(st, loss, theta, x, y)
-        return abar, list(zip(B, lamB))
-    abar, _, _, delta, K = _backward(st, loss, kind, theta, x, y)
-    return abar, delta if kind == "ef" else K
-
-
-def _per_sample(st: Structure, loss: str, kind: str, theta, x, y, s):
-    if kind == "ggn":  # K_ml = B_mᵀ Λ B_l is made block by block (gauss_newton_block)
-        abar, B, lamB = _output_jacobians(st, loss, theta, x, y)
-        return {"abar": abar, "B": B, "lamB": [s * b for b in lamB]}
-    abar, _, d1, delta, K = _backward(st, loss, kind, theta, x, y)
-    if kind == "ef":
-        return jnp.sqrt(s) * jnp.concatenate([jnp.outer(a, d).ravel() for a, d in zip(abar, delta)])
-    out = {"abar": abar, "d1": d1, "K": [s * k for k in K]}
-    if kind == "hessian":
-        out["delta"] = [s * d for d in delta]
-    return out
-
-
-def _own_diagonal(kind, g):
-    if kind == "ef":
-        return g * g
-    if kind == "ggn":
-        B, lamB = g
-        return jnp.sum(B * lamB, axis=1)
-    return jnp.diagonal(g, axis1=1, axis2=2)
-
-
-def _own_sum(kind, g):
-    if kind == "ef":
-        return g.T @ g
-    if kind == "ggn":
-        B, lamB = g
-        rows = B.shape[0] * B.shape[1]
-        return B.reshape(rows, -1).T @ lamB.reshape(rows, -1)
-    return g.sum(0)
-
-
 def _diagonal(st, loss, kind, theta, X, Y, s):
-    abar, own = jax.vmap(functools.partial(_per_layer, st, loss, kind), (None, 0, 0))(theta, X, Y)
-    return [s * ((a * a).T @ _own_diagonal(kind, g)).ravel() for a, g in zip(abar, own)]
+    abar, own = jax.vmap(functools.partial(kind.layer_factors, st, loss), (None, 0, 0))(theta, X, Y)
+    return [s * ((a * a).T @ kind.own_diagonal(g)).ravel() for a, g in zip(abar, own)]
 
 
 def _kron(st, loss, kind, theta, X, Y, s):
-    abar, own = jax.vmap(functools.partial(_per_layer, st, loss, kind), (None, 0, 0))(theta, X, Y)
-    return [a.T @ a for a in abar], [s * _own_sum(kind, g) for g in own]
+    abar, own = jax.vmap(functools.partial(kind.layer_factors, st, loss), (None, 0, 0))(theta, X, Y)
+    return [a.T @ a for a in abar], [s * kind.own_sum(g) for g in own]
 
 
-@functools.lru_cache(maxsize=None)
-def factors(st: Structure, loss: str, kind: str, part: str):
-    """The jitted ``(θ, X, Y, s) ↦`` factors of a chunk of samples.
+#: How many Dense structures' jitted factors are kept (least recently used dropped first).
+STRUCTURES_KEPT = 16
 
-    ``part="matrix"``: per-sample arrays (leading axis N) — for ``kind="ef"`` the rows
-    ``√s·g_n`` ``(N, P)``; for the GGN ``{"abar": [ā_l], "B": [B_l], "lamB": [s·Λ B_l]}``
-    (``B_l = ∂f/∂z_l`` ``(C, o_l)``: ``C·o_l`` numbers per layer instead of ``K_ll``'s
-    ``o_l²``); for the Hessian ``{"abar": [ā_l], "d1": [φ_l'], "K": [s·K_ll], "delta": [s·δ_l]}``.
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT * 8)
+def factors(st: Structure, loss: str, kind, part: str):
+    """The jitted ``(θ, X, Y, s) ↦`` factors of a chunk of samples for the curvature ``kind``
+    (:mod:`.kinds`).
+
+    ``part="matrix"``: per-sample arrays (leading axis N), :meth:`~.kinds.Kind.sample_factors`.
     ``part="diagonal"``: per layer ``s·Σ_n ā_n² ⊗ diag(K_ll,n)`` ``(|θ_l|,)``, summed over the chunk.
     ``part="kron"``: ``([Σ_n ā_n ā_nᵀ], [s·Σ_n K_ll,n])`` summed over the chunk (K_ll = δδᵀ for the EF).
     """
     if part == "matrix":
-        return jax.jit(jax.vmap(functools.partial(_per_sample, st, loss, kind), (None, 0, 0, None)))
-    return jax.jit(functools.partial({"diagonal": _diagonal, "kron": _kron}[part], st, loss, kind))
+        return jax.jit(jax.vmap(functools.partial(kind.sample_factors, st, loss), (None, 0, 0, None)))
+    return jax.jit(functools.partial(_PART[part], st, loss, kind))
 
 
-@functools.lru_cache(maxsize=None)
+_PART = {"diagonal": _diagonal, "kron": _kron}
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT * 8)
 def pair(st: Structure, m: int, l: int):
     """The Hessian's jitted ``(θ, K_m (N, o_m, o_m), [φ'] (N, ·)) ↦ (K_ml, T̄_ml or None)`` for m > l.
 
@@ -258,13 +220,21 @@ def gauss_newton_block(B_m, lamB_l):
     return jnp.einsum("ncp,ncq->npq", B_m, lamB_l)
 
 
-@functools.lru_cache(maxsize=None)
-def bytes_per_sample(st: Structure, loss: str, kind: str, part: str, dtype: str, d: int, C: int) -> int:
+def sample_chunks(st: Structure, problem, kind, part: str):
+    """Chunks of ``problem``'s samples whose per-sample factors (and XLA's temporaries) fit CHUNK_BYTES."""
+    theta, X, Y = problem.params, problem.X, problem.Y
+    per_sample = bytes_per_sample(st, problem.loss, kind, part, theta.dtype.name, X.shape[1], Y.shape[1])
+    return chunks(X.shape[0], chunk_size(4 * per_sample, X.shape[0], CHUNK_BYTES), part)
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT * 8)
+def bytes_per_sample(st: Structure, loss: str, kind, part: str, dtype: str, d: int, C: int) -> int:
     """Bytes of the per-sample arrays that :func:`factors` holds for each sample of a chunk."""
-    fn = functools.partial(_per_sample if part == "matrix" else _per_layer, st, loss, kind)
     P = sum(seg.size for seg in st.segments)
-    shapes = jax.eval_shape(
-        jax.vmap(fn, (None, 0, 0, None)),
-        *(jax.ShapeDtypeStruct(shape, dtype) for shape in ((P,), (1, d), (1, C), ())),
-    )
+    theta, x, y, s = (jax.ShapeDtypeStruct(shape, dtype) for shape in ((P,), (1, d), (1, C), ()))
+    if part == "matrix":
+        fn = jax.vmap(functools.partial(kind.sample_factors, st, loss), (None, 0, 0, None))
+        shapes = jax.eval_shape(fn, theta, x, y, s)
+    else:
+        shapes = jax.eval_shape(jax.vmap(functools.partial(kind.layer_factors, st, loss), (None, 0, 0)), theta, x, y)
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))

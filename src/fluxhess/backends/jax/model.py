@@ -1,7 +1,7 @@
 """A :class:`fluxhess.Chain` as a JAX function of ``(θ, x)``, with NNlib's activations.
 
-Shared by the generic JAX routes (:mod:`.jax`) and the Dense-chain fast paths
-(:mod:`.dense_curvature`).
+Shared by the generic JAX routes (:mod:`.compiled`) and the Dense-chain fast paths
+(:mod:`.dense_matrix`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import activations as A
-from ..model import Activation, Chain, Dense, Flatten
+from ... import activations as A
+from ...model import Activation, Chain, Dense, Flatten
 
 def compose(names):
     """``x ↦ σ_k(…σ_1(x))`` for the activations ``names = (σ_1, …, σ_k)``."""

@@ -1,6 +1,6 @@
 """Exact Hessian, GGN and empirical Fisher of a Dense chain, each block a GEMM over samples.
 
-With the per-sample factors of :mod:`.dense_factors`, the block of layers m ≥ l, rows
+With the per-sample factors of :mod:`.dense` (what each kind takes from them: :mod:`.kinds`), the block of layers m ≥ l, rows
 ``(j, p)`` of ``[vec(W_m); b_m]`` and columns ``(i, q)`` of ``[vec(W_l); b_l]``, is
 
     Σ_n ā_m[j] ā_l[i] · K_ml[p, q]                          (GGN, exact Hessian)
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from ..memory import CHUNK_BYTES, chunk_size
-from ..progress import chunks
-from .dense_factors import Structure, bytes_per_sample, factors, gauss_newton_block, pair
+from ...memory import chunk_size
+from ...progress import chunks
+from .dense import Structure, bytes_per_sample, factors
 
 
 def _budget(P: int, itemsize: int) -> int:
@@ -201,8 +201,8 @@ def working_bytes(P: int, itemsize: int) -> int:
     return 2 * _budget(P, itemsize)
 
 
-def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float, out: np.ndarray | None = None) -> np.ndarray:
-    """The exact Hessian (``kind="hessian"``), GGN or empirical Fisher (``"ef"``), ``(P, P)``.
+def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, out: np.ndarray | None = None) -> np.ndarray:
+    """The curvature ``kind`` (:mod:`.kinds`) of a Dense chain, ``(P, P)``.
 
     ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` NumPy arrays of one float dtype (the
     caller scopes JAX's precision to it); ``s`` is the aggregation factor. ``out``: a
@@ -215,62 +215,34 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float, out: np.n
     H = np.empty((P, P), dtype=theta.dtype) if out is None else out
     fn = factors(st, loss, kind, "matrix")
     per_sample = bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y))
-    if kind != "ef":  # and one block's K_ml at a time
-        per_sample += max(a.outputs * b.outputs for a in st.segments for b in st.segments) * itemsize
-    n = chunk_size(per_sample, N, budget if kind == "ef" else budget * 3 // 4)  # the panels' GEMM outputs: ¼
-    sample_chunks = [slice(a, min(a + n, N)) for a in range(0, N, n)]
-    if kind == "ef":
-        return _gram(fn, theta, X, Y, s, sample_chunks, budget, H)
-    work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, itemsize, budget // 4)]
+    if kind.gram:
+        n = chunk_size(per_sample, N, budget)
+        return _gram(fn, theta, X, Y, s, _slices(N, n), budget, H)
+    # and one block's K_ml at a time; the panels' GEMM outputs take a quarter of the budget
+    per_sample += max(a.outputs * b.outputs for a in st.segments for b in st.segments) * itemsize
+    n = chunk_size(per_sample, N, budget * 3 // 4)
+    return _blocks(st, kind, fn, theta, X, Y, s, _slices(N, n), budget, H)
+
+
+def _slices(N: int, n: int) -> list[slice]:
+    return [slice(a, min(a + n, N)) for a in range(0, N, n)]
+
+
+def _blocks(st: Structure, kind, fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndarray) -> np.ndarray:
+    """The lower triangle of ``H`` block by block, each in row panels, from each chunk's factors;
+    each panel mirrored onto the upper triangle once the last chunk has been added."""
+    work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, theta.dtype.itemsize, budget // 4)]
     key, F, K_ml, T_ml = None, None, None, None
     scratch, last = _Scratch(theta.dtype), len(sample_chunks) - 1
-    for task in chunks(len(work), 1, kind):
+    for task in chunks(len(work), 1, kind.name):
         c, panel = work[task.start]
         if key is None or key[0] != c:
             sl = sample_chunks[c]
             F = _numpy(fn(theta, X[sl], Y[sl], s))
         if key != (c, panel.m, panel.l):
-            K_ml, T_ml = _block_factors(st, kind, panel, theta, F)
+            K_ml, T_ml = _numpy(kind.block(st, panel.m, panel.l, theta, F))
         key = (c, panel.m, panel.l)
         _fill_panel(H, st, panel, F, K_ml, T_ml, accumulate=c > 0, scratch=scratch)
         if c == last:
             mirror_panel(H, *_strictly_lower(st, panel), square=panel.m == panel.l)
     return H
-
-
-def _block_factors(st: Structure, kind: str, panel: _Panel, theta, F):
-    """``s·K_ml`` ``(N, o_m, o_l)`` of ``panel``'s block and the Hessian's ``T̄_ml`` (or None), from one chunk's factors."""
-    m, l = panel.m, panel.l
-    if kind == "ggn":
-        return np.asarray(gauss_newton_block(F["B"][m], F["lamB"][l])), None
-    if m == l:
-        return F["K"][m], None
-    return _numpy(pair(st, m, l)(theta, F["K"][m], F["d1"]))
-
-
-def diagonal(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> np.ndarray:
-    """The diagonal of the Hessian, GGN or empirical Fisher, ``(P,)``: ``Σ_n ā² ⊗ diag K_ll`` per layer."""
-    fn = factors(st, loss, kind, "diagonal")
-    total = None
-    for sl in _sample_chunks(st, loss, kind, "diagonal", theta, X, Y, s):
-        part = fn(theta, X[sl], Y[sl], s)
-        total = part if total is None else [a + b for a, b in zip(total, part)]
-    return np.concatenate([np.asarray(t) for t in total])
-
-
-def kron(st: Structure, loss: str, kind: str, theta, X, Y, s: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """KFAC factors ``(A, G)`` per Dense layer: ``A = Σ_n ā ā ᵀ / N``, ``G = s·Σ_n K_ll`` (δδᵀ for the EF)."""
-    fn = factors(st, loss, kind, "kron")
-    A, G = None, None
-    for sl in _sample_chunks(st, loss, kind, "kron", theta, X, Y, s):
-        a, g = fn(theta, X[sl], Y[sl], s)
-        A = a if A is None else [x + y for x, y in zip(A, a)]
-        G = g if G is None else [x + y for x, y in zip(G, g)]
-    N = X.shape[0]
-    return [(np.asarray(a) / N, np.asarray(g)) for a, g in zip(A, G)]
-
-
-def _sample_chunks(st, loss, kind, part, theta, X, Y, s):
-    """Chunks of samples whose per-sample factors (and XLA's temporaries) fit CHUNK_BYTES."""
-    n = chunk_size(4 * bytes_per_sample(st, loss, kind, part, *_shapes(theta, X, Y)), X.shape[0], CHUNK_BYTES)
-    return chunks(X.shape[0], n, part)

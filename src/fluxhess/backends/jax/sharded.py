@@ -11,7 +11,7 @@ and no device talks to another:
   factor fits the working memory (:func:`work_bytes`), their panels summed on the devices.
 - Hessian: its rows are Hessian-vector products with the unit vectors of the device's rows
   (H is symmetric), in batches under ``lax.map`` — about four times the flops of the host's
-  block GEMMs (:mod:`.dense_curvature`), in exchange for running wherever XLA does.
+  block GEMMs (:mod:`.dense_matrix`), in exchange for running wherever XLA does.
 
 The result is made exactly symmetric, ``(M + Mᵀ)/2``, which moves each device's panel
 transposed onto the others (XLA's all-to-all; still no device holds more than its rows).
@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..errors import InputError
-from ..memory import CHUNK_BYTES, chunk_size
-from ..model import Chain
-from .jax_compiled import compiled
+from ...errors import InputError
+from ...memory import CHUNK_BYTES, chunk_size
+from ...model import Chain
+from .chunked import widest
+from .compiled import compiled
 
 #: Mesh axis of a mesh built from a list of devices.
 AXIS = "rows"
@@ -103,9 +104,9 @@ def _rows_per_device(P: int, mesh: Mesh) -> int:
     return P // mesh.size
 
 
-def _hessian_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
-    """``(θ, X, Y, s, rows) ↦ H[rows]``: H is symmetric, so row i is ``H e_i``, an HVP."""
-    hvp = compiled(model, loss, "hvp_hessian")  # (θ, X, Y, s, V (P, k)) -> (P, k)
+def _hvp_rows(model: Chain, loss: str, kind, P: int, batch: int):
+    """``(θ, X, Y, s, rows) ↦ M[rows]``: M is symmetric, so row i is ``M e_i``, a curvature-vector product."""
+    hvp = compiled(model, loss, "hvp", kind)  # (θ, X, Y, s, V (P, k)) -> (P, k)
 
     def rows_of(theta, X, Y, s, rows):
         unit = lambda i: hvp(theta, X, Y, s, jax.nn.one_hot(i, P, dtype=theta.dtype)[:, None])[:, 0]
@@ -114,9 +115,9 @@ def _hessian_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
     return rows_of
 
 
-def _gram_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
-    """``(θ, X, Y, s, rows) ↦ (UᵀU)[rows]`` with ``U`` ``(R, P)`` the GGN's or the EF's factor."""
-    factor = compiled(model, loss, f"{kind}_factor")  # (θ, X, Y, s) -> U (R, P)
+def _gram_rows(model: Chain, loss: str, kind, P: int, batch: int):
+    """``(θ, X, Y, s, rows) ↦ (UᵀU)[rows]`` with ``U`` ``(R, P)`` the kind's factor (GGN, EF)."""
+    factor = compiled(model, loss, "factor", kind)  # (θ, X, Y, s) -> U (R, P)
 
     def rows_of(theta, X, Y, s, rows):
         U = factor(theta, X, Y, s)
@@ -125,15 +126,12 @@ def _gram_rows(model: Chain, loss: str, kind: str, P: int, batch: int):
     return rows_of
 
 
-_ROWS = {"hessian": _hessian_rows, "ggn": _gram_rows, "ef": _gram_rows}
-
-
-@functools.lru_cache(maxsize=None)
-def _local_rows(model: Chain, loss: str, kind: str, mesh: Mesh, P: int, batch: int):
+@functools.lru_cache(maxsize=16)
+def _local_rows(model: Chain, loss: str, kind, mesh: Mesh, P: int, batch: int):
     """The jitted ``(θ, X, Y, s, rows) ↦ M[rows]`` with ``rows`` ``(P,)`` and the result
     ``(P, P)`` sharded by rows: each device computes the rows it holds."""
     sharded = jax.shard_map(
-        _ROWS[kind](model, loss, kind, P, batch),
+        (_gram_rows if kind.per_sample_terms else _hvp_rows)(model, loss, kind, P, batch),
         mesh=mesh,
         in_specs=(PartitionSpec(),) * 4 + (PartitionSpec(mesh.axis_names),),
         out_specs=PartitionSpec(mesh.axis_names, None),
@@ -142,15 +140,14 @@ def _local_rows(model: Chain, loss: str, kind: str, mesh: Mesh, P: int, batch: i
     return jax.jit(sharded)
 
 
-def _sample_chunks(kind: str, N: int, C: int, P: int, itemsize: int, budget: int) -> list[slice]:
+def _sample_chunks(kind, N: int, C: int, P: int, itemsize: int, budget: int) -> list[slice]:
     """All samples at once for the Hessian; for the GGN/EF chunks whose factor and Jacobians fit ``budget``."""
-    per_sample = 3 * (C if kind == "ggn" else 1) * P * itemsize
-    n = N if kind == "hessian" else chunk_size(per_sample, N, budget)
+    n = chunk_size(3 * kind.rows(C) * P * itemsize, N, budget) if kind.per_sample_terms else N
     return [slice(a, min(a + n, N)) for a in range(0, N, n)]
 
 
-def matrix(model: Chain, loss: str, kind: str, theta, X, Y, s: float, mesh: Mesh) -> jax.Array:
-    """The Hessian (``kind="hessian"``), GGN or empirical Fisher (``"ef"``), ``(P, P)``, as a
+def matrix(model: Chain, loss: str, kind, theta, X, Y, s: float, mesh: Mesh) -> jax.Array:
+    """The curvature ``kind`` (:mod:`.kinds`), ``(P, P)``, as a
     :class:`jax.Array` on ``mesh`` sharded by rows (:func:`row_sharding`).
 
     ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` NumPy arrays of one float dtype (the
@@ -158,9 +155,8 @@ def matrix(model: Chain, loss: str, kind: str, theta, X, Y, s: float, mesh: Mesh
     """
     P, itemsize = theta.shape[0], theta.dtype.itemsize
     local = _rows_per_device(P, mesh)
-    widest = max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
     budget = work_bytes(mesh)
-    batch = max(1, min(local, budget // (4 * itemsize * (P + X.shape[0] * widest))))
+    batch = max(1, min(local, budget // (4 * itemsize * (P + X.shape[0] * widest(model)))))
     fn = _local_rows(model, loss, kind, mesh, P, batch)
     rows = np.arange(P)
     rows_g = jax.make_array_from_callback(rows.shape, NamedSharding(mesh, PartitionSpec(mesh.axis_names)), lambda i: rows[i])
@@ -172,7 +168,7 @@ def matrix(model: Chain, loss: str, kind: str, theta, X, Y, s: float, mesh: Mesh
     return _symmetric(mesh)(total)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=16)
 def _symmetric(mesh: Mesh):
     """``(M + Mᵀ)/2``, sharded by rows: exact symmetry, as on the host route (the rows of a
     device and the columns of the others round differently)."""

@@ -1,7 +1,7 @@
 """The Dense-chain Hessian, GGN and empirical Fisher assembled by XLA on one JAX device.
 
-The same blocks as :mod:`.dense_curvature` (see its docstring for the formulas) from the
-same per-sample factors (:mod:`.dense_factors`), each block ``(m, l)`` one ``einsum`` over
+The same blocks as :mod:`.dense_matrix` (see its docstring for the formulas) from the
+same per-sample factors (:mod:`.dense`, :mod:`.kinds`), each block ``(m, l)`` one ``einsum`` over
 the samples, written for XLA instead of NumPy: the factors never leave the device, and the
 matrix stays there until the caller asks for it. Whole blocks at a time (no row panels):
 the working memory is about the result again, so this route is for a result that fits the
@@ -15,8 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ..memory import chunk_size
-from .dense_factors import Structure, bytes_per_sample, factors, gauss_newton_block, pair
+from ...memory import chunk_size
+from .dense import Structure, bytes_per_sample, factors
 
 
 def _adjacent_T(st: Structure, m: int, l: int, d1):
@@ -27,17 +27,12 @@ def _adjacent_T(st: Structure, m: int, l: int, d1):
     return T
 
 
-def _block(st: Structure, kind: str, m: int, l: int, theta, F):
+def _block(st: Structure, kind, m: int, l: int, theta, F):
     """Block ``(m, l)``, ``m ≥ l``, of the matrix: ``(n̄_m·o_m, n̄_l·o_l)``."""
     am, al = F["abar"][m], F["abar"][l]
-    if kind == "ggn":
-        K = gauss_newton_block(F["B"][m], F["lamB"][l])
-    elif m == l:
-        K = F["K"][m]
-    else:
-        K, T = pair(st, m, l)(theta, F["K"][m], F["d1"])
+    K, T = kind.block(st, m, l, theta, F)
     block = jnp.einsum("nj,ni,npq->jpiq", am, al, K)
-    if kind == "hessian" and m > l:
+    if kind.second_term and m > l:
         T = _adjacent_T(st, m, l, F["d1"][l]) if m == l + 1 else T
         block = block + jnp.einsum("njq,np,ni->jpiq", T, F["delta"][m], al)
     rows, cols = st.segments[m].size, st.segments[l].size
@@ -45,7 +40,7 @@ def _block(st: Structure, kind: str, m: int, l: int, theta, F):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _assemble(st: Structure, kind: str, theta, F):
+def _assemble(st: Structure, kind, theta, F):
     """The whole symmetric matrix from one chunk's factors: lower blocks, their transposes above."""
     n = len(st.segments)
     lower = {(m, l): _block(st, kind, m, l, theta, F) for m in range(n) for l in range(m + 1)}
@@ -61,8 +56,8 @@ def _gram(G):
     return 0.5 * (M + M.T)
 
 
-def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float, budget: int) -> jax.Array:
-    """The exact Hessian (``kind="hessian"``), GGN or empirical Fisher (``"ef"``), ``(P, P)``, on
+def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, budget: int) -> jax.Array:
+    """The curvature ``kind`` (:mod:`.kinds`) of a Dense chain, ``(P, P)``, on
     JAX's default device; samples in chunks whose factors fit ``budget`` bytes.
 
     ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` of one float dtype (the caller scopes
@@ -74,6 +69,6 @@ def matrix(st: Structure, loss: str, kind: str, theta, X, Y, s: float, budget: i
     total = None
     for a in range(0, X.shape[0], n):
         F = fn(theta, X[a : a + n], Y[a : a + n], s)
-        part = _gram(F) if kind == "ef" else _assemble(st, kind, theta, F)
+        part = _gram(F) if kind.gram else _assemble(st, kind, theta, F)
         total = part if total is None else total + part
     return total

@@ -1,0 +1,49 @@
+"""The generic routes' two loops: a sum over chunks of samples, and a fill over chunks of
+parameters; each chunk's working set within :data:`fluxhess.memory.CHUNK_BYTES`, with a
+progress bar when there are many chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...memory import chunk_size
+from ...model import Chain
+from ...problem import Problem
+from ...progress import chunks
+from .precision import to_numpy
+
+
+def sum_over_samples(problem: Problem, fn, rows_per_sample: int, label: str):
+    """``Σ`` over chunks of samples of ``fn(θ, X_chunk, Y_chunk, s)``, a reduction (an array or a
+    list of arrays) whose working set is ``rows_per_sample × P`` numbers per sample."""
+    P, N = problem.params.shape[0], problem.X.shape[0]
+    n = chunk_size(3 * problem.dtype.itemsize * rows_per_sample * P, N)
+    total = None
+    for sl in chunks(N, n, label):
+        part = fn(problem.params, problem.X[sl], problem.Y[sl], problem.scale)
+        total = part if total is None else _add(total, part)
+    return total
+
+
+def _add(a, b):
+    return [x + y for x, y in zip(a, b)] if isinstance(a, list) else a + b
+
+
+def over_parameters(problem: Problem, fn, out: np.ndarray, label: str) -> np.ndarray:
+    """``out[idx] = fn(θ, X, Y, s, idx)`` for chunks ``idx`` of the P parameters, each a batch of
+    curvature-vector products over all samples (:func:`column_bytes` each)."""
+    P = problem.params.shape[0]
+    k = chunk_size(column_bytes(problem.model, P, problem.X.shape[0], problem.dtype.itemsize), P)
+    for sl in chunks(P, k, label):
+        out[sl] = to_numpy(fn(problem.params, problem.X, problem.Y, problem.scale, np.arange(sl.start, sl.stop)))
+    return out
+
+
+def column_bytes(model: Chain, num_params: int, num_samples: int, itemsize: int) -> int:
+    """Working memory of one curvature-vector product: the vector, its tangent and cotangent
+    (P each) and the N × width activations of the forward and backward passes."""
+    return itemsize * (num_params + 4 * num_samples * widest(model))
+
+
+def widest(model: Chain) -> int:
+    return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)

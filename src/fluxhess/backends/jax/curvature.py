@@ -1,0 +1,73 @@
+"""The P×P curvatures (Hessian, GGN, empirical Fisher) and their products with vectors.
+
+Two routes, each computing every kind (:mod:`.kinds`):
+
+- :func:`structured`, for a Dense chain (:func:`.dense.split`): its blocks, one GEMM over
+  the samples each, written panel by panel into the result or the caller's ``out``
+  (:mod:`.dense_matrix`);
+- :func:`generic`, for any Chain: the Hessian by columns (Hessian-vector products with
+  unit vectors over all samples), the GGN and EF as sums over chunks of samples of their
+  per-sample terms; the whole matrix is built, then copied into ``out`` if given.
+
+:func:`products` is ``M @ V`` by the kind's own product, in chunks of columns of ``V``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...memory import chunk_size
+from ...problem import Problem
+from ...progress import chunks
+from . import dense_matrix
+from .chunked import column_bytes, over_parameters, sum_over_samples
+from .compiled import compiled
+from .dense import Structure
+from .kinds import Kind
+from .precision import to_numpy
+
+
+def structured(st: Structure, problem: Problem, kind: Kind, out: np.ndarray | None = None) -> np.ndarray:
+    return dense_matrix.matrix(st, problem.loss, kind, problem.params, problem.X, problem.Y, problem.scale, out)
+
+
+def generic(problem: Problem, kind: Kind, out: np.ndarray | None = None) -> np.ndarray:
+    model, loss, P = problem.model, problem.loss, problem.params.shape[0]
+    if kind.per_sample_terms:
+        M = to_numpy(sum_over_samples(problem, compiled(model, loss, "sample_sum", kind), kind.rows(model.out_features), kind.name))
+    elif P <= SMALL:
+        M = to_numpy(compiled(model, loss, "hessian")(problem.params, problem.X, problem.Y, problem.scale))
+    else:
+        M = over_parameters(problem, compiled(model, loss, "columns", kind), np.empty((P, P), problem.dtype), f"{kind.name} columns")
+    return _into(out, _symmetrize(M))
+
+
+#: Up to this many parameters the generic Hessian is one ``jax.hessian`` call.
+SMALL = 256
+
+
+def products(problem: Problem, kind: Kind, V: np.ndarray) -> np.ndarray:
+    """``M @ V`` ``(P, k)``, in chunks of columns of ``V`` each within :data:`fluxhess.memory.CHUNK_BYTES`."""
+    P, k = V.shape
+    n = chunk_size(column_bytes(problem.model, P, problem.X.shape[0], problem.dtype.itemsize), k)
+    out = np.empty((P, k), dtype=problem.dtype)
+    fn = compiled(problem.model, problem.loss, "hvp", kind)
+    for sl in chunks(k, n, f"hvp ({kind.name})"):
+        out[:, sl] = to_numpy(fn(problem.params, problem.X, problem.Y, problem.scale, V[:, sl]))
+    return out
+
+
+def _into(out: np.ndarray | None, M: np.ndarray) -> np.ndarray:
+    """``M``, or ``out`` holding a copy of it (the generic routes build the whole matrix first)."""
+    if out is None:
+        return M
+    np.copyto(out, M)
+    return out
+
+
+def _symmetrize(M: np.ndarray) -> np.ndarray:
+    """(M + Mᵀ)/2: exact symmetry for matrices that are symmetric up to rounding."""
+    M = np.array(M, copy=True)
+    M += M.T.copy()
+    M *= 0.5
+    return M
