@@ -64,7 +64,7 @@ def test_lowrank_equals_full(likelihood, curvature, N):
     assert _rel(p_low.mean, p_full.mean) < TOL
     # samples: the square root S (rows of S for Z = I) satisfies S Sᵀ = P⁻¹ for both structures
     with jax.enable_x64(True):
-        roots = [np.asarray(la._curv.scale(la._decomposition(), jnp.eye(P))) for la in (full, low)]
+        roots = [np.asarray(la.fitted_curvature.scale(la._decomposition(), jnp.eye(P))) for la in (full, low)]
     for M in roots:
         assert _rel(M.T @ M, full.posterior_covariance) < TOL
     draws = low.sample(4000, seed=3)
@@ -103,7 +103,7 @@ def _p_much_larger_than_n(widths, N, seed=0):
     with pytest.raises(fh.MemoryBudgetError):
         fh.Laplace(model, theta, structure="full", prior_precision=1.0, backend="jax").fit(X, y)
     low = fh.Laplace(model, theta, structure="lowrank", prior_precision=1.0, backend="jax").fit(X, y)
-    U = low._curv.U
+    U = low.fitted_curvature.U
     assert U.shape == (N * widths[-1], P)
     x = X[:2]
     J = fh.param_jacobian(model, theta, x, backend="jax").reshape(-1, P)  # (2·C, P)

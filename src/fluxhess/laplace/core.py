@@ -225,6 +225,20 @@ class Laplace:
     def fitted(self) -> bool:
         return self._curv is not None
 
+    @property
+    def fitted_curvature(self):
+        """The curvature :meth:`fit` computed (:mod:`.posterior`'s ``Full``, ``Diag``, ``LowRank`` or
+        ``Kron``), None before it."""
+        return self._curv
+
+    def restore(self, curvature, *, loss: float, n_data: int, n_outputs: int, clipped) -> "Laplace":
+        """Put back a fitted state, as :func:`fluxhess.laplace.load` reads it, without refitting."""
+        self._curv = curvature
+        self._eig = self._eigvecs = None
+        self.loss, self.n_data, self.n_outputs = loss, n_data, n_outputs
+        self.clipped = None if clipped is None else K.Clipped(*clipped)
+        return self
+
     def _require_fit(self, what: str) -> None:
         if not self.fitted:
             raise NotFittedError(f"{what} needs a fitted Laplace approximation: call .fit(X, y) with the training data first")
@@ -437,7 +451,7 @@ class Laplace:
         self._require_fit("optimize_prior_precision")
         check.choice("method", method, METHODS)
         max_iter = check.positive_int("max_iter", max_iter)
-        self._check_tuning(prior_structure, tune_sigma_noise)
+        self.check_tuning(prior_structure, tune_sigma_noise)
         if method == "gridsearch":
             if tune_sigma_noise or prior_structure != "scalar":
                 raise InputError(
@@ -449,7 +463,7 @@ class Laplace:
             raise InputError("val and grid are for method='gridsearch'; method='marglik' uses the training data only")
         return self._maximise_marglik(prior_structure, tune_sigma_noise, max_iter)
 
-    def _check_tuning(self, prior_structure: str, tune_sigma_noise: bool) -> None:
+    def check_tuning(self, prior_structure: str, tune_sigma_noise: bool) -> None:
         """Refuse a ``prior_structure`` or ``tune_sigma_noise`` that this approximation cannot tune."""
         check.choice("prior_structure", prior_structure, PRIOR_STRUCTURES)
         if not isinstance(tune_sigma_noise, bool):

@@ -11,6 +11,8 @@ the likelihood's factor is applied later, in one place.
 
 from __future__ import annotations
 
+import functools
+
 import warnings
 from typing import NamedTuple
 
@@ -87,31 +89,36 @@ def _low_rank_factor(kind: str, subset: Subset, theta, features, Y, loss: str, b
     EF (``(N, P_s)``, rows ``g_nᵀ = r_nᵀ J_n``, ``r_n = ∇_f ℓ_n``) of ``Σ_n ℓ_n``, from the
     subset's Jacobians ``J_n`` ``(C, P_s)``, chunk by chunk."""
     N, C = Y.shape
-    per_sample = C if kind == "ggn" else 1
+    per_sample = _ROOT_COLUMNS[kind](C)
     P = subset.num_params
     shape = (N * per_sample, P)
     memory.require("Laplace low-rank factor", memory.needed_bytes("lowrank", shape[0] * P, 8), shape)
     U = np.empty(shape)
     f = api.forward(subset.tail, subset.tail_params(theta), features, backend=backend)
+    root = _OUTPUT_ROOT[kind]
     for sl in chunks(N, step, "Laplace fit (lowrank)"):
         J = subset.jacobian(theta, features[sl], backend)  # (n, C, P_s)
         rows = slice(sl.start * per_sample, sl.stop * per_sample)
-        U[rows] = np.einsum("nck,ncp->nkp", _output_root(kind, loss, f[sl], Y[sl]), J).reshape(-1, P)
+        with jax.enable_x64(True):
+            R = np.asarray(root(functools.partial(L.per_sample, loss), f[sl], Y[sl]))
+        U[rows] = np.einsum("nck,ncp->nkp", R, J).reshape(-1, P)
     return U
 
 
-def _output_root(kind: str, loss: str, f: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Per sample ``(n, C, k)``: for the GGN a root ``L_n`` of ``Λ_n = ∇²_f ℓ_n`` (k = C), for the
-    EF the gradient ``∇_f ℓ_n`` as a column (k = 1)."""
-    with jax.enable_x64(True):
-        def ell(fn, yn):
-            return L.per_sample(loss, fn, yn)
-
-        if kind == "ef":
-            return np.asarray(jax.vmap(jax.grad(ell))(f, Y))[:, :, None]
-        lam = np.asarray(jax.vmap(jax.hessian(ell))(f, Y))
-    e, Q = np.linalg.eigh(lam)  # Λ_n is positive semi-definite for these losses: clip its rounding
+def _gauss_newton_root(ell, f, Y):
+    """A root ``L_n`` ``(n, C, C)`` of each ``Λ_n = ∇²_f ℓ_n``, positive semi-definite for these losses (rounding clipped)."""
+    e, Q = np.linalg.eigh(np.asarray(jax.vmap(jax.hessian(ell))(f, Y)))
     return Q * np.sqrt(np.clip(e, 0.0, None))[:, None, :]
+
+
+def _gradient_root(ell, f, Y):
+    """The gradient ``∇_f ℓ_n`` as a column, ``(n, C, 1)``."""
+    return jax.vmap(jax.grad(ell))(f, Y)[:, :, None]
+
+
+#: Per kind, ``R_n`` ``(n, C, k)`` with the kind's per-sample term ``J_nᵀ R_n R_nᵀ J_n``, and its k.
+_OUTPUT_ROOT = {"ggn": _gauss_newton_root, "ef": _gradient_root}
+_ROOT_COLUMNS = {"ggn": lambda C: C, "ef": lambda C: 1}
 
 
 def clip_negative(curvature) -> tuple[object, Clipped | None]:

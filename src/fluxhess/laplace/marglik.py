@@ -99,7 +99,7 @@ def marglik_training(
     rtol = check.positive_number("rtol", rtol)
     settings = dict(curvature=curvature, structure=structure, subset="all", temperature=temperature, backend=backend)
     la = Laplace(model, params0, likelihood, prior_precision=prior_precision, sigma_noise=sigma_noise, **settings)
-    la._check_tuning(prior_structure, tune_sigma_noise)
+    la.check_tuning(prior_structure, tune_sigma_noise)
     loss = lik.loss_name(la.likelihood, la.n_outputs)
     theta, history = la.params, []
     for _ in range(rounds):

@@ -15,7 +15,6 @@ from ..errors import InputError
 from ..flux import FluxModel
 from ..model import Activation, Chain, Dense, Flatten
 from . import posterior
-from .curvature import Clipped
 
 FORMAT = "fluxhess.Laplace/1"
 
@@ -66,7 +65,7 @@ def save(la, path) -> None:
         n_outputs=la.n_outputs,
     )
     arrays = dict(params=la.params, prior_precision=la.prior_precision, prior_mean=la.prior_mean)
-    curv = la._curv
+    curv = la.fitted_curvature
     if isinstance(curv, posterior.Full):
         arrays["H"] = curv.H
     elif isinstance(curv, posterior.Diag):
@@ -151,18 +150,18 @@ def _restore(cls, meta: dict, arrays: dict):
         backend=meta["backend"],
         clip_negative_eigenvalues=meta["clip_negative_eigenvalues"],
     )
+    curv = None
     if "H" in arrays:
-        la._curv = posterior.Full(arrays["H"])
+        curv = posterior.Full(arrays["H"])
     elif "h" in arrays:
-        la._curv = posterior.Diag(arrays["h"])
+        curv = posterior.Diag(arrays["h"])
     elif "U" in arrays:
-        la._curv = posterior.LowRank(arrays["U"])
+        curv = posterior.LowRank(arrays["U"])
     elif "kron0_lam_A" in arrays:
         n = sum(1 for k in arrays if k.endswith("_lam_A"))
-        la._curv = posterior.Kron(tuple(
+        curv = posterior.Kron(tuple(
             posterior.KronBlock(*(arrays[f"kron{i}_{part}"] for part in ("lam_A", "Q_A", "lam_G", "Q_G"))) for i in range(n)
         ))
-    if la._curv is not None:
-        la.loss, la.n_data, la.n_outputs = meta["loss"], meta["n_data"], meta["n_outputs"]
-        la.clipped = None if meta["clipped"] is None else Clipped(*meta["clipped"])
+    if curv is not None:
+        la.restore(curv, loss=meta["loss"], n_data=meta["n_data"], n_outputs=meta["n_outputs"], clipped=meta["clipped"])
     return la
