@@ -1,6 +1,11 @@
 """fluxhess: second-order derivatives of neural networks, from Flux/Zygote (Julia) or JAX.
 
 ``import fluxhess`` never starts Julia; the julia backend loads on first use.
+
+This module is the public door, with the submodules :mod:`fluxhess.jax`,
+:mod:`fluxhess.flux`, :mod:`fluxhess.laplace` and :mod:`fluxhess.plot`; the rest
+(``api``'s helpers, ``problem``, ``validate``, ``memory``, ``progress`` and everything
+under ``backends``) is internal and may change without notice.
 """
 
 from . import jax  # the JAX-native transforms: fluxhess.jax.laplacian(model) etc.
