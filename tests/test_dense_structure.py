@@ -13,7 +13,7 @@ import pytest
 import fluxhess as fh
 import reference as ref
 from conftest import Case, assert_close, make_data
-from fluxhess.backends.jax import dense, dense_matrix
+from fluxhess.backends.jax import chunked, dense, dense_matrix
 from fluxhess.backends.jax import JaxBackend
 from fluxhess.losses import LOSSES
 from fluxhess.problem import Problem
@@ -150,10 +150,10 @@ def test_chunks_of_samples_and_panels_of_rows_give_the_same_matrices(monkeypatch
     theta, X, Y = make_data(case)
     whole = _structured(case, theta, X, Y)
     monkeypatch.setattr(dense_matrix, "_budget", lambda P, itemsize: 4096)
-    monkeypatch.setattr(dense, "CHUNK_BYTES", 4096)
-    chunked = _structured(case, theta, X, Y)
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 4096)
+    in_pieces = _structured(case, theta, X, Y)
     for kind in ("hessian", "ggn", "ef"):
-        assert_close(chunked[kind], whole[kind], rtol=1e-13, atol=1e-15, what=kind)
+        assert_close(in_pieces[kind], whole[kind], rtol=1e-13, atol=1e-15, what=kind)
     diag = fh.diagonal(case.model, theta, X, Y, kind="hessian", loss=case.loss, agg=case.agg, backend="jax")
     assert_close(diag, np.diag(whole["hessian"]), rtol=1e-13, atol=1e-15, what="diagonal")
 

@@ -17,7 +17,8 @@ import pytest
 import fluxhess as fh
 from conftest import assert_close
 from fluxhess import memory, progress
-from fluxhess.api import Problem
+from fluxhess.api import Call
+from fluxhess.problem import Problem
 from fluxhess.backends import REGISTRY
 from fluxhess.backends.julia import JuliaBackend
 from fluxhess.errors import BackendError, MemoryBudgetError
@@ -139,9 +140,9 @@ def test_a_real_julia_exception_leaves_the_bridge_usable():
         pytest.skip(f"needs a Julia runtime: {reason}")
     julia = REGISTRY["julia"]
     # Y with the wrong width, past validation: the call as the API makes it, which names it.
-    call = Problem("gradient", julia, MODEL, THETA, X, np.dtype(np.float64), Y=Y[:, :1].copy(), loss="mse", agg="sum")
+    call = Call("gradient", julia, Problem(MODEL, THETA, X, Y=Y[:, :1].copy(), loss="mse", agg="sum"))
     with pytest.raises(BackendError, match="gradient.*DimensionMismatch"):
-        call.run_with_loss("gradient")
+        call.run("gradient")
     with pytest.raises(BackendError):
         fh.forward(flux_model("Chain(Dense(3 => 2), this_is_not_defined)"), THETA, X, backend="julia")
     expected = fh.gradient(MODEL, THETA, X, Y, backend="jax")

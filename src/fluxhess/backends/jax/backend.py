@@ -110,7 +110,7 @@ class JaxBackend:
             if st is None:
                 return sharded.matrix(p.model, p.loss, kind, p.params, p.X, p.Y, p.scale, mesh)
             with jax.default_device(mesh.devices.flat[0]):
-                return dense_device.matrix(st, p.loss, kind, p.params, p.X, p.Y, p.scale, sharded.work_bytes(mesh))
+                return dense_device.matrix(st, p, kind, sharded.work_bytes(mesh))
 
     # -- matrix-free and structured -----------------------------------------
     def hvp(self, problem: Problem, V, kind: str):

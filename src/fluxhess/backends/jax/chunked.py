@@ -1,32 +1,36 @@
-"""The generic routes' two loops: a sum over chunks of samples, and a fill over chunks of
-parameters; each chunk's working set within :data:`fluxhess.memory.CHUNK_BYTES`, with a
-progress bar when there are many chunks."""
+"""The routes' two loops: a sum over chunks of samples, and a fill over chunks of parameters;
+each chunk's working set within a budget (:data:`fluxhess.memory.CHUNK_BYTES` by default),
+with a progress bar when there are many chunks."""
 
 from __future__ import annotations
 
+import operator
+
+import jax
 import numpy as np
 
-from ...memory import chunk_size
+from ...memory import CHUNK_BYTES, chunk_size
 from ...model import Chain
 from ...problem import Problem
 from ...progress import chunks
 from .precision import to_numpy
 
 
-def sum_over_samples(problem: Problem, fn, rows_per_sample: int, label: str):
-    """``Σ`` over chunks of samples of ``fn(θ, X_chunk, Y_chunk, s)``, a reduction (an array or a
-    list of arrays) whose working set is ``rows_per_sample × P`` numbers per sample."""
-    P, N = problem.params.shape[0], problem.X.shape[0]
-    n = chunk_size(3 * problem.dtype.itemsize * rows_per_sample * P, N)
+def sum_over_samples(problem: Problem, fn, bytes_per_sample: int, label: str, budget: int | None = None):
+    """``Σ`` over chunks of samples of ``fn(θ, X_chunk, Y_chunk, s)``, a sum over the chunk (an
+    array or a tree of arrays) whose working set is ``bytes_per_sample`` per sample."""
+    N = problem.X.shape[0]
     total = None
-    for sl in chunks(N, n, label):
+    for sl in chunks(N, chunk_size(bytes_per_sample, N, CHUNK_BYTES if budget is None else budget), label):
         part = fn(problem.params, problem.X[sl], problem.Y[sl], problem.scale)
-        total = part if total is None else _add(total, part)
+        total = part if total is None else jax.tree.map(operator.add, total, part)
     return total
 
 
-def _add(a, b):
-    return [x + y for x, y in zip(a, b)] if isinstance(a, list) else a + b
+def row_bytes(problem: Problem, rows_per_sample: int) -> int:
+    """Working set per sample of a route that holds ``rows_per_sample`` rows of P numbers (and
+    their cotangents) for each sample: per-sample gradients, Jacobians."""
+    return 3 * problem.dtype.itemsize * rows_per_sample * problem.params.shape[0]
 
 
 def over_parameters(problem: Problem, fn, out: np.ndarray, label: str) -> np.ndarray:

@@ -56,7 +56,7 @@ def _columns_of(kind):
 
 
 def kron_chunk(p: Pieces, theta, X, Y, s, kind):
-    """KFAC factors of a chunk: ``A`` the mean of ``ā ā ᵀ``, ``G`` ``s·Σ`` of ``kind``'s per-sample curvature."""
+    """KFAC sums of a chunk: ``Σ ā ā ᵀ`` and ``s·Σ`` of ``kind``'s per-sample curvature, per Dense layer."""
     dense = [l for l in p.model.layers if isinstance(l, Dense)]
 
     def per_sample(x, y):
@@ -66,7 +66,7 @@ def kron_chunk(p: Pieces, theta, X, Y, s, kind):
         return [jnp.outer(abar, abar) for abar in abars], kind.kron_curvature(p, theta, x, y, eps)
 
     A, G = jax.vmap(per_sample)(X, Y)
-    return [a.sum(0) / X.shape[0] for a in A], [s * g.sum(0) for g in G]
+    return [a.sum(0) for a in A], [s * g.sum(0) for g in G]
 
 
 def _of_kind(method):

@@ -20,7 +20,7 @@ from ...memory import chunk_size
 from ...problem import Problem
 from ...progress import chunks
 from . import dense_matrix
-from .chunked import column_bytes, over_parameters, sum_over_samples
+from .chunked import column_bytes, over_parameters, row_bytes, sum_over_samples
 from .compiled import compiled
 from .dense import Structure
 from .kinds import Kind
@@ -34,7 +34,8 @@ def structured(st: Structure, problem: Problem, kind: Kind, out: np.ndarray | No
 def generic(problem: Problem, kind: Kind, out: np.ndarray | None = None) -> np.ndarray:
     model, loss, P = problem.model, problem.loss, problem.params.shape[0]
     if kind.per_sample_terms:
-        M = to_numpy(sum_over_samples(problem, compiled(model, loss, "sample_sum", kind), kind.rows(model.out_features), kind.name))
+        fn = compiled(model, loss, "sample_sum", kind)
+        M = to_numpy(sum_over_samples(problem, fn, row_bytes(problem, kind.rows(model.out_features)), kind.name))
     elif P <= SMALL:
         M = to_numpy(compiled(model, loss, "hessian")(problem.params, problem.X, problem.Y, problem.scale))
     else:

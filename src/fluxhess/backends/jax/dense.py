@@ -36,8 +36,6 @@ import jax
 import jax.numpy as jnp
 
 from ... import losses as L
-from ...memory import CHUNK_BYTES, chunk_size
-from ...progress import chunks
 from ...model import COLUMNWISE, Activation, Chain, Dense
 from .model import compose, dense_weights, elementwise_derivatives
 
@@ -220,11 +218,11 @@ def gauss_newton_block(B_m, lamB_l):
     return jnp.einsum("ncp,ncq->npq", B_m, lamB_l)
 
 
-def sample_chunks(st: Structure, problem, kind, part: str):
-    """Chunks of ``problem``'s samples whose per-sample factors (and XLA's temporaries) fit CHUNK_BYTES."""
+def factor_bytes(st: Structure, problem, kind, part: str) -> int:
+    """Working set per sample of ``factors(st, ·, kind, part)`` on ``problem``'s arrays: the
+    per-sample factors and XLA's temporaries (four times the factors)."""
     theta, X, Y = problem.params, problem.X, problem.Y
-    per_sample = bytes_per_sample(st, problem.loss, kind, part, theta.dtype.name, X.shape[1], Y.shape[1])
-    return chunks(X.shape[0], chunk_size(4 * per_sample, X.shape[0], CHUNK_BYTES), part)
+    return 4 * bytes_per_sample(st, problem.loss, kind, part, theta.dtype.name, X.shape[1], Y.shape[1])
 
 
 @functools.lru_cache(maxsize=STRUCTURES_KEPT * 8)

@@ -15,8 +15,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ...memory import chunk_size
-from .dense import Structure, bytes_per_sample, factors
+from ...problem import Problem
+from .chunked import sum_over_samples
+from .dense import Structure, factor_bytes, factors
 
 
 def _adjacent_T(st: Structure, m: int, l: int, d1):
@@ -56,19 +57,14 @@ def _gram(G):
     return 0.5 * (M + M.T)
 
 
-def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, budget: int) -> jax.Array:
-    """The curvature ``kind`` (:mod:`.kinds`) of a Dense chain, ``(P, P)``, on
-    JAX's default device; samples in chunks whose factors fit ``budget`` bytes.
+def matrix(st: Structure, problem: Problem, kind, budget: int) -> jax.Array:
+    """The curvature ``kind`` (:mod:`.kinds`) of a Dense chain, ``(P, P)``, on JAX's default
+    device; samples in chunks whose factors fit ``budget`` bytes. The caller scopes JAX's
+    precision to the problem's dtype."""
+    fn = factors(st, problem.loss, kind, "matrix")
 
-    ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` of one float dtype (the caller scopes
-    JAX's precision to it); ``s`` is the aggregation factor.
-    """
-    fn = factors(st, loss, kind, "matrix")
-    per_sample = 4 * bytes_per_sample(st, loss, kind, "matrix", theta.dtype.name, X.shape[1], Y.shape[1])
-    n = chunk_size(per_sample, X.shape[0], budget)
-    total = None
-    for a in range(0, X.shape[0], n):
-        F = fn(theta, X[a : a + n], Y[a : a + n], s)
-        part = _gram(F) if kind.gram else _assemble(st, kind, theta, F)
-        total = part if total is None else total + part
-    return total
+    def chunk(theta, X, Y, s):
+        F = fn(theta, X, Y, s)
+        return _gram(F) if kind.gram else _assemble(st, kind, theta, F)
+
+    return sum_over_samples(problem, chunk, factor_bytes(st, problem, kind, "matrix"), kind.name, budget)

@@ -11,26 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from ...problem import Problem
-from .chunked import over_parameters, sum_over_samples
+from .chunked import over_parameters, row_bytes, sum_over_samples
 from .compiled import compiled
-from .dense import Structure, factors, sample_chunks
+from .dense import Structure, factor_bytes, factors
 from .kinds import Kind
 from .precision import to_numpy
 
 
 def structured(st: Structure, problem: Problem, kind: Kind) -> np.ndarray:
     fn = factors(st, problem.loss, kind, "diagonal")
-    total = None
-    for sl in sample_chunks(st, problem, kind, "diagonal"):
-        part = fn(problem.params, problem.X[sl], problem.Y[sl], problem.scale)
-        total = part if total is None else [a + b for a, b in zip(total, part)]
-    return np.concatenate([np.asarray(t) for t in total])
+    per_layer = sum_over_samples(problem, fn, factor_bytes(st, problem, kind, "diagonal"), f"{kind.name} diagonal")
+    return np.concatenate([np.asarray(t) for t in per_layer])
 
 
 def generic(problem: Problem, kind: Kind) -> np.ndarray:
     model, loss = problem.model, problem.loss
     if kind.per_sample_terms:
         fn = compiled(model, loss, "sample_diagonal", kind)
-        return to_numpy(sum_over_samples(problem, fn, kind.rows(model.out_features), f"{kind.name} diagonal"))
+        return to_numpy(sum_over_samples(problem, fn, row_bytes(problem, kind.rows(model.out_features)), f"{kind.name} diagonal"))
     out = np.empty(problem.params.shape[0], dtype=problem.dtype)
     return over_parameters(problem, compiled(model, loss, "column_diagonal", kind), out, f"{kind.name} diagonal")
