@@ -19,5 +19,6 @@ def precision(*arrays):
 
 
 def to_numpy(x) -> np.ndarray:
-    """A JAX array (or a tree's leaf) on the host, as NumPy."""
-    return np.asarray(jax.device_get(x))
+    """A JAX array on the host, as NumPy (``np.asarray``: ``jax.device_get``'s tree walk costs
+    about 0.1 ms an array, which the small results of the diagonal and KFAC routes notice)."""
+    return np.asarray(x)
