@@ -27,7 +27,7 @@ import json, time
 import numpy as np
 t0 = time.perf_counter()
 import fluxhess as fh
-from fluxhess.backends import REGISTRY
+from fluxhess._backends import REGISTRY
 REGISTRY["julia"].julia()
 out = {"start": time.perf_counter() - t0}
 model = fh.Chain(fh.Dense(2, 5, "tanh"), fh.Dense(5, 1))

@@ -5,7 +5,7 @@ Needs a CUDA build of JAX; run from the repository root:
 quantity, model and dtype (GPU seconds of a warm call, relative error against the CPU result)
 and exits non-zero when an error exceeds its bound (1e-10 in float64, 2e-4 in float32). With
 the GPU as JAX's default device the P×P quantities take the device-resident route (assembled
-by XLA on the GPU, :mod:`fluxhess.backends.jax.sharded`); the CPU reference, under
+by XLA on the GPU, :mod:`fluxhess._backends.jax.sharded`); the CPU reference, under
 ``jax.default_device(cpu)``, the host route.
 
 Then, for P ≈ each of ``--sizes`` (N = 1000, float64): the Hessian, GGN and EF by the

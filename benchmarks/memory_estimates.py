@@ -7,7 +7,7 @@ quantity in a fresh process on a problem whose result is a few hundred MB: once 
 compile, then again after resetting the kernel's peak-RSS mark (``/proc/self/clear_refs``);
 "measured" is the peak RSS of that second call above the RSS just before it (inputs and
 compiled code are already there). "estimate" is what the public function asks
-:func:`fluxhess.memory.require` for before allocating, captured by wrapping it. The
+:func:`fluxhess._memory.require` for before allocating, captured by wrapping it. The
 ratio measured / estimate should lie within [0.5, 2].
 
 Writes the table to stdout and to ``benchmarks/results/memory_estimates.txt``.
@@ -58,7 +58,7 @@ def measure_one(quantity: str, quick: bool, dtype: str) -> dict:
     import numpy as np
 
     import fluxhess as fh
-    from fluxhess import memory
+    from fluxhess import _memory as memory
 
     widths, N = PROBLEMS[quantity]
     if quick:

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 
 import fluxhess as fh
-from fluxhess.backends.jax import JaxBackend
-from fluxhess.problem import Problem
+from fluxhess._backends.jax import JaxBackend
+from fluxhess._problem import Problem
 
 CURVATURE = ["hessian", "ggn", "ef", "diag-hessian", "diag-ggn", "diag-ef", "kron-ggn", "kron-ef"]
 MATRICES = ("hessian", "ggn", "ef")
@@ -75,7 +75,7 @@ def _julia_per_sample_loop(problem, quantity):
     batch loss, which the generic route still is, so it is not repeated here."""
     if quantity not in ("ggn", "ef") or not problem.flux:  # the generic route's problems only
         return None
-    from fluxhess.backends import REGISTRY
+    from fluxhess._backends import REGISTRY
 
     backend = REGISTRY["julia"]
     fh_jl = backend.julia()

@@ -1,4 +1,4 @@
-"""The Dense-chain fast paths (backends/jax/dense_matrix.py) against the generic JAX route and
+"""The Dense-chain fast paths (_backends/jax/dense_matrix.py) against the generic JAX route and
 the independent references, on every spec activation and loss, with and without biases.
 
 The public API takes the structured route wherever ``dense.split`` covers the
@@ -13,10 +13,10 @@ import pytest
 import fluxhess as fh
 import reference as ref
 from conftest import Case, assert_close, make_data
-from fluxhess.backends.jax import chunked, dense, dense_matrix
-from fluxhess.backends.jax import JaxBackend
+from fluxhess._backends.jax import chunked, dense, dense_matrix
+from fluxhess._backends.jax import JaxBackend
 from fluxhess.losses import LOSSES
-from fluxhess.problem import Problem
+from fluxhess._problem import Problem
 from fluxhess.model import ELEMENTWISE, Activation, Chain, Dense
 
 GENERIC = JaxBackend(structured=False)
@@ -181,7 +181,7 @@ def test_mirror_panel_copies_the_panel_onto_its_transpose(square):
 
 def test_the_compile_cache_keeps_only_the_most_recent_models():
     """Compiled functions are kept per model spec for the MODELS_KEPT most recent models, not forever."""
-    from fluxhess.backends.jax import compiled as jc
+    from fluxhess._backends.jax import compiled as jc
 
     X = np.ones((2, 1))
     models = [fh.Chain(fh.Dense(1, width), fh.Dense(width, 1)) for width in range(1, jc.MODELS_KEPT + 4)]

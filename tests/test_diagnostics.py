@@ -102,7 +102,7 @@ def test_estimate_needs_what_the_api_guard_asks_for(quantity, monkeypatch):
         asked.append((q, nbytes))
         raise _Stop
 
-    monkeypatch.setattr(fh.memory, "require", record)
+    monkeypatch.setattr(fh._memory, "require", record)
     args = (model, theta, X) if quantity in WITHOUT_TARGETS else (model, theta, X, Y)
     if quantity == "hvp":
         args += (np.ones(model.num_params),)

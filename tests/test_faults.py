@@ -16,11 +16,11 @@ import pytest
 
 import fluxhess as fh
 from conftest import assert_close
-from fluxhess import memory, progress
+from fluxhess import _memory as memory, _progress as progress
 from fluxhess.api import Call
-from fluxhess.problem import Problem
-from fluxhess.backends import REGISTRY
-from fluxhess.backends.julia import JuliaBackend
+from fluxhess._problem import Problem
+from fluxhess._backends import REGISTRY
+from fluxhess._backends.julia import JuliaBackend
 from fluxhess.errors import BackendError, MemoryBudgetError
 from fluxhess.flux import flux_model
 

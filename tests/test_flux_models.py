@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
-from fluxhess.backends import REGISTRY
+from fluxhess._backends import REGISTRY
 from fluxhess.errors import JuliaUnavailableError, UnsupportedModelError
 from fluxhess.flux import flux_model
 

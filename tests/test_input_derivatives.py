@@ -56,7 +56,7 @@ def test_laplacian_is_trace_of_input_hessian(model, backend):
 
 
 def test_laplacian_in_chunks_of_one_sample_matches_the_reference(monkeypatch):
-    from fluxhess.backends.jax import backend as jax_backend
+    from fluxhess._backends.jax import backend as jax_backend
 
     monkeypatch.setattr(jax_backend, "LAPLACIAN_CHUNK_BYTES", 1)  # one sample per chunk on a CPU
     model = MODELS["tanh-mlp"]

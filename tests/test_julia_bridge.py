@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
-from fluxhess.backends import REGISTRY
-from fluxhess.backends.julia import JuliaBackend, julia_message, map_julia_error
+from fluxhess._backends import REGISTRY
+from fluxhess._backends.julia import JuliaBackend, julia_message, map_julia_error
 from fluxhess.errors import BackendError, InputError, JuliaUnavailableError
 from fluxhess.flux import FluxModel, flux_model
 

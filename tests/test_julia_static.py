@@ -70,7 +70,7 @@ def test_julia_file_parses(path):
 
 def test_module_exports_the_python_names():
     """Every quantity of the Backend Protocol has a Julia function of the same name."""
-    from fluxhess.backends.base import Backend
+    from fluxhess._backends.base import Backend
 
     text = _package_text()
     quantities = [
@@ -227,7 +227,7 @@ def test_wheel_carries_the_julia_package_and_juliapkg_json(wheel):
 
 
 def test_package_path_finds_the_bundled_package():
-    from fluxhess.backends.julia import module_path, package_path
+    from fluxhess._backends.julia import module_path, package_path
 
     folder = package_path()
     assert folder.joinpath("Project.toml").read_bytes() == ROOT.joinpath("julia", "Project.toml").read_bytes()
@@ -245,8 +245,25 @@ def _julia_name_table(const: str) -> tuple[str, ...]:
 
 
 def test_the_julia_activation_table_is_the_python_registry():
-    """One registry of activations: Julia's name tables list exactly fluxhess.activations' names."""
-    from fluxhess import activations
+    """One registry of activations: Julia's name tables list exactly fluxhess._activations' names."""
+    from fluxhess import _activations as activations
 
     assert _julia_name_table("ACTIVATIONS") == tuple(activations.ELEMENTWISE)
     assert _julia_name_table("COLUMN_MAPS") == tuple(activations.COLUMNWISE)
+
+
+def test_every_backend_and_laplace_know_the_same_curvature_kinds():
+    """The public kind names (api.KINDS) are the JAX kinds' names, the julia backend's keys
+    (each a Julia type that FluxHess.jl declares) and Laplace's curvatures."""
+    import re
+
+    from fluxhess import api
+    from fluxhess._backends.jax.kinds import KINDS as JAX_KINDS
+    from fluxhess._backends.julia import backend as julia_backend
+    from fluxhess.laplace.curvature import CURVATURES
+
+    assert set(JAX_KINDS) == set(api.KINDS) == set(julia_backend._KINDS) == set(CURVATURES)
+    assert all(JAX_KINDS[name].name == name for name in api.KINDS)
+    declared = set(re.findall(r"^struct (\w+) <: Kind end", (ROOT / "julia" / "src" / "problem.jl").read_text(), re.M))
+    assert set(julia_backend._KINDS.values()) == declared
+    assert set(api.KRON_KINDS) == {name for name, kind in JAX_KINDS.items() if kind.per_sample_terms}

@@ -12,7 +12,7 @@ import pytest
 import fluxhess as fh
 import reference as ref
 from conftest import assert_close
-from fluxhess import memory
+from fluxhess import _memory as memory
 
 M = fh.Chain.mlp([3, 4, 2], "tanh")  # P = 26
 SQUARE = fh.Chain(fh.Dense(3, 3, "tanh"))
@@ -60,7 +60,7 @@ def test_chunked_results_count_one_chunk_of_working_memory(quantity, monkeypatch
 
 def test_hvp_runs_over_chunks_of_the_columns_of_V(monkeypatch):
     """With room for 3 columns at a time, 10 columns run as 3 + 3 + 3 + 1 and equal H @ V."""
-    from fluxhess.backends.jax import curvature
+    from fluxhess._backends.jax import curvature
 
     seen = []
 

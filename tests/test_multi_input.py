@@ -96,7 +96,7 @@ def test_tuple_and_stacked_matrix_and_list_of_names_agree(field):
 
 def test_a_backend_that_cannot_select_inputs_gets_the_same_numbers(field, monkeypatch):
     """The julia backend computes every column; the API then takes the named ones."""
-    from fluxhess.backends.jax import JaxBackend
+    from fluxhess._backends.jax import JaxBackend
 
     _, _, model, theta, x, t = field
     native = {fn: fn(model, theta, (x, t), wrt="x") for fn in (fh.input_jacobian, fh.input_hessian, fh.laplacian, fh.divergence)}
@@ -116,7 +116,7 @@ def activation_first():
 
 @pytest.mark.parametrize("columns", [(1,), (0, 2), (2, 0)])
 def test_forward_laplacian_in_some_columns_is_the_trace_of_that_block(columns, activation_first):
-    from fluxhess.backends.jax import inputs as jax_inputs
+    from fluxhess._backends.jax import inputs as jax_inputs
 
     model, theta, X, H = activation_first
     block = H[:, :, list(columns)][:, :, :, list(columns)]

@@ -16,7 +16,7 @@ import pytest
 
 import fluxhess as fh
 from conftest import CASES, Case, make_data
-from fluxhess.backends.jax import dense_matrix
+from fluxhess._backends.jax import dense_matrix
 
 QUANTITIES = {"hessian": fh.hessian, "ggn": fh.ggn, "empirical_fisher": fh.empirical_fisher}
 #: A Dense chain (panel-by-panel route) and a model the structured route does not cover

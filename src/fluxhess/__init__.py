@@ -3,9 +3,9 @@
 ``import fluxhess`` never starts Julia; the julia backend loads on first use.
 
 This module is the public door, with the submodules :mod:`fluxhess.jax`,
-:mod:`fluxhess.flux`, :mod:`fluxhess.laplace` and :mod:`fluxhess.plot`; the rest
-(``api``'s helpers, ``problem``, ``validate``, ``memory``, ``progress`` and everything
-under ``backends``) is internal and may change without notice.
+:mod:`fluxhess.flux`, :mod:`fluxhess.laplace` and :mod:`fluxhess.plot`. Internal modules
+carry a leading underscore (``_backends``, ``_problem``, ``_validate``, ``_memory``,
+``_progress``, ``_activations``) and may change without notice.
 """
 
 from . import jax  # the JAX-native transforms: fluxhess.jax.laplacian(model) etc.
@@ -26,7 +26,7 @@ from .api import (
     loss,
     param_jacobian,
 )
-from .backends import backends
+from ._backends import backends
 from .compare import CompareReport, compare
 from .convert import from_flax, from_torch
 from .diagnostics import CurvatureDiagnostics, MemoryEstimate, curvature_diagnostics, estimate

@@ -29,7 +29,7 @@ depend on the backend in shape or type. The P×P functions (``hessian``, ``ggn``
   result panel by panel (the memory guard then counts only the working set) and is returned;
 - ``devices``: a list of JAX devices or a ``jax.sharding.Mesh`` (jax backend): the rows of
   the result are sharded over them, each device computing its own, and the ``jax.Array``
-  comes back (:mod:`fluxhess.backends.jax.sharded`; also under ``jax.distributed``);
+  comes back (:mod:`fluxhess._backends.jax.sharded`; also under ``jax.distributed``);
 - ``as_jax=True`` (jax backend): assembled by XLA on JAX's default device and returned there
   as a ``jax.Array``. When the default device is an accelerator this route is taken anyway,
   and its result copied to NumPy unless ``as_jax=True``.
@@ -44,12 +44,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backends as _backends
+from . import _backends
 from . import losses as L
-from . import memory
-from . import validate as check
+from . import _memory as memory
+from . import _validate as check
 from .errors import BackendError, FluxHessError, InputError, NumericalWarning
-from .problem import Problem
+from ._problem import Problem
 
 KINDS = ("hessian", "ggn", "ef")
 KRON_KINDS = ("ggn", "ef")
@@ -66,7 +66,7 @@ class KronFactors(NamedTuple):
 @dataclass(frozen=True)
 class Call:
     """One public call: its quantity, the backend that runs it, and the checked
-    :class:`~fluxhess.problem.Problem` every backend method takes."""
+    :class:`~fluxhess._problem.Problem` every backend method takes."""
 
     quantity: str
     backend: object
@@ -190,7 +190,7 @@ def check_arguments(model, params, X, y=None, *, loss=_NO_LOSS, agg=None, backen
 
 
 def _guard(call: Call, quantity: str, shape: tuple[int, ...]) -> None:
-    """Refuse (:func:`fluxhess.memory.require`) a result of ``shape`` whose working set cannot fit."""
+    """Refuse (:func:`fluxhess._memory.require`) a result of ``shape`` whose working set cannot fit."""
     memory.require(quantity, memory.needed_bytes(quantity, math.prod(shape), call.dtype.itemsize), shape)
 
 

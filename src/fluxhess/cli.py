@@ -30,7 +30,7 @@ def _summary(name: str, M: np.ndarray) -> str:
 def demo(args) -> int:
     """Seed question 4: the loss Hessian and empirical Fisher of a small Flux-style model."""
     import fluxhess as fh
-    from .backends import get as get_backend
+    from ._backends import get as get_backend
 
     model = fh.Chain(fh.Flatten(), fh.Dense(2, 5), fh.Dense(5, 1), fh.Activation("sigmoid"))
     theta = model.init(seed=0)
@@ -68,7 +68,7 @@ def info(args) -> int:
     print(f"fluxhess {fh.__version__}, numpy {np.__version__}, jax {jax.__version__}, python {sys.version.split()[0]}")
     for name, reason in fh.backends().items():
         print(f"  {name:6} {'available' if reason is None else 'unavailable: ' + reason}")
-    from .backends.julia import juliapkg_state
+    from ._backends.julia import juliapkg_state
 
     state = juliapkg_state()
     print(f"  `fluxhess setup-julia` installs Julia under {state['install']} and its packages into {state['project']}")
@@ -77,7 +77,7 @@ def info(args) -> int:
 
 def setup_julia(args) -> int:
     """Install Julia and the Julia packages of the julia backend (online, visible)."""
-    from .backends.julia import setup_julia as run_setup
+    from ._backends.julia import setup_julia as run_setup
 
     run_setup()
     return 0

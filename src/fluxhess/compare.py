@@ -26,9 +26,9 @@ import numpy as np
 
 from . import api
 from . import losses as L
-from . import validate as check
-from .backends import NAMES as BACKEND_NAMES
-from .backends import get as get_backend
+from . import _validate as check
+from ._backends import NAMES as BACKEND_NAMES
+from ._backends import get as get_backend
 from .errors import BackendUnavailableError, FluxHessError, InputError, UnsupportedModelError
 
 #: quantity → (public function, whether it takes targets y and the loss).

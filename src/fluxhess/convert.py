@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from .errors import InputError, UnsupportedModelError
-from . import activations as A
+from . import _activations as A
 from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
 
 # ---------------------------------------------------------------------------

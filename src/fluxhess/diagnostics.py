@@ -11,7 +11,7 @@ empirical Fisher F of the same loss and reports, side by side:
 
 :func:`estimate` says, before anything is computed, how large each quantity's
 result is for a model and batch, and whether the memory guard of
-:mod:`fluxhess.memory` would let it run here.
+:mod:`fluxhess._memory` would let it run here.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import api, memory
+from . import api, _memory as memory
 from .compare import html_table, text_table
 from .errors import InputError, MemoryBudgetError
-from .validate import float_dtype
+from ._validate import float_dtype
 
 #: The three P×P curvatures, by the names the diagnostics use.
 MATRICES = ("hessian", "ggn", "empirical_fisher")

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from .backends.jax import inputs as jax_inputs
-from .backends.jax.model import run
+from ._backends.jax import inputs as jax_inputs
+from ._backends.jax.model import run
 from .errors import InputError, UnsupportedModelError
 from .model import Chain
 

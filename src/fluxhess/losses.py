@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from . import activations as A
+from . import _activations as A
 from .errors import UnknownNameError
 
 LOSSES = (

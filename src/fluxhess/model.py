@@ -16,11 +16,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import validate as check
+from . import _validate as check
 from .errors import InputError, UnknownNameError
 
-from .activations import COLUMNWISE, ELEMENTWISE
-from .activations import NAMES as ACTIVATIONS
+from ._activations import COLUMNWISE, ELEMENTWISE
+from ._activations import NAMES as ACTIVATIONS
 
 
 def _check_activation(name) -> str:

@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import api
-from . import validate as check
+from . import _validate as check
 from .errors import ConvergenceWarning, InputError
 
 
@@ -53,7 +53,7 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
     """
     import scipy.optimize
 
-    from .progress import bar_class
+    from ._progress import bar_class
 
     bar = bar_class()(total=max_iter, desc=desc, unit="it", leave=False, disable=None)
     try:

@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import api, memory
-from ..backends import get as _get_backend
-from .. import validate as check
+from .. import api, _memory as memory
+from .._backends import get as _get_backend
+from .. import _validate as check
 from ..errors import ConvergenceWarning, FluxHessError, InputError, NotFittedError
 from ..flux import FluxModel
 from ..model import Chain
-from ..progress import chunks
+from .._progress import chunks
 from ..train import lbfgs
 from . import curvature as K
 from . import likelihood as lik

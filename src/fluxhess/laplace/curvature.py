@@ -19,11 +19,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from .. import api, memory
+from .. import api, _memory as memory
 from .. import losses as L
-from .. import validate as check
+from .. import _validate as check
 from ..errors import FluxHessWarning, InputError
-from ..progress import chunks
+from .._progress import chunks
 from . import posterior
 from .subset import Subset, tail_block
 

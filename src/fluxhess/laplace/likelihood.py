@@ -21,7 +21,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from .. import validate as check
+from .. import _validate as check
 from ..errors import InputError
 from ..model import Activation, Chain
 

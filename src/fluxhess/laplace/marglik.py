@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import validate as check
+from .. import _validate as check
 from ..errors import ConvergenceWarning
 from ..train import MapFit, fit_map
 from . import likelihood as lik

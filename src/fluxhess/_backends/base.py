@@ -1,7 +1,7 @@
 """The Protocol every backend satisfies.
 
 The public functions in :mod:`fluxhess.api` validate and normalise their arguments once
-and hand every backend method the call's :class:`fluxhess.problem.Problem`, on which it
+and hand every backend method the call's :class:`fluxhess._problem.Problem`, on which it
 may rely:
 
 - ``model``: a :class:`fluxhess.Chain` spec (or, on backends that support it, a
@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..problem import Problem
+from .._problem import Problem
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...problem import Problem
+from ..._problem import Problem
 from .chunked import over_parameters, row_bytes, sum_over_samples
 from .compiled import compiled
 from .dense import Structure, factor_bytes, factors

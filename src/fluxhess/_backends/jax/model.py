@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ... import activations as A
+from ... import _activations as A
 from ...model import Activation, Chain, Dense, Flatten
 
 def compose(names):

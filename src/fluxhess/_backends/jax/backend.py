@@ -1,12 +1,12 @@
 """The JAX backend: every quantity of the public API (:mod:`fluxhess.api`), jit-compiled, chunked, float64 on request.
 
-Each method takes the call's :class:`fluxhess.problem.Problem` and picks a route: for
+Each method takes the call's :class:`fluxhess._problem.Problem` and picks a route: for
 the curvatures, the structured Dense-chain route of its quantity's module wherever
 :func:`.dense.split` covers the model, and the generic route otherwise
 (:mod:`.curvature`, :mod:`.diagonal`, :mod:`.kron`); each route computes every
 curvature kind (:mod:`.kinds`). Per-sample functions are written once and batched with
 ``vmap``; results whose working memory grows with the batch or with P are built in chunks
-(:data:`fluxhess.memory.CHUNK_BYTES` at a time) with a progress bar when there are many.
+(:data:`fluxhess._memory.CHUNK_BYTES` at a time) with a progress bar when there are many.
 Every call runs inside :func:`.precision.precision`: float64 when θ is, full-precision
 matrix products, never by changing the user's global JAX configuration.
 """
@@ -18,10 +18,10 @@ import functools
 import jax
 import numpy as np
 
-from ...memory import chunk_size
+from ..._memory import chunk_size
 from ...model import Chain
-from ...problem import Problem
-from ...progress import chunks
+from ..._problem import Problem
+from ..._progress import chunks
 from . import curvature, dense, dense_device, dense_matrix, diagonal, kron, sharded
 from .chunked import widest
 from .compiled import compiled
@@ -114,7 +114,7 @@ class JaxBackend:
 
     # -- matrix-free and structured -----------------------------------------
     def hvp(self, problem: Problem, V, kind: str):
-        """``M @ V`` in chunks of columns of ``V``, each within :data:`fluxhess.memory.CHUNK_BYTES`."""
+        """``M @ V`` in chunks of columns of ``V``, each within :data:`fluxhess._memory.CHUNK_BYTES`."""
         with precision(problem.params):
             return curvature.products(problem, KINDS[kind], V)
 

@@ -1,5 +1,5 @@
 """The routes' two loops: a sum over chunks of samples, and a fill over chunks of parameters;
-each chunk's working set within a budget (:data:`fluxhess.memory.CHUNK_BYTES` by default),
+each chunk's working set within a budget (:data:`fluxhess._memory.CHUNK_BYTES` by default),
 with a progress bar when there are many chunks."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import operator
 import jax
 import numpy as np
 
-from ...memory import CHUNK_BYTES, chunk_size
+from ..._memory import CHUNK_BYTES, chunk_size
 from ...model import Chain
-from ...problem import Problem
-from ...progress import chunks
+from ..._problem import Problem
+from ..._progress import chunks
 from .precision import to_numpy
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ...errors import InputError
-from ...memory import CHUNK_BYTES, chunk_size
+from ..._memory import CHUNK_BYTES, chunk_size
 from ...model import Chain
 from .chunked import widest
 from .compiled import compiled

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ...problem import Problem
+from ..._problem import Problem
 from .chunked import sum_over_samples
 from .dense import Structure, factor_bytes, factors
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...memory import chunk_size
-from ...problem import Problem
-from ...progress import chunks
+from ..._memory import chunk_size
+from ..._problem import Problem
+from ..._progress import chunks
 from . import dense_matrix
 from .chunked import column_bytes, over_parameters, row_bytes, sum_over_samples
 from .compiled import compiled
@@ -48,7 +48,7 @@ SMALL = 256
 
 
 def products(problem: Problem, kind: Kind, V: np.ndarray) -> np.ndarray:
-    """``M @ V`` ``(P, k)``, in chunks of columns of ``V`` each within :data:`fluxhess.memory.CHUNK_BYTES`."""
+    """``M @ V`` ``(P, k)``, in chunks of columns of ``V`` each within :data:`fluxhess._memory.CHUNK_BYTES`."""
     P, k = V.shape
     n = chunk_size(column_bytes(problem.model, P, problem.X.shape[0], problem.dtype.itemsize), k)
     out = np.empty((P, k), dtype=problem.dtype)

@@ -1,6 +1,6 @@
 """NNlib's activations: the one registry of the names and formulas fluxhess knows.
 
-The spec layers (:mod:`fluxhess.model`), the JAX functions (:mod:`fluxhess.backends.jax.model`),
+The spec layers (:mod:`fluxhess.model`), the JAX functions (:mod:`fluxhess._backends.jax.model`),
 the losses, the converters and the comparison tool read it; the Julia side's name table
 (``ACTIVATIONS`` and ``COLUMN_MAPS`` in ``julia/src/spec.jl``) is checked against it by a
 test. Formulas and constants are NNlib's (``src/activations.jl``): gelu is the tanh

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...problem import Problem
+from ..._problem import Problem
 from .chunked import sum_over_samples
 from .compiled import compiled
 from .dense import Structure, factor_bytes, factors

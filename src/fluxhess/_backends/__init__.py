@@ -2,7 +2,7 @@
 
 Each backend is a package of its own (:mod:`.jax`, :mod:`.julia`) satisfying the
 :class:`~.base.Backend` Protocol: its methods take the call's
-:class:`fluxhess.problem.Problem`. All of it is internal; the public door is :mod:`fluxhess`.
+:class:`fluxhess._problem.Problem`. All of it is internal; the public door is :mod:`fluxhess`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ...model import COLUMNWISE, Activation, Chain, Dense
-from ...activations import ELEMENTWISE
+from ..._activations import ELEMENTWISE
 from .model import dense_weights, elementwise_derivatives, run
 
 

@@ -1,7 +1,7 @@
 """Argument checks shared by every public function.
 
 Each check turns user input into the normalised arrays the backends rely on
-(see :mod:`fluxhess.backends.base`) or raises an :class:`InputError` naming the
+(see :mod:`fluxhess._backends.base`) or raises an :class:`InputError` naming the
 argument, what was expected and what arrived. Nothing is silently broadcast.
 """
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from ...memory import chunk_size
-from ...progress import chunks
+from ..._memory import chunk_size
+from ..._progress import chunks
 from .dense import Structure, bytes_per_sample, factors
 
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from ...errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
 from ...model import Activation, Chain, Dense, Flatten
-from ...problem import Problem
+from ..._problem import Problem
 
 #: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
 PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "PrecompileTools")
@@ -73,7 +73,7 @@ def package_path() -> Path:
         candidates.append(Path(str(resources.files("fluxhess") / "julia")))
     except (ModuleNotFoundError, TypeError):  # pragma: no cover - fluxhess is importable here
         pass
-    # source checkout: <repo>/src/fluxhess/backends/julia/backend.py -> <repo>/julia
+    # source checkout: <repo>/src/fluxhess/_backends/julia/backend.py -> <repo>/julia
     candidates.append(Path(__file__).resolve().parents[4] / "julia")
     for path in candidates:
         if (path / "Project.toml").is_file() and (path / "FluxHess.jl").is_file():
