@@ -25,6 +25,8 @@ The public API names the kinds ``"hessian"``, ``"ggn"`` and ``"ef"`` (:data:`KIN
 
 from __future__ import annotations
 
+import abc
+
 import jax
 import jax.numpy as jnp
 
@@ -33,26 +35,28 @@ from .dense import Structure, backward, gauss_newton_block, output_jacobians, pa
 from .model import run
 
 
-class Kind:
+class Kind(abc.ABC):
     """A curvature kind. ``name``: its public name. ``rows(C)``: rows per sample of its square-root
-    factor ``U`` (``Uᵀ U = M``), None for the Hessian, which has none."""
+    factor ``U`` (``Uᵀ U = M``), None for the Hessian, which has none. Only the kinds with such a
+    factor (GGN, EF) have KFAC factors, ``kron_curvature``; :func:`fluxhess.kron` refuses the Hessian."""
 
     name: str
-    #: ``M`` is a sum of per-sample terms (the generic routes chunk over samples), not built by columns.
-    per_sample_terms = True
     #: A Dense chain's cross-layer blocks carry the Hessian's ``T̄_ml δ_m ā_l`` term.
     second_term = False
     #: ``sample_factors`` are the rows ``√s·g_n`` of ``U`` itself, and ``M = Uᵀ U`` (no blocks).
     gram = False
 
-    def rows(self, C: int) -> int | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def rows(self, C: int) -> int | None: ...
+
+    @property
+    def per_sample_terms(self) -> bool:
+        """``M`` is a sum of per-sample terms with a factor ``U`` (the generic routes chunk over
+        samples), not built by columns."""
+        return self.rows(1) is not None
 
     def __repr__(self) -> str:
         return f"<curvature kind {self.name!r}>"
-
-    def kron_curvature(self, p, theta, x, y, eps):
-        raise NotImplementedError(f"KFAC of the {self.name} is not defined")
 
 
 class Hessian(Kind):
@@ -60,7 +64,6 @@ class Hessian(Kind):
     (Hessian-vector products with unit vectors) over all samples at once."""
 
     name = "hessian"
-    per_sample_terms = False
     second_term = True
 
     def rows(self, C):
