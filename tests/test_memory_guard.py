@@ -113,6 +113,43 @@ def test_cgroup_v2_limit_is_limit_minus_usage_plus_reclaimable_cache(tmp_path):
     assert memory.cgroup_free_bytes(root) == 1000000 - 400000 + 50000
 
 
+def _proc(tmp_path, text: str):
+    path = tmp_path / "proc-self-cgroup"
+    path.write_text(text)
+    return path
+
+
+def test_cgroup_limit_of_the_process_own_v2_cgroup_and_the_tightest_above_it(tmp_path):
+    """A limit set on the process's own cgroup (Slurm, systemd-run) is read, not only the root's;
+    the smallest room left along the path up to the root is what counts."""
+    root = _cgroup(tmp_path / "sys", {
+        "user.slice/job42/memory.max": "1000000\n", "user.slice/job42/memory.current": "400000\n",
+        "user.slice/job42/memory.stat": "inactive_file 50000\n",
+        "user.slice/memory.max": "max\n", "user.slice/memory.current": "900000\n",
+    })
+    proc = _proc(tmp_path, "0::/user.slice/job42\n")
+    assert memory.cgroup_free_bytes(root, proc) == 1000000 - 400000 + 50000
+    _cgroup(root, {"user.slice/memory.max": "700000\n"})  # the parent leaves less
+    assert memory.cgroup_free_bytes(root, proc) == 0  # usage above the parent's limit: nothing left
+
+
+def test_cgroup_limit_of_the_process_own_v1_memory_cgroup(tmp_path):
+    root = _cgroup(tmp_path / "sys", {
+        "memory/slurm/uid_1/job_7/memory.limit_in_bytes": "3000000\n",
+        "memory/slurm/uid_1/job_7/memory.usage_in_bytes": "1000000\n",
+        "memory/slurm/uid_1/job_7/memory.stat": "cache 5\ntotal_inactive_file 7\n",
+        "memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.usage_in_bytes": "5\n",
+    })
+    proc = _proc(tmp_path, "5:devices:/other\n4:memory:/slurm/uid_1/job_7\n0::/\n")
+    assert memory.cgroup_free_bytes(root, proc) == 3000000 - 1000000 + 7
+    # a cgroup namespace shows "/": the mount itself is the process's cgroup
+    _cgroup(root, {"memory/memory.limit_in_bytes": "100\n", "memory/memory.usage_in_bytes": "40\n"})
+    assert memory.cgroup_free_bytes(root, _proc(tmp_path, "4:memory:/\n")) == 60
+    # a path that climbs out of the mount is not followed
+    assert memory.cgroup_free_bytes(root, _proc(tmp_path, "4:memory:/../../etc\n")) == 60
+    assert memory.cgroup_free_bytes(root, tmp_path / "no-proc-file") == 60
+
+
 def test_cgroup_v1_limit_and_no_limit(tmp_path):
     v1 = _cgroup(tmp_path / "v1", {"memory/memory.limit_in_bytes": "2000000\n", "memory/memory.usage_in_bytes": "500000\n",
                                     "memory/memory.stat": "cache 10\ntotal_inactive_file 1000\n"})

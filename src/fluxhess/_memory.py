@@ -3,12 +3,13 @@
 Every public function that returns an array asks :func:`require` before allocating,
 with its result and its working set; the refusal names the size and cheaper
 alternatives. "Available" is the smaller of what the machine has free and what the
-container's memory limit (a cgroup, v2 or v1) still allows.
+memory limits of the process's own cgroup and those above it (v2 or v1) still allow.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MemoryBudgetError
@@ -16,13 +17,9 @@ from .errors import MemoryBudgetError
 #: Working memory a chunked computation may use at once, at most.
 CHUNK_BYTES = 256 * 2**20
 
-#: Where a process sees its own cgroup's memory files (the container's, inside one).
+#: Where the cgroup filesystems are mounted, and where a process reads which cgroup it is in.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-#: cgroup v2 and v1 file names: (limit, usage, statistics, reclaimable page-cache entry).
-_CGROUP_FILES = (
-    ("memory.max", "memory.current", "memory.stat", "inactive_file"),
-    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
-)
+PROC_CGROUP = Path("/proc/self/cgroup")
 #: A cgroup "limit" at or above this is the kernel's way of saying "none" (v1 writes 2⁶³ − 4096).
 _NO_LIMIT = 2**60
 
@@ -46,20 +43,84 @@ def _machine_available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def cgroup_free_bytes(root: Path | None = None) -> int | None:
-    """``limit − usage + reclaimable page cache`` of the cgroup at ``root`` (default
-    :data:`CGROUP_ROOT`; v2, else v1), or None where no memory limit is set or none can be read."""
+@dataclass(frozen=True)
+class _Hierarchy:
+    """One cgroup version's files: the folder under the mount, the limit, usage and statistics
+    files, the reclaimable page-cache entry of the statistics, and which /proc/self/cgroup
+    line names the process's cgroup in it."""
+
+    mount: str
+    limit: str
+    usage: str
+    stat: str
+    cache_entry: str
+
+    def owns(self, controllers: str) -> bool:
+        return (controllers == "") if self.mount == "" else ("memory" in controllers.split(","))
+
+
+_HIERARCHIES = (
+    _Hierarchy("", "memory.max", "memory.current", "memory.stat", "inactive_file"),
+    _Hierarchy("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file"),
+)
+
+
+def cgroup_free_bytes(root: Path | None = None, proc_cgroup: Path | None = None) -> int | None:
+    """What the process's cgroup memory limits still allow, in bytes, or None where no limit is set.
+
+    The process's cgroup is read from ``proc_cgroup`` (default :data:`PROC_CGROUP`): the v2 line
+    ``0::/path`` and the v1 line whose controllers include ``memory``. Each folder from that
+    cgroup up to the hierarchy's root under ``root`` (default :data:`CGROUP_ROOT`; v2 at the
+    root, v1 under ``memory/``) that sets a limit gives ``limit − usage + reclaimable page
+    cache``, and the smallest of them is returned: a limit set by Slurm or ``systemd-run`` on
+    the process's own cgroup, or by a container on one above it, all count. Folders that do
+    not exist (a cgroup namespace shows ``/``) are skipped.
+    """
     root = CGROUP_ROOT if root is None else Path(root)
-    for limit_file, usage_file, stat_file, cache_entry in _CGROUP_FILES:
-        try:
-            limit_text = (root / limit_file).read_text().strip()
-            usage = int((root / usage_file).read_text())
-        except (OSError, ValueError):
-            continue
-        if limit_text == "max" or int(limit_text) >= _NO_LIMIT:
-            return None
-        return max(0, int(limit_text) - usage + _stat_entry(root / stat_file, cache_entry))
-    return None
+    paths = _own_cgroups(PROC_CGROUP if proc_cgroup is None else Path(proc_cgroup))
+    free = []
+    for hierarchy in _HIERARCHIES:
+        base = root / hierarchy.mount
+        own = base / paths.get(hierarchy.mount, "")
+        for folder in (own, *own.parents):
+            if _is_within(folder, base):
+                free.append(_free_in(folder, hierarchy))
+            if folder == base:
+                break
+    limits = [f for f in free if f is not None]
+    return min(limits) if limits else None
+
+
+def _own_cgroups(proc_cgroup: Path) -> dict[str, str]:
+    """The process's cgroup path (relative) in each hierarchy, by its :attr:`_Hierarchy.mount`."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return {}
+    paths = {}
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        for hierarchy in _HIERARCHIES:
+            if hierarchy.owns(controllers) and ".." not in Path(path).parts:
+                paths.setdefault(hierarchy.mount, path.lstrip("/"))
+    return paths
+
+
+def _is_within(folder: Path, base: Path) -> bool:
+    return folder == base or base in folder.parents
+
+
+def _free_in(folder: Path, hierarchy: _Hierarchy) -> int | None:
+    """``limit − usage + reclaimable cache`` of one cgroup folder, or None without a limit there."""
+    try:
+        limit_text = (folder / hierarchy.limit).read_text().strip()
+        usage = int((folder / hierarchy.usage).read_text())
+        limit = None if limit_text == "max" else int(limit_text)
+    except (OSError, ValueError):
+        return None
+    if limit is None or limit >= _NO_LIMIT:
+        return None
+    return max(0, limit - usage + _stat_entry(folder / hierarchy.stat, hierarchy.cache_entry))
 
 
 def _stat_entry(path: Path, name: str) -> int:
