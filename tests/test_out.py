@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 import fluxhess as fh
 from conftest import CASES, Case, make_data
+from fluxhess import _memory as memory
 from fluxhess._backends.jax import dense_matrix
 
 QUANTITIES = {"hessian": fh.hessian, "ggn": fh.ggn, "empirical_fisher": fh.empirical_fisher}
@@ -82,6 +84,59 @@ def test_out_read_only_refused():
     out.setflags(write=False)
     with pytest.raises(fh.InputError, match="read-only"):
         fh.ggn(case.model, theta, X, Y, loss=case.loss, backend="jax", out=out)
+
+
+@pytest.mark.parametrize("quantity", list(QUANTITIES))
+def test_out_sharing_memory_with_an_input_is_refused(quantity):
+    """``out=X`` (or an array that θ or y is a view of) would be overwritten while the route
+    reads it: refused, and the input left as it was (before: the result was written over X,
+    numbers off by ~1e15)."""
+    fn, rng = QUANTITIES[quantity], np.random.default_rng(0)
+    model = fh.Chain(fh.Dense(6, 1, bias=False))  # P == d == 6: X (6, 6) has out's shape
+    theta, X, y = model.init(seed=0), rng.normal(size=(6, 6)), rng.normal(size=(6, 1))
+    before = X.copy()
+    with pytest.raises(fh.InputError, match="out shares memory with X"):
+        fn(model, theta, X, y, backend="jax", out=X)
+    np.testing.assert_array_equal(X, before)
+    buffer = np.zeros((6, 6))
+    with pytest.raises(fh.InputError, match="out shares memory with y"):
+        fn(model, theta, X, buffer[:, :1], backend="jax", out=buffer)
+    buffer[0] = theta
+    with pytest.raises(fh.InputError, match="out shares memory with params"):
+        fn(model, buffer[0], X, y, backend="jax", out=buffer)
+    expected = fn(model, theta, X, y, backend="jax")  # a separate array is fine
+    np.testing.assert_array_equal(fn(model, theta, X, y, backend="jax", out=np.empty((6, 6))), expected)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_out_matrix_subclass_refused():
+    case = MODELS["dense-chain"]
+    theta, X, Y = make_data(case)
+    out = np.asmatrix(np.empty((theta.shape[0],) * 2))
+    with pytest.raises(fh.InputError, match="out must be .* got a matrix"):
+        fh.ggn(case.model, theta, X, Y, loss=case.loss, backend="jax", out=out)
+
+
+def test_out_memmap_without_room_on_disk_is_refused(tmp_path, monkeypatch):
+    """A sparse memmap (open_memmap's) takes disk blocks only as it is written; a full disk then
+    kills the process with SIGBUS. The free space is checked first (the file's allocation and
+    the filesystem's free space faked here: a sparse file with no block yet, a full disk)."""
+    case = MODELS["dense-chain"]
+    theta, X, Y = make_data(case)
+    P = theta.shape[0]
+    out = np.lib.format.open_memmap(tmp_path / "M.npy", mode="w+", dtype=np.float64, shape=(P, P))
+    size = os.stat(tmp_path / "M.npy").st_size
+    full_disk = types.SimpleNamespace(**{
+        **vars(os),
+        "stat": lambda path: types.SimpleNamespace(st_size=size, st_blocks=0),
+        "statvfs": lambda path: types.SimpleNamespace(f_bavail=0, f_frsize=4096),
+    })
+    monkeypatch.setattr(memory, "os", full_disk)
+    with pytest.raises(fh.MemoryBudgetError, match="filesystem has 0 B free"):
+        fh.ggn(case.model, theta, X, Y, loss=case.loss, backend="jax", out=out)
+    monkeypatch.setattr(memory, "os", os)
+    expected = fh.ggn(case.model, theta, X, Y, loss=case.loss, backend="jax")
+    np.testing.assert_array_equal(fh.ggn(case.model, theta, X, Y, loss=case.loss, backend="jax", out=out), expected)
 
 
 # -- beyond the memory cap ------------------------------------------------------------

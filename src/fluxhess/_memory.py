@@ -135,6 +135,28 @@ def _stat_entry(path: Path, name: str) -> int:
     return 0
 
 
+def require_disk(target, nbytes: int) -> None:
+    """Raise :class:`MemoryBudgetError` when writing ``nbytes`` into the ``numpy.memmap`` ``target``
+    could need more disk than its filesystem has free (``os.statvfs``): a sparse file (what
+    ``np.lib.format.open_memmap`` makes) takes its blocks only when written, and a write that
+    finds the disk full kills the process with SIGBUS instead of raising."""
+    filename = getattr(target, "filename", None)
+    if filename is None:
+        return
+    try:
+        st = os.stat(filename)
+        fs = os.statvfs(os.path.dirname(os.path.abspath(filename)))
+    except OSError:
+        return
+    unallocated = max(0, st.st_size - st.st_blocks * 512)
+    needed, free = min(nbytes, unallocated), fs.f_bavail * fs.f_frsize
+    if needed > free:
+        raise MemoryBudgetError(
+            f"out is a memmap of {filename} that may need {format_bytes(needed)} more on disk as it is written, "
+            f"but its filesystem has {format_bytes(free)} free; free some space or put the file on a larger filesystem"
+        )
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":

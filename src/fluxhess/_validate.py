@@ -263,13 +263,27 @@ def vectors_array(V, num_params: int, dtype: np.dtype) -> tuple[np.ndarray, bool
     return cast("V", a[:, None] if single else a, dtype), single
 
 
-def out_array(out, num_params: int, dtype: np.dtype) -> np.ndarray:
-    """``out`` when it is a writable C-contiguous ``(P, P)`` NumPy array of ``dtype`` (a memmap included)."""
+def out_array(out, num_params: int, dtype: np.dtype, inputs: dict[str, object]) -> np.ndarray:
+    """``out`` when it is a writable C-contiguous ``(P, P)`` NumPy array of ``dtype`` (a memmap
+    included) that shares no memory with any of ``inputs`` (argument name → the caller's value:
+    an array, or a tuple/list of them)."""
     expected = f"a writable C-contiguous numpy array (or numpy.memmap) of shape ({num_params}, {num_params}) and dtype {dtype}"
     if not isinstance(out, np.ndarray):
         raise InputError(f"out must be {expected}; got {type(out).__name__}")
+    if type(out) is not np.ndarray and not isinstance(out, np.memmap):
+        raise InputError(
+            f"out must be {expected}; got a {type(out).__name__}, a subclass whose operations mean something else "
+            "(np.matrix's * is a matrix product): pass np.asarray(out) or a plain array"
+        )
     if out.shape != (num_params, num_params) or out.dtype != dtype:
         raise InputError(f"out must be {expected}; got shape {out.shape} and dtype {out.dtype}")
     if not out.flags.writeable or not out.flags.c_contiguous:
         raise InputError(f"out must be {expected}; got a {'read-only' if not out.flags.writeable else 'non-contiguous'} array")
+    for name, value in inputs.items():
+        for a in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(a, np.ndarray) and np.shares_memory(out, a):
+                raise InputError(
+                    f"out shares memory with {name}: the result would overwrite {name} while it is being read; "
+                    "pass a separate array as out"
+                )
     return out

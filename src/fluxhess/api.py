@@ -203,9 +203,10 @@ def _outputs(call: Call) -> int:
 _KIND = {"hessian": "hessian", "ggn": "ggn", "empirical_fisher": "ef"}
 
 
-def _square(call: Call, quantity: str, out, devices, as_jax: bool):
+def _square(call: Call, quantity: str, out, devices, as_jax: bool, inputs: dict[str, object]):
     """The backend's P×P ``quantity`` behind the memory guard: a new NumPy array, written into
     ``out``, or assembled on JAX devices (``devices``, ``as_jax``, or an accelerator by default).
+    ``inputs``: the caller's arguments by name, which ``out`` must not share memory with.
     """
     P, itemsize = call.problem.params.shape[0], call.dtype.itemsize
     if not isinstance(as_jax, bool):
@@ -229,7 +230,7 @@ def _square(call: Call, quantity: str, out, devices, as_jax: bool):
     if out is None:
         memory.require(quantity, whole, (P, P))
         return call.result(call.run(quantity))
-    return _into(call, quantity, check.out_array(out, P, call.dtype), whole)
+    return _into(call, quantity, check.out_array(out, P, call.dtype, inputs), whole)
 
 
 def _into(call: Call, quantity: str, target: np.ndarray, whole: int) -> np.ndarray:
@@ -240,6 +241,8 @@ def _into(call: Call, quantity: str, target: np.ndarray, whole: int) -> np.ndarr
     working_bytes = getattr(call.backend, "panel_working_bytes", None)  # a capability: absent = copies
     working = None if working_bytes is None else working_bytes(call.problem.model, P, itemsize)
     memory.require(quantity, whole if working is None else working, (P, P))
+    if isinstance(target, np.memmap):
+        memory.require_disk(target, target.nbytes)
     if working_bytes is None:
         np.copyto(target, call.run(quantity))
     else:
@@ -304,7 +307,7 @@ def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype
     Returns: ``(P, P)``, symmetric (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("hessian", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    H = _square(call, "hessian", out, devices, as_jax)
+    H = _square(call, "hessian", out, devices, as_jax, {"params": params, "X": X, "y": y})
     if call.dtype == np.float32:
         error = _symmetry_error(call)
         if error > SYMMETRY_BOUND:
@@ -348,7 +351,7 @@ def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="fl
     Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("ggn", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return _square(call, "ggn", out, devices, as_jax)
+    return _square(call, "ggn", out, devices, as_jax, {"params": params, "X": X, "y": y})
 
 
 def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
@@ -359,7 +362,7 @@ def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="aut
     Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
     """
     call = _prepare("empirical_fisher", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    return _square(call, "empirical_fisher", out, devices, as_jax)
+    return _square(call, "empirical_fisher", out, devices, as_jax, {"params": params, "X": X, "y": y})
 
 
 # --- matrix-free and structured ----------------------------------------------
