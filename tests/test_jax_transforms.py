@@ -132,3 +132,60 @@ def test_flax_params_map_variables_to_theta_and_back():
     loss_flax = lambda th: jnp.sum(module.apply(fp.variables(th), x, t) ** 2)  # noqa: E731
     loss_fh = lambda th: jnp.sum(fhj.forward(model)(th, (x, t)) ** 2)  # noqa: E731
     assert_close(jax.grad(loss_flax)(theta), jax.grad(loss_fh)(theta), rtol=1e-12, atol=1e-14, what="grad through the variables")
+
+
+@pytest.mark.parametrize("name", TRANSFORMS[:-1])
+def test_integer_inputs_are_taken_as_the_numpy_api_takes_them(name):
+    """Integer X: computed in θ's dtype, equal to the same X given as floats (before: a raw TypeError)."""
+    theta, _ = _data()
+    X_int = np.array([[1, -2, 0], [3, 1, 2]], dtype=np.int32)
+    fn = getattr(fhj, name)(MODEL)
+    expected = fn(theta, jnp.asarray(X_int, dtype=jnp.float64))
+    got = fn(theta, jnp.asarray(X_int))
+    assert got.dtype == jnp.float64
+    assert_close(got, expected, rtol=0, atol=0, what=f"{name} of integer X")
+    assert_close(got, getattr(fh, name)(MODEL, np.asarray(theta), X_int, backend="jax"), rtol=1e-12, atol=1e-12, what="the NumPy API")
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_complex_and_bool_arrays_are_refused_as_the_numpy_api_refuses_them(name):
+    """Complex X gave silently complex results where fh.laplacian refuses it."""
+    model = fh.Chain(fh.Dense(3, 3, "tanh"))
+    theta, X = _data(model)
+    fn = getattr(fhj, name)(model)
+    with pytest.raises(fh.InputError, match="X must be a real"):
+        fn(theta, X + 1j)
+    with pytest.raises(fh.InputError, match="X must be a real"):
+        fn(theta, X > 0)
+    with pytest.raises(fh.InputError, match="theta must be a real"):
+        fn(theta + 0j, X)
+    with pytest.raises(fh.InputError, match="theta must be a floating"):
+        fn(jnp.zeros(model.num_params, jnp.int32), X)
+    with pytest.raises(fh.InputError, match="X must be real"):
+        getattr(fh, name)(model, np.asarray(theta), np.asarray(X) + 1j, backend="jax")
+
+
+def test_flax_params_theta_of_bad_variables_names_the_entry():
+    """Before: KeyError / TypeError from inside the tree walk."""
+    pytest.importorskip("flax", reason="flax_params needs flax (pip install 'fluxhess[flax]')")
+    import flax.linen as nn
+
+    module = nn.Sequential([nn.Dense(4), nn.tanh, nn.Dense(1)])
+    x = jnp.ones((2, 3))
+    variables = module.init(jax.random.PRNGKey(0), x)
+    fp = fhj.flax_params(module, variables)
+    assert fp.theta(variables).shape == (fp.model.num_params,)
+    layer = next(iter(variables["params"]))
+    kernel = variables["params"][layer]["kernel"]
+    bad = {
+        "no params": ({"weights": variables["params"]}, r"variables\['params'\]\['layers_0'\]\['kernel'\] is missing"),
+        "not a mapping": ([1, 2], "is missing"),
+        "None": (None, "is missing"),
+        "kernel missing": ({"params": {**variables["params"], layer: {"bias": jnp.zeros(4)}}}, "kernel'] is missing"),
+        "kernel shape": ({"params": {**variables["params"], layer: {"kernel": kernel.T, "bias": jnp.zeros(4)}}}, r"must have shape \(3, 4\)"),
+        "kernel a string": ({"params": {**variables["params"], layer: {"kernel": "w", "bias": jnp.zeros(4)}}}, "must be"),
+        "bias complex": ({"params": {**variables["params"], layer: {"kernel": kernel, "bias": jnp.zeros(4) + 1j}}}, "must be a real"),
+    }
+    for case, (variables_bad, words) in bad.items():
+        with pytest.raises(fh.InputError, match=words):
+            fp.theta(variables_bad)

@@ -33,6 +33,7 @@ builds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jax
@@ -93,10 +94,14 @@ def _transform(model: Chain, quantity, wrt, name: str):
     P, d = model.num_params, model.in_features
 
     def fn(theta, X):
-        theta = jnp.asarray(theta)
+        theta = _real("theta", jnp.asarray(theta))
+        if not jnp.issubdtype(theta.dtype, jnp.floating):
+            raise InputError(f"theta must be a floating array (it is differentiated); got dtype {theta.dtype}")
         if theta.shape != (P,):
             raise InputError(f"theta must have shape ({P},) for this model (its num_params); got {theta.shape}")
-        Z = _stacked(model, X)
+        Z = _real("X", _stacked(model, X))
+        if not jnp.issubdtype(Z.dtype, jnp.floating):  # integers, as the NumPy API takes them: in θ's dtype
+            Z = Z.astype(theta.dtype)
         if Z.ndim not in (1, 2) or Z.shape[-1] != d:
             raise InputError(f"X must have shape (N, {d}) or ({d},) for this model; got {Z.shape}")
         if Z.ndim == 1:
@@ -106,6 +111,13 @@ def _transform(model: Chain, quantity, wrt, name: str):
     fn.__name__ = name
     fn.__doc__ = f"{name} of {model.to_flux()} as a function of (theta (P={P},), X (N, {d}) or ({d},))."
     return fn
+
+
+def _real(argument: str, a: jax.Array) -> jax.Array:
+    """``a`` when its dtype is real (floating or integer); bool and complex refused, as the NumPy API does."""
+    if jnp.issubdtype(a.dtype, jnp.complexfloating) or a.dtype == jnp.bool_ or not jnp.issubdtype(a.dtype, jnp.number):
+        raise InputError(f"{argument} must be a real (floating or integer) array; got dtype {a.dtype}")
+    return a
 
 
 def _stacked(model: Chain, X):
@@ -146,16 +158,15 @@ class FlaxParams:
     dense: tuple[tuple[tuple[str, ...], tuple[int, int], bool], ...]
 
     def theta(self, variables) -> jax.Array:
-        """θ ``(P,)`` from ``variables`` (``{"params": ...}``), differentiable in them."""
-        params = variables["params"]
+        """θ ``(P,)`` from ``variables`` (``{"params": ...}``), differentiable in them.
+
+        Raises :class:`~fluxhess.errors.InputError` naming the entry of ``variables`` that is
+        missing, not an array, or of another shape than the module's."""
         parts = []
-        for path, shape, bias in self.dense:
-            leaf = _at(params, path)
-            if tuple(leaf["kernel"].shape) != shape:
-                raise InputError(f"variables: {'/'.join(path)}/kernel must have shape {shape}; got {tuple(leaf['kernel'].shape)}")
-            parts.append(jnp.ravel(leaf["kernel"]))
+        for path, (n_in, n_out), bias in self.dense:
+            parts.append(jnp.ravel(_leaf(variables, ("params", *path, "kernel"), (n_in, n_out))))
             if bias:
-                parts.append(jnp.ravel(leaf["bias"]))
+                parts.append(_leaf(variables, ("params", *path, "bias"), (n_out,)))
         return jnp.concatenate(parts)
 
     def variables(self, theta) -> dict:
@@ -176,10 +187,26 @@ class FlaxParams:
         return {"params": params}
 
 
-def _at(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
+def _leaf(variables, path: tuple[str, ...], shape: tuple[int, ...]) -> jax.Array:
+    """``variables[path[0]][path[1]]…`` as a real array of ``shape``; else an InputError naming the path."""
+    where = "variables[" + "][".join(repr(k) for k in path) + "]"
+    node = variables
+    for depth, key in enumerate(path):
+        try:
+            node = node[key]
+        except (KeyError, TypeError, IndexError):
+            have = sorted(map(str, node)) if isinstance(node, Mapping) else type(node).__name__
+            raise InputError(
+                f"variables must be the module's variables ({{'params': ...}}, as module.init returns); "
+                f"{where} is missing: at {'/'.join(path[:depth]) or 'the top'} there is {have}"
+            ) from None
+    try:
+        leaf = jnp.asarray(node)
+    except TypeError:
+        raise InputError(f"{where} must be an array of shape {shape}; got {type(node).__name__}") from None
+    if leaf.shape != shape:
+        raise InputError(f"{where} must have shape {shape}; got {leaf.shape}")
+    return _real(where, leaf)
 
 
 def flax_params(module, variables, *, inputs=None, input_shape=None) -> FlaxParams:
