@@ -1,12 +1,15 @@
 """from_torch: the same outputs and input Hessians as the torch module, and clear refusals."""
 
+import copy
+
 import numpy as np
 import pytest
 
 import fluxhess as fh
 from conftest import assert_close
 
-torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0, a CPU wheel)")
+torch = pytest.importorskip("torch", reason="torch is not installed (make peers installs the CPU wheel)")
+nn = torch.nn
 
 
 def _torch_cases(nn):
@@ -113,3 +116,43 @@ def test_from_torch_names_parameters_without_values():
     complex_weights = nn.Sequential(nn.Linear(3, 1, dtype=torch.complex64))
     with pytest.raises(fh.InputError, match="sequential parameter '0.weight' must be real floating point; got torch.complex64"):
         fh.from_torch(complex_weights)
+
+
+def test_from_torch_refuses_a_module_used_twice_in_a_sequential():
+    """nn.Sequential(lin, Tanh(), lin): one Linear's 12 parameters gave a Chain of P = 24."""
+    lin = nn.Linear(3, 3)
+    assert sum(p.numel() for p in nn.Sequential(lin, nn.Tanh(), lin).parameters()) == 12
+    with pytest.raises(fh.UnsupportedModelError, match=r"parameter 2.weight is the same tensor as 0.weight"):
+        fh.from_torch(nn.Sequential(lin, nn.Tanh(), lin))
+    other = nn.Linear(3, 3)
+    other.weight = lin.weight  # a tied weight in two different modules
+    with pytest.raises(fh.UnsupportedModelError, match="shared weights"):
+        fh.from_torch(nn.Sequential(lin, nn.Tanh(), other))
+    model, theta = fh.from_torch(nn.Sequential(lin, nn.Tanh(), copy.deepcopy(lin)))  # separate copies are fine
+    assert theta.shape == (24,) == (model.num_params,)
+
+
+def test_from_torch_refuses_a_forward_that_calls_one_linear_twice():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x, t):
+            return self.lin(torch.tanh(self.lin(torch.cat([x, t], dim=1))))
+
+    with pytest.raises(fh.UnsupportedModelError, match="shared weights"):
+        fh.from_torch(Twice(), inputs=(torch.randn(4, 2), torch.randn(4, 1)))
+
+
+def test_from_torch_refuses_keyword_only_inputs_by_name():
+    class KeywordT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x, *, t):
+            return self.lin(torch.cat([x, t], dim=1))
+
+    with pytest.raises(fh.UnsupportedModelError, match=r"keyword-only or variadic parameters \(t\)"):
+        fh.from_torch(KeywordT(), inputs=(torch.randn(4, 2), torch.randn(4, 1)))

@@ -21,6 +21,7 @@ naming it. Neither torch nor flax is imported until its converter is called.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -94,6 +95,10 @@ def from_torch(sequential, *, inputs=None) -> tuple[Chain, np.ndarray]:
     output is checked against the module's.
 
     Returns: ``(model, params)``, params ``(P,)`` float64.
+
+    Raises :class:`UnsupportedModelError` for shared weights (one module, or one parameter
+    tensor, in two places: a Chain gives every layer its own parameters) and, with
+    ``inputs``, for a ``forward`` with keyword-only or variadic parameters.
     """
     if inputs is not None:
         return _torch_several_inputs(sequential, inputs)
@@ -109,6 +114,7 @@ def _torch_sequential(sequential, signature=None) -> tuple[Chain, np.ndarray]:
             f"{type(sequential).__name__}. Write the network as nn.Sequential(nn.Linear(...), nn.Tanh(), ...)"
         )
     _check_torch_parameters(sequential)
+    _check_not_shared(sequential)
     layers, arrays = [], {}
     for i, layer in enumerate(sequential):
         if type(layer) is nn.Linear:
@@ -134,6 +140,7 @@ def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
 
     if not isinstance(inputs, (tuple, list)) or not inputs:
         raise InputError(f"inputs must be a tuple of example tensors, one per forward argument; got {type(inputs).__name__}")
+    _check_positional(module)
     try:
         graph = torch.fx.symbolic_trace(module).graph
     except Exception as e:
@@ -180,6 +187,38 @@ def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
         output = module(*probes).numpy()  # in the module's dtype, which sets the tolerance
     _check_same_output(model, theta, torch.cat(probes, dim=1).double().numpy(), output, f"{type(module).__name__}'s")
     return model, theta
+
+
+def _check_positional(module) -> None:
+    """Refuse a ``forward`` with keyword-only, ``*args`` or ``**kwargs`` parameters: the inputs are
+    passed by position, one tensor each, in the order of ``forward``'s parameters."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return
+    other = [p.name for p in parameters if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if other:
+        raise UnsupportedModelError(
+            f"{type(module).__name__}.forward has keyword-only or variadic parameters ({', '.join(other)}); "
+            "from_torch(inputs=...) passes one tensor per positional parameter: write forward(self, x, t) instead"
+        )
+
+
+def _check_not_shared(sequential) -> None:
+    """Refuse a Sequential that holds one module, or one parameter tensor, in two places (shared
+    weights): each place would become its own Dense layer with its own copy of the weights,
+    and θ would have more entries than the model has parameters."""
+    owner: dict[int, str] = {}
+    for i, layer in enumerate(sequential):
+        for name, p in layer.named_parameters(remove_duplicate=False):
+            where = f"{i}.{name}"
+            if id(p) in owner:
+                raise UnsupportedModelError(
+                    f"the module's parameter {where} is the same tensor as {owner[id(p)]} (a module or weight used "
+                    "twice: shared weights); a Chain gives each layer its own parameters, so θ would count them "
+                    "twice. Use separate modules (copy.deepcopy) if that is the network you mean"
+                )
+            owner[id(p)] = where
 
 
 def _check_torch_parameters(sequential) -> None:
