@@ -131,3 +131,49 @@ def test_cli_compare_prints_the_report(capsys):
 def test_cli_compare_reports_a_bad_model_string(capsys):
     assert cli_main(["compare", "--model", "2,5,1:tanh"]) == 2
     assert "InputError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--seed", "-1"], "--seed must be a non-negative integer"),
+        (["--n", "0"], "--n must be a positive integer"),
+        (["--n", str(10**15)], "compare data of shape"),
+        (["--n", str(10**40)], "compare data of shape"),
+        (["--model", "100000,100000,100000,1"], "init of shape"),
+        (["--model", "2,-5,1"], "InputError"),
+        (["--repeat", "0"], "repeat must be a positive integer"),
+    ],
+)
+def test_cli_compare_bad_numbers_are_messages_not_tracebacks(argv, words, capsys):
+    """Before: --seed -1 raised numpy's ValueError, a huge --n or --model a MemoryError (or a long allocation)."""
+    assert cli_main(["compare", "--backends", "jax", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fluxhess compare: ") and words in err and "Traceback" not in err, err
+
+
+def test_cli_setup_julia_without_network_says_what_failed_and_what_to_do(monkeypatch, capsys):
+    """Before: the raw URLError traceback of juliapkg's download, about 40 lines."""
+    import sys
+    import urllib.error
+
+    juliapkg = pytest.importorskip("juliapkg", reason="setup-julia needs juliapkg (installed with juliacall)")
+    if "juliacall" in sys.modules:
+        pytest.skip("Julia was started in this test process; setup-julia refuses to run then (tested elsewhere)")
+    for name in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIACALL_PROJECT", "PYTHON_JULIAPKG_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def offline():
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(juliapkg, "resolve", offline)
+    monkeypatch.setattr(juliapkg, "offline", lambda flag: None)
+    from fluxhess._backends.julia import backend
+
+    online = backend._ONLINE
+    assert cli_main(["setup-julia"]) == 2
+    assert backend._ONLINE == online  # a failed setup leaves nothing marked as installed
+    err = capsys.readouterr().err
+    assert err.startswith("fluxhess setup-julia: JuliaUnavailableError: installing Julia or its packages failed (URLError"), err
+    for hint in ("network", "PYTHON_JULIAPKG_EXE", "PYTHON_JULIACALL_SYSIMAGE", "Traceback"):
+        assert (hint in err) == (hint != "Traceback"), (hint, err)

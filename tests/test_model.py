@@ -95,3 +95,14 @@ def test_layout_lookup_by_name_names_the_alternatives():
     model = fh.Chain(fh.Dense(2, 1))
     with pytest.raises(fh.UnknownNameError, match="layers.0.weight"):
         model.layout["layers.3.weight"]
+
+
+def test_init_of_a_model_too_large_for_memory_is_refused_before_allocating(monkeypatch):
+    """Chain.mlp([40000, 40000, 1]).init() (P ≈ 1.6e9, 13 GB of float64) asked for the memory
+    and died of MemoryError or swapped; now the guard refuses it first (1 GiB of room faked)."""
+    from fluxhess import _memory as memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**30)
+    with pytest.raises(fh.MemoryBudgetError, match=r"init of shape \(1600080001,\) needs about .*a smaller model"):
+        fh.Chain.mlp([40000, 40000, 1]).init()
+    assert fh.Chain.mlp([40, 40, 1]).init().shape == (40 * 40 + 40 + 40 + 1,)

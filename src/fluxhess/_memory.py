@@ -175,6 +175,8 @@ ALTERNATIVES = {
     "hvp": "fewer columns of V per call",
     "input_jacobian": "a smaller batch of X",
     "sample": "fewer samples per call",
+    "init": "a smaller model",
+    "compare data": "a smaller --n or --model",
     "Laplace low-rank factor": "a subset of the parameters (subset='last_layer'), structure='kron' or 'diag'",
 }
 

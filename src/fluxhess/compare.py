@@ -26,6 +26,7 @@ import numpy as np
 
 from . import api
 from . import losses as L
+from . import _memory as memory
 from . import _validate as check
 from ._backends import NAMES as BACKEND_NAMES
 from ._backends import get as get_backend
@@ -354,10 +355,11 @@ def add_arguments(p) -> None:
 def command(args) -> int:
     """Compare quantities across backends on a random model and data."""
     model = parse_model(args.model)
-    if args.n < 1:
-        raise InputError(f"--n must be a positive number of samples; got {args.n}")
-    rng = np.random.default_rng(args.seed)
-    theta = model.init(args.seed)
+    n = check.positive_int("--n", args.n)
+    seed = check.seed("--seed", args.seed)
+    memory.require("compare data", 2 * 8 * n * (model.in_features + model.out_features), (n, model.in_features))
+    rng = np.random.default_rng(seed)
+    theta = model.init(seed)
     X = rng.normal(size=(args.n, model.in_features))
     y = random_targets(L.check_loss(args.loss), args.n, model.out_features, rng)
     report = compare(

@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import _memory as memory
 from . import _validate as check
 from .errors import InputError, UnknownNameError
 
@@ -289,9 +290,14 @@ class Chain:
 
         Weights are uniform on ``±sqrt(6 / (in + out))``; the random stream is NumPy's,
         not Julia's, so the numbers differ from a Julia ``Dense`` (the distribution does not).
+
+        Raises :class:`~fluxhess.errors.MemoryBudgetError` before allocating when θ cannot fit
+        (it is built in float64, one layer's draw beside it, then cast to ``dtype``).
         """
         rng = np.random.default_rng(check.seed("seed", seed))
         dtype = check.float_dtype(dtype)
+        largest = max((b.size for b in self.layout), default=0)
+        memory.require("init", 8 * (self.num_params + largest) + dtype.itemsize * self.num_params, (self.num_params,))
         theta = np.zeros(self.num_params, dtype=np.float64)
         for block in self.layout:
             if block.name.endswith(".weight"):

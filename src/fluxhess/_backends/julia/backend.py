@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 from importlib import resources
@@ -526,10 +527,19 @@ def setup_julia(out=print) -> dict:
         import juliapkg
 
         juliapkg.offline(False)
-        _ONLINE = True
         state = juliapkg_state()
         out(f"Resolving the Julia packages of fluxhess into {state['project']} (this downloads on first use)...")
-        juliapkg.resolve()
+        try:
+            juliapkg.resolve()
+        except (OSError, subprocess.CalledProcessError) as e:  # URLError is an OSError
+            raise JuliaUnavailableError(
+                f"installing Julia or its packages failed ({type(e).__name__}: {e}). This needs network access "
+                "(julialang.org and the Julia package servers). Without it: point PYTHON_JULIAPKG_EXE at an "
+                "installed Julia (or PYTHON_JULIACALL_EXE and PYTHON_JULIACALL_PROJECT at a Julia and a project "
+                "that already has the packages, or PYTHON_JULIACALL_SYSIMAGE at a system image that holds "
+                "them), or run `fluxhess setup-julia` again where the network can be reached"
+            ) from e
+        _ONLINE = True
         info = {"executable": juliapkg.executable(), "project": juliapkg.project()}
         out(f"Julia: {info['executable']}")
         out(f"Julia project: {info['project']}")
