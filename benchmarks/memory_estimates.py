@@ -24,18 +24,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: quantity: (widths of a tanh MLP, N), sized for results of a few hundred MB in float64
+#: case: (quantity, widths of a tanh MLP, N). The first ones are sized for results of a few
+#: hundred MB in float64; the "-linear" ones are small results from many samples, where a
+#: route's scratch that grows with N × P² (not with the result) would show.
 PROBLEMS = {
-    "hessian": ([16, 64, 64, 8], 32),
-    "ggn": ([16, 64, 64, 8], 256),
-    "empirical_fisher": ([16, 64, 64, 8], 256),
-    "kron": ([3000, 3000, 1], 32),
-    "param_jacobian": ([16, 64, 64, 8], 1000),
-    "input_hessian": ([64, 64, 8], 1600),
-    "hvp": ([16, 64, 64, 8], 256),
-    "diagonal": ([16, 64, 64, 8], 256),
-    "laplacian": ([64, 64, 8], 20000),
+    "hessian": ("hessian", [16, 64, 64, 8], 32),
+    "ggn": ("ggn", [16, 64, 64, 8], 256),
+    "empirical_fisher": ("empirical_fisher", [16, 64, 64, 8], 256),
+    "kron": ("kron", [3000, 3000, 1], 32),
+    "param_jacobian": ("param_jacobian", [16, 64, 64, 8], 1000),
+    "input_hessian": ("input_hessian", [64, 64, 8], 1600),
+    "hvp": ("hvp", [16, 64, 64, 8], 256),
+    "diagonal": ("diagonal", [16, 64, 64, 8], 256),
+    "laplacian": ("laplacian", [64, 64, 8], 20000),
+    "ggn-linear": ("ggn", [500, 1], 3100),
+    "hessian-linear": ("hessian", [600, 1], 4000),
+    "ggn-linear-P1001": ("ggn", [1000, 1], 5000),
+    "hessian-mlp-many-samples": ("hessian", [30, 30, 1], 20000),
+    "ggn-generic": ("ggn", [16, 64, 64, 8], 256),
+    "hessian-generic": ("hessian", [16, 64, 64, 8], 32),
 }
+
+
+def _model(case: str, widths: list[int]):
+    """A tanh MLP; for the "-generic" cases a softmax after the first Dense layer, which the
+    structured Dense-chain route does not cover (the generic route runs)."""
+    import fluxhess as fh
+
+    model = fh.Chain.mlp(widths, "tanh")
+    if case.endswith("-generic"):
+        model = fh.Chain(model.layers[0], fh.Activation("softmax"), *model.layers[1:])
+    return model
 #: --quick divides every width and N by this.
 QUICK = 4
 
@@ -53,18 +72,18 @@ def _reset_peak() -> None:
         f.write("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
 
 
-def measure_one(quantity: str, quick: bool, dtype: str) -> dict:
-    """Run ``quantity`` twice in this process; the second run's peak RSS above its start."""
+def measure_one(case: str, quick: bool, dtype: str) -> dict:
+    """Run ``case``'s quantity twice in this process; the second run's peak RSS above its start."""
     import numpy as np
 
     import fluxhess as fh
     from fluxhess import _memory as memory
 
-    widths, N = PROBLEMS[quantity]
+    quantity, widths, N = PROBLEMS[case]
     if quick:
         widths = [max(2, w // QUICK) for w in widths]
         N = max(2, N // QUICK)
-    model = fh.Chain.mlp(widths, "tanh")
+    model = _model(case, widths)
     rng = np.random.default_rng(0)
     theta = model.init(0)
     X = rng.normal(size=(N, model.in_features))
@@ -99,7 +118,7 @@ def measure_one(quantity: str, quick: bool, dtype: str) -> dict:
     peak = _status("VmHWM")
     result = out.nbytes if isinstance(out, np.ndarray) else sum(f.A.nbytes + f.G.nbytes for f in out)
     return {
-        "quantity": quantity,
+        "quantity": case,
         "model": widths,
         "N": N,
         "P": model.num_params,
@@ -117,8 +136,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"widths and N divided by {QUICK} (a smoke test)")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    parser.add_argument("--only", help="comma-separated quantities")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one quantity, print JSON
+    parser.add_argument("--only", help="comma-separated cases")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one case, print JSON
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure_one(args.one, args.quick, args.dtype)))
@@ -127,7 +146,7 @@ def main(argv=None) -> int:
         print("needs Linux /proc (VmHWM and clear_refs)", file=sys.stderr)
         return 2
     names = args.only.split(",") if args.only else list(PROBLEMS)
-    head = f"{'quantity':<18}{'model':<22}{'N':>7}{'P':>10}{'result MiB':>12}{'estimate MiB':>14}{'peak MiB':>10}{'peak/est':>10}"
+    head = f"{'case':<26}{'model':<22}{'N':>7}{'P':>10}{'result MiB':>12}{'estimate MiB':>14}{'peak MiB':>10}{'peak/est':>10}"
     lines = [f"memory estimate vs measured peak RSS ({args.dtype}; peak above the RSS before the call)", head]
     print("\n".join(lines), flush=True)
     for name in names:
@@ -139,7 +158,7 @@ def main(argv=None) -> int:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         ratio = "-" if not r["estimate"] else f"{r['measured'] / r['estimate']:.2f}"
         lines.append(
-            f"{r['quantity']:<18}{str(r['model']):<22}{r['N']:>7}{r['P']:>10}{_mib(r['result']):>12}"
+            f"{r['quantity']:<26}{str(r['model']):<22}{r['N']:>7}{r['P']:>10}{_mib(r['result']):>12}"
             f"{_mib(r['estimate']):>14}{_mib(r['measured']):>10}{ratio:>10}"
         )
         print(lines[-1], flush=True)

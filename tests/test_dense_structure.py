@@ -144,11 +144,14 @@ def test_softmax_between_dense_layers_falls_back_to_the_generic_route():
         assert_close(fast[kind], expected[kind], **TOL, what=kind)
 
 
-def test_chunks_of_samples_and_panels_of_rows_give_the_same_matrices(monkeypatch):
-    """A budget of a few kB forces one sample per chunk (so blocks accumulate) and one row per panel."""
+@pytest.mark.parametrize("pairwise_below", [1, 10**6], ids=["one-gemm-per-panel", "one-gemm-per-output-pair"])
+def test_chunks_of_samples_and_panels_of_rows_give_the_same_matrices(pairwise_below, monkeypatch):
+    """A budget of a few kB forces one sample per chunk (so blocks accumulate), one row per
+    panel and sub-chunks of samples inside a panel; both ways of forming a panel's GEMM."""
     case = LAYERS[2]
     theta, X, Y = make_data(case)
     whole = _structured(case, theta, X, Y)
+    monkeypatch.setattr(dense_matrix, "PAIRWISE_BELOW", pairwise_below)
     monkeypatch.setattr(dense_matrix, "_budget", lambda P, itemsize: 4096)
     monkeypatch.setattr(chunked, "CHUNK_BYTES", 4096)
     in_pieces = _structured(case, theta, X, Y)
@@ -192,3 +195,15 @@ def test_the_compile_cache_keeps_only_the_most_recent_models():
     assert models[0] not in kept and models[-1] == kept[-1]
     fh.forward(models[-2], models[-2].init(), X, backend="jax")
     assert list(jc._CACHE)[-1] == models[-2]  # used again: the most recent
+
+
+@pytest.mark.parametrize("pairwise_below", [1, 10**6], ids=["one-gemm-per-panel", "one-gemm-per-output-pair"])
+def test_sub_chunks_of_samples_inside_a_panel_give_the_same_matrices(pairwise_below, monkeypatch):
+    """All samples in one chunk, but each panel's scratch taken one sample at a time."""
+    case = LAYERS[2]
+    theta, X, Y = make_data(case)
+    whole = _structured(case, theta, X, Y)
+    monkeypatch.setattr(dense_matrix, "PAIRWISE_BELOW", pairwise_below)
+    monkeypatch.setattr(dense_matrix, "_sample_bytes", lambda *args: 2**62)
+    for kind, M in _structured(case, theta, X, Y).items():
+        assert_close(M, whole[kind], rtol=1e-13, atol=1e-15, what=kind)

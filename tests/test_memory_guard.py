@@ -19,19 +19,20 @@ SQUARE = fh.Chain(fh.Dense(3, 3, "tanh"))
 rng = np.random.default_rng(0)
 X = rng.normal(size=(5, 3))
 Y = rng.normal(size=(5, 2))
+THETA, SQUARE_THETA = M.init(), SQUARE.init()  # drawn once: init is guarded too
 
 #: public function -> (the call, the shape of its result): C = 2, d = 3, N = 5, P = 26.
 RESULTS = {
-    "forward": (lambda: fh.forward(M, M.init(), X, backend="jax"), (5, 2)),
-    "gradient": (lambda: fh.gradient(M, M.init(), X, Y, backend="jax"), (26,)),
-    "hvp": (lambda: fh.hvp(M, M.init(), X, Y, np.ones((26, 7)), backend="jax"), (26, 7)),
-    "diagonal": (lambda: fh.diagonal(M, M.init(), X, Y, backend="jax"), (26,)),
-    "hessian": (lambda: fh.hessian(M, M.init(), X, Y, backend="jax"), (26, 26)),
-    "param_jacobian": (lambda: fh.param_jacobian(M, M.init(), X, backend="jax"), (5, 2, 26)),
-    "input_jacobian": (lambda: fh.input_jacobian(M, M.init(), X, backend="jax"), (5, 2, 3)),
-    "input_hessian": (lambda: fh.input_hessian(M, M.init(), X, backend="jax"), (5, 2, 3, 3)),
-    "laplacian": (lambda: fh.laplacian(M, M.init(), X, backend="jax"), (5, 2)),
-    "divergence": (lambda: fh.divergence(SQUARE, SQUARE.init(), X, backend="jax"), (5,)),
+    "forward": (lambda: fh.forward(M, THETA, X, backend="jax"), (5, 2)),
+    "gradient": (lambda: fh.gradient(M, THETA, X, Y, backend="jax"), (26,)),
+    "hvp": (lambda: fh.hvp(M, THETA, X, Y, np.ones((26, 7)), backend="jax"), (26, 7)),
+    "diagonal": (lambda: fh.diagonal(M, THETA, X, Y, backend="jax"), (26,)),
+    "hessian": (lambda: fh.hessian(M, THETA, X, Y, backend="jax"), (26, 26)),
+    "param_jacobian": (lambda: fh.param_jacobian(M, THETA, X, backend="jax"), (5, 2, 26)),
+    "input_jacobian": (lambda: fh.input_jacobian(M, THETA, X, backend="jax"), (5, 2, 3)),
+    "input_hessian": (lambda: fh.input_hessian(M, THETA, X, backend="jax"), (5, 2, 3, 3)),
+    "laplacian": (lambda: fh.laplacian(M, THETA, X, backend="jax"), (5, 2)),
+    "divergence": (lambda: fh.divergence(SQUARE, SQUARE_THETA, X, backend="jax"), (5,)),
 }
 
 
@@ -171,3 +172,72 @@ def test_the_guard_honours_a_cgroup_limit(tmp_path, monkeypatch):
     wide = fh.Chain(fh.Dense(3, 75))  # P = 300
     with pytest.raises(fh.MemoryBudgetError, match=r"hessian of shape \(300, 300\)"):
         fh.hessian(wide, wide.init(), X, np.zeros((5, 75)), backend="jax")
+
+
+# --- every allocation of a P×P route inside the estimate the guard checks -----------------
+
+#: The child: runs a P×P quantity once to compile, then again after resetting the kernel's
+#: peak-RSS mark, and prints the peak's growth and what the guard was asked for on that call.
+_PEAK_CHILD = r"""
+import json, sys
+import numpy as np
+import fluxhess as fh
+from fluxhess import _memory as memory
+
+quantity, widths, N, generic = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "generic"
+model = fh.Chain.mlp(widths, "tanh")
+if generic:  # a softmax after the first Dense layer: the structured route does not cover it
+    model = fh.Chain(model.layers[0], fh.Activation("softmax"), *model.layers[1:])
+rng = np.random.default_rng(0)
+theta, X, y = model.init(0), rng.normal(size=(N, widths[0])), rng.normal(size=(N, widths[-1]))
+asked, require = [], memory.require
+def spy(q, nbytes, shape, **kw):
+    if len(shape) == 2 and shape[0] == shape[1] == model.num_params:
+        asked.append(nbytes)
+    return require(q, nbytes, shape, **kw)
+memory.require = spy
+call = lambda: getattr(fh, quantity)(model, theta, X, y, backend="jax")
+call()
+asked.clear()
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
+start = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+call()
+print(json.dumps(dict(grown=status("VmHWM") - start, asked=asked, P=model.num_params)))
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc (VmHWM, clear_refs)")
+@pytest.mark.parametrize(
+    "quantity, widths, N, route",
+    [
+        ("ggn", [200, 1], 1500, "structured"),  # logistic-regression-like: a 0.3 MB result
+        ("hessian", [200, 1], 1500, "structured"),
+        ("hessian", [6, 20, 20, 1], 3000, "structured"),  # wide blocks, many samples
+        ("ggn", [6, 40, 40, 3], 300, "generic"),
+        ("hessian", [6, 40, 40, 3], 300, "generic"),
+    ],
+)
+def test_a_square_route_peaks_within_the_estimate_the_guard_checked(quantity, widths, N, route):
+    """Before: the Dense-chain route's scratch ā_m ⊗ ā_l (N_chunk × rows × cols) was in no
+    estimate: the GGN of Dense(200, 1) on 1,500 samples peaked at ~480 MB for a 0.3 MB result
+    whose guard asked for 0.6 MB; the generic route held three or four copies of its result
+    where two were counted."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TQDM_DISABLE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, quantity, json.dumps(widths), str(N), route],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    (asked,) = report["asked"]
+    assert report["grown"] <= asked, f"peak grew by {report['grown'] / 2**20:.1f} MiB, the guard checked {asked / 2**20:.1f} MiB"
+    assert asked <= 2 * 8 * report["P"] ** 2 + 2 * memory.CHUNK_BYTES  # an estimate, not "everything"

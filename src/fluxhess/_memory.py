@@ -182,21 +182,17 @@ ALTERNATIVES = {
 
 
 #: Peak memory of a quantity, in copies of its result, as measured by
-#: benchmarks/memory_estimates.py. The Dense-chain P×P routes peak at ~1.1 copies (the
-#: result and bounded working memory); the generic route holds XLA's result and the NumPy
-#: copy returned, so 2 is the bound the guard uses for both, and for every quantity not
-#: listed. The per-sample results hold their chunks until they are concatenated; kron
-#: holds its running sums and the chunk's factors beside the result (~2.1 copies measured).
-COPIES = {"kron": 3}
+#: benchmarks/memory_estimates.py; 2 (XLA's result and the NumPy copy returned) for every
+#: quantity not listed. The P×P routes of a backend that estimates its own routes
+#: (``matrix_bytes``, as the JAX backend does) use that estimate instead. The per-sample
+#: results hold their chunks until they are concatenated; kron holds its running sums and the
+#: chunk's factors beside the result (~2.1 copies measured). A low-rank Laplace holds its
+#: factor ``U``, the decomposition's ``V`` and a temporary of the same size.
+COPIES = {"kron": 3, "lowrank": 3}
 
 #: Quantities computed in chunks: beside their result they hold one chunk's working set,
 #: at most :data:`CHUNK_BYTES`.
 CHUNKED = ("hvp", "diagonal", "param_jacobian", "input_jacobian", "input_hessian", "laplacian", "divergence")
-#: copy returned, so 2 is the bound the guard uses for both. The per-sample results hold
-#: their chunks until they are concatenated; kron holds its running sums and the chunk's
-#: factors beside the result (~2.1 copies measured). A low-rank Laplace holds its factor ``U``,
-#: the decomposition's ``V`` and a temporary of the same size.
-COPIES = {"hessian": 2, "ggn": 2, "empirical_fisher": 2, "param_jacobian": 2, "input_hessian": 2, "kron": 3, "lowrank": 3}
 
 
 def needed_bytes(quantity: str, elements: int, itemsize: int) -> int:

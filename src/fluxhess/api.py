@@ -228,25 +228,33 @@ def _square(call: Call, quantity: str, out, devices, as_jax: bool, inputs: dict[
             raise BackendError(f"{quantity} on backend {call.backend.name!r} produced non-finite values for {call.problem.shapes}")
         return M if asked else call.result(M)
     if out is None:
-        memory.require(quantity, whole, (P, P))
+        memory.require(quantity, _matrix_bytes(call, quantity, into_out=False), (P, P))
         return call.result(call.run(quantity))
-    return _into(call, quantity, check.out_array(out, P, call.dtype, inputs), whole)
+    return _into(call, quantity, check.out_array(out, P, call.dtype, inputs))
 
 
-def _into(call: Call, quantity: str, target: np.ndarray, whole: int) -> np.ndarray:
-    """``quantity`` written into ``target``. On a route that writes panel by panel (the backend's
-    ``panel_working_bytes`` is not None) the guard counts only that working set; otherwise the
-    whole result, which ``target`` then receives as a copy."""
-    P, itemsize = call.problem.params.shape[0], call.dtype.itemsize
-    working_bytes = getattr(call.backend, "panel_working_bytes", None)  # a capability: absent = copies
-    working = None if working_bytes is None else working_bytes(call.problem.model, P, itemsize)
-    memory.require(quantity, whole if working is None else working, (P, P))
+def _matrix_bytes(call: Call, quantity: str, into_out: bool) -> int:
+    """The P×P route's peak memory: the backend's own estimate of the route it takes
+    (``matrix_bytes``, a capability), else two copies of the result (:func:`fluxhess._memory.needed_bytes`)."""
+    estimate = getattr(call.backend, "matrix_bytes", None)
+    if estimate is not None:
+        return estimate(call.problem, into_out)
+    P = call.problem.params.shape[0]
+    return memory.needed_bytes(quantity, P * P, call.dtype.itemsize)
+
+
+def _into(call: Call, quantity: str, target: np.ndarray) -> np.ndarray:
+    """``quantity`` written into ``target``: by the backend where it takes ``out=``
+    (``writes_out``), else copied in from its result. The memory guard checks the route's
+    memory beside ``target``, and a memmap's filesystem for the room the writes need."""
+    P = call.problem.params.shape[0]
+    memory.require(quantity, _matrix_bytes(call, quantity, into_out=True), (P, P))
     if isinstance(target, np.memmap):
         memory.require_disk(target, target.nbytes)
-    if working_bytes is None:
-        np.copyto(target, call.run(quantity))
-    else:
+    if getattr(call.backend, "writes_out", False):
         call.run(quantity, target)
+    else:
+        np.copyto(target, call.run(quantity))
     if isinstance(target, np.memmap):
         target.flush()
     return call.result(target)

@@ -36,7 +36,7 @@ class JaxBackend:
 
     The P×P methods take ``out=`` (a writable ``(P, P)`` array of the call's dtype): the
     structured route writes its panels into it one at a time, the generic routes copy their
-    result into it; :meth:`panel_working_bytes` says which, for the memory guard.
+    result into it; :meth:`matrix_bytes` is each route's peak memory, for the memory guard.
 
     ``structured=True`` (the default) takes the structured Dense-chain routes wherever they
     cover the model; ``structured=False`` always the generic ones (the tests compare the two).
@@ -45,6 +45,8 @@ class JaxBackend:
     name = "jax"
     #: The input derivatives take ``columns`` (differentiate in some inputs only).
     selects_inputs = True
+    #: The P×P methods take ``out=`` and write the result into it.
+    writes_out = True
 
     def __init__(self, structured: bool = True):
         self.structured = structured
@@ -54,12 +56,13 @@ class JaxBackend:
         st = dense.split(model) if self.structured else None
         return routes.generic if st is None else functools.partial(routes.structured, st)
 
-    def panel_working_bytes(self, model, P: int, itemsize: int) -> int | None:
-        """Bytes beside the result when a P×P route writes panel by panel into ``out=``, or None
-        where the route builds the whole matrix first (then ``out`` receives a copy)."""
-        if self.structured and dense.split(model) is not None:
-            return dense_matrix.working_bytes(P, itemsize)
-        return None
+    def matrix_bytes(self, problem: Problem, into_out: bool) -> int:
+        """Peak memory of the P×P route that ``problem`` takes, in bytes: its result (unless it is
+        written into ``out=``, ``into_out``) and every array it makes beside it."""
+        P, itemsize = problem.params.shape[0], problem.dtype.itemsize
+        if self.structured and dense.split(problem.model) is not None:
+            return (0 if into_out else P * P * itemsize) + dense_matrix.working_bytes(P, itemsize)
+        return curvature.generic_bytes(P, itemsize)
 
     def unavailable_reason(self):
         return None

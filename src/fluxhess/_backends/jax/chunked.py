@@ -16,14 +16,21 @@ from ..._progress import chunks
 from .precision import to_numpy
 
 
-def sum_over_samples(problem: Problem, fn, bytes_per_sample: int, label: str, budget: int | None = None):
+def sum_over_samples(problem: Problem, fn, bytes_per_sample: int, label: str, budget: int | None = None, on_host: bool = False):
     """``Σ`` over chunks of samples of ``fn(θ, X_chunk, Y_chunk, s)``, a sum over the chunk (an
-    array or a tree of arrays) whose working set is ``bytes_per_sample`` per sample."""
+    array or a tree of arrays) whose working set is ``bytes_per_sample`` per sample.
+
+    ``on_host``: ``fn`` returns one array, summed into a writable NumPy array in place (two
+    result-sized arrays at once, where adding JAX arrays holds three)."""
     N = problem.X.shape[0]
     total = None
     for sl in chunks(N, chunk_size(bytes_per_sample, N, CHUNK_BYTES if budget is None else budget), label):
         part = fn(problem.params, problem.X[sl], problem.Y[sl], problem.scale)
-        total = part if total is None else jax.tree.map(operator.add, total, part)
+        if on_host:
+            total = np.array(part) if total is None else np.add(total, to_numpy(part), out=total)
+        else:
+            total = part if total is None else jax.tree.map(operator.add, total, part)
+        del part
     return total
 
 
@@ -44,9 +51,20 @@ def over_parameters(problem: Problem, fn, out: np.ndarray, label: str) -> np.nda
 
 
 def column_bytes(model: Chain, num_params: int, num_samples: int, itemsize: int) -> int:
-    """Working memory of one curvature-vector product: the vector, its tangent and cotangent
-    (P each) and the N × width activations of the forward and backward passes."""
-    return itemsize * (num_params + 4 * num_samples * widest(model))
+    """Working memory of one curvature-vector product: the vector, the product, and the
+    gradient's tangent and cotangent (P each), and for each sample the forward and backward
+    passes' activations and their tangents (four numbers per entry of :func:`activation_floats`).
+
+    Measured by benchmarks/memory_estimates.py (the "-generic" cases) and
+    tests/test_memory_guard.py: counting P once and only the widest layer's activations
+    underestimated a batch of Hessian columns 2.2 to 3 times."""
+    return itemsize * (4 * num_params + 4 * num_samples * activation_floats(model))
+
+
+def activation_floats(model: Chain) -> int:
+    """Numbers per sample that a forward pass keeps: each Dense layer's input, pre-activation
+    and activation."""
+    return sum(l.in_features + 2 * l.out_features for _, l in model.dense_layers)
 
 
 def widest(model: Chain) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._memory import chunk_size
+from ..._memory import CHUNK_BYTES, chunk_size
 from ..._problem import Problem
 from ..._progress import chunks
 from . import dense_matrix
@@ -32,15 +32,23 @@ def structured(st: Structure, problem: Problem, kind: Kind, out: np.ndarray | No
 
 
 def generic(problem: Problem, kind: Kind, out: np.ndarray | None = None) -> np.ndarray:
+    """The whole matrix in NumPy, symmetrized in place, then copied into ``out`` if given: at
+    most two P×P arrays at once (:func:`generic_bytes`)."""
     model, loss, P = problem.model, problem.loss, problem.params.shape[0]
-    if kind.per_sample_terms:
+    if kind.per_sample_terms:  # the NumPy running sum and one chunk's XLA result
         fn = compiled(model, loss, "sample_sum", kind)
-        M = to_numpy(sum_over_samples(problem, fn, row_bytes(problem, kind.rows(model.out_features)), kind.name))
+        M = sum_over_samples(problem, fn, row_bytes(problem, kind.rows(model.out_features)), kind.name, on_host=True)
     elif P <= SMALL:
-        M = to_numpy(compiled(model, loss, "hessian")(problem.params, problem.X, problem.Y, problem.scale))
+        M = np.array(compiled(model, loss, "hessian")(problem.params, problem.X, problem.Y, problem.scale))
     else:
         M = over_parameters(problem, compiled(model, loss, "columns", kind), np.empty((P, P), problem.dtype), f"{kind.name} columns")
     return _into(out, _symmetrize(M))
+
+
+def generic_bytes(P: int, itemsize: int) -> int:
+    """Memory :func:`generic` uses at most, result included: two P×P arrays (the running sum
+    and a chunk's result, or the matrix and ``out``'s copy) and one chunk's working set."""
+    return 2 * P * P * itemsize + CHUNK_BYTES
 
 
 #: Up to this many parameters the generic Hessian is one ``jax.hessian`` call.
@@ -66,9 +74,14 @@ def _into(out: np.ndarray | None, M: np.ndarray) -> np.ndarray:
     return out
 
 
-def _symmetrize(M: np.ndarray) -> np.ndarray:
-    """(M + Mᵀ)/2: exact symmetry for matrices that are symmetric up to rounding."""
-    M = np.array(M, copy=True)
-    M += M.T.copy()
-    M *= 0.5
+def _symmetrize(M: np.ndarray, tile: int = 256) -> np.ndarray:
+    """``M`` (a writable array) made exactly symmetric in place, ``(M + Mᵀ)/2``, one tile of
+    rows at a time: no second P×P array."""
+    P = M.shape[0]
+    for r0 in range(0, P, tile):
+        r1 = min(P, r0 + tile)
+        lower = M[r0:r1, :r1]
+        lower += M[:r1, r0:r1].T
+        lower *= 0.5
+        M[:r1, r0:r1] = lower.T
     return M

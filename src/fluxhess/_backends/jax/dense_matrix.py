@@ -104,37 +104,103 @@ def _put(H, rows: slice, cols: slice, term, accumulate: bool, scratch: _Scratch)
         np.copyto(H[rows, cols].reshape(term.shape), term)  # splits the axes of a view: no copy
 
 
-def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool, scratch: _Scratch) -> None:
+#: A block whose ``o_m·o_l`` is below this is formed one output pair ``(p, q)`` at a time,
+#: ``(ā_m K[:, p, q])ᵀ ā_l``: ``o_m·o_l`` GEMMs of ``(j × n) · (n × i)`` with no ``n × j × i``
+#: scratch. Wider blocks take one GEMM ``(n × j·i)ᵀ (n × p·q)``, whose scratch ``ā_m ⊗ ā_l``
+#: is bounded by taking the chunk's samples in sub-chunks.
+PAIRWISE_BELOW = 32
+
+
+def _sample_bytes(panel: _Panel, st: Structure, cols: int, second: bool, adjacent: bool, itemsize: int) -> int:
+    """Scratch per sample of :func:`_fill_panel`'s sub-chunks: ``ā_m ⊗ ā_l`` (or one column
+    of it, pairwise) and, for the Hessian's second term, its per-sample operands."""
+    rows, om, ol = panel.j1 - panel.j0, st.segments[panel.m].outputs, st.segments[panel.l].outputs
+    floats = rows if om * ol < PAIRWISE_BELOW else rows * cols
+    if second:
+        floats += rows * om if adjacent else rows * ol + om * cols
+    return itemsize * floats
+
+
+def _fill_panel(H, st: Structure, panel: _Panel, F, K_ml, T_ml, accumulate: bool, scratch: _Scratch, budget: int) -> None:
     """``panel``'s part of the lower triangle of H from one chunk's factors.
 
     ``F`` holds the chunk's per-layer factors, ``K_ml`` ``(N, o_m, o_l)`` the block's, and
-    ``T_ml`` the Hessian's ``T̄_ml`` for non-adjacent layers (None otherwise).
+    ``T_ml`` the Hessian's ``T̄_ml`` for non-adjacent layers (None otherwise). The chunk's
+    samples are taken in sub-chunks whose scratch fits ``budget`` bytes; beside it the panel
+    holds three arrays of its own size (the term, a GEMM's product, the staged add).
     """
     m, l, j0, j1 = panel.m, panel.l, panel.j0, panel.j1
     seg_m, seg_l = st.segments[m], st.segments[l]
     om, ol = seg_m.outputs, seg_l.outputs
     cols = j1 if m == l else seg_l.rows  # diagonal blocks: columns i < j1 only
-    am, al = F["abar"][m], F["abar"][l]
-    N = am.shape[0]
-    left = scratch.take("left", (N, j1 - j0, cols))
-    np.multiply(am[:, j0:j1, None], al[:, None, :cols], out=left)
-    term = scratch.take("term", ((j1 - j0) * cols, om * ol))
-    np.matmul(left.reshape(N, -1).T, K_ml.reshape(N, -1), out=term)
-    term = term.reshape(j1 - j0, cols, om, ol).transpose(0, 2, 1, 3)
-    if "delta" in F and m > l:  # the Hessian's Σ_n T̄_ml[j, q] δ_m[p] ā_l[i]
-        delta = F["delta"][m]
-        if T_ml is None:  # adjacent layers: T̄[j, q] = φ_l'[j] if q == j (j < n_m: no bias row)
-            jd = min(j1, seg_m.layer.in_features)
-            scaled = (F["d1"][l][:, j0:jd, None] * delta[:, None, :]).reshape(N, -1)
-            diag = (scaled.T @ al).reshape(jd - j0, om, cols)
-            for j in range(j0, jd):
-                term[j - j0, :, :, j] += diag[j - j0]
-        else:
-            right = (delta[:, :, None] * al[:, None, :]).reshape(N, -1)
-            twisted = (T_ml[:, j0:j1, :].reshape(N, -1).T @ right).reshape(j1 - j0, ol, om, cols)
-            term += twisted.transpose(0, 2, 3, 1)
-    rows = slice(seg_m.offset + j0 * om, seg_m.offset + j1 * om)
-    _put(H, rows, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate, scratch)
+    am, al = F["abar"][m][:, j0:j1], F["abar"][l][:, :cols]
+    N, rows = am.shape
+    second = "delta" in F and m > l  # the Hessian's Σ_n T̄_ml[j, q] δ_m[p] ā_l[i]
+    step = chunk_size(_sample_bytes(panel, st, cols, second, T_ml is None, am.dtype.itemsize), N, budget)
+    term = scratch.take("term", (rows, cols, om, ol))  # (j, i, p, q)
+    for k, s0 in enumerate(range(0, N, step)):
+        n = slice(s0, min(s0 + step, N))
+        _gauss_newton_part(term, am[n], al[n], K_ml[n], k > 0, scratch)
+    term = term.transpose(0, 2, 1, 3)  # (j, p, i, q)
+    if second:
+        for s0 in range(0, N, step):
+            n = slice(s0, min(s0 + step, N))
+            _second_part(term, st, panel, F, T_ml, n, scratch)
+    rows_of_theta = slice(seg_m.offset + j0 * om, seg_m.offset + j1 * om)
+    _put(H, rows_of_theta, slice(seg_l.offset, seg_l.offset + cols * ol), term, accumulate, scratch)
+
+
+def _gauss_newton_part(term, am, al, K, add: bool, scratch: _Scratch) -> None:
+    """``term[j, i, p, q]`` (+)= ``Σ_n ā_m[n, j] ā_l[n, i] K[n, p, q]`` over the samples given."""
+    n, rows = am.shape
+    cols, (om, ol) = al.shape[1], K.shape[1:]
+    if om * ol < PAIRWISE_BELOW:
+        scaled = scratch.take("scaled", (n, rows))
+        product = scratch.take("product", (rows, cols))
+        for p in range(om):
+            for q in range(ol):
+                np.multiply(am, K[:, p, q, None], out=scaled)
+                np.matmul(scaled.T, al, out=product)
+                if add:
+                    term[:, :, p, q] += product
+                else:
+                    term[:, :, p, q] = product
+        return
+    left = scratch.take("left", (n, rows, cols))
+    np.multiply(am[:, :, None], al[:, None, :], out=left)
+    flat = term.reshape(rows * cols, om * ol)
+    if add:
+        product = scratch.take("product", flat.shape)
+        np.matmul(left.reshape(n, -1).T, K.reshape(n, -1), out=product)
+        flat += product
+    else:
+        np.matmul(left.reshape(n, -1).T, K.reshape(n, -1), out=flat)
+
+
+def _second_part(term, st: Structure, panel: _Panel, F, T_ml, n: slice, scratch: _Scratch) -> None:
+    """Add the Hessian's ``Σ_n T̄_ml[n, j, q] δ_m[n, p] ā_l[n, i]`` over the samples ``n`` to
+    ``term`` ``(j, p, i, q)`` (m > l)."""
+    m, l, j0, j1 = panel.m, panel.l, panel.j0, panel.j1
+    delta, al = F["delta"][m][n], F["abar"][l][n]
+    N, om, cols = delta.shape[0], delta.shape[1], al.shape[1]
+    if T_ml is None:  # adjacent layers: T̄[j, q] = φ_l'[j] if q == j (j < n_m: no bias row)
+        jd = min(j1, st.segments[m].layer.in_features)
+        if jd <= j0:
+            return
+        scaled = scratch.take("scaled", (N, jd - j0, om))
+        np.multiply(F["d1"][l][n, j0:jd, None], delta[:, None, :], out=scaled)
+        diag = scratch.take("product", ((jd - j0) * om, cols))
+        np.matmul(scaled.reshape(N, -1).T, al, out=diag)
+        diag = diag.reshape(jd - j0, om, cols)
+        for j in range(j0, jd):
+            term[j - j0, :, :, j] += diag[j - j0]
+        return
+    ol = T_ml.shape[2]
+    right = scratch.take("right", (N, om, cols))
+    np.multiply(delta[:, :, None], al[:, None, :], out=right)
+    twisted = scratch.take("product", ((j1 - j0) * ol, om * cols))
+    np.matmul(T_ml[n, j0:j1, :].reshape(N, -1).T, right.reshape(N, -1), out=twisted)
+    term += twisted.reshape(j1 - j0, ol, om, cols).transpose(0, 2, 3, 1)
 
 
 def _strictly_lower(st: Structure, panel: _Panel) -> tuple[slice, slice]:
@@ -196,8 +262,9 @@ def mirror_panel(H: np.ndarray, rows: slice, cols: slice, square: bool, tile: in
 
 
 def working_bytes(P: int, itemsize: int) -> int:
-    """Memory :func:`matrix` uses beside its ``(P, P)`` result: the per-sample factors, the
-    panels' GEMM outputs and their scratch, within twice :func:`_budget`."""
+    """Memory :func:`matrix` uses beside its ``(P, P)`` result, at most: :func:`_budget` for the
+    arrays it holds (see :func:`matrix`) and as much again for XLA's temporaries while a
+    chunk's factors are computed."""
     return 2 * _budget(P, itemsize)
 
 
@@ -208,6 +275,10 @@ def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, out: np.ndarra
     caller scopes JAX's precision to it); ``s`` is the aggregation factor. ``out``: a
     C-contiguous writable ``(P, P)`` array of that dtype (a ``numpy.memmap`` included) that the
     panels are written into, one at a time, instead of a new array; it is returned.
+
+    Beside the result, within :func:`_budget` ``B``: a chunk's factors (with one block's
+    ``K_ml`` and ``T̄_ml``) take at most ``B/4``; each panel's three arrays of its size
+    ``3·B/8``; the sub-chunks' scratch ``B/8`` (:func:`working_bytes` adds XLA's temporaries).
     """
     P, N = theta.shape[0], X.shape[0]
     itemsize = theta.dtype.itemsize
@@ -216,11 +287,13 @@ def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, out: np.ndarra
     fn = factors(st, loss, kind, "matrix")
     per_sample = bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y))
     if kind.gram:
-        n = chunk_size(per_sample, N, budget)
+        n = chunk_size(per_sample, N, budget // 2)
         return _gram(fn, theta, X, Y, s, _slices(N, n), budget, H)
-    # and one block's K_ml at a time; the panels' GEMM outputs take a quarter of the budget
+    # and one block's K_ml (and the Hessian's T̄_ml) at a time
     per_sample += max(a.outputs * b.outputs for a in st.segments for b in st.segments) * itemsize
-    n = chunk_size(per_sample, N, budget * 3 // 4)
+    if kind.second_term:
+        per_sample += max(a.rows * b.outputs for a in st.segments for b in st.segments) * itemsize
+    n = chunk_size(per_sample, N, budget // 4)
     return _blocks(st, kind, fn, theta, X, Y, s, _slices(N, n), budget, H)
 
 
@@ -231,18 +304,20 @@ def _slices(N: int, n: int) -> list[slice]:
 def _blocks(st: Structure, kind, fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndarray) -> np.ndarray:
     """The lower triangle of ``H`` block by block, each in row panels, from each chunk's factors;
     each panel mirrored onto the upper triangle once the last chunk has been added."""
-    work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, theta.dtype.itemsize, budget // 4)]
+    work = [(c, p) for c in range(len(sample_chunks)) for p in _panels(st, theta.dtype.itemsize, budget // 8)]
     key, F, K_ml, T_ml = None, None, None, None
     scratch, last = _Scratch(theta.dtype), len(sample_chunks) - 1
     for task in chunks(len(work), 1, kind.name):
         c, panel = work[task.start]
         if key is None or key[0] != c:
             sl = sample_chunks[c]
+            F = K_ml = T_ml = None  # the last chunk's factors go before this chunk's are made
             F = _numpy(fn(theta, X[sl], Y[sl], s))
         if key != (c, panel.m, panel.l):
+            K_ml = T_ml = None
             K_ml, T_ml = _numpy(kind.block(st, panel.m, panel.l, theta, F))
         key = (c, panel.m, panel.l)
-        _fill_panel(H, st, panel, F, K_ml, T_ml, accumulate=c > 0, scratch=scratch)
+        _fill_panel(H, st, panel, F, K_ml, T_ml, accumulate=c > 0, scratch=scratch, budget=budget // 8)
         if c == last:
             mirror_panel(H, *_strictly_lower(st, panel), square=panel.m == panel.l)
     return H
