@@ -6,6 +6,7 @@ import fluxhess as fh
 
 MODEL = fh.Chain.mlp([3, 5, 5, 3], "tanh")  # P = 20 + 30 + 18 = 68: divisible by 2 and 4 devices
 QUANTITIES = ("hessian", "ggn", "empirical_fisher")
+UNEVEN = fh.Chain.mlp([2, 3, 1], "tanh")  # P = 13: no even split over 2 or 4 devices
 
 
 def data(seed: int = 0):

@@ -22,24 +22,30 @@ if len(sys.argv) > 3:
     )
 
 import fluxhess as fh  # noqa: E402
-from problems_sharded import MODEL, QUANTITIES, data  # noqa: E402
+from problems_sharded import MODEL, QUANTITIES, UNEVEN, data  # noqa: E402
 
 theta, X, y = data()
+uneven_theta = UNEVEN.init(0) + 0.1 * np.random.default_rng(1).normal(size=UNEVEN.num_params)
 shards = {}
-for name in QUANTITIES:
-    M = getattr(fh, name)(MODEL, theta, X, y, loss="logitcrossentropy", agg="mean", backend="jax", devices=jax.devices())
-    assert M.shape == (MODEL.num_params,) * 2 and M.sharding.spec[0] is not None
+
+
+def keep(name, M):
     for k, shard in enumerate(M.addressable_shards):
         rows = shard.index[0]
         shards[f"{name}_{k}_rows"] = np.arange(rows.start or 0, rows.stop if rows.stop is not None else M.shape[0])
         shards[f"{name}_{k}_data"] = np.asarray(shard.data)
         shards[f"{name}_{k}_device"] = np.array(shard.device.id)
-uneven = fh.Chain.mlp([2, 3, 1], "tanh")  # P = 13: no even split over 2 or 4 devices
-try:
-    fh.ggn(uneven, uneven.init(0), X[:, :2], y[:, None] * 0.1, backend="jax", devices=jax.devices())
-    refused = ""
-except fh.InputError as e:
-    refused = str(e)
-np.savez(out, process=jax.process_index(), devices=len(jax.devices()), refused=np.array(refused), **shards)
+
+
+for name in QUANTITIES:
+    M = getattr(fh, name)(MODEL, theta, X, y, loss="logitcrossentropy", agg="mean", backend="jax", devices=jax.devices())
+    assert M.shape == (MODEL.num_params,) * 2 and M.sharding.spec[0] is not None
+    keep(name, M)
+    # P = 13, which no device count here divides: computed over all devices, kept as one
+    # jax.Array (13 rows cannot be split evenly, so each device holds them all)
+    U = getattr(fh, name)(UNEVEN, uneven_theta, X[:, :2], y * 0.1, backend="jax", devices=jax.devices())
+    assert U.shape == (UNEVEN.num_params,) * 2
+    keep(f"uneven_{name}", U)
+np.savez(out, process=jax.process_index(), devices=len(jax.devices()), **shards)
 if len(sys.argv) > 3:
     jax.distributed.shutdown()

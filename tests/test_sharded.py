@@ -16,7 +16,7 @@ import pytest
 
 import fluxhess as fh
 from conftest import CASES, Case, make_data
-from problems_sharded import MODEL, QUANTITIES, data
+from problems_sharded import MODEL, QUANTITIES, UNEVEN, data
 
 HERE = Path(__file__).parent
 CHILD = HERE / "sharded_child.py"
@@ -25,25 +25,31 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE)] + sys.path), JAX_P
 
 def _expected() -> dict[str, np.ndarray]:
     theta, X, y = data()
-    return {
+    uneven_theta = UNEVEN.init(0) + 0.1 * np.random.default_rng(1).normal(size=UNEVEN.num_params)
+    expected = {
         q: getattr(fh, q)(MODEL, theta, X, y, loss="logitcrossentropy", agg="mean", backend="jax") for q in QUANTITIES
     }
+    for q in QUANTITIES:
+        expected[f"uneven_{q}"] = getattr(fh, q)(UNEVEN, uneven_theta, X[:, :2], y * 0.1, backend="jax")
+    return expected
 
 
 def _assemble(files: list[Path], n_devices: int) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     """The matrices from every process's shards, and each quantity's (rows, device) per shard."""
-    P = MODEL.num_params
-    out = {q: np.full((P, P), np.nan) for q in QUANTITIES}
-    layout = {q: [] for q in QUANTITIES}
+    names = list(_expected())
+    out = {q: None for q in names}
+    layout = {q: [] for q in names}
     for f in files:
         with np.load(f) as z:
             assert int(z["devices"]) == n_devices
-            assert f"13 rows of the (13, 13) result cannot be split evenly over {n_devices} devices" in str(z["refused"])
-            for q in QUANTITIES:
+            for q in names:
+                P = (UNEVEN if q.startswith("uneven_") else MODEL).num_params
+                if out[q] is None:
+                    out[q] = np.full((P, P), np.nan)
                 k = 0
                 while f"{q}_{k}_rows" in z:
                     rows, block = z[f"{q}_{k}_rows"], z[f"{q}_{k}_data"]
-                    assert block.shape == (P // n_devices, P), f"{q}: a shard of shape {block.shape}"
+                    assert block.shape == (P // np.gcd(P, n_devices), P), f"{q}: a shard of shape {block.shape}"
                     out[q][rows] = block
                     layout[q].append((tuple(rows[[0, -1]]), int(z[f"{q}_{k}_device"])))
                     k += 1
@@ -51,6 +57,8 @@ def _assemble(files: list[Path], n_devices: int) -> tuple[dict[str, np.ndarray],
 
 
 def _check(files: list[Path], n_devices: int) -> None:
+    """Every quantity equals the host route's. P = 68 is split over the devices, one shard
+    each; P = 13 (before: refused) is computed over all of them and each holds all 13 rows."""
     got, layout = _assemble(files, n_devices)
     for q, M in _expected().items():
         assert len(layout[q]) == n_devices and len({d for _, d in layout[q]}) == n_devices  # one shard per device
@@ -119,6 +127,8 @@ def test_as_jax_on_the_default_device(case):
         (dict(devices="cpu"), "list of distinct JAX devices"),
         (dict(devices=[]), "non-empty"),
         (dict(devices=jax.devices() * 2), "distinct"),
+        (dict(devices=jax.sharding.Mesh(np.array(jax.devices() * 2), ("x",))), "lists a device more than once"),
+        (dict(devices=jax.sharding.Mesh(np.array(jax.devices()), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))), "AxisType.Auto"),
         (dict(as_jax=1), "as_jax must be True or False"),
         (dict(as_jax=True, out=np.empty((68, 68))), "one or the other"),
     ],

@@ -1,7 +1,9 @@
 """P×P curvature assembled by XLA on JAX devices, its row panels sharded across them.
 
 The devices form a :class:`jax.sharding.Mesh`; the result's rows are split over all of its
-axes (``PartitionSpec(mesh.axis_names, None)``), and each device computes only its own rows
+axes (``PartitionSpec(mesh.axis_names, None)``) when the device count divides P, and
+otherwise as :func:`layout` says (JAX shards an axis only evenly: the rows are computed
+padded, and kept split ``gcd(P, D)`` ways); each device computes only its own rows
 (:func:`jax.shard_map`) from replicated θ, X and Y, so no device ever holds the whole matrix
 and no device talks to another:
 
@@ -25,11 +27,13 @@ models take this route on a mesh of that one device.
 from __future__ import annotations
 
 import functools
+import math
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ...errors import InputError
 from ..._memory import CHUNK_BYTES, chunk_size
@@ -42,8 +46,19 @@ AXIS = "rows"
 
 
 def as_mesh(devices) -> Mesh:
-    """``devices`` (a :class:`~jax.sharding.Mesh`, or a non-empty list of distinct JAX devices) as a mesh."""
+    """``devices`` (a :class:`~jax.sharding.Mesh` of distinct devices whose axes are all
+    ``AxisType.Auto``, or a non-empty list of distinct JAX devices) as a mesh."""
     if isinstance(devices, Mesh):
+        flat = list(devices.devices.flat)
+        if len(set(flat)) != len(flat):
+            raise InputError(f"devices: the Mesh lists a device more than once ({flat}); give each device once")
+        types = tuple(getattr(devices, "axis_types", ()))
+        if any(t != AxisType.Auto for t in types):
+            raise InputError(
+                f"devices: the Mesh's axis types are {types}; the result is laid out by fluxhess (rows split "
+                "over the mesh), which needs AxisType.Auto axes: build it with "
+                "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names)) or pass a list of devices"
+            )
         return devices
     try:
         found = list(devices)
@@ -88,20 +103,43 @@ def row_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a ``(P, P)`` result is computed and kept on ``mesh``'s ``D`` devices.
+
+    JAX shards an axis only evenly. The rows are computed over all ``D`` devices, padded to
+    ``rows`` (a multiple of ``D``; the padded rows are zero and dropped); the result is kept
+    on :attr:`mesh` with the rows split ``parts`` ways: the given mesh and ``D`` parts when
+    ``D`` divides P, else the same devices as a ``(g, D/g)`` mesh with ``g = gcd(P, D)``
+    parts over its first axis, each part held by ``D/g`` devices.
+    """
+
+    mesh: Mesh
+    P: int
+    parts: int
+
+    @property
+    def rows(self) -> int:
+        D = self.mesh.size
+        return -(-self.P // D) * D
+
+    @property
+    def result(self) -> NamedSharding:
+        return row_sharding(self.mesh) if self.parts == self.mesh.size else NamedSharding(self.mesh, PartitionSpec(AXIS, None))
+
+
+def layout(P: int, mesh: Mesh) -> Layout:
+    """The :class:`Layout` of a ``(P, P)`` result on ``mesh``."""
+    D = mesh.size
+    if P % D == 0:
+        return Layout(mesh, P, D)
+    g = math.gcd(P, D)
+    return Layout(Mesh(np.asarray(mesh.devices).reshape(g, D // g), (AXIS, "copies")), P, g)
+
+
 def _replicated(mesh: Mesh, x: np.ndarray) -> jax.Array:
     """``x`` on every device of ``mesh`` (each process supplies its own devices' copies)."""
     return jax.make_array_from_callback(x.shape, NamedSharding(mesh, PartitionSpec()), lambda index: x[index])
-
-
-def _rows_per_device(P: int, mesh: Mesh) -> int:
-    """``P / devices``; JAX shards an axis only evenly, so a P that the devices do not divide is refused."""
-    if P % mesh.size:
-        divisors = [k for k in range(1, mesh.size) if P % k == 0]
-        raise InputError(
-            f"devices: the {P} rows of the ({P}, {P}) result cannot be split evenly over {mesh.size} devices "
-            f"(JAX shards an axis evenly); use {max(divisors)} of them, or a model whose P they divide"
-        )
-    return P // mesh.size
 
 
 def _hvp_rows(model: Chain, loss: str, kind, P: int, batch: int):
@@ -109,7 +147,7 @@ def _hvp_rows(model: Chain, loss: str, kind, P: int, batch: int):
     hvp = compiled(model, loss, "hvp", kind)  # (θ, X, Y, s, V (P, k)) -> (P, k)
 
     def rows_of(theta, X, Y, s, rows):
-        unit = lambda i: hvp(theta, X, Y, s, jax.nn.one_hot(i, P, dtype=theta.dtype)[:, None])[:, 0]
+        unit = lambda i: hvp(theta, X, Y, s, jax.nn.one_hot(i, P, dtype=theta.dtype)[:, None])[:, 0]  # i ≥ P: zero
         return jax.lax.map(unit, rows, batch_size=batch)
 
     return rows_of
@@ -121,7 +159,7 @@ def _gram_rows(model: Chain, loss: str, kind, P: int, batch: int):
 
     def rows_of(theta, X, Y, s, rows):
         U = factor(theta, X, Y, s)
-        return jnp.take(U, rows, axis=1).T @ U
+        return jnp.take(U, rows, axis=1, mode="fill", fill_value=0).T @ U  # padded rows (≥ P): zero
 
     return rows_of
 
@@ -147,37 +185,42 @@ def _sample_chunks(kind, N: int, C: int, P: int, itemsize: int, budget: int) -> 
 
 
 def matrix(model: Chain, loss: str, kind, theta, X, Y, s: float, mesh: Mesh) -> jax.Array:
-    """The curvature ``kind`` (:mod:`.kinds`), ``(P, P)``, as a
-    :class:`jax.Array` on ``mesh`` sharded by rows (:func:`row_sharding`).
+    """The curvature ``kind`` (:mod:`.kinds`), ``(P, P)``, as a :class:`jax.Array` sharded by
+    rows as :func:`layout` says (over all of ``mesh``'s axes when its size divides P).
 
     ``theta`` ``(P,)``, ``X`` ``(N, d)``, ``Y`` ``(N, C)`` NumPy arrays of one float dtype (the
     caller scopes JAX's precision to it), the same on every process; ``s`` the aggregation factor.
     """
     P, itemsize = theta.shape[0], theta.dtype.itemsize
-    local = _rows_per_device(P, mesh)
+    plan = layout(P, mesh)
+    mesh = plan.mesh
     budget = work_bytes(mesh)
-    batch = max(1, min(local, budget // (4 * itemsize * (P + X.shape[0] * widest(model)))))
+    batch = max(1, min(plan.rows // mesh.size, budget // (4 * itemsize * (P + X.shape[0] * widest(model)))))
     fn = _local_rows(model, loss, kind, mesh, P, batch)
-    rows = np.arange(P)
+    rows = np.arange(plan.rows)
     rows_g = jax.make_array_from_callback(rows.shape, NamedSharding(mesh, PartitionSpec(mesh.axis_names)), lambda i: rows[i])
     theta_g, s_g = _replicated(mesh, theta), _replicated(mesh, np.asarray(s, theta.dtype))
     total = None
     for sl in _sample_chunks(kind, X.shape[0], Y.shape[1], P, itemsize, budget):
         part = fn(theta_g, _replicated(mesh, X[sl]), _replicated(mesh, Y[sl]), s_g, rows_g)
         total = part if total is None else total + part
-    return _symmetric(mesh)(total)
+    return _symmetric(plan)(total)
 
 
 @functools.lru_cache(maxsize=16)
-def _symmetric(mesh: Mesh):
-    """``(M + Mᵀ)/2``, sharded by rows: exact symmetry, as on the host route (the rows of a
-    device and the columns of the others round differently)."""
-    return jax.jit(lambda M: 0.5 * (M + M.T), out_shardings=row_sharding(mesh))
+def _symmetric(plan: Layout):
+    """``(M + Mᵀ)/2`` of the first P rows, laid out as ``plan`` keeps the result: exact
+    symmetry, as on the host route (the rows of a device and the columns of the others round
+    differently)."""
+    P = plan.P
+    return jax.jit(lambda M: 0.5 * (M[:P] + M[:P].T), out_shardings=plan.result)
 
 
 def device_bytes(P: int, mesh: Mesh, itemsize: int) -> int:
-    """Bytes each device holds: its rows of the result and of one chunk's partial sum."""
-    return 2 * _rows_per_device(P, mesh) * P * itemsize
+    """Bytes each device holds: its padded rows of one chunk's partial sum and of the running
+    sum, and its rows of the result."""
+    plan = layout(P, mesh)
+    return (2 * plan.rows // plan.mesh.size + P // plan.parts) * P * itemsize
 
 
 def all_finite(M: jax.Array) -> bool:
