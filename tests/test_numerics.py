@@ -16,6 +16,7 @@ import pytest
 from scipy import special
 
 import fluxhess as fh
+import reference as ref
 from conftest import assert_close
 
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23}  # Flux: ϵ = eps(eltype(ŷ))
@@ -232,3 +233,35 @@ def test_crossentropy_on_independent_sigmoids_is_flux_value_with_one_warning(bac
     assert got == pytest.approx(expected, rel=1e-12)
     with pytest.raises(fh.InputError, match="probabilities in \\[0, 1\\]"):
         fh.loss(fh.Chain(fh.Dense(3, 2)), theta, 10 * X, labels, loss="crossentropy", backend=backend)
+
+
+# --- soft targets whose rows do not sum to 1 (multi-label, label smoothing) -------------
+
+
+@pytest.mark.parametrize("loss, model", [
+    ("crossentropy", fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 3), fh.Activation("softmax"))),
+    ("logitcrossentropy", fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 3))),
+])
+@pytest.mark.parametrize("targets, agg", [("multi-label", "mean"), ("label-smoothing", "sum"), ("zero-rows", "sum")])
+def test_soft_targets_are_computed_as_flux_does(loss, model, targets, agg):
+    """Before: refused ("each row of y must sum to 1"), where Flux computes
+    -Σ y·log(ŷ + ϵ) / -Σ y·logsoftmax(ŷ) for any rows. The loss, gradient, Hessian, GGN and EF
+    against jax.hessian of the loss written out, the linearized loss's Hessian and the
+    per-sample gradients (tests/reference.py)."""
+    rng = np.random.default_rng(3)
+    N = 6
+    X = rng.normal(size=(N, 3))
+    theta = model.init(1) + 0.2 * rng.normal(size=model.num_params)
+    Y = {
+        "multi-label": rng.integers(0, 2, size=(N, 3)).astype(float),  # rows sum to 0..3
+        "label-smoothing": 0.9 * np.eye(3)[rng.integers(0, 3, size=N)] + 0.1 / 3 + 0.05,  # rows sum to 1.15
+        "zero-rows": np.vstack([np.zeros((2, 3)), rng.uniform(size=(N - 2, 3))]),
+    }[targets]
+    assert np.abs(Y.sum(axis=1) - 1).max() > 0.1
+    kw = dict(loss=loss, agg=agg, backend="jax")
+    assert fh.loss(model, theta, X, Y, **kw) == pytest.approx(ref.total_loss(model, theta, X, Y, loss, agg), rel=1e-12)
+    assert_close(fh.hessian(model, theta, X, Y, **kw), ref.jax_hessian(model, theta, X, Y, loss, agg), rtol=1e-10, atol=1e-12, what="hessian")
+    assert_close(fh.ggn(model, theta, X, Y, **kw), ref.linearized_ggn(model, theta, X, Y, loss, agg), rtol=1e-10, atol=1e-12, what="ggn")
+    G = ref.per_sample_gradients(model, theta, X, Y, loss)
+    s = ref.scale(loss, agg, *Y.shape)
+    assert_close(fh.empirical_fisher(model, theta, X, Y, **kw), s * G.T @ G, rtol=1e-10, atol=1e-12, what="ef")

@@ -172,7 +172,9 @@ def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype)
 
     - ``mse``: ``(N, C)``, or ``(N,)`` when C == 1.
     - ``crossentropy``/``logitcrossentropy`` with C >= 2: integer labels ``(N,)`` in
-      ``[0, C)``, or rows ``(N, C)`` of probabilities that sum to 1. With C == 1 the
+      ``[0, C)``, or rows ``(N, C)`` of values in [0, 1] — one-hot, class probabilities, or
+      rows that do not sum to 1 (multi-label targets, label smoothing), which Flux computes
+      as they are: ``-Σ_c y_c·log(ŷ_c + ϵ)``, ``-Σ_c y_c·logsoftmax(ŷ)_c``. With C == 1 the
       target is a value in [0, 1] per sample, as Flux computes ``-y·log(ŷ+ϵ)``.
     - ``binarycrossentropy``/``logitbinarycrossentropy``: values in [0, 1],
       ``(N, C)`` or ``(N,)`` when C == 1.
@@ -212,15 +214,6 @@ def targets_array(y, n_samples: int, n_outputs: int, loss: str, dtype: np.dtype)
         raise InputError(
             f"y must hold probabilities in [0, 1] for loss={loss!r}; got values from {a.min()} to {a.max()}"
         )
-    if loss in L.CATEGORICAL and C >= 2:
-        sums = a.sum(axis=1)
-        tol = 1e-6 if dtype == np.float64 else 1e-4
-        bad = np.flatnonzero(np.abs(sums - 1) > tol)
-        if bad.size:
-            raise InputError(
-                f"each row of y must sum to 1 (one-hot or class probabilities) for loss={loss!r}; "
-                f"row {bad[0]} sums to {sums[bad[0]]}. Pass integer labels of shape ({N},) instead"
-            )
     return a
 
 
