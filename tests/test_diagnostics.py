@@ -61,7 +61,8 @@ def test_estimate_sizes_are_closed_forms():
     P, N, d, C = 3 * 4 + 4 + 4 * 2, 10, 3, 2
     est = fh.estimate(model, np.zeros((N, d)))
     assert est["hessian"].shape == (P, P) and est["hessian"].result_bytes == 8 * P * P
-    assert est["hessian"].needs_bytes == 2 * 8 * P * P
+    # the Dense-chain route: the result and its bounded working set (2 × 16 MiB at least)
+    assert est["hessian"].needs_bytes == 8 * P * P + 2 * 16 * 2**20
     assert est["param_jacobian"].result_bytes == 8 * N * C * P
     assert est["input_hessian"].shape == (N, C, d, d)
     assert est["kron"].result_bytes == 8 * ((3 + 1) ** 2 + 4**2 + 4**2 + 2**2)
@@ -116,3 +117,20 @@ def test_estimate_rejects_bad_arguments():
         fh.estimate(fh.Chain.mlp([2, 1]), 0)
     with pytest.raises(fh.InputError, match="fluxhess.Chain"):
         fh.estimate(object(), 3)
+
+
+def test_estimate_of_a_multi_input_model_takes_the_tuple_and_checks_it():
+    """Before: the tuple (x, t) raised numpy's ValueError (inhomogeneous shape), and (x,) gave N = 1."""
+    model = fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 1), inputs={"x": 2, "t": 1})
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(5, 2)), rng.normal(size=5)
+    stacked = fh.estimate(model, np.column_stack([x, t]))
+    for X in [(x, t), [x, t[:, None]]]:
+        got = fh.estimate(model, X)
+        assert [r.shape for r in got.rows] == [r.shape for r in stacked.rows]
+        assert got["input_hessian"].shape == (5, 1, 3, 3)
+    with pytest.raises(fh.InputError, match=r"tuple of 2 arrays \(x, t\)"):
+        fh.estimate(model, (x,))
+    with pytest.raises(fh.InputError, match=r"input 't' must have shape \(4, 1\)"):
+        fh.estimate(model, (x[:4], t))
+

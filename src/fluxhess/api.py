@@ -237,9 +237,9 @@ def _matrix_bytes(call: Call, quantity: str, into_out: bool) -> int:
     """The P×P route's peak memory: the backend's own estimate of the route it takes
     (``matrix_bytes``, a capability), else two copies of the result (:func:`fluxhess._memory.needed_bytes`)."""
     estimate = getattr(call.backend, "matrix_bytes", None)
-    if estimate is not None:
-        return estimate(call.problem, into_out)
     P = call.problem.params.shape[0]
+    if estimate is not None:
+        return estimate(call.problem.model, P, call.dtype.itemsize, into_out)
     return memory.needed_bytes(quantity, P * P, call.dtype.itemsize)
 
 

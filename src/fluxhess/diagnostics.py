@@ -25,7 +25,7 @@ import numpy as np
 from . import api, _memory as memory
 from .compare import html_table, text_table
 from .errors import InputError, MemoryBudgetError
-from ._validate import float_dtype
+from ._validate import float_dtype, stacked_inputs
 
 #: The three P×P curvatures, by the names the diagnostics use.
 MATRICES = ("hessian", "ggn", "empirical_fisher")
@@ -170,16 +170,18 @@ class MemoryEstimate:
 def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
     """How much memory each quantity's result takes for ``model`` and a batch, before computing it.
 
-    ``X``: the inputs ``(N, d)``, or the number of samples N. ``needs`` is what the memory
-    guard checks before the computation: twice the result for the P×P matrices and the
-    KFAC factors (the backend's result and the copy returned), the result for the others.
+    ``X``: the inputs ``(N, d)`` (for a model with an input signature also the tuple
+    ``(x, t, …)``), or the number of samples N. ``needs`` is what the memory guard checks
+    before the computation: for the P×P matrices the peak of the route the backend takes
+    (the JAX backend's own estimate, result included; two copies on the julia backend),
+    twice the result for the KFAC factors, the result and one chunk for the others.
 
     Returns: a :class:`MemoryEstimate`; ``estimate(...)["hessian"].fits`` says whether
     :func:`fluxhess.hessian` would be allowed to run here now.
     """
     itemsize = float_dtype(dtype).itemsize
-    N = _num_samples(X)
     P, d, C = _model_sizes(model)
+    N = _num_samples(X, model)
     kron_factors = tuple(((l.in_features + int(l.bias),) * 2, (l.out_features,) * 2) for _, l in model.dense_layers)
     shapes = {
         "forward": (N, C),
@@ -199,7 +201,7 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
     rows = []
     for quantity, shape in shapes.items():
         nbytes = _elements(shape) * itemsize
-        needs = memory.needed_bytes(quantity, _elements(shape), itemsize)
+        needs = _square_bytes(model, P, itemsize) if quantity in _SQUARE else memory.needed_bytes(quantity, _elements(shape), itemsize)
         try:
             memory.require(quantity, needs, shape)
             fits = True
@@ -217,9 +219,27 @@ def _elements(shape) -> int:
     return sum(_elements(s) for s in shape)
 
 
-def _num_samples(X) -> int:
+#: The P×P quantities: the guard asks the backend's estimate of its route (as api does).
+_SQUARE = ("hessian", "ggn", "empirical_fisher")
+
+
+def _square_bytes(model, P: int, itemsize: int) -> int:
+    """What the guard checks for a P×P result of ``model`` on the backend ``"auto"`` picks."""
+    from ._backends import get as get_backend
+
+    estimate = getattr(get_backend("auto", model), "matrix_bytes", None)
+    if estimate is None:
+        return memory.needed_bytes("hessian", P * P, itemsize)
+    return estimate(model, P, itemsize, False)
+
+
+def _num_samples(X, model) -> int:
+    """N of ``X``: a number, an array ``(N, …)``, or for a model with an input signature the
+    tuple ``(x, t, …)`` (checked as every public function checks it)."""
     if isinstance(X, (int, np.integer)) and not isinstance(X, bool):
         N = int(X)
+    elif isinstance(X, (tuple, list)) and X and not np.isscalar(X[0]):
+        N = stacked_inputs(tuple(X), getattr(model, "inputs", None)).shape[0]
     else:
         shape = np.shape(X)
         N = shape[0] if shape else 0

@@ -56,11 +56,11 @@ class JaxBackend:
         st = dense.split(model) if self.structured else None
         return routes.generic if st is None else functools.partial(routes.structured, st)
 
-    def matrix_bytes(self, problem: Problem, into_out: bool) -> int:
-        """Peak memory of the P×P route that ``problem`` takes, in bytes: its result (unless it is
-        written into ``out=``, ``into_out``) and every array it makes beside it."""
-        P, itemsize = problem.params.shape[0], problem.dtype.itemsize
-        if self.structured and dense.split(problem.model) is not None:
+    def matrix_bytes(self, model, P: int, itemsize: int, into_out: bool) -> int:
+        """Peak memory of the P×P route that ``model`` takes, in bytes: its ``(P, P)`` result of
+        ``itemsize``-byte numbers (unless it is written into ``out=``, ``into_out``) and every
+        array the route makes beside it."""
+        if self.structured and dense.split(model) is not None:
             return (0 if into_out else P * P * itemsize) + dense_matrix.working_bytes(P, itemsize)
         return curvature.generic_bytes(P, itemsize)
 
