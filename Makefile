@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow benchmark clean
+.PHONY: demo test test-slow peers benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --upgrade -e ".[test]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -19,6 +19,11 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest --slow
+
+# The peer libraries the converter, parity tests and benchmarks compare against (CPU torch,
+# laplace-torch, BackPACK, curvlinops, ASDL, Flax, laplax, folx); without them those tests skip.
+peers: $(VENV)/.installed
+	PYTHON=$(PY) bash scripts/install-peers.sh
 
 benchmark: $(VENV)/.installed
 	$(PY) benchmarks/run.py

@@ -9,7 +9,7 @@ Where a Julia runtime exists, the julia backend runs as a library beside the JAX
 compare its generic route with the per-sample loop it replaced.
 
 Installs nothing: a peer that is not installed is listed as such (install the peers with
-``PYTHON=.venv/bin/python bash ../shared/install-peers.sh``). For each problem and quantity,
+``make peers``). For each problem and quantity,
 every library runs the same model, weights, data and dtype in this one process: one
 warm-up call each (JAX compiles there), then ``--repeats`` rounds that call each library in
 turn, so a change of machine load hits all of them alike; the table reports medians.

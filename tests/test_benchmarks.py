@@ -14,7 +14,7 @@ RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
 @pytest.mark.slow  # imports torch and every peer in a subprocess: ~1-2 min
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="no peer installed (torch missing): nothing to compare")
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="no peer installed (torch missing: make peers installs them): nothing to compare")
 def test_quick_benchmark_runs_and_peers_agree_with_fluxhess(tmp_path):
     out = tmp_path / "quick.md"
     args = [sys.executable, str(RUN), "--quick", "--only", "ggn,diag-hessian", "--repeats", "1", "--no-laplacian", "--out", str(out)]

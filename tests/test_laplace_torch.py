@@ -5,8 +5,8 @@ import pytest
 
 import fluxhess as fh
 
-torch = pytest.importorskip("torch", reason="laplace-torch parity needs torch (install the peers: shared/install-peers.sh)")
-laplace = pytest.importorskip("laplace", reason="laplace-torch is not installed (install the peers: shared/install-peers.sh)")
+torch = pytest.importorskip("torch", reason="laplace-torch parity needs torch (install the peers: make peers)")
+laplace = pytest.importorskip("laplace", reason="laplace-torch is not installed (install the peers: make peers)")
 
 N, RTOL = 30, 1e-6
 MODEL = fh.Chain.mlp([3, 5, 4, 3], "tanh")

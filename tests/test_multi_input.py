@@ -175,7 +175,7 @@ def _torch_field():
 
 
 def test_from_torch_forward_of_x_and_t_matches_torch_func():
-    torch = pytest.importorskip("torch", reason="from_torch needs torch")
+    torch = pytest.importorskip("torch", reason="from_torch needs torch (make peers installs the CPU wheel)")
     from torch.func import hessian, jacrev, vmap
 
     net = _torch_field()
@@ -193,7 +193,7 @@ def test_from_torch_forward_of_x_and_t_matches_torch_func():
 
 
 def test_from_torch_refuses_inputs_concatenated_out_of_order():
-    torch = pytest.importorskip("torch", reason="from_torch needs torch")
+    torch = pytest.importorskip("torch", reason="from_torch needs torch (make peers installs the CPU wheel)")
     import torch.nn as nn
 
     class Swapped(nn.Module):
