@@ -164,14 +164,15 @@ def test_cgroup_v1_limit_and_no_limit(tmp_path):
 
 
 def test_the_guard_honours_a_cgroup_limit(tmp_path, monkeypatch):
-    """A container with 1 MiB free: a 26 × 26 Hessian (2 × 5.4 KB) fits, a 300 × 300 one (2 × 720 KB) does not."""
-    root = _cgroup(tmp_path, {"memory.max": str(2**20), "memory.current": "0", "memory.stat": ""})
+    """A container with 64 MiB free: a 26 × 26 Hessian (5.4 KB and the route's 32 MiB working
+    set) fits, a 2600 × 2600 one (54 MB and the same working set) does not."""
+    root = _cgroup(tmp_path, {"memory.max": str(64 * 2**20), "memory.current": "0", "memory.stat": ""})
     monkeypatch.setattr(memory, "CGROUP_ROOT", root)
-    assert memory.available_bytes() == 2**20
-    fh.hessian(M, M.init(), X, Y, backend="jax")
-    wide = fh.Chain(fh.Dense(3, 75))  # P = 300
-    with pytest.raises(fh.MemoryBudgetError, match=r"hessian of shape \(300, 300\)"):
-        fh.hessian(wide, wide.init(), X, np.zeros((5, 75)), backend="jax")
+    assert memory.available_bytes() == 64 * 2**20
+    fh.hessian(M, THETA, X, Y, backend="jax")
+    wide = fh.Chain(fh.Dense(3, 650))  # P = 2600
+    with pytest.raises(fh.MemoryBudgetError, match=r"hessian of shape \(2600, 2600\)"):
+        fh.hessian(wide, wide.init(), X, np.zeros((5, 650)), backend="jax")
 
 
 # --- every allocation of a P×P route inside the estimate the guard checks -----------------
