@@ -42,6 +42,7 @@ def _initial_prior(la, h: Hyper, prior_structure: str) -> np.ndarray:
     bounds = np.cumsum([0] + sizes)
     return np.array([np.exp(logs[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])])
 
+
 def maximise_marglik(la, state: Fitted, h: Hyper, prior_structure: str, tune_sigma: bool, max_iter: int) -> Hyper:
     """The hyperparameters that maximise the log marginal likelihood, started from ``h``."""
     if la.curvature == "hessian" and state.clipped is None:
@@ -84,6 +85,7 @@ def maximise_marglik(la, state: Fitted, h: Hyper, prior_structure: str, tune_sig
         )
     return tuned
 
+
 def gridsearch(la, state: Fitted, h: Hyper, val, grid, pred_type, link_approx, n_samples) -> Hyper:
     """The hyperparameters with the grid's best scalar prior precision; the object is not touched."""
     if val is None or not isinstance(val, (tuple, list)) or len(val) != 2:
@@ -105,6 +107,9 @@ def gridsearch(la, state: Fitted, h: Hyper, val, grid, pred_type, link_approx, n
             e, Q = la._eigh(state)
             J = np.matmul(J, Q, out=J)
             curv = posterior.Diag(e)
+    else:  # each grid value samples networks: their outputs (n_samples, N, C) are held at once
+        draws = (n_samples, features.shape[0], state.n_outputs)
+        memory.require("predictive", memory.needed_bytes("predictive", int(np.prod(draws)), 8), draws)
     scores = []
     for value in grid:
         candidate = dataclasses.replace(h, prior=la._check_prior(value))
@@ -128,6 +133,7 @@ def gridsearch(la, state: Fitted, h: Hyper, val, grid, pred_type, link_approx, n
         raise InputError("no prior precision in grid gives a positive definite posterior; use larger values")
     return dataclasses.replace(h, prior=la._check_prior(grid[int(np.argmin(scores))]))
 
+
 def _validation_jacobians(la, state: Fitted, features) -> tuple[np.ndarray, np.ndarray]:
     """``f_MAP`` ``(N, C)`` and the subset's Jacobians ``(N, C, P_s)`` at once: the grid search
     reuses them for every grid value, so the guard checks all of them together."""
@@ -139,6 +145,7 @@ def _validation_jacobians(la, state: Fitted, features) -> tuple[np.ndarray, np.n
     for sl in chunks(N, la._jacobian_chunk(state, N), "Laplace Jacobians"):
         J[sl] = s.jacobian(la.params, features[sl], la.backend)
     return f_mu, J
+
 
 def _nll(la, p: pred.Predictive, Y: np.ndarray) -> float:
     if la.likelihood == "regression":
