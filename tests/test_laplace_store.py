@@ -140,6 +140,10 @@ def test_load_refuses_a_flux_source_before_anything_runs(tmp_path, monkeypatch):
         fh.Laplace.load(bad, trust_source="yes")
     with pytest.raises(InputError, match="model must be a fluxhess.Chain or a FluxModel; got str"):
         fh.Laplace.load(bad, model=MALICIOUS)
+    # for a saved Chain, model= must be that Chain
+    assert fh.Laplace.load(path, model=fh.Chain.mlp([2, 3, 1], "tanh")).model == la.model
+    with pytest.raises(InputError, match=r"model= is Chain\(Dense\(2, 3, 'relu'\).*but the file holds Chain\(Dense\(2, 3, 'tanh'\)"):
+        fh.Laplace.load(path, model=fh.Chain.mlp([2, 3, 1], "relu"))
 
 
 # -- saves never lose data -------------------------------------------------------------

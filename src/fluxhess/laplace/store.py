@@ -82,11 +82,13 @@ def _chain(layers: list, inputs) -> Chain:
 
 
 def _model(saved, inputs, model):
-    """The model to restore: ``model`` when given, else the saved one (:func:`load` has
-    refused a Flux source already unless the caller trusts it)."""
-    if model is not None:
-        return model
+    """The model to restore: ``model`` when given (a Chain must equal the saved one), else the
+    saved one (:func:`load` has refused a Flux source already unless the caller trusts it)."""
     flux = _flux_source(saved)
+    if model is not None:
+        if flux is None and isinstance(model, Chain) and model != _chain(saved, inputs):
+            raise InputError(f"model= is {model!r}, but the file holds {_chain(saved, inputs)!r}")
+        return model
     if flux is None:
         return _chain(saved, inputs)
     return FluxModel(flux["source"], flux.get("seed", 0), flux.get("filename", "model source"), layers=flux.get("layers"))
