@@ -206,3 +206,68 @@ def test_a_setter_after_use_gives_the_posterior_of_a_fresh_approximation(setting
     assert float(la.log_marginal_likelihood()) == pytest.approx(float(fresh.log_marginal_likelihood()), rel=1e-12)
     with pytest.raises(InputError, match=f"{setting} must be"):
         setattr(la, setting, -1.0)
+
+
+# -- an overflow is named as one, not as "use a larger prior_precision" ------------------
+
+
+def _regression(n=12):
+    rng = np.random.default_rng(4)
+    model = fh.Chain.mlp([2, 4, 1], "relu")
+    return model, model.init(4), rng.normal(size=(n, 2)), rng.normal(size=n)
+
+
+@pytest.mark.parametrize("setting, value, formula", [
+    ("sigma_noise", 1e-160, r"1/\(2·sigma_noise²·temperature\)"),
+    ("temperature", 1e-310, r"1/\(2·sigma_noise²·temperature\)"),
+])
+def test_a_likelihood_factor_that_overflows_is_refused_where_it_is_set(setting, value, formula):
+    model, theta, X, y = _regression()
+    with pytest.raises(InputError, match=rf"likelihood factor {formula} overflows float64 at .*{setting}={value:.6g}"):
+        fh.Laplace(model, theta, "regression", backend="jax", **{setting: value})
+    la = fh.Laplace(model, theta, "regression", backend="jax").fit(X, y)
+    with pytest.raises(InputError, match="overflows float64"):
+        setattr(la, setting, value)
+    assert getattr(la, setting) == 1.0
+    if setting == "sigma_noise":
+        with pytest.raises(InputError, match=r"likelihood factor .* overflows float64 at sigma_noise=1e-160"):
+            la.log_marginal_likelihood(sigma_noise=1e-160)
+    with pytest.raises(InputError, match=r"likelihood factor 1/temperature overflows float64 at sigma_noise=1, temperature=1e-310"):
+        fh.Laplace(MODEL, MODEL.init(), temperature=1e-310, backend="jax")
+
+
+def test_a_factor_times_curvature_that_overflows_is_named():
+    model, theta, X, y = _regression()
+    la = fh.Laplace(model, theta, "regression", sigma_noise=1e-154, backend="jax").fit(X, y)  # factor 5e307, finite
+    for call in (la.log_marginal_likelihood, lambda: la.predictive(X), lambda: la.sample(2)):
+        with pytest.raises(InputError, match=r"posterior precision overflows float64: the likelihood factor 5e\+307 "
+                                             r"\(sigma_noise=1e-154, temperature=1\) times a curvature"):
+            call()
+
+
+def test_parameters_far_out_of_scale_are_named_not_the_prior():
+    """θ ~ 1e60 in a relu network: a finite curvature ~1e120 beside which the prior 1 is rounding."""
+    model, theta, X, y = _regression()
+    la = fh.Laplace(model, theta * 1e60, "regression", backend="jax").fit(X, y)
+    with pytest.raises(InputError, match=r"not positive definite.*curvature's entries reach \d.*e\+1\d\d .*largest \|θ\| = "
+                                         r"\d.*e\+\d\d\), so a prior precision of 1 is below its rounding error.*far out of scale"):
+        la.log_marginal_likelihood()
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # NumPy's own word on the overflow, in the backend
+def test_parameters_whose_network_overflows_are_refused_at_fit():
+    model, theta, X, y = _regression()
+    la = fh.Laplace(model, theta * 1e160, "regression", backend="jax")
+    with pytest.raises(FluxHessError, match=r"non-finite values .* overflowed at these parameters|not finite.*largest \|θ\|"):
+        la.fit(X, y)
+    assert not la.fitted
+
+
+def test_a_noise_whose_square_overflows_is_refused():
+    model, theta, X, y = _regression()
+    la = fh.Laplace(model, theta, "regression", backend="jax").fit(X, y)
+    with pytest.raises(InputError, match=r"sigma_noise=1e\+200 is too large: its square \(the noise variance\) overflows"):
+        la.sigma_noise = 1e200
+    with pytest.raises(InputError, match=r"sigma_noise=1e\+200 is too large"):
+        la.log_marginal_likelihood(sigma_noise=1e200)
+    assert np.isfinite(float(la.log_marginal_likelihood(sigma_noise=1e150)))  # c = 5e-301: the prior alone, finite

@@ -126,3 +126,64 @@ def test_lowrank_where_full_is_refused():
 def test_lowrank_p_200k():
     # P = 200,890 (full needs ~645 GB), N·C = 2,000
     _p_much_larger_than_n((200, 480, 200, 10), 200)
+
+
+# -- the smaller side of Woodbury ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("R, P", [(6, 9), (9, 9), (40, 7)], ids=["rows-side", "square", "columns-side"])
+def test_both_sides_of_woodbury_equal_dense_linear_algebra(R, P):
+    """Each question ``LowRank`` answers, against NumPy on the dense ``P = c·UᵀU + diag(p₀)``."""
+    from fluxhess.laplace import posterior
+
+    rng = np.random.default_rng(R + P)
+    U = rng.normal(size=(R, P))
+    c, p0, sizes = 0.7, rng.uniform(0.5, 2.0, size=P), [P]
+    dense = c * U.T @ U + np.diag(p0)
+    cov = np.linalg.inv(dense)
+    low = posterior.LowRank(U)
+    with jax.enable_x64(True):
+        dec = low.decompose(c, jnp.asarray(p0), sizes)
+        assert dec[1].shape == (min(R, P), P)
+        assert _rel(low.covariance(dec), cov) < TOL
+        assert _rel(low.variance(dec), np.diag(cov)) < TOL
+        J = rng.normal(size=(3, 2, P))
+        assert _rel(low.inv_quad(dec, J), np.einsum("ncp,pq,nkq->nck", J, cov, J)) < TOL
+        S = np.asarray(low.scale(dec, np.eye(P)))
+        assert _rel(S.T @ S, cov) < TOL
+        assert abs(float(low.logdet(c, jnp.asarray(p0), sizes)) - np.linalg.slogdet(dense)[1]) < TOL * abs(np.linalg.slogdet(dense)[1])
+    assert _rel(low.eigenvalues(), np.linalg.eigvalsh(U.T @ U)) < TOL
+
+
+def test_lowrank_with_many_more_rows_than_parameters_never_forms_the_rows_gram_matrix(monkeypatch):
+    """R = N·C = 600 ≫ P_s = 27 (the last layer): every matrix factorised is at most (P_s, P_s)."""
+    model, theta, X, y = _problem("classification", 200)
+    la = fh.Laplace(model, theta, structure="lowrank", subset="last_layer", prior_precision=0.5, backend="jax").fit(X, y)
+    full = fh.Laplace(model, theta, structure="full", subset="last_layer", prior_precision=0.5, backend="jax").fit(X, y)
+    R, P = la.fitted_curvature.U.shape
+    assert (R, P) == (600, 27)
+    sizes = []
+
+    def recording(f):
+        def g(a, *args, **kwargs):
+            sizes.append(np.shape(a)[-1])
+            return f(a, *args, **kwargs)
+        return g
+
+    for module, name in ((np.linalg, "eigh"), (np.linalg, "eigvalsh"), (jnp.linalg, "cholesky")):
+        monkeypatch.setattr(module, name, recording(getattr(module, name)))
+    checked = []
+    from fluxhess import _memory
+
+    require = _memory.require
+    monkeypatch.setattr(_memory, "require", lambda q, nbytes, shape, **kw: (checked.append((q, nbytes)), require(q, nbytes, shape, **kw)))
+    values = [float(la.log_marginal_likelihood()), float(la.log_marginal_likelihood(np.array([0.3, 2.0])))]
+    variance, predictive = la.posterior_variance, la.predictive(X[:5])
+    monkeypatch.undo()
+    assert sizes and max(sizes) <= P
+    decomposition = [n for q, n in checked if q == "Laplace low-rank decomposition"]
+    assert decomposition and max(decomposition) < 8 * R * R  # the guard's estimate is the small side's
+    expected = [float(full.log_marginal_likelihood()), float(full.log_marginal_likelihood(np.array([0.3, 2.0])))]
+    assert _rel(values, expected) < TOL
+    assert _rel(variance, full.posterior_variance) < TOL
+    assert _rel(predictive.function_covariance, full.predictive(X[:5]).function_covariance) < TOL

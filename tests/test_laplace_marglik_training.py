@@ -27,6 +27,10 @@ def _evidence_maximiser(y, terms, z0, fixed=0.0):
     ``terms``: ``[(s_k, M_k)]``; a prior precision λ enters as ``(−1, M)`` (``M/λ``), the noise σ
     as ``(2, I)`` (``σ²I``) with ``z = log λ`` or ``log σ``. Solves ``∂ log N / ∂z_k = 0``,
     ``½ s_k e^{s_k z_k} (yᵀK⁻¹M_kK⁻¹y − tr(K⁻¹M_k))``, to machine precision; returns ``exp(z)``.
+
+    Levenberg-Marquardt, and the root is accepted by its residual, not by the solver's own
+    verdict: Powell's hybrid method ("hybr") with ``tol=1e-14`` reports failure ("xtol is too
+    small", "not making good progress") on correct roots of about half of these problems.
     """
 
     def gradient(z):
@@ -35,9 +39,21 @@ def _evidence_maximiser(y, terms, z0, fixed=0.0):
         a = K_inv @ y
         return [0.5 * s * (a @ P @ a - np.trace(K_inv @ P)) for (s, _), P in zip(terms, parts)]
 
-    r = scipy.optimize.root(gradient, z0, method="hybr", tol=1e-14)
-    assert r.success and np.max(np.abs(r.fun)) < 1e-9, r.message
+    r = scipy.optimize.root(gradient, z0, method="lm", tol=1e-14)
+    assert np.all(np.isfinite(r.x)) and np.max(np.abs(gradient(r.x))) < 1e-9, r.message
     return np.exp(r.x)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_reference_root_finder_finds_the_evidence_maximiser(seed):
+    """The reference does not depend on a solver's tolerance verdict: on a dozen data sets (where
+    "hybr" with tol=1e-14 gives up on five) it lands on a stationary point that is a maximum."""
+    X, y = _regression_data(seed)
+    Xbar = np.hstack([X, np.ones((N, 1))])
+    lam, sigma = _evidence_maximiser(y, [(-1, Xbar @ Xbar.T), (2, np.eye(N))], [0.0, 0.0])
+    K = sigma**2 * np.eye(N) + Xbar @ Xbar.T / lam
+    logpdf = lambda K: multivariate_normal(np.zeros(N), K).logpdf(y)  # noqa: E731
+    assert logpdf(K) > max(logpdf(1.01 * K), logpdf(0.99 * K), logpdf(K + 0.01 * np.eye(N)), logpdf(K - 0.01 * np.eye(N)))
 
 
 def test_linear_gaussian_fixed_point_is_the_evidence_maximiser(backend):

@@ -106,3 +106,98 @@ def test_samples_have_the_posterior_mean_and_covariance(structure):
     corr_err = (np.cov(S.T) - cov) / np.outer(sd, sd)
     assert np.max(np.abs(corr_err)) < 4.5 * np.sqrt(2 / n)
     np.testing.assert_array_equal(la.sample(3, seed=9), la.sample(3, seed=9))
+
+
+# -- large logits: probabilities stay a distribution -------------------------------------------
+
+
+def _bridge_in_long_double(f_mu, f_cov):
+    """The bridge's formula as written (laplace-torch's), in 80-bit long double, where e^800 does not overflow."""
+    f_mu, f_cov = f_mu.astype(np.longdouble), f_cov.astype(np.longdouble)
+    row, total = f_cov.sum(-1), f_cov.sum((1, 2))[:, None]
+    mu = f_mu - row * f_mu.sum(-1, keepdims=True) / total
+    var = np.diagonal(f_cov, axis1=1, axis2=2) - row * f_cov.sum(-2) / total
+    K = f_mu.shape[1]
+    alpha = (1 - 2 / K + np.exp(mu) / K**2 * np.exp(-mu).sum(1, keepdims=True)) / var
+    return alpha / alpha.sum(1, keepdims=True)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).maxexp < 2048, reason="this platform's long double is float64")
+def test_bridge_with_large_logits_equals_the_formula_in_long_double():
+    rng = np.random.default_rng(1)
+    f_mu = np.array([[800.0, 0.0, -800.0], [0.0, 1000.0, 3.0], [-700.0, -710.0, 705.0], [1.0, 2.0, 3.0]])
+    A = rng.normal(size=(4, 3, 3))
+    f_cov = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(3)
+    p = links.bridge(f_mu, f_cov)
+    assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(p, _bridge_in_long_double(f_mu, f_cov).astype(np.float64), rtol=1e-12, atol=1e-300)
+
+
+def test_bridge_without_variance_is_an_error_not_a_guess():
+    with pytest.raises(fh.InputError, match=r"bridge' needs a positive function variance .* 1 of 2 inputs have none \(first: row 1\)"):
+        links.bridge(np.array([[1.0, 2.0], [3.0, 4.0]]), np.stack([np.eye(2), np.zeros((2, 2))]))
+
+
+@pytest.mark.parametrize("pred_type, link", [("glm", "probit"), ("glm", "bridge"), ("glm", "mc"), ("nn", "mc")])
+def test_every_link_gives_a_distribution_at_large_logits(pred_type, link):
+    """Logits of ±1e3 (weights scaled up): every row finite, in [0, 1], summing to 1."""
+    rng = np.random.default_rng(2)
+    model = fh.Chain(fh.Dense(2, 3))
+    X = rng.normal(size=(20, 2))
+    theta = 400.0 * rng.normal(size=model.num_params)
+    la = fh.Laplace(model, theta, prior_precision=1e-3, backend="jax").fit(X, rng.integers(0, 3, 20))
+    p = la.predictive(X, pred_type, link, n_samples=50).mean
+    assert np.abs(la.predictive(X).function_mean).max() > 500
+    assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=0, atol=1e-9)
+
+
+# -- the GLM predictive streams over chunks --------------------------------------------------
+
+
+def test_glm_predictive_holds_one_chunk_of_jacobians_at_a_time(monkeypatch):
+    import weakref
+
+    from fluxhess import _memory
+    from fluxhess.laplace.subset import Subset
+
+    rng = np.random.default_rng(3)
+    model = fh.Chain.mlp([3, 6, 4], "tanh")
+    X = rng.normal(size=(40, 3))
+    la = fh.Laplace(model, model.init(3), backend="jax").fit(X, rng.integers(0, 4, 40))
+    whole = la.predictive(X)
+    alive, most, calls = [0], [0], [0]
+    jacobian = Subset.jacobian
+
+    def counted(self, theta, features, backend):
+        J = jacobian(self, theta, features, backend)
+        most[0] = max(most[0], alive[0])  # Jacobians of earlier chunks still held when this one exists
+        alive[0] += 1
+        calls[0] += 1
+        weakref.finalize(J, lambda: alive.__setitem__(0, alive[0] - 1))
+        return J
+
+    monkeypatch.setattr(Subset, "jacobian", counted)
+    monkeypatch.setattr(_memory, "chunk_size", lambda bytes_per_item, total, budget=None: 3)
+    streamed = la.predictive(X)
+    assert calls[0] == 14 and most[0] == 0
+    np.testing.assert_allclose(streamed.function_covariance, whole.function_covariance, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(streamed.mean, whole.mean, rtol=1e-12)
+
+
+def test_glm_predictive_is_refused_before_any_jacobian_when_its_working_set_does_not_fit(monkeypatch):
+    from fluxhess import _memory
+    from fluxhess.laplace.subset import Subset
+
+    rng = np.random.default_rng(3)
+    model = fh.Chain.mlp([3, 6, 4], "tanh")
+    X = rng.normal(size=(40, 3))
+    la = fh.Laplace(model, model.init(3), backend="jax").fit(X, rng.integers(0, 4, 40))
+    la.predictive(X[:1])  # the posterior's factorisation exists
+    calls = []
+    monkeypatch.setattr(Subset, "jacobian", lambda *a: calls.append(a))
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 40 * 4 * 4 * 8)  # less than f_MAP + J P⁻¹ Jᵀ
+    with pytest.raises(fh.MemoryBudgetError, match=r"predictive of shape \(40, 4, 4\) needs about"):
+        la.predictive(X)
+    assert calls == []

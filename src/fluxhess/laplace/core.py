@@ -13,8 +13,8 @@ weights, data and settings give the same numbers:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -23,22 +23,26 @@ import numpy as np
 from .. import api, _memory as memory
 from .._backends import get as _get_backend
 from .. import _validate as check
-from ..errors import ConvergenceWarning, FluxHessError, InputError, NotFittedError
+from ..errors import InputError, NotFittedError
 from ..flux import FluxModel
 from ..model import Chain
 from .._progress import chunks
-from ..train import lbfgs
 from . import curvature as K
 from . import likelihood as lik
 from . import posterior
 from . import predictive as pred
 from . import store
+from . import tuning
+from .state import Fitted, Hyper
 from .subset import Subset, resolve
 
 PRIOR_STRUCTURES = ("scalar", "layerwise", "diag")
 #: Structures whose log det under a scalar prior comes from ``H``'s eigenvalues, computed once.
 EIGENVALUE_LOGDET = ("full", "lowrank")
 METHODS = ("marglik", "gridsearch")
+#: Beyond this ratio of the largest curvature entry to the prior precision, the prior is lost in
+#: the curvature's float64 rounding (1/ε ≈ 4.5e15), and a failed factorisation says so.
+_ROUNDING_SPAN = 1e15
 
 
 def _is_traced(x) -> bool:
@@ -57,7 +61,8 @@ class Laplace:
     - ``curvature``: ``"ggn"``, ``"ef"`` (empirical Fisher) or ``"hessian"``.
     - ``structure``: ``"full"`` ``(P_s, P_s)``, ``"diag"``, ``"kron"`` (KFAC, per block) or
       ``"lowrank"`` (GGN/EF only: the factor ``U`` ``(N·C, P_s)`` resp. ``(N, P_s)`` with
-      ``H = Uᵀ U``; solves, log det, variances and samples by Woodbury in ``O(R²·P_s)``, for
+      ``H = Uᵀ U``; solves, log det, variances and samples by Woodbury through the smaller of the
+      ``(R, R)`` and ``(P_s, P_s)`` Gram matrices, for
       ``P_s ≫ N·C`` where ``(P_s, P_s)`` does not fit).
     - ``subset``: ``"all"``, ``"last_layer"`` (the last layer with parameters: the last Dense
       layer's weight and bias in a Chain) or a
@@ -73,6 +78,15 @@ class Laplace:
 
     Call :meth:`fit` with the training data, then use :meth:`log_marginal_likelihood`,
     :meth:`optimize_prior_precision`, :meth:`predictive`, :meth:`sample`.
+
+    Threads: the object may be read from several threads while one thread changes it.
+    :meth:`fit`, :meth:`optimize_prior_precision` and the setters build the new state aside
+    and install it in one step, and every reading method (the properties, :meth:`predictive`,
+    :meth:`sample`, :meth:`log_marginal_likelihood`, :meth:`save`) takes the state once, so
+    a reader sees the posterior before the change or after it — never a prior precision
+    that a search is trying, nor a new curvature with the old loss. Changing one object
+    from two threads at once is not supported (the change that finishes last wins). A
+    failed :meth:`fit` or :meth:`optimize_prior_precision` leaves the object as it was.
     """
 
     def __init__(
@@ -115,18 +129,13 @@ class Laplace:
         theta.setflags(write=False)
         self.params = theta
         self._subset: Subset = resolve(model, subset)
-        self._cache = None
-        self.temperature = temperature
-        self.sigma_noise = sigma_noise
-        self.prior_precision = prior_precision
+        self._model_outputs = getattr(model, "out_features", None)  # a FluxModel's is known once fit sees data
+        self._state: Fitted | None = None
+        self._cache: tuple | None = None  # (state, hyper, decomposition) of the last posterior factorised
+        self._spectrum: tuple | None = None  # (state, eigenvalues, eigenvectors or None) of a full or low-rank H
+        temperature = check.positive_number("temperature", temperature)
+        self._hyper = Hyper(self._check_prior(prior_precision), self._check_sigma(sigma_noise, temperature), temperature)
         self.prior_mean = prior_mean
-        self._curv = None
-        self._eig = None
-        self._eigvecs = None
-        self.clipped: K.Clipped | None = None
-        self.loss = None  # Σ_n ℓ_n at θ_MAP, set by fit
-        self.n_data = None
-        self.n_outputs = getattr(model, "out_features", None)  # a FluxModel's is known once fit sees data
 
     # -- the subset and hyperparameters ----------------------------------------
 
@@ -148,40 +157,62 @@ class Laplace:
     @property
     def prior_precision(self) -> np.ndarray:
         """``(1,)``, ``(B,)`` or ``(P_s,)``, as set."""
-        return self._prior.copy()
+        return self._hyper.prior.copy()
 
     @prior_precision.setter
     def prior_precision(self, value) -> None:
-        self._prior = self._check_prior(value)
-        self._cache = None
+        self._hyper = dataclasses.replace(self._hyper, prior=self._check_prior(value))
 
     @property
     def prior_precision_diagonal(self) -> np.ndarray:
         """The prior precision of every parameter of the subset ``(P_s,)``, expanded from any shape."""
         with jax.enable_x64(True):
-            return np.array(posterior.prior_diagonal(jnp.asarray(self._prior), self._subset.sizes))
+            return np.array(posterior.prior_diagonal(jnp.asarray(self._hyper.prior), self._subset.sizes))
 
     @property
     def sigma_noise(self) -> float:
-        return self._sigma
+        return self._hyper.sigma
 
     @sigma_noise.setter
     def sigma_noise(self, value) -> None:
-        sigma = check.positive_number("sigma_noise", value)
-        if self.likelihood == "classification" and sigma != 1.0:
-            raise InputError(f"sigma_noise is the regression noise; it must stay 1 for classification, got {sigma}")
-        self._sigma = sigma
-        self._cache = None
+        h = self._hyper
+        self._hyper = dataclasses.replace(h, sigma=self._check_sigma(value, h.temperature))
 
     @property
     def temperature(self) -> float:
         """T ``> 0``: the curvature and the loss enter the posterior divided by it."""
-        return self._temperature
+        return self._hyper.temperature
 
     @temperature.setter
     def temperature(self, value) -> None:
-        self._temperature = check.positive_number("temperature", value)
-        self._cache = None
+        h = self._hyper
+        T = check.positive_number("temperature", value)
+        self._check_factor(h.sigma, T)
+        self._hyper = dataclasses.replace(h, temperature=T)
+
+    def _check_sigma(self, value, temperature: float) -> float:
+        sigma = check.positive_number("sigma_noise", value)
+        if self.likelihood == "classification" and sigma != 1.0:
+            raise InputError(f"sigma_noise is the regression noise; it must stay 1 for classification, got {sigma}")
+        self._check_factor(sigma, temperature)
+        return sigma
+
+    def _check_factor(self, sigma: float, temperature: float) -> None:
+        """Refuse a σ whose square, or a σ and T whose likelihood factor (``1/T``, ``1/(2σ²T)``),
+        overflows float64."""
+        if not math.isfinite(sigma * sigma):
+            raise InputError(f"sigma_noise={sigma:.6g} is too large: its square (the noise variance) overflows float64")
+        with np.errstate(over="ignore", divide="ignore"):
+            c = lik.hessian_factor(self.likelihood, np.float64(sigma), np.float64(temperature))
+        if not np.isfinite(c):
+            raise InputError(self._factor_overflow(sigma, temperature))
+
+    def _factor_overflow(self, sigma, temperature) -> str:
+        formula = "1/(2·sigma_noise²·temperature)" if self.likelihood == "regression" else "1/temperature"
+        return (
+            f"the likelihood factor {formula} overflows float64 at sigma_noise={sigma:.6g}, temperature="
+            f"{temperature:.6g}: use a larger " + ("sigma_noise or temperature" if self.likelihood == "regression" else "temperature")
+        )
 
     @property
     def prior_mean(self) -> np.ndarray:
@@ -207,6 +238,7 @@ class Laplace:
             allowed.setdefault(P, "one per parameter")
         if concrete:  # a copy: an array the caller changes later must not change this posterior
             p = np.atleast_1d(np.array(check.numeric("prior_precision", value), dtype=np.float64))
+            p.setflags(write=False)
         else:
             p = jnp.atleast_1d(jnp.asarray(value, dtype=jnp.float64))
         if p.ndim != 1 or p.shape[0] not in allowed:
@@ -223,25 +255,38 @@ class Laplace:
 
     @property
     def fitted(self) -> bool:
-        return self._curv is not None
+        return self._state is not None
 
     @property
     def fitted_curvature(self):
         """The curvature :meth:`fit` computed (:mod:`.posterior`'s ``Full``, ``Diag``, ``LowRank`` or
         ``Kron``), None before it."""
-        return self._curv
+        return None if self._state is None else self._state.curvature
+
+    @property
+    def loss(self) -> float | None:
+        """``Σ_n ℓ_n`` at θ_MAP over the data :meth:`fit` saw (None before it)."""
+        return None if self._state is None else self._state.loss
+
+    @property
+    def n_data(self) -> int | None:
+        """N, the number of samples :meth:`fit` saw (None before it)."""
+        return None if self._state is None else self._state.n_data
+
+    @property
+    def n_outputs(self) -> int | None:
+        """C, the model's number of outputs (for a FluxModel, None until :meth:`fit`)."""
+        return self._model_outputs if self._state is None else self._state.n_outputs
+
+    @property
+    def clipped(self) -> K.Clipped | None:
+        """What ``clip_negative_eigenvalues=True`` removed at :meth:`fit` (None: nothing)."""
+        return None if self._state is None else self._state.clipped
 
     def restore(self, curvature, *, loss: float, n_data: int, n_outputs: int, clipped) -> "Laplace":
         """Put back a fitted state, as :func:`fluxhess.laplace.load` reads it, without refitting."""
-        self._curv = curvature
-        self._eig = self._eigvecs = None
-        self.loss, self.n_data, self.n_outputs = loss, n_data, n_outputs
-        self.clipped = None if clipped is None else K.Clipped(*clipped)
+        self._state = Fitted(curvature, loss, n_data, n_outputs, None if clipped is None else K.Clipped(*clipped))
         return self
-
-    def _require_fit(self, what: str) -> None:
-        if not self.fitted:
-            raise NotFittedError(f"{what} needs a fitted Laplace approximation: call .fit(X, y) with the training data first")
 
     def _features(self, X) -> np.ndarray:
         if self._subset.head is None:
@@ -254,62 +299,118 @@ class Laplace:
         ``X``: ``(N, d)``; ``y``: classification — integer labels ``(N,)`` in ``[0, C)`` (0/1
         for C == 1) or class probabilities ``(N, C)``; regression — ``(N, C)`` or ``(N,)`` for C == 1.
 
-        Returns: ``self``.
+        Returns: ``self``. The new posterior replaces the old one only once all of it is
+        computed: when ``fit`` fails, the object is as it was (unfitted, or the previous fit).
         """
         features = self._features(X)
         s = self._subset
-        if self.n_outputs is None:
-            self.n_outputs = api.forward(s.tail, s.tail_params(self.params), features[:1], backend=self.backend).shape[1]
-        N, C = features.shape[0], self.n_outputs
+        C = self._model_outputs
+        if C is None:
+            C = api.forward(s.tail, s.tail_params(self.params), features[:1], backend=self.backend).shape[1]
+        N = features.shape[0]
         Y = lik.targets(self.likelihood, y, N, C)
         loss = lik.loss_name(self.likelihood, C)
-        theta_tail = s.tail_params(self.params)
         H = K.summed_curvature(self.structure, self.curvature, s, self.params, features, Y, loss, self.backend)
+        if not K.is_finite(H):
+            raise self._overflow("curvature")
         if self.structure == "kron":
             H = posterior.Kron(tuple(posterior.KronBlock.from_factors(A, G) for A, G in H))
-        self.clipped = None
+        clipped = None
         if self.clip_negative_eigenvalues:
-            H, self.clipped = K.clip_negative(H)
-        self._curv = H
-        self._eig = self._eigvecs = None
-        self.loss = api.loss(s.tail, theta_tail, features, Y, loss=loss, agg="sum", backend=self.backend)
-        self.n_data = N
-        self._cache = None
+            H, clipped = K.clip_negative(H)
+        summed = float(api.loss(s.tail, s.tail_params(self.params), features, Y, loss=loss, agg="sum", backend=self.backend))
+        if not math.isfinite(summed):
+            raise self._overflow("loss")
+        self._state = Fitted(H, summed, N, C, clipped)  # one step: the whole new posterior, or none of it
         return self
+
+    def _overflow(self, what: str) -> InputError:
+        return InputError(
+            f"the {what} of the data at these parameters is not finite: the network overflows float64 at θ_MAP "
+            f"(largest |θ| = {float(np.max(np.abs(self.params), initial=0.0)):.6g}). Check params (a diverged "
+            "training run?) and the scale of X; the object is unchanged"
+        )
 
     # -- the posterior ------------------------------------------------------------
 
-    def _factor(self, sigma=None):
-        return lik.hessian_factor(self.likelihood, self._sigma if sigma is None else sigma, self.temperature)
+    def _factor(self, h: Hyper, sigma=None):
+        return lik.hessian_factor(self.likelihood, h.sigma if sigma is None else sigma, h.temperature)
 
-    def _not_positive_definite(self, c, prior) -> InputError:
+    def _check_scale(self, state: Fitted, h: Hyper, sigma) -> None:
+        """Refuse a posterior precision ``c·H + P₀`` that overflows float64: the factor ``c`` itself
+        (σ or T too small), or ``c`` times the curvature's largest entry."""
+        with np.errstate(over="ignore", divide="ignore"):
+            c = self._factor(h, np.float64(sigma))
+            if not np.isfinite(c):
+                raise InputError(self._factor_overflow(sigma, h.temperature))
+            size = K.largest_entry(state.curvature)
+            if not np.isfinite(c * size):
+                raise InputError(
+                    f"the posterior precision overflows float64: the likelihood factor {c:.6g} (sigma_noise={sigma:.6g}, "
+                    f"temperature={h.temperature:.6g}) times a curvature with entries up to {size:.6g}. Use a larger "
+                    + ("sigma_noise or temperature" if self.likelihood == "regression" else "temperature")
+                )
+
+    def _not_positive_definite(self, state: Fitted, h: Hyper, sigma, prior) -> InputError:
+        """Why ``c·H + P₀`` (which does not overflow: :meth:`_check_scale`) could not be factorised:
+        an indefinite Hessian, or a prior too small for the curvature's rounding."""
+        c = self._factor(h, sigma)
         with jax.enable_x64(True):
-            smallest = self._curv.smallest_eigenvalue(c, jnp.asarray(prior), self._subset.sizes)
+            smallest = state.curvature.smallest_eigenvalue(c, jnp.asarray(prior), self._subset.sizes)
         msg = (
             f"the posterior precision (factor × curvature + prior precision) is not positive definite: its most "
             f"negative eigenvalue is {smallest:.6g}."
         )
         if self.curvature == "hessian":
-            h_min = c * K.most_negative_eigenvalue(self._curv)
+            h_min = c * K.most_negative_eigenvalue(state.curvature)
+            if h_min < 0:
+                return InputError(
+                    f"{msg} The Hessian of the negative log likelihood is indefinite at these parameters (most "
+                    f"negative eigenvalue {h_min:.6g}; not a minimum of the loss). Use curvature='ggn' (positive "
+                    "semi-definite by construction), a larger prior_precision, or clip_negative_eigenvalues=True "
+                    "to set the Hessian's negative eigenvalues to 0 (reported in Laplace.clipped)"
+                )
+        scale = c * K.largest_entry(state.curvature)
+        if scale > _ROUNDING_SPAN * float(np.min(prior)):
             return InputError(
-                f"{msg} The Hessian of the negative log likelihood is indefinite at these parameters (most "
-                f"negative eigenvalue {h_min:.6g}; not a minimum of the loss). Use curvature='ggn' (positive "
-                "semi-definite by construction), a larger prior_precision, or clip_negative_eigenvalues=True "
-                "to set the Hessian's negative eigenvalues to 0 (reported in Laplace.clipped)"
+                f"{msg} The curvature's entries reach {scale:.6g} (factor included) at these parameters (largest "
+                f"|θ| = {float(np.max(np.abs(self.params), initial=0.0)):.6g}), so a prior precision of "
+                f"{float(np.min(prior)):.6g} is below its rounding error: the parameters are far out of scale (a "
+                f"diverged training run?), or the prior precision must be at least about {scale / _ROUNDING_SPAN:.3g}"
             )
         return InputError(f"{msg} Use a larger prior_precision")
 
-    def _decomposition(self):
-        """The current posterior's factorisation (cached until a hyperparameter changes)."""
-        self._require_fit("the posterior")
-        if self._cache is None:
-            c = self._factor()
-            with jax.enable_x64(True):
-                dec = self._curv.decompose(c, jnp.asarray(self._prior), self._subset.sizes)
-            if not self._curv.positive_definite(dec):
-                raise self._not_positive_definite(c, self._prior)
-            self._cache = dec
-        return self._cache
+    def _snapshot(self, what: str) -> tuple[Fitted, Hyper]:
+        """The fitted state and the hyperparameters, taken once (see the class docstring on threads)."""
+        state, h = self._state, self._hyper
+        if state is None:
+            raise NotFittedError(f"{what} needs a fitted Laplace approximation: call .fit(X, y) with the training data first")
+        return state, h
+
+    def _decompose(self, state: Fitted, h: Hyper):
+        """The factorisation of ``c·H + P₀`` under ``h``; an InputError when it is not positive definite."""
+        curv = state.curvature
+        if isinstance(curv, posterior.LowRank):
+            memory.require("Laplace low-rank decomposition", curv.working_bytes(), curv.U.shape)
+        self._check_scale(state, h, h.sigma)
+        c = self._factor(h)
+        with jax.enable_x64(True):
+            dec = curv.decompose(c, jnp.asarray(h.prior), self._subset.sizes)
+        if not curv.positive_definite(dec):
+            raise self._not_positive_definite(state, h, h.sigma, h.prior)
+        return dec
+
+    def _decomposition(self, state: Fitted | None = None, h: Hyper | None = None):
+        """The factorisation of the posterior of ``state`` under ``h`` (default: the current ones),
+        kept for the next call while neither changes."""
+        if state is None:
+            state, h = self._snapshot("the posterior")
+        cache = self._cache
+        if cache is not None and cache[0] is state and cache[1] is h:
+            return cache[2]
+        dec = self._decompose(state, h)
+        self._cache = (state, h, dec)  # one step: a reader never pairs one posterior with another's factor
+        return dec
 
     def _dense(self, quantity: str):
         P = self.n_params
@@ -318,29 +419,33 @@ class Laplace:
     @property
     def posterior_precision(self) -> np.ndarray:
         """``P = c·H + P₀`` as a dense ``(P_s, P_s)`` matrix, for every structure."""
-        self._require_fit("posterior_precision")
+        state, h = self._snapshot("posterior_precision")
         self._dense("posterior_precision")
         with jax.enable_x64(True):
-            return np.array(self._curv.precision(self._factor(), jnp.asarray(self._prior), self._subset.sizes))
+            return np.array(state.curvature.precision(self._factor(h), jnp.asarray(h.prior), self._subset.sizes))
 
     @property
     def posterior_covariance(self) -> np.ndarray:
         """``P⁻¹`` as a dense ``(P_s, P_s)`` matrix, for every structure."""
-        dec = self._decomposition()
+        state, h = self._snapshot("posterior_covariance")
+        dec = self._decomposition(state, h)
         self._dense("posterior_covariance")
         with jax.enable_x64(True):
-            return np.array(self._curv.covariance(dec))
+            return np.array(state.curvature.covariance(dec))
 
     @property
     def posterior_variance(self) -> np.ndarray:
         """The marginal posterior variances ``diag(P⁻¹)`` ``(P_s,)``."""
-        dec = self._decomposition()
+        state, h = self._snapshot("posterior_variance")
+        dec = self._decomposition(state, h)
         if self.structure == "diag":
             return 1.0 / np.asarray(dec)
         if self.structure == "lowrank":
             with jax.enable_x64(True):
-                return np.array(self._curv.variance(dec))
-        return np.ascontiguousarray(np.diagonal(self.posterior_covariance))
+                return np.array(state.curvature.variance(dec))
+        self._dense("posterior_variance")
+        with jax.enable_x64(True):
+            return np.ascontiguousarray(np.diagonal(np.asarray(state.curvature.covariance(dec))))
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """``n`` draws of the subset's parameters from ``N(θ_MAP, P⁻¹)``.
@@ -348,12 +453,15 @@ class Laplace:
         Returns: ``(n, P_s)``.
         """
         n = check.positive_int("n", n)
-        rng = np.random.default_rng(check.seed("seed", seed))
-        dec = self._decomposition()
+        seed = check.seed("seed", seed)
+        state, h = self._snapshot("sample")
+        return self._draw(state, self._decomposition(state, h), n, seed)
+
+    def _draw(self, state: Fitted, dec, n: int, seed: int) -> np.ndarray:
         memory.require("sample", memory.needed_bytes("sample", n * self.n_params, 8), (n, self.n_params))
-        Z = rng.standard_normal((n, self.n_params))
+        Z = np.random.default_rng(seed).standard_normal((n, self.n_params))
         with jax.enable_x64(True):
-            return self.mean + np.asarray(self._curv.scale(dec, jnp.asarray(Z)))
+            return self.mean + np.asarray(state.curvature.scale(dec, jnp.asarray(Z)))
 
     # -- the marginal likelihood ----------------------------------------------------
 
@@ -368,7 +476,7 @@ class Laplace:
 
         Returns: a 0-d float64 JAX array.
         """
-        self._require_fit("log_marginal_likelihood")
+        state, h = self._snapshot("log_marginal_likelihood")
         if sigma_noise is not None and self.likelihood != "regression":
             raise InputError("sigma_noise can only be changed for likelihood='regression'")
         traced = _is_traced(prior_precision) or _is_traced(sigma_noise)
@@ -378,44 +486,54 @@ class Laplace:
                 "`with jax.enable_x64(True):`"
             )
         with jax.enable_x64(True):
-            prior = jnp.asarray(self._prior) if prior_precision is None else self._check_prior(prior_precision, concrete=not traced)
+            prior = jnp.asarray(h.prior) if prior_precision is None else self._check_prior(prior_precision, concrete=not traced)
             prior = jnp.asarray(prior, dtype=jnp.float64)
             if sigma_noise is None:
-                sigma = self._sigma
+                sigma = h.sigma
             else:
-                sigma = sigma_noise if traced else check.positive_number("sigma_noise", sigma_noise)
-            value = self._log_marglik(prior, sigma)
+                sigma = sigma_noise if traced else self._check_sigma(sigma_noise, h.temperature)
+            if not traced:
+                self._check_scale(state, h, sigma)
+            value = self._log_marglik(state, h, prior, sigma)
         if not traced and not np.isfinite(np.asarray(value)):
-            raise self._not_positive_definite(self._factor(sigma), np.asarray(prior))
+            raise self._not_positive_definite(state, h, sigma, np.asarray(prior))
         return value
 
-    def _eigenvalues(self) -> np.ndarray:
+    def _eigenvalues(self, state: Fitted) -> np.ndarray:
         """The eigenvalues of a full or low-rank ``H`` (computed once per fit): a scalar prior's log det is then O(P)."""
-        if self._eig is None:
-            self._eig = self._curv.eigenvalues()
-        return self._eig
+        spectrum = self._spectrum
+        if spectrum is not None and spectrum[0] is state:
+            return spectrum[1]
+        if isinstance(state.curvature, posterior.LowRank):
+            memory.require("Laplace low-rank eigenvalues", state.curvature.working_bytes(), state.curvature.U.shape)
+        e = state.curvature.eigenvalues()
+        self._spectrum = (state, e, None)
+        return e
 
-    def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
+    def _eigh(self, state: Fitted) -> tuple[np.ndarray, np.ndarray]:
         """``H = Q diag(e) Qᵀ`` for a full ``H`` (computed once per fit): ``e`` ``(P_s,)``, ``Q`` ``(P_s, P_s)``."""
-        if self._eigvecs is None:
-            self._dense("eigenvectors")
-            self._eig, self._eigvecs = np.linalg.eigh(self._curv.H)
-        return self._eig, self._eigvecs
+        spectrum = self._spectrum
+        if spectrum is not None and spectrum[0] is state and spectrum[2] is not None:
+            return spectrum[1], spectrum[2]
+        self._dense("eigenvectors")
+        e, Q = np.linalg.eigh(state.curvature.H)
+        self._spectrum = (state, e, Q)
+        return e, Q
 
-    def _log_marglik(self, prior, sigma, curv=None):
+    def _log_marglik(self, state: Fitted, h: Hyper, prior, sigma, curv=None):
         """The log marginal likelihood as a JAX function of the hyperparameters (and of ``curv``, for jit)."""
-        curv = self._curv if curv is None else curv
+        curv = state.curvature if curv is None else curv
         sizes = self._subset.sizes
-        c = self._factor(sigma)
+        c = self._factor(h, sigma)
         p0 = posterior.prior_diagonal(prior, sizes)
         delta = self.mean - self._prior_mean
         if self.structure in EIGENVALUE_LOGDET and prior.shape[0] == 1:  # log det(c·H + λ·I) from H's eigenvalues
-            log_det = jnp.sum(jnp.log(c * self._eigenvalues() + prior[0]))
+            log_det = jnp.sum(jnp.log(c * jnp.asarray(self._eigenvalues(state)) + prior[0]))
         else:
             log_det = curv.logdet(c, prior, sizes)
         log_det_ratio = log_det - jnp.sum(jnp.log(p0))
         scatter = jnp.sum(p0 * delta**2)
-        ll = lik.log_likelihood(self.likelihood, self.loss, sigma, self.temperature, self.n_data, self.n_outputs)
+        ll = lik.log_likelihood(self.likelihood, state.loss, sigma, h.temperature, state.n_data, state.n_outputs)
         return ll - 0.5 * (log_det_ratio + scatter)
 
     def optimize_prior_precision(
@@ -446,9 +564,13 @@ class Laplace:
           :class:`fluxhess.ConvergenceWarning` says when it stops before converging (the
           value reached is stored all the same).
 
+        The search works on its own copy of the hyperparameters and stores the result in one
+        step at the end: meanwhile, other threads reading this object see the values it had
+        before; when the search fails, they stay.
+
         Returns: ``self``.
         """
-        self._require_fit("optimize_prior_precision")
+        state, h = self._snapshot("optimize_prior_precision")
         check.choice("method", method, METHODS)
         max_iter = check.positive_int("max_iter", max_iter)
         self.check_tuning(prior_structure, tune_sigma_noise)
@@ -458,10 +580,12 @@ class Laplace:
                     "method='gridsearch' tunes one scalar prior precision; use method='marglik' for "
                     "prior_structure='layerwise'/'diag' or tune_sigma_noise=True"
                 )
-            return self._gridsearch(val, grid, pred_type, link_approx, n_samples)
+            self._hyper = tuning.gridsearch(self, state, h, val, grid, pred_type, link_approx, n_samples)
+            return self
         if val is not None or grid is not None:
             raise InputError("val and grid are for method='gridsearch'; method='marglik' uses the training data only")
-        return self._maximise_marglik(prior_structure, tune_sigma_noise, max_iter)
+        self._hyper = tuning.maximise_marglik(self, state, h, prior_structure, tune_sigma_noise, max_iter)
+        return self
 
     def check_tuning(self, prior_structure: str, tune_sigma_noise: bool) -> None:
         """Refuse a ``prior_structure`` or ``tune_sigma_noise`` that this approximation cannot tune."""
@@ -472,107 +596,6 @@ class Laplace:
             raise InputError("tune_sigma_noise=True applies to likelihood='regression' only")
         if prior_structure == "diag" and self.structure == "kron":
             raise InputError("structure='kron' takes a scalar or per-block prior: use prior_structure='scalar' or 'layerwise'")
-
-    def _initial_prior(self, prior_structure: str) -> np.ndarray:
-        sizes = self._subset.sizes
-        p0 = self.prior_precision_diagonal
-        if prior_structure == "diag":
-            return p0
-        logs = np.log(p0)
-        if prior_structure == "scalar":
-            return np.array([np.exp(logs.mean())])
-        bounds = np.cumsum([0] + sizes)
-        return np.array([np.exp(logs[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])])
-
-    def _maximise_marglik(self, prior_structure: str, tune_sigma: bool, max_iter: int) -> "Laplace":
-        if self.curvature == "hessian" and self.clipped is None:
-            h_min = self._factor() * K.most_negative_eigenvalue(self._curv)
-            if h_min < 0:
-                raise InputError(
-                    f"the likelihood Hessian is indefinite (most negative eigenvalue {h_min:.6g}), so the marginal "
-                    "likelihood is undefined for small prior precisions and cannot be maximised. Use "
-                    "curvature='ggn', or clip_negative_eigenvalues=True to set those eigenvalues to 0"
-                )
-        x0 = np.log(self._initial_prior(prior_structure))
-        k = x0.size
-        if tune_sigma:
-            x0 = np.append(x0, np.log(self._sigma))
-
-        def negative(x, curv):
-            sigma = jnp.exp(x[k]) if tune_sigma else self._sigma
-            return -self._log_marglik(jnp.exp(x[:k]), sigma, curv)
-
-        with jax.enable_x64(True):
-            value_and_grad = jax.jit(jax.value_and_grad(negative))
-
-            def fun(x):
-                v, g = value_and_grad(jnp.asarray(x), self._curv)
-                if not np.isfinite(float(v)):
-                    return np.inf, np.zeros_like(x)
-                return float(v), np.asarray(g, dtype=np.float64)
-
-            result = lbfgs(fun, x0, max_iter=max_iter, gtol=1e-9, desc="marginal likelihood (L-BFGS)")
-        if not np.all(np.isfinite(result.x)):
-            raise FluxHessError(f"the marginal likelihood optimisation diverged: {result.message}")
-        if not result.success:
-            warnings.warn(
-                f"optimize_prior_precision stopped after {result.nit} iterations without converging "
-                f"({result.message}); the prior precision it stores is where it stopped. Raise max_iter",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        self.prior_precision = np.exp(result.x[:k])
-        if tune_sigma:
-            self.sigma_noise = float(np.exp(result.x[k]))
-        return self
-
-    def _gridsearch(self, val, grid, pred_type, link_approx, n_samples) -> "Laplace":
-        if val is None or not isinstance(val, (tuple, list)) or len(val) != 2:
-            raise InputError("method='gridsearch' needs validation data val=(X_val, y_val)")
-        n_samples = check.positive_int("n_samples", n_samples)
-        grid = np.logspace(-4, 4, 100) if grid is None else np.atleast_1d(np.array(check.numeric("grid", grid), dtype=np.float64))
-        if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
-            raise InputError(f"grid must be a non-empty 1-D array of positive prior precisions; got {grid!r}")
-        X_val, y_val = val
-        link = pred.check_link(link_approx, pred_type, self.likelihood)
-        features = self._features(X_val)
-        Y = lik.targets(self.likelihood, y_val, features.shape[0], self.n_outputs)
-        moments = self._glm_inputs(features) if pred_type == "glm" else None
-        rotated = None
-        if pred_type == "glm" and self.structure == "full":
-            # P = Q diag(c·e + λ) Qᵀ for every scalar λ: with the Jacobians rotated once, J P⁻¹ Jᵀ is a
-            # diagonal solve per grid value instead of a Cholesky factorisation.
-            e, Q = self._eigh()
-            f_mu, jacobians = moments
-            moments, rotated = (f_mu, [(sl, J @ Q) for sl, J in jacobians]), posterior.Diag(e)
-        original, scores = self._prior, []
-        try:
-            for value in grid:
-                self.prior_precision = value
-                if rotated is not None:
-                    with jax.enable_x64(True):
-                        dec = rotated.decompose(self._factor(), jnp.asarray([value]), [self.n_params])
-                    p = self._glm(moments, link, n_samples, 0, rotated, dec) if rotated.positive_definite(dec) else None
-                else:
-                    try:
-                        p = self._predict(features, pred_type, link, n_samples, 0, moments)
-                    except InputError:  # not positive definite at this prior precision
-                        p = None
-                scores.append(np.inf if p is None else self._nll(p, Y))
-        finally:
-            self.prior_precision = original
-        if not np.any(np.isfinite(scores)):
-            raise InputError("no prior precision in grid gives a positive definite posterior; use larger values")
-        self.prior_precision = grid[int(np.argmin(scores))]
-        return self
-
-    def _nll(self, p: pred.Predictive, Y: np.ndarray) -> float:
-        if self.likelihood == "regression":
-            return float(np.mean(np.sum(0.5 * np.log(2 * np.pi * p.variance) + (Y - p.mean) ** 2 / (2 * p.variance), axis=1)))
-        probs = np.clip(p.mean, 1e-300, 1.0)
-        if probs.shape[1] == 1:
-            return float(-np.mean(Y[:, 0] * np.log(probs[:, 0]) + (1 - Y[:, 0]) * np.log(np.clip(1 - probs[:, 0], 1e-300, 1))))
-        return float(-np.mean(np.sum(Y * np.log(probs), axis=1)))
 
     # -- the predictive -------------------------------------------------------------
 
@@ -585,41 +608,49 @@ class Laplace:
           ``"mc"`` (``n_samples`` draws; the only one, and the default, for nn). Not for regression.
         - ``seed``: the random stream of ``mc`` and ``nn``.
 
+        The GLM predictive streams over chunks of ``X``: each chunk's Jacobians ``(n, C, P_s)``
+        are reduced to its ``J P⁻¹ Jᵀ`` ``(n, C, C)`` before the next chunk's are computed, so
+        it holds one chunk's Jacobians beside the ``(N, C, C)`` result, and the memory guard
+        checks that sum before it starts.
+
         Returns: a :class:`~fluxhess.laplace.Predictive` (``mean``, ``variance``, ``function_variance``
-        ``(N, C)``; ``function_covariance`` ``(N, C, C)``).
+        ``(N, C)``; ``function_covariance`` ``(N, C, C)``); classification probabilities are
+        finite, in [0, 1], and each row sums to 1.
         """
-        self._require_fit("predictive")
+        state, h = self._snapshot("predictive")
         link = pred.check_link(link_approx, pred_type, self.likelihood)
         n_samples = check.positive_int("n_samples", n_samples)
         seed = check.seed("seed", seed)
         features = self._features(X)
-        if pred_type == "nn" or link == "mc":  # the draws of f, (n_samples, N, C), are held at once
-            draws = (n_samples, features.shape[0], self.n_outputs)
-            memory.require("predictive", memory.needed_bytes("predictive", math.prod(draws), 8), draws)
-        moments = self._glm_inputs(features) if pred_type == "glm" else None
-        return self._predict(features, pred_type, link, int(n_samples), seed, moments)
-
-    def _glm_inputs(self, features):
-        """``f_MAP`` ``(N, C)`` and the per-chunk Jacobians of the subset (independent of the prior)."""
+        N, C = features.shape[0], state.n_outputs
+        draws = n_samples * N * C if (pred_type == "nn" or link == "mc") else 0  # draws of f (n_samples, N, C), at once
+        if pred_type == "nn":
+            memory.require("predictive", memory.needed_bytes("predictive", draws, 8), (n_samples, N, C))
+            return self._sampled(state, h, self._decomposition(state, h), features, n_samples, seed)
+        step = self._jacobian_chunk(state, N)
+        # f_MAP and J P⁻¹ Jᵀ (N, C, C); one chunk's Jacobians of the tail, the subset's copy and
+        # inv_quad's temporaries (three of that size); the mc draws and their link (two copies).
+        elements = N * C + N * C * C + 3 * step * C * self._subset.tail.num_params + 2 * draws
+        memory.require("predictive", 8 * elements, (N, C, C))
+        dec = self._decomposition(state, h)
         s = self._subset
         f_mu = api.forward(s.tail, s.tail_params(self.params), features, backend=self.backend)
-        N = features.shape[0]
-        step = memory.chunk_size(2 * 8 * self.n_outputs * s.tail.num_params, N)
-        jacobians = [(sl, s.jacobian(self.params, features[sl], self.backend)) for sl in chunks(N, step, "Laplace Jacobians")]
-        return f_mu, jacobians
+        f_cov = np.empty((N, C, C))
+        for sl in chunks(N, step, "Laplace predictive"):
+            J = s.jacobian(self.params, features[sl], self.backend)
+            with jax.enable_x64(True):
+                f_cov[sl] = np.asarray(state.curvature.inv_quad(dec, jnp.asarray(J)))
+            del J  # before the next chunk's Jacobians exist
+        return self._finish(f_mu, f_cov, h, link, n_samples, seed)
 
-    def _glm(self, moments, link, n_samples, seed, curv=None, dec=None) -> pred.Predictive:
-        """The GLM predictive from ``moments`` (:meth:`_glm_inputs`) under the current posterior, or
-        under ``curv`` with its decomposition ``dec`` (the same posterior in a rotated basis)."""
-        f_mu, jacobians = moments
-        if curv is None:
-            curv, dec = self._curv, self._decomposition()
-        f_cov = np.empty((f_mu.shape[0], self.n_outputs, self.n_outputs))
-        with jax.enable_x64(True):
-            for sl, J in jacobians:
-                f_cov[sl] = np.asarray(curv.inv_quad(dec, jnp.asarray(J)))
+    def _jacobian_chunk(self, state: Fitted, N: int) -> int:
+        """Samples per chunk of subset Jacobians: two copies of ``(n, C, P_tail)`` within the chunk budget."""
+        return memory.chunk_size(2 * 8 * state.n_outputs * self._subset.tail.num_params, N)
+
+    def _finish(self, f_mu, f_cov, h: Hyper, link: str, n_samples: int, seed: int) -> pred.Predictive:
+        """The predictive from the moments of ``f``: Gaussian (regression) or through the link."""
         if self.likelihood == "regression":
-            return pred.regression(f_mu, f_cov, self._sigma)
+            return pred.regression(f_mu, f_cov, h.sigma)
         probs = {
             "probit": pred.probit,
             "bridge": pred.bridge,
@@ -627,13 +658,12 @@ class Laplace:
         }[link](f_mu, f_cov)
         return pred.classification(probs, f_mu, f_cov)
 
-    def _predict(self, features, pred_type, link, n_samples, seed, moments) -> pred.Predictive:
-        if pred_type == "glm":
-            return self._glm(moments, link, n_samples, seed)
+    def _sampled(self, state: Fitted, h: Hyper, dec, features, n_samples: int, seed: int) -> pred.Predictive:
+        """The predictive of ``n_samples`` networks drawn from the posterior factorised in ``dec``."""
         s = self._subset
         theta_tail = np.array(s.tail_params(self.params))
         outputs = []
-        for draw in self.sample(n_samples, seed):
+        for draw in self._draw(state, dec, n_samples, seed):
             theta_tail[s.index] = draw
             outputs.append(api.forward(s.tail, theta_tail, features, backend=self.backend))
         f = np.stack(outputs)  # (n_samples, N, C)
@@ -641,19 +671,32 @@ class Laplace:
         centred = f - f_mu
         f_cov = np.einsum("snc,snk->nck", centred, centred) / max(n_samples - 1, 1)
         if self.likelihood == "regression":
-            return pred.regression(f_mu, f_cov, self._sigma)
+            return pred.regression(f_mu, f_cov, h.sigma)
         return pred.classification(pred.link(f).mean(axis=0), f_mu, f_cov)
 
     # -- saving ----------------------------------------------------------------------
 
     def save(self, path) -> None:
-        """Write the approximation (model spec, θ, settings, fitted curvature) to ``path`` (``.npz``)."""
+        """Write the approximation (model, θ, settings, fitted curvature) to ``path`` (``.npz``).
+
+        Atomic: the file is written beside ``path`` and renamed over it once complete, so a
+        failed or interrupted save leaves what was at ``path`` before. What the file holds:
+        :mod:`fluxhess.laplace.store`. A :class:`~fluxhess.FluxModel` is saved as its Julia
+        source, which :meth:`load` runs only when told to.
+        """
         store.save(self, path)
 
     @classmethod
-    def load(cls, path) -> "Laplace":
-        """The approximation that :meth:`save` wrote to ``path``, ready to use."""
-        return store.load(cls, path)
+    def load(cls, path, *, model=None, trust_source: bool = False) -> "Laplace":
+        """The approximation that :meth:`save` wrote to ``path``, ready to use.
+
+        Loading runs no code: a saved :class:`~fluxhess.Chain` is rebuilt from its table of
+        layers; a file holding a Flux model's Julia source is refused unless ``model=`` gives
+        the model (e.g. ``fluxhess.flux_model(source)`` from a source you trust) or
+        ``trust_source=True`` says to run the file's source. A damaged or foreign file raises
+        :class:`~fluxhess.InputError` naming it and what is wrong.
+        """
+        return store.load(cls, path, model=model, trust_source=trust_source)
 
     def __repr__(self) -> str:
         state = f"fitted on {self.n_data} samples" if self.fitted else "not fitted"

@@ -148,6 +148,17 @@ def clip_negative(curvature) -> tuple[object, Clipped | None]:
     return clipped, report
 
 
+def is_finite(curvature) -> bool:
+    """Whether every number of a curvature (any structure, or kron's ``[(A, G), ...]``) is finite
+    (its largest and smallest are: NaN and ±inf propagate to them; nothing of its size is allocated)."""
+    return all(bool(np.isfinite(np.max(leaf)) and np.isfinite(np.min(leaf))) for leaf in jax.tree_util.tree_leaves(curvature))
+
+
+def largest_entry(curvature) -> float:
+    """The largest absolute number a curvature holds (any structure), without a copy of it."""
+    return max(max(float(np.max(leaf)), -float(np.min(leaf))) for leaf in jax.tree_util.tree_leaves(curvature))
+
+
 def most_negative_eigenvalue(curvature) -> float:
     """The smallest eigenvalue of a full ``H`` (the smallest entry of a diagonal one)."""
     if isinstance(curvature, posterior.Full):

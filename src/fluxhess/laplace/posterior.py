@@ -16,7 +16,8 @@ lowrank     ``Uᵀ U``, the factor ``U`` ``(R, P)``   ``c·Uᵀ U + diag(p₀)``
 
 ``lowrank`` is for ``P ≫ R``: the GGN and the empirical Fisher of ``N`` samples have rank at
 most ``R = N·C`` (GGN, ``U``'s rows ``L_nᵀ J_n`` with ``Λ_n = L_n L_nᵀ``) or ``R = N`` (EF,
-rows ``g_nᵀ``); every question is answered in ``O(R²·P)`` time and ``O(R·P)`` memory.
+rows ``g_nᵀ``); every question is answered through the smaller of the ``(R, R)`` and
+``(P, P)`` Gram matrices, in ``O(R·P·min(R, P))`` time and ``O(R·P + min(R, P)²)`` memory.
 
 ``kron`` follows laplace-torch (``separate_weight_and_bias``): a weight block
 ``A ⊗ G`` with ``A = (1/N)·Σ a aᵀ`` the layer-input second moment and ``G`` the summed
@@ -224,43 +225,71 @@ class Kron:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class LowRank:
-    """``H = Uᵀ U`` from its factor ``U`` ``(R, P)``; nothing ``(P, P)`` is formed.
+    """``H = Uᵀ U`` from its factor ``U`` ``(R, P)``; nothing ``(P, P)`` is formed when ``R < P``.
 
     With ``D = diag(p₀)`` and ``A = √c·U D^{-1/2}`` ``(R, P)``, ``P = D^{1/2} (I + AᵀA) D^{1/2}``.
-    :meth:`decompose` diagonalises ``A Aᵀ = W diag(e) Wᵀ`` ``(R, R)`` and keeps ``V = Wᵀ A``
-    (orthogonal rows of norms ``√e``), so that by Woodbury
+    :meth:`decompose` diagonalises the smaller of the two Gram matrices, ``k = min(R, P)``:
+    ``A Aᵀ = W diag(e) Wᵀ`` ``(R, R)`` with ``V = Wᵀ A`` when ``R ≤ P``, or
+    ``AᵀA = Q diag(e) Qᵀ`` ``(P, P)`` with ``V = diag(√e) Qᵀ`` when ``P < R``. Either way ``V``
+    ``(k, P)`` has orthogonal rows of norms ``√e`` and ``VᵀV = AᵀA``, so that by Woodbury
     ``(I + AᵀA)⁻¹ = I − Vᵀ diag(1/(1+e)) V`` and ``(I + AᵀA)^{-1/2} = I + Vᵀ diag(g(e)) V``
-    with ``g(e) = ((1+e)^{-1/2} − 1)/e = −1/(√(1+e)·(1 + √(1+e)))``.
+    with ``g(e) = ((1+e)^{-1/2} − 1)/e = −1/(√(1+e)·(1 + √(1+e)))``. Time ``O(R·P·k)``, memory
+    ``O(R·P + k²)``.
     """
 
     U: np.ndarray
 
     name = "lowrank"
 
+    @property
+    def rows_side(self) -> bool:
+        """Whether the ``(R, R)`` side is the smaller one (``R ≤ P``)."""
+        R, P = self.U.shape
+        return R <= P
+
+    def working_bytes(self) -> int:
+        """Bytes :meth:`decompose` (and :meth:`eigenvalues`) allocate beside ``U``: the scaled
+        factor ``A`` ``(R, P)``, the ``(k, k)`` Gram matrix and its eigenvectors, and ``V`` ``(k, P)``."""
+        R, P = self.U.shape
+        k = min(R, P)
+        return 8 * (R * P + 2 * k * k + k * P)
+
     def precision(self, c, prior, sizes):
         return c * self.U.T @ self.U + jnp.diag(prior_diagonal(prior, sizes))
 
     def logdet(self, c, prior, sizes):
-        """``log det D + log det(I_R + c·U D⁻¹ Uᵀ)`` (Sylvester), by a Cholesky factor of the ``(R, R)`` matrix."""
+        """``log det(D + c·UᵀU)``: by Sylvester, ``log det D + log det(I_R + c·U D⁻¹ Uᵀ)`` when ``R ≤ P``,
+        else directly; a Cholesky factor of the smaller ``(k, k)`` matrix."""
         p0 = prior_diagonal(prior, sizes)
+        if not self.rows_side:
+            L = jnp.linalg.cholesky(self.precision(c, prior, sizes))
+            return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
         R = self.U.shape[0]
         L = jnp.linalg.cholesky(jnp.eye(R, dtype=self.U.dtype) + c * (self.U / p0) @ self.U.T)
         return jnp.sum(jnp.log(p0)) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
 
     def eigenvalues(self) -> np.ndarray:
-        """The ``P`` eigenvalues of ``H = Uᵀ U``, ascending: those of ``U Uᵀ`` and ``P − R`` zeros."""
+        """The ``P`` eigenvalues of ``H = Uᵀ U``, ascending: those of the smaller Gram matrix, and
+        ``P − R`` zeros when ``R < P``."""
         R, P = self.U.shape
+        if not self.rows_side:
+            return np.clip(np.linalg.eigvalsh(self.U.T @ self.U), 0.0, None)
         e = np.clip(np.linalg.eigvalsh(self.U @ self.U.T), 0.0, None)
-        return e[R - P :] if R >= P else np.concatenate([np.zeros(P - R), e])
+        return np.concatenate([np.zeros(P - R), e])
 
     def decompose(self, c, prior, sizes):
-        """``(p₀ (P,), V (R, P), e (R,))``, see the class docstring. NumPy (BLAS GEMMs, several
+        """``(p₀ (P,), V (k, P), e (k,))``, see the class docstring. NumPy (BLAS GEMMs, several
         times XLA's on a CPU at this size), like everything below: only :meth:`logdet` is traced."""
         p0 = np.asarray(prior_diagonal(prior, sizes), dtype=np.float64)
         A = self.U * np.sqrt(float(c) / p0)
-        e, W = np.linalg.eigh(A @ A.T)
-        e = np.clip(e, 0.0, None)  # A Aᵀ is positive semi-definite; clip its rounding
-        V = np.matmul(W.T, A, out=A)  # A is not needed again: V takes its memory
+        if self.rows_side:
+            e, W = np.linalg.eigh(A @ A.T)
+            V = np.matmul(W.T, A, out=A)  # A is not needed again: V takes its memory
+        else:
+            e, Q = np.linalg.eigh(A.T @ A)
+            del A
+            V = np.sqrt(np.clip(e, 0.0, None))[:, None] * Q.T
+        e = np.clip(e, 0.0, None)  # a Gram matrix is positive semi-definite; clip its rounding
         return p0, V, e
 
     @staticmethod

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import FluxHessError, InputError
 
 LINKS = ("probit", "bridge", "mc")
 PRED_TYPES = ("glm", "nn")
@@ -91,6 +91,14 @@ def probit(f_mu: np.ndarray, f_cov: np.ndarray) -> np.ndarray:
 
 
 def bridge(f_mu: np.ndarray, f_cov: np.ndarray) -> np.ndarray:
+    """The mean of the Laplace bridge's Dirichlet, ``α / Σα`` with
+    ``α_c = (1 − 2/C + e^{μ_c}·Σ_k e^{−μ_k} / C²) / v_c`` after the zero-mean correction.
+
+    Computed in log space (``e^{μ_c}·Σ_k e^{−μ_k} = e^{μ_c + logsumexp(−μ)}``, then a softmax of
+    ``log α``), so logits of any size give finite probabilities that sum to 1. A class whose
+    corrected variance ``v_c`` is not positive (a posterior without variance there) has no
+    bridge: an InputError.
+    """
     if f_mu.shape[1] < 2:
         raise InputError(
             "link_approx='bridge' maps a softmax Gaussian to a Dirichlet and needs C >= 2 outputs; "
@@ -98,12 +106,28 @@ def bridge(f_mu: np.ndarray, f_cov: np.ndarray) -> np.ndarray:
         )
     row = f_cov.sum(axis=-1)  # (N, C)
     total = f_cov.sum(axis=(1, 2))[:, None]  # (N, 1)
-    mu = f_mu - row * f_mu.sum(axis=-1, keepdims=True) / total
-    cov = f_cov - np.einsum("ni,nj->nij", row, f_cov.sum(axis=-2)) / total[:, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = f_mu - row * f_mu.sum(axis=-1, keepdims=True) / total
+        var = np.diagonal(f_cov, axis1=1, axis2=2) - row * f_cov.sum(axis=-2) / total
+    flat = ~(np.all(np.isfinite(mu), axis=1) & np.all(var > 0, axis=1))
+    if np.any(flat):
+        rows = np.flatnonzero(flat)
+        raise InputError(
+            f"link_approx='bridge' needs a positive function variance in every class after its zero-mean "
+            f"correction; {rows.size} of {f_mu.shape[0]} inputs have none (first: row {rows[0]}). Use "
+            "link_approx='probit' or 'mc'"
+        )
     K = f_mu.shape[1]
-    var = np.diagonal(cov, axis1=1, axis2=2)
-    alpha = (1 - 2 / K + np.exp(mu) / K**2 * np.exp(-mu).sum(axis=1, keepdims=True)) / var
-    return np.nan_to_num(alpha / alpha.sum(axis=1, keepdims=True), nan=1.0)
+    shifted = mu + logsumexp(-mu)  # log(e^{μ_c}·Σ_k e^{−μ_k}) >= 0
+    with np.errstate(divide="ignore"):  # log(1 − 2/C) = −inf for C == 2: logaddexp takes it
+        log_alpha = np.logaddexp(np.log(1 - 2 / K), shifted - 2 * np.log(K)) - np.log(var)
+    return _softmax(log_alpha)
+
+
+def logsumexp(a: np.ndarray) -> np.ndarray:
+    """``log Σ_k e^{a_k}`` over the last axis, kept as a column, without overflow."""
+    top = a.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(a - top).sum(axis=-1, keepdims=True))
 
 
 def gaussian_samples(f_mu: np.ndarray, f_cov: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
@@ -119,6 +143,13 @@ def monte_carlo(f_mu: np.ndarray, f_cov: np.ndarray, n_samples: int, seed: int) 
 
 
 def classification(probs: np.ndarray, f_mu: np.ndarray, f_cov: np.ndarray) -> Predictive:
+    """The predictive of class probabilities ``(N, C)``, checked: finite, in [0, 1], rows summing to 1."""
+    totals = probs.sum(axis=1) if probs.shape[1] > 1 else np.ones(probs.shape[0])
+    if not (np.all(np.isfinite(probs)) and np.all((probs >= 0) & (probs <= 1)) and np.allclose(totals, 1.0, rtol=0, atol=1e-9)):
+        bad = ~np.isfinite(f_mu).all(axis=1) | ~np.isfinite(f_cov).all(axis=(1, 2))
+        why = (f"the function moments are not finite at {int(bad.sum())} inputs (an overflow in the network)"
+               if bad.any() else "rounding")
+        raise FluxHessError(f"the predictive class probabilities are not a distribution at every input ({why})")
     return Predictive(probs, probs * (1 - probs), f_mu, f_cov)
 
 
