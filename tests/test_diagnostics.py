@@ -131,6 +131,8 @@ def test_estimate_of_a_multi_input_model_takes_the_tuple_and_checks_it():
         assert got["input_hessian"].shape == (5, 1, 3, 3)
     with pytest.raises(fh.InputError, match=r"tuple of 2 arrays \(x, t\)"):
         fh.estimate(model, (x,))
+    with pytest.raises(fh.InputError, match="input 'x'"):
+        fh.estimate(model, ("a", "b"))
     with pytest.raises(fh.InputError, match=r"input 't' must have shape \(4, 1\)"):
         fh.estimate(model, (x[:4], t))
 

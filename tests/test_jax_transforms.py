@@ -161,6 +161,8 @@ def test_complex_and_bool_arrays_are_refused_as_the_numpy_api_refuses_them(name)
         fn(theta + 0j, X)
     with pytest.raises(fh.InputError, match="theta must be a floating"):
         fn(jnp.zeros(model.num_params, jnp.int32), X)
+    with pytest.raises(fh.InputError, match="X must be a numeric array"):
+        fn(theta, np.array([["a", "b", "c"]]))
     with pytest.raises(fh.InputError, match="X must be real"):
         getattr(fh, name)(model, np.asarray(theta), np.asarray(X) + 1j, backend="jax")
 

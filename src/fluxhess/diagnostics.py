@@ -238,7 +238,7 @@ def _num_samples(X, model) -> int:
     tuple ``(x, t, …)`` (checked as every public function checks it)."""
     if isinstance(X, (int, np.integer)) and not isinstance(X, bool):
         N = int(X)
-    elif isinstance(X, (tuple, list)) and X and not np.isscalar(X[0]):
+    elif isinstance(X, (tuple, list)) and (getattr(model, "inputs", None) is not None or (X and not np.isscalar(X[0]))):
         N = stacked_inputs(tuple(X), getattr(model, "inputs", None)).shape[0]
     else:
         shape = np.shape(X)

@@ -94,7 +94,7 @@ def _transform(model: Chain, quantity, wrt, name: str):
     P, d = model.num_params, model.in_features
 
     def fn(theta, X):
-        theta = _real("theta", jnp.asarray(theta))
+        theta = _real("theta", _as_array("theta", theta))
         if not jnp.issubdtype(theta.dtype, jnp.floating):
             raise InputError(f"theta must be a floating array (it is differentiated); got dtype {theta.dtype}")
         if theta.shape != (P,):
@@ -113,6 +113,14 @@ def _transform(model: Chain, quantity, wrt, name: str):
     return fn
 
 
+def _as_array(argument: str, value) -> jax.Array:
+    """``value`` as a JAX array (a traced one stays as it is); what JAX cannot take is an InputError."""
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{argument} must be a numeric array; got {type(value).__name__} ({e})") from None
+
+
 def _real(argument: str, a: jax.Array) -> jax.Array:
     """``a`` when its dtype is real (floating or integer); bool and complex refused, as the NumPy API does."""
     if jnp.issubdtype(a.dtype, jnp.complexfloating) or a.dtype == jnp.bool_ or not jnp.issubdtype(a.dtype, jnp.number):
@@ -123,13 +131,13 @@ def _real(argument: str, a: jax.Array) -> jax.Array:
 def _stacked(model: Chain, X):
     """``X``, or the tuple ``(x, t, ...)`` side by side in signature order: ``(N, d)`` or ``(d,)``."""
     if not isinstance(X, tuple):
-        return jnp.asarray(X)
+        return _as_array("X", X)
     signature = model.inputs
     if signature is None or len(X) != len(signature):
         expected = "one array (N, d): the model has no input signature" if signature is None else (
             f"a tuple of {len(signature)} arrays ({', '.join(n for n, _ in signature)})")
         raise InputError(f"X must be {expected}; got a tuple of {len(X)}")
-    parts = [jnp.asarray(x) for x in X]
+    parts = [_as_array(f"input {name!r}", x) for (name, _), x in zip(signature, X)]
     rows = next((x.shape[0] for x in parts if x.ndim == 2), None)  # None: one sample
     shaped = []
     for (name, width), x in zip(signature, parts):
