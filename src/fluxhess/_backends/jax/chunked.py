@@ -4,12 +4,14 @@ with a progress bar when there are many chunks."""
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import jax
 import numpy as np
 
 from ..._memory import CHUNK_BYTES, chunk_size
+from ...jax_function import JaxFunction
 from ...model import Chain
 from ..._problem import Problem
 from ..._progress import chunks
@@ -43,11 +45,23 @@ def over_parameters(problem: Problem, fn, out: np.ndarray, label: str) -> np.nda
     return out
 
 
-def column_bytes(model: Chain, num_params: int, num_samples: int, itemsize: int) -> int:
+def column_bytes(model, num_params: int, num_samples: int, itemsize: int) -> int:
     """Working memory of one curvature-vector product: the vector, its tangent and cotangent
     (P each) and the N × width activations of the forward and backward passes."""
     return itemsize * (num_params + 4 * num_samples * widest(model))
 
 
-def widest(model: Chain) -> int:
+@functools.singledispatch
+def widest(model) -> int:
+    """Floats per sample of the activations a forward pass holds at once (for memory estimates)."""
+    raise TypeError(f"no width estimate for a {type(model).__name__}")
+
+
+@widest.register
+def _(model: Chain) -> int:
     return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+
+
+@widest.register
+def _(model: JaxFunction) -> int:
+    return model.activation_floats
