@@ -50,6 +50,8 @@ def _layout(paths, shapes) -> ParamLayout:
     tree node, e.g. a Dense layer's kernel and bias, share one), in order of first appearance."""
     blocks, offset, layers = [], 0, {}
     for path, shape in zip(paths, shapes):
+        if path and getattr(path[-1], "name", None) == "value":  # a flax.nnx Variable's array
+            path = path[:-1]
         parent = _path_name(path[:-1])
         layer = layers.setdefault(parent, len(layers))
         blocks.append(Block(_path_name(path) or "params", layer, tuple(shape), offset))
@@ -100,7 +102,7 @@ class JaxFunction:
         self.layout = _layout(paths, [np.shape(leaf) for leaf in leaves])
         self.apply = apply
         self.batched = batched
-        self.input_shape = _sample_shape(input_shape)
+        self.input_shape = sample_shape(input_shape)
         self.source = source or getattr(apply, "__name__", type(apply).__name__)
         self.why_not_chain = why_not_chain
         self.in_features = math.prod(self.input_shape)
@@ -219,7 +221,7 @@ def _equations(jaxpr):
                 yield from _equations(inner)
 
 
-def _sample_shape(input_shape) -> tuple[int, ...]:
+def sample_shape(input_shape) -> tuple[int, ...]:
     shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool) else input_shape
     try:
         shape = tuple(shape)
