@@ -106,6 +106,7 @@ class JaxFunction:
         self.source = source or getattr(apply, "__name__", type(apply).__name__)
         self.why_not_chain = why_not_chain
         self.in_features = math.prod(self.input_shape)
+        self._activation_floats: int | None = None
         self.out_features, self._vector_output = self._output_width(leaves)
         self.inputs = _signature(inputs, self)
 
@@ -194,14 +195,15 @@ class JaxFunction:
 
     @property
     def activation_floats(self) -> int:
-        """Floats of every intermediate value of one sample's forward pass (for memory estimates)."""
-        if not hasattr(self, "_activation_floats"):
+        """Floats of every intermediate value of one sample's forward pass that depends on the
+        sample (not the reshapes of θ, whose size does not grow with the batch): what the
+        memory estimates count per sample."""
+        if self._activation_floats is None:
             theta = jax.ShapeDtypeStruct((self.num_params,), jnp.float64)
             x = jax.ShapeDtypeStruct((self.in_features,), jnp.float64)
             with jax.enable_x64(True):
-                jaxpr = jax.make_jaxpr(self.function)(theta, x)
-            sizes = [math.prod(getattr(v.aval, "shape", ())) for eqn in _equations(jaxpr.jaxpr) for v in eqn.outvars]
-            self._activation_floats = max(1, sum(sizes))
+                jaxpr = jax.make_jaxpr(self.function)(theta, x).jaxpr
+            self._activation_floats = max(1, _dependent_floats(jaxpr, {jaxpr.invars[1]}))
         return self._activation_floats
 
     def __repr__(self) -> str:
@@ -211,14 +213,21 @@ class JaxFunction:
                 f"P={self.num_params}, {how}{inputs})")
 
 
-def _equations(jaxpr):
-    """Every equation of ``jaxpr``, those of nested jaxprs (pjit, custom_jvp, scan) included."""
+def _dependent_floats(jaxpr, dependent: set) -> int:
+    """Sizes of the values of ``jaxpr`` that depend on the variables in ``dependent``, summed; a
+    nested jaxpr (pjit, custom_jvp) that takes such a value counts with its own inputs marked."""
+    total = 0
     for eqn in jaxpr.eqns:
-        yield eqn
+        marked = [i for i, v in enumerate(eqn.invars) if v in dependent]
+        if not marked:
+            continue
+        dependent.update(eqn.outvars)
+        total += sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
         for param in eqn.params.values():
             inner = getattr(param, "jaxpr", param)
-            if hasattr(inner, "eqns"):
-                yield from _equations(inner)
+            if hasattr(inner, "eqns") and len(inner.invars) == len(eqn.invars):
+                total += _dependent_floats(inner, {inner.invars[i] for i in marked})
+    return total
 
 
 def sample_shape(input_shape) -> tuple[int, ...]:

@@ -87,7 +87,7 @@ ROUTES = {
     "gradient": lambda p, _: jax.grad(p.total),
     "hessian": lambda p, _: jax.hessian(p.total),
     "param_jacobian": lambda p, _: p.param_jacobian,
-    **{name: _of_kind(name) for name in ("columns", "column_diagonal", "sample_sum", "sample_diagonal", "factor")},
+    **{name: _of_kind(name) for name in ("columns", "column_diagonal", "sample_diagonal", "factor")},
     "hvp": lambda p, kind: functools.partial(_columns_of(kind), p),
     "kron": lambda p, kind: functools.partial(kron_chunk, p, kind=kind),
     **{name: _on_inputs(getattr(inputs, name)) for name in ("input_jacobian", "input_hessian", "laplacian", "divergence")},
