@@ -6,6 +6,7 @@ The reference never goes through fluxhess: it maps θ to the pytree with
 and differentiates the user's ``apply`` with the losses written out here.
 """
 
+import functools
 import re
 
 import jax
@@ -113,17 +114,27 @@ ARCHITECTURES = {
 }
 
 
-@pytest.fixture(scope="module", params=list(ARCHITECTURES), ids=list(ARCHITECTURES))
-def arch(request):
+@functools.lru_cache(maxsize=None)
+def _built(name: str) -> dict:
+    """One architecture's model, θ, the user's apply and pytree map, and data (built once)."""
     with jax.enable_x64(True):
-        model, theta, apply, params, shape = ARCHITECTURES[request.param]()
+        model, theta, apply, params, shape = ARCHITECTURES[name]()
         flat, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params))
     rng = np.random.default_rng(1)
     N = 5
     X = rng.normal(size=(N, *shape))
-    C = model.out_features
-    y = rng.normal(size=(N, C))
-    return dict(name=request.param, model=model, theta=theta, apply=apply, unravel=unravel, flat=np.asarray(flat), X=X, y=y)
+    y = rng.normal(size=(N, model.out_features))
+    return dict(name=name, model=model, theta=theta, apply=apply, unravel=unravel, flat=np.asarray(flat), X=X, y=y)
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES), ids=list(ARCHITECTURES))
+def arch(request):
+    return _built(request.param)
+
+
+#: Two of the architectures (one linen, one nnx) for the checks of how results are made and
+#: kept, which do not depend on the network.
+SOME = ("residual", "nnx")
 
 
 def _reference(arch):
@@ -162,10 +173,15 @@ def _reference(arch):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _reference_of(name: str) -> dict:
+    with jax.enable_x64(True):
+        return _reference(_built(name))
+
+
 @pytest.fixture(scope="module")
 def reference(arch):
-    with jax.enable_x64(True):
-        return _reference(arch)
+    return _reference_of(arch["name"])
 
 
 def test_theta_is_the_pytree_in_tree_order(arch):
@@ -207,16 +223,20 @@ def test_input_derivatives_equal_jax(arch, reference):
         assert _rel(fh.divergence(model, theta, X, backend="jax"), div) < RTOL
 
 
-def test_hessian_chunked_by_columns_equals_jax(arch, reference, monkeypatch):
+@pytest.mark.parametrize("name", SOME)
+def test_hessian_chunked_by_columns_equals_jax(name, monkeypatch):
     """Past SMALL parameters the Hessian is built by chunks of Hessian-vector products."""
     from fluxhess._backends.jax import curvature
 
+    arch, reference = _built(name), _reference_of(name)
     monkeypatch.setattr(curvature, "SMALL", 0)
     model, theta, X, y = arch["model"], arch["theta"], arch["X"], arch["y"]
     assert _rel(fh.hessian(model, theta, X, y, loss="mse", backend="jax"), reference["hessian"]) < RTOL
 
 
-def test_out_and_devices(arch, reference):
+@pytest.mark.parametrize("name", SOME)
+def test_out_and_devices(name):
+    arch, reference = _built(name), _reference_of(name)
     model, theta, X, y = arch["model"], arch["theta"], arch["X"], arch["y"]
     out = np.zeros((theta.size, theta.size))
     assert fh.ggn(model, theta, X, y, loss="mse", backend="jax", out=out) is out
@@ -346,7 +366,7 @@ def test_inputs_and_wrt_on_a_jax_function():
     with jax.enable_x64(True):
         fixed = {"consts": variables["consts"]}
         one = lambda xx, tt: module.apply({"params": model.unflatten(jnp.asarray(theta)), **fixed}, xx[None], tt[None])[0, 0]  # noqa: E731
-        u_t = jax.vmap(jax.grad(one, 1))(jnp.asarray(x), jnp.asarray(t))
+        u_t = jax.jit(jax.vmap(jax.grad(one, 1)))(jnp.asarray(x), jnp.asarray(t))
     assert _rel(fh.input_jacobian(model, theta, (x, t), wrt="t", backend="jax")[:, 0, :], u_t) < RTOL
 
 
