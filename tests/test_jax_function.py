@@ -391,3 +391,90 @@ def test_the_numpy_probe_activations_are_nnlibs():
         for name in A.NAMES:
             ours, nnlib = NUMPY_ACTIVATIONS[name](grid), np.asarray(A.function(name)(jnp.asarray(grid)))
             assert np.max(np.abs(ours - nnlib) / np.maximum(1.0, np.abs(nnlib))) < 1e-14, name  # the probe's measure
+
+
+# --- Laplace on a JaxFunction: laplax and the dense-GGN closed form ----------------------
+
+
+def _residual_classifier():
+    rng = np.random.default_rng(0)
+
+    def apply(p, X):
+        h = jnp.tanh(X @ p["a"]["w"] + p["a"]["b"])
+        h = h + jnp.tanh(h @ p["r"]["w"])
+        return h @ p["o"]["w"] + p["o"]["b"]
+
+    params = {"a": {"w": rng.normal(size=(2, 4)), "b": rng.normal(size=4)}, "r": {"w": 0.5 * rng.normal(size=(4, 4))},
+              "o": {"w": rng.normal(size=(4, 3)), "b": np.zeros(3)}}
+    X, y = rng.normal(size=(12, 2)), rng.integers(0, 3, 12)
+    return apply, params, X, y
+
+
+def test_laplace_equals_laplax_and_the_dense_ggn_closed_form():
+    """Evidence and GLM predictive of a JaxFunction equal laplax 0.0.2's and the closed forms.
+
+    Conventions mapped: laplax's log-likelihood is ``-loss/(2σ)`` with σ = 1 (made for the
+    squared error), so its loss is given as twice the summed cross-entropy; its prior is
+    ``N(0, 1/λ)`` on every parameter and its posterior precision ``GGN + λ I``, as fluxhess's.
+    """
+    laplax_curv = pytest.importorskip("laplax.curv", reason="laplax is the peer of this test (pip install laplax)")
+    from laplax.eval.likelihood import marginal_log_likelihood
+    from laplax.eval.pushforward import lin_pred_cov, lin_pred_mean, lin_setup, set_lin_pushforward
+
+    apply, params, X, y = _residual_classifier()
+    model, theta = fh.from_jax(apply, params, 2)
+    lam = 0.7
+    la = fh.Laplace(model, theta, "classification", prior_precision=lam, backend="jax").fit(X, y)
+    G = fh.ggn(model, theta, X, y, loss="logitcrossentropy", backend="jax")
+    nll = fh.loss(model, theta, X, y, loss="logitcrossentropy", backend="jax")
+    P = theta.size
+    closed = -nll - 0.5 * lam * theta @ theta + 0.5 * P * np.log(lam) - 0.5 * np.linalg.slogdet(G + lam * np.eye(P))[1]
+    lml = float(la.log_marginal_likelihood())
+    assert abs(lml - closed) <= 1e-10 * abs(closed)
+    x_new = np.array([[0.3, -0.2]])
+    J = fh.param_jacobian(model, theta, x_new, backend="jax")[0]  # (C, P)
+    cov = J @ np.linalg.solve(G + lam * np.eye(P), J.T)
+    assert _rel(la.predictive(x_new).function_covariance[0], cov) < 1e-10
+
+    with jax.enable_x64(True):
+        tree = jax.tree.map(jnp.asarray, params)
+        data = {"input": jnp.asarray(X), "target": jnp.asarray(y)}
+        single = lambda input, params: apply(params, input[None])[0]  # noqa: E731
+        ggn_mv = laplax_curv.create_ggn_mv(single, tree, data, loss_fn="cross_entropy")
+        curv = laplax_curv.estimate_curvature("full", ggn_mv, layout=tree)
+        twice_ce = lambda f, t: -2 * jnp.sum(jax.nn.log_softmax(f) * jax.nn.one_hot(t, 3))  # noqa: E731
+        theirs = marginal_log_likelihood(curv, {"prior_prec": lam}, data, lambda input, params: apply(params, input),
+                                         tree, twice_ce, "full")
+        posterior_fn = laplax_curv.set_posterior_fn("full", curv, layout=tree)
+        push = set_lin_pushforward(single, tree, posterior_fn, {"prior_prec": lam},
+                                   pushforward_fns=[lin_setup, lin_pred_mean, lin_pred_cov])
+        their_cov = np.asarray(push(jnp.asarray(x_new[0]))["pred_cov"])
+    assert _rel(G, np.asarray(curv)) < 1e-10
+    assert abs(lml - float(theirs)) <= 1e-10 * abs(lml)
+    assert _rel(la.predictive(x_new).function_covariance[0], their_cov) < 1e-10
+
+
+def test_laplace_diag_lowrank_and_subsets_by_layout_names():
+    apply, params, X, y = _residual_classifier()
+    model, theta = fh.from_jax(apply, params, 2)
+    lam = 0.7
+    G = fh.ggn(model, theta, X, y, loss="logitcrossentropy", backend="jax")
+    nll = fh.loss(model, theta, X, y, loss="logitcrossentropy", backend="jax")
+
+    def closed(index, H):
+        t = theta[index]
+        return -nll - 0.5 * lam * t @ t + 0.5 * t.size * np.log(lam) - 0.5 * np.linalg.slogdet(H + lam * np.eye(t.size))[1]
+
+    last = fh.Laplace(model, theta, "classification", subset="last_layer", prior_precision=lam, backend="jax").fit(X, y)
+    # the last tree node holding parameters in θ's order (sorted keys: a, o, r), not the output layer
+    assert last.subset == ["r/w"]
+    idx = np.concatenate([np.arange(model.layout[n].offset, model.layout[n].offset + model.layout[n].size) for n in last.subset])
+    assert abs(float(last.log_marginal_likelihood()) - closed(idx, G[np.ix_(idx, idx)])) < 1e-10 * abs(closed(idx, G[np.ix_(idx, idx)]))
+    named = fh.Laplace(model, theta, "classification", subset=["r/w"], structure="lowrank", prior_precision=lam, backend="jax").fit(X, y)
+    idx = np.arange(model.layout["r/w"].offset, model.layout["r/w"].offset + 16)
+    assert abs(float(named.log_marginal_likelihood()) - closed(idx, G[np.ix_(idx, idx)])) < 1e-9 * abs(closed(idx, G[np.ix_(idx, idx)]))
+    diag = fh.Laplace(model, theta, "classification", structure="diag", prior_precision=lam, backend="jax").fit(X, y)
+    all_ = np.arange(theta.size)
+    assert abs(float(diag.log_marginal_likelihood()) - closed(all_, np.diag(np.diag(G)))) < 1e-10 * abs(closed(all_, np.diag(np.diag(G))))
+    with pytest.raises(fh.UnsupportedModelError, match="structure='kron'.*'diag', 'lowrank' or 'full'"):
+        fh.Laplace(model, theta, "classification", structure="kron", backend="jax")
