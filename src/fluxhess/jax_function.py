@@ -24,6 +24,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Literal
 
 from . import _validate as check
 from .errors import InputError, UnsupportedModelError
@@ -218,7 +219,7 @@ def _dependent_floats(jaxpr, dependent: set) -> int:
     nested jaxpr (pjit, custom_jvp) that takes such a value counts with its own inputs marked."""
     total = 0
     for eqn in jaxpr.eqns:
-        marked = [i for i, v in enumerate(eqn.invars) if v in dependent]
+        marked = [i for i, v in enumerate(eqn.invars) if not isinstance(v, Literal) and v in dependent]  # literals: constants
         if not marked:
             continue
         dependent.update(eqn.outvars)
