@@ -35,6 +35,7 @@ class Impl:
     compiles: bool = False  # JAX and Julia: the first call compiles, so it is never a timed run
     backend: str | None = None  # a fluxhess backend that must be available here
     any_model: bool = False  # runs Flux models written in Julia, not only the tanh MLPs
+    jax_function: bool = False  # runs the plain JAX functions (problems.jax_function_problems)
 
     def missing(self) -> list[str]:
         absent = [m for m in self.needs if importlib.util.find_spec(m) is None]
@@ -117,6 +118,70 @@ def _generic_jax(problem, quantity):
     if quantity.startswith("diag-"):
         return lambda: b.diagonal(call, quantity[5:])
     return None
+
+
+# --- plain JAX and laplax on a JAX function ---------------------------------------
+
+
+def _on_function(problem):
+    """``(f, loss, sample_loss, θ, X, Y)`` of a JAX-function problem in flat θ (``ravel_pytree``,
+    fluxhess's order), or None for the other problems."""
+    if not problem.jax_function:
+        return None
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    apply, params, _ = problem.function
+    with _precision_scope(problem):
+        _, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, problem.dtype), params))
+        X, Y, theta = jnp.asarray(problem.X), jnp.asarray(problem.Y), jnp.asarray(problem.theta)
+    f = lambda t, Xb: apply(unravel(t), Xb)  # noqa: E731
+    loss = lambda t: jnp.sum((f(t, X) - Y) ** 2)  # noqa: E731
+    sample_loss = lambda t, x, y: jnp.sum((f(t, x[None])[0] - y) ** 2)  # noqa: E731
+    return f, loss, sample_loss, theta, X, Y
+
+
+def _jax_baseline(problem, quantity):
+    """What a JAX user writes: ``jit(jax.hessian(loss))``; ``2·Σ_n J_nᵀ J_n`` with ``J_n`` from
+    ``vmap(jacrev)`` per sample (mse: ``Λ_n = 2 I``); ``GᵀG`` from ``vmap(grad)``."""
+    pieces = _on_function(problem)
+    if pieces is None or quantity not in MATRICES:
+        return None
+    import jax
+    import jax.numpy as jnp
+
+    f, loss, sample_loss, theta, X, Y = pieces
+    if quantity == "hessian":
+        fn = jax.jit(jax.hessian(loss))
+    elif quantity == "ggn":
+        def fn(t):
+            J = jax.vmap(jax.jacrev(lambda t, x: f(t, x[None])[0]), (None, 0))(t, X)  # (N, C, P)
+            J = J.reshape(-1, t.shape[0])
+            return 2.0 * J.T @ J
+        fn = jax.jit(fn)
+    else:
+        def fn(t):
+            G = jax.vmap(jax.grad(sample_loss), (None, 0, 0))(t, X, Y)
+            return G.T @ G
+        fn = jax.jit(fn)
+    return _scoped(problem, lambda: np.asarray(fn(theta)))
+
+
+def _laplax(problem, quantity):
+    """laplax 0.0.2: its GGN-vector product (mse: ``Λ = 2 I``) made dense by ``estimate_curvature("full")``."""
+    if not problem.jax_function or quantity != "ggn":
+        return None
+    from laplax.curv import create_ggn_mv, estimate_curvature
+
+    apply, params, _ = problem.function
+    import jax.numpy as jnp
+
+    with _precision_scope(problem):
+        data = {"input": jnp.asarray(problem.X), "target": jnp.asarray(problem.Y)}
+        params = {k: {n: jnp.asarray(a, problem.dtype) for n, a in v.items()} for k, v in params.items()}
+        ggn_mv = create_ggn_mv(lambda input, params: apply(params, input[None])[0], params, data, loss_fn="mse")
+    return _scoped(problem, lambda: np.asarray(estimate_curvature("full", ggn_mv, layout=params)))
 
 
 # --- torch-based peers ---------------------------------------------------------
@@ -348,7 +413,7 @@ def _scoped(problem, fn):
 
 
 IMPLS = [
-    Impl("fluxhess", False, _fluxhess_on("jax"), compiles=True),
+    Impl("fluxhess", False, _fluxhess_on("jax"), compiles=True, jax_function=True),
     # Julia compiles on first calls too, but FluxHess is precompiled for Dense chains; a first
     # call past --long (the generic route's Hessian) is then timed alone, compilation included.
     Impl("fluxhess julia", False, _fluxhess_on("julia"), backend="julia", any_model=True),
@@ -362,4 +427,6 @@ IMPLS = [
     Impl("ASDL", True, _asdl, "torch", ("asdl",)),
     Impl("folx", True, _folx, needs=("folx",), compiles=True),
     Impl("jit(vmap(hessian))+trace", False, _hessian_trace, compiles=True),
+    Impl("jax: hessian / jacrev / vmap(grad)", False, _jax_baseline, compiles=True, jax_function=True),
+    Impl("laplax", True, _laplax, needs=("laplax",), compiles=True, jax_function=True),
 ]

@@ -5,6 +5,9 @@ batch (``L = Σ_n ‖f(x_n) - y_n‖²``), ``N = 1000`` samples; P ≈ 1k, 5k an
 Laplacian: a tanh MLP ``[100, 128, 128, 128, 1]`` on a batch of 256.
 Generic (the julia backend's route for models that are not Dense chains): a Conv model
 on 8×8 images and a Chain with an anonymous layer, ``mse`` summed over N = 1000.
+JAX function (:func:`jax_function_problems`): a residual MLP written as a plain JAX function
+over a pytree (``fluxhess.from_jax``), ``x ↦ h + tanh(h W_r)`` with ``h = tanh(x W_1 + b_1)``,
+``[16, 64, 64, 3]`` (P ≈ 5.4k), ``mse`` summed over N = 500: what a JAX user would hand fluxhess.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Problem:
     Y: np.ndarray = field(repr=False)
 
     source: str = ""  # Julia source of a Flux model; empty for the tanh MLP of ``widths``
+    #: ``(apply, params pytree, fluxhess.JaxFunction)`` of a JAX-function problem, else None
+    function: tuple | None = field(default=None, repr=False)
 
     @property
     def flux(self) -> bool:
@@ -34,7 +39,14 @@ class Problem:
         return bool(self.source)
 
     @property
+    def jax_function(self) -> bool:
+        """A plain JAX function (fluxhess.from_jax): only fluxhess's JAX backend and JAX peers run it."""
+        return self.function is not None
+
+    @property
     def model(self):
+        if self.jax_function:
+            return self.function[2]
         return fh.flux_model(self.source) if self.flux else fh.Chain.mlp(self.widths, "tanh")
 
     @property
@@ -101,3 +113,28 @@ def generic_problems(quick: bool, dtype: str) -> list[Problem]:
         Y = rng.normal(size=(n, C)).astype(dtype)
         out.append(Problem(name, [d, C], n, dtype, theta, X, Y, source))
     return out
+
+
+def residual_apply(p, X):
+    """The residual MLP of the JAX-function problem, batched: ``(N, d) -> (N, C)``."""
+    import jax.numpy as jnp
+
+    h = jnp.tanh(X @ p["in"]["kernel"] + p["in"]["bias"])
+    h = h + jnp.tanh(h @ p["res"]["kernel"] + p["res"]["bias"])
+    return h @ p["out"]["kernel"] + p["out"]["bias"]
+
+
+def jax_function_problems(quick: bool, dtype: str) -> list[Problem]:
+    """The residual MLP as a JaxFunction: ``[4, 12, 12, 3]`` on 32 samples quick, else ``[16, 64, 64, 3]`` on 500."""
+    d, h, C, n = (4, 12, 3, 32) if quick else (16, 64, 3, 500)
+    rng = np.random.default_rng(0)
+    params = {
+        "in": {"kernel": rng.normal(size=(d, h)) / np.sqrt(d), "bias": 0.1 * rng.normal(size=h)},
+        "res": {"kernel": rng.normal(size=(h, h)) / np.sqrt(h), "bias": 0.1 * rng.normal(size=h)},
+        "out": {"kernel": rng.normal(size=(h, C)) / np.sqrt(h), "bias": np.zeros(C)},
+    }
+    model, theta = fh.from_jax(residual_apply, params, d)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    Y = rng.normal(size=(n, C)).astype(dtype)
+    name = "jax-function quick" if quick else "jax-function P=5k"
+    return [Problem(name, [d, h, h, C], n, dtype, theta.astype(dtype), X, Y, function=(residual_apply, params, model))]

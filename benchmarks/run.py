@@ -92,7 +92,7 @@ class Probe:
         rng = np.random.default_rng(1)
         self.rows = rng.integers(0, problem.P, count)
         self.cols = rng.integers(0, problem.P, count)
-        self.perm = None if problem.flux else problem.torch_order()  # torch peers run only the MLPs
+        self.perm = None if problem.flux or problem.jax_function else problem.torch_order()  # torch peers run only the MLPs
 
     def sample(self, value, layout: str) -> np.ndarray | None:
         if self.quantity.startswith("kron"):
@@ -123,7 +123,7 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
             continue
         row = Row(problem.name, problem.dtype, problem.P, problem.n, quantity, impl.library, impl.peer,
                   result_bytes=_result_bytes(problem, quantity), data_bytes=problem.data_bytes)
-        if impl.missing() or (problem.flux and not impl.any_model):
+        if impl.missing() or (problem.flux and not impl.any_model) or (problem.jax_function and not impl.jax_function):
             continue
         try:
             fn = impl.build(problem, quantity)
@@ -195,6 +195,7 @@ def main(argv=None) -> int:
     parser.add_argument("--problems", default="", help="comma-separated curvature problems, e.g. 'P=5k' (default: all)")
     parser.add_argument("--libraries", default="", help="comma-separated libraries (default: all installed)")
     parser.add_argument("--no-laplacian", action="store_true")
+    parser.add_argument("--no-jax-function", action="store_true", help="skip the plain-JAX-function problem (fluxhess.from_jax)")
     parser.add_argument("--no-generic", action="store_true",
                         help="skip the julia backend's Conv and anonymous-layer models")
     parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/<time>.md)")
@@ -225,6 +226,13 @@ def main(argv=None) -> int:
                     _save_partial(rows, args)
         if fh.backends()["julia"] is None and not args.no_generic and dt == "float64":
             for problem in problems.generic_problems(args.quick, dt):
+                if args.problems and problem.name not in args.problems.split(","):
+                    continue
+                for q in [q for q in quantities if q in peers.MATRICES]:
+                    rows += compare(problem, q, args, first_seconds)
+                    _save_partial(rows, args)
+        if not args.no_jax_function:
+            for problem in problems.jax_function_problems(args.quick, dt):
                 if args.problems and problem.name not in args.problems.split(","):
                     continue
                 for q in [q for q in quantities if q in peers.MATRICES]:

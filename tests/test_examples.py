@@ -12,11 +12,12 @@ from conftest import assert_close
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _run(name: str, needs: tuple[str, ...]) -> dict:
+def _run(name: str, needs: tuple[str, ...], **settings) -> dict:
+    """The example's ``main(**settings)`` (fast settings, e.g. fewer training steps)."""
     for module in needs:
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{name} needs {module}, which is not installed (pip install 'fluxhess[{module}]')")
-    return runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"]()
+    return runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"](**settings)
 
 
 def _agree(pairs: dict, rtol=1e-10, atol=1e-12):
@@ -67,3 +68,24 @@ def test_pinn_trained_with_the_jax_laplacian_reaches_the_exact_solution(capsys):
     assert result["before"][0] > 0.5
     assert result["after"][0] < 0.01 and result["after"][1] < 0.03
     assert "relative L2 error" in capsys.readouterr().out
+
+
+def test_pinns_on_networks_that_are_no_chain(capsys):
+    """examples/pinn_any_network.py: a Fourier-feature Flax PINN and a modified-MLP PINN in plain JAX,
+    both JaxFunctions, trained on fluxhess.jax.laplacian; their Laplacian equals the trace of JAX's
+    own input Hessian of the user's function, and training lowers the error (few steps here)."""
+    results = _run("pinn_any_network", ("flax", "optax"), steps=200)
+    for name, result in results.items():
+        assert result["model"].model_kind == "jax_function"
+        _agree({f"{name} laplacian": result["laplacian"]}, rtol=1e-10, atol=1e-10)
+        assert result["after"] < 0.5 * result["before"], name
+    assert "relative L2 error" in capsys.readouterr().out
+
+
+def test_flax_classifier_with_layernorm_and_residual_through_laplace():
+    """examples/flax_classifier_laplace.py: its Laplace evidence equals the dense-GGN closed form."""
+    result = _run("flax_classifier_laplace", ("flax", "optax"), steps=200)
+    assert result["model"].model_kind == "jax_function"
+    ours, closed = result["lml"]
+    assert abs(float(ours) - closed) <= 1e-10 * abs(closed)
+    assert result["accuracy"] > 0.9

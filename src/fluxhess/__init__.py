@@ -45,6 +45,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .flux import FluxModel, flux_model
+from .jax_function import JaxFunction, from_jax
 from .laplace import Laplace, MarglikFit, MarglikRound, Predictive, marglik_training
 from .model import Activation, Chain, Dense, Flatten, ParamLayout
 from .train import MapFit, fit_map
@@ -58,6 +59,7 @@ __all__ = [
     "Activation",
     "Flatten",
     "ParamLayout",
+    "JaxFunction",
     # values
     "forward",
     "loss",
@@ -87,6 +89,7 @@ __all__ = [
     # converters
     "from_flax",
     "from_torch",
+    "from_jax",
     # comparison and diagnostics
     "compare",
     "CompareReport",

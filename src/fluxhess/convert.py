@@ -21,6 +21,7 @@ naming it. Neither torch nor flax is imported until its converter is called.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -28,6 +29,8 @@ import numpy as np
 
 from .errors import InputError, UnsupportedModelError
 from . import _activations as A
+from ._flax_function import linen_function, linen_input_shape, nnx_function
+from .jax_function import JaxFunction, sample_shape
 from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
 
 # ---------------------------------------------------------------------------
@@ -254,40 +257,75 @@ def _probe_inputs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return rng.normal(size=(_PROBE_ROWS, *shape)) * scales
 
 
-def from_flax(module, variables, *, input_shape=None, inputs=None) -> tuple[Chain, np.ndarray]:
-    """A ``flax.linen`` MLP as ``(Chain, θ)`` with the same weights.
+def from_flax(module, variables=None, *, input_shape=None, inputs=None) -> tuple[Chain | JaxFunction, np.ndarray]:
+    """Any Flax module as ``(model, θ)`` with the same weights: a :class:`fluxhess.Chain` where
+    every layer maps onto the Chain's, else a :class:`fluxhess.JaxFunction`.
 
-    The module may be any linen module whose ``__call__`` applies ``nn.Dense`` layers
-    in sequence with elementwise activations (or softmax/log_softmax) between them,
-    such as the common ``MLP(features)`` with ``nn.tanh``. It is traced with
-    ``module.apply``: the order of the Dense calls gives the layers, and each
-    activation is identified by substituting a grid of values for the preceding
-    Dense output and matching what reaches the next layer against NNlib's formulas.
-    Finally the Chain's output is checked against ``module.apply`` on random inputs.
+    *A Chain* (``model.model_kind == "chain"``) comes back for a ``flax.linen`` module whose
+    ``__call__`` applies ``nn.Dense`` layers in sequence with elementwise activations (or
+    softmax/log_softmax) between them, such as the common ``MLP(features)`` with ``nn.tanh``:
+    θ in Flux's order (``W`` is the kernel transposed), a Julia twin, the structured routes.
+    The module is traced with ``module.apply``: the order of the Dense calls gives the layers,
+    and each activation is identified by substituting a grid of values for the preceding
+    Dense output and matching what reaches the next layer against NNlib's formulas. Finally
+    the Chain's output is checked against ``module.apply`` on random inputs.
 
-    ``variables``: what ``module.init`` returned (``{"params": ...}``).
-    ``input_shape``: the shape of one sample, default ``(in,)`` of the first Dense kernel;
-    a multi-dimensional shape puts ``Flatten()`` first (the module must flatten too).
+    *A JaxFunction* (``model.model_kind == "jax_function"``) comes back for every other linen
+    module (residual blocks, LayerNorm, convolutions, constants in other collections, …) and
+    for every ``flax.nnx`` module: θ is the ``params`` collection's leaves (an nnx module's
+    ``nnx.Param`` state) in ``jax.tree`` order, named by tree path in ``model.layout``; every
+    other collection (``batch_stats``, constants) is held fixed; ``model.why_not_chain`` says
+    why it is not a Chain. See :func:`fluxhess.from_jax`. A module whose samples are not
+    independent (BatchNorm in training mode, a softmax over the batch) is refused.
+
+    ``variables``: what ``module.init`` returned (``{"params": ...}``, other collections
+    beside it), in any key order and float dtype; None for an nnx module, which holds its own.
+    ``input_shape``: the shape of one sample; by default read from the module itself (the
+    width on which ``module.init`` makes these variables; for nnx, on which it runs); a
+    sample of several axes (images) needs it. For a Chain a multi-dimensional shape puts
+    ``Flatten()`` first (the module must flatten too).
     ``inputs``: for a ``__call__(self, x, t, ...)`` of several arrays that it concatenates
     along the feature axis, one example array per argument (``(N, width)``, or ``(N,)``
-    for width 1); the Chain then carries the input signature ``{"x": width, "t": width}``
-    named after the ``__call__`` parameters (see :class:`fluxhess.Chain`).
+    for width 1); the model then carries the input signature ``{"x": width, "t": width}``
+    named after the ``__call__`` parameters (see :class:`fluxhess.Chain`), and ``X`` may be
+    the tuple ``(x, t)``; ``wrt=`` takes those names.
 
-    Returns: ``(model, params)``, params ``(P,)`` float64; ``W`` is the kernel transposed.
+    Returns: ``(model, params)``, params ``(P,)`` float64.
     """
-    model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs)
-    return model, theta
+    nnx = _nnx_module_class()
+    if nnx is not None and isinstance(module, nnx):
+        if variables is not None:
+            raise InputError("a flax.nnx module holds its own parameters: call from_flax(module) without variables")
+        return nnx_function(module, input_shape=input_shape, inputs=inputs)
+    _check_linen(module, variables, input_shape, inputs)
+    try:
+        model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs)
+        return model, theta
+    except UnsupportedModelError as e:
+        why = str(e)
+    if inputs is not None:
+        signature = tuple(_call_signature(module, inputs).items())
+        shape = (sum(w for _, w in signature),)
+    else:
+        signature, shape = None, _flax_input_shape(module, variables, input_shape)
+    return linen_function(module, variables, input_shape=shape, signature=signature, examples=inputs, why_not_chain=why)
 
 
-def flax_chain(module, variables, *, input_shape=None, inputs=None):
-    """:func:`from_flax`'s ``(model, params)`` and the Flax path of each Dense layer's parameters
-    (``(model layer index, path tuple)`` in Chain order)."""
+def _nnx_module_class():
+    """``flax.nnx.Module``, or None where the installed Flax has no nnx."""
+    try:
+        from flax import nnx
+    except ImportError:
+        return None
+    return nnx.Module
+
+
+def _check_linen(module, variables, input_shape, inputs) -> None:
     import flax.linen as nn
-    import jax
 
     if not isinstance(module, nn.Module):
         raise UnsupportedModelError(
-            f"from_flax takes a flax.linen Module (with the variables module.init returned); "
+            f"from_flax takes a flax.linen Module (with the variables module.init returned) or a flax.nnx Module; "
             f"got {type(module).__module__}.{type(module).__name__}"
         )
     if not isinstance(variables, dict) and not hasattr(variables, "keys"):
@@ -299,9 +337,18 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
         )
     if inputs is not None and input_shape is not None:
         raise InputError("pass input_shape= (one input array) or inputs= (several), not both")
+
+
+def flax_chain(module, variables, *, input_shape=None, inputs=None):
+    """:func:`from_flax`'s ``(model, params)`` and the Flax path of each Dense layer's parameters
+    (``(model layer index, path tuple)`` in Chain order)."""
+    import flax.linen as nn
+    import jax
+
+    _check_linen(module, variables, input_shape, inputs)
     with jax.enable_x64(True):
         if inputs is None:
-            shape = _flax_input_shape(variables, input_shape)
+            shape = _flax_input_shape(module, variables, input_shape)
             args, signature = [_probe_inputs(shape)], None
         else:
             signature = _call_signature(module, inputs)
@@ -354,21 +401,17 @@ def _call_signature(module, inputs) -> dict[str, int]:
     return signature
 
 
-def _flax_input_shape(variables, input_shape) -> tuple[int, ...]:
+def _flax_input_shape(module, variables, input_shape) -> tuple[int, ...]:
+    """``input_shape`` checked, or the module's own sample width (never a guess from dict order)."""
     if input_shape is not None:
-        shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
-        if not shape or any(not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
-            raise InputError(f"input_shape must be the shape of one sample, e.g. (3,); got {input_shape!r}")
-        return tuple(int(s) for s in shape)
-    from flax.traverse_util import flatten_dict
+        return sample_shape(input_shape)
+    import inspect
 
-    for path, leaf in flatten_dict(dict(variables["params"])).items():
-        if path[-1] == "kernel" and np.ndim(leaf) == 2:
-            return (int(np.shape(leaf)[0]),)
-    raise UnsupportedModelError(
-        "from_flax found no Dense kernel (a 2-D 'kernel' parameter) in variables['params']; "
-        "it converts MLPs made of nn.Dense layers"
-    )
+    takes = [p for p in inspect.signature(type(module).__call__).parameters.values()
+             if p.name != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if len(takes) > 1:
+        raise UnsupportedModelError(f"{type(module).__name__}.__call__ takes several arrays. {_hint(module, 1)}")
+    return linen_input_shape(module, variables)
 
 
 def _check_flax_variables(module, variables, args) -> None:
@@ -412,22 +455,20 @@ def _flax_dense_calls(module, variables, args, nn):
 
     Any flax layer other than ``nn.Dense`` raises :class:`UnsupportedModelError` naming it.
     """
-    calls, seen = [], set()
+    calls, seen, mappers = [], set(), _flax_layer_mappers(nn)
 
     def record(next_fun, args, kwargs, context):
         m = context.module
         if context.method_name != "__call__" or m.scope is None or not m.path:
             return next_fun(*args, **kwargs)
-        if type(m) is nn.Dense:
+        mapper = mappers.get(type(m))
+        if mapper is not None:
             if m.path in seen:
                 raise UnsupportedModelError(
                     f"layer {_module_name(m)} is called more than once (shared weights); a Chain cannot express that"
                 )
             seen.add(m.path)
-            params = m.variables["params"]
-            kernel = np.asarray(params["kernel"], dtype=np.float64)
-            bias = np.asarray(params["bias"], dtype=np.float64) if m.use_bias else None
-            calls.append((_module_name(m), tuple(m.path), kernel, bias, np.asarray(_dense_input(args, kwargs))))
+            calls.append(mapper(m, args, kwargs))
         elif type(m).__module__.startswith("flax."):
             raise UnsupportedModelError(
                 f"layer {_module_name(m)} cannot be mapped: from_flax converts nn.Dense layers and the "
@@ -458,6 +499,20 @@ def _flax_dense_calls(module, variables, args, nn):
     return calls, output
 
 
+def _dense_call(m, args, kwargs):
+    """An ``nn.Dense`` call as ``(name, path, kernel (in, out), bias or None, input)``."""
+    params = m.variables["params"]
+    kernel = np.asarray(params["kernel"], dtype=np.float64)
+    bias = np.asarray(params["bias"], dtype=np.float64) if m.use_bias else None
+    return _module_name(m), tuple(m.path), kernel, bias, np.asarray(_dense_input(args, kwargs))
+
+
+def _flax_layer_mappers(nn) -> dict:
+    """The flax layer types that map onto the Chain's layers, each with the function that
+    records one call of it (any other flax layer makes the module a JaxFunction)."""
+    return {nn.Dense: _dense_call}
+
+
 def _hint(module, given: int) -> str:
     """What to pass when the module could not be applied to ``given`` probe arrays."""
     import inspect
@@ -475,30 +530,78 @@ def _dense_input(args, kwargs):
     return args[0] if args else kwargs["inputs"]
 
 
+#: The pre-activation values every probe grid is drawn from: 0, values spread densely over
+#: [-8, 8] (where activations differ in shape) and ± log-spaced magnitudes from 10 to 1e6.
+_POOL_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The probe values and every elementwise activation on them, computed once per process."""
+    large = np.logspace(1.0, 6.0, _POOL_SIZE // 4)
+    values = np.concatenate([[0.0], np.linspace(-8.0, 8.0, _POOL_SIZE - 1 - 2 * large.size), large, -large])
+    with np.errstate(over="ignore"):
+        return values, {name: fn(values) for name, fn in NUMPY_ACTIVATIONS.items() if name in A.ELEMENTWISE}
+
+
+def _sigmoid(x):
+    t = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + t), t / (1 + t))
+
+
+def _softmax(z):
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _logsoftmax(z):
+    shifted = z - np.max(z, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+#: NNlib's formulas of :mod:`fluxhess._activations` in NumPy, for the probe: evaluating the JAX
+#: functions eagerly compiled each of them for each grid shape, seconds per conversion (a test
+#: checks the two agree).
+NUMPY_ACTIVATIONS = {
+    "identity": lambda x: x,
+    "relu": lambda x: np.where(x < 0, 0.0, x),
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "softplus": lambda x: np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x))),
+    "elu": lambda x: np.where(x >= 0, x, np.exp(np.minimum(x, 0.0)) - 1),
+    "leakyrelu": lambda x: np.where(x > 0, x, 0.01 * x),
+    "swish": lambda x: x * _sigmoid(x),
+    "gelu": lambda x: x / 2 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    "softmax": _softmax,
+    "logsoftmax": _logsoftmax,
+}
+
+
 def activation_probe(rows: int, cols: int, seed: int):
     """A grid of pre-activations ``(rows, cols)`` and the test of what a function made of it.
 
     The grid holds 0, values spread densely over [-8, 8] (where activations differ in shape)
-    and ± log-spaced magnitudes from 10 to 1e6, shuffled: a function that agrees with an
-    NNlib activation near 0 but not everywhere (``relu6``, a clip at ±10, a saturating
-    approximation) disagrees somewhere on it. ``match(values)``, with ``values`` what the
-    function returned on the grid, gives the names of the activations fluxhess computes
-    (elementwise, or softmax/logsoftmax over each row) that agree with it at every point,
-    to 1e-12 relative.
+    and ± log-spaced magnitudes from 10 to 1e6, shuffled (:func:`_pool`, evenly over it): a
+    function that agrees with an NNlib activation near 0 but not everywhere (``relu6``, a clip
+    at ±10, a saturating approximation) disagrees somewhere on it. ``match(values)``, with
+    ``values`` what the function returned on the grid, gives the names of the activations
+    fluxhess computes (elementwise, or softmax/logsoftmax over each row) that agree with it at
+    every point, to 1e-12 relative.
 
     Returns: ``(grid, match)``.
     """
+    values, images = _pool()
     n = rows * cols
-    large = np.logspace(1.0, 6.0, n // 4)
-    values = np.concatenate([[0.0], np.linspace(-8.0, 8.0, n - 1 - 2 * large.size), large, -large])
-    grid = np.random.default_rng(seed).permutation(values).reshape(rows, cols)
-    candidates = {**A.ELEMENTWISE, **A.COLUMNWISE}
+    index = np.round(np.linspace(0, values.size - 1, n)).astype(int) if n <= values.size else np.arange(n) % values.size
+    index = np.random.default_rng(seed).permutation(index).reshape(rows, cols)
+    grid = values[index]
 
     def match(seen) -> list[str]:
         seen = np.asarray(seen)
         if seen.shape != grid.shape:
             return []
-        return [name for name, fn in candidates.items() if _same(np.asarray(fn(grid)), seen)]
+        found = [name for name, image in images.items() if _same(image[index], seen)]
+        return found + [name for name in A.COLUMNWISE if _same(NUMPY_ACTIVATIONS[name](grid), seen)]
 
     return grid, match
 
@@ -553,10 +656,14 @@ def _chain(layers, arrays, what: str, inputs=None) -> tuple[Chain, np.ndarray]:
 
 
 def _check_same_output(model: Chain, theta: np.ndarray, X: np.ndarray, expected: np.ndarray, whose: str) -> None:
-    """Refuse a conversion whose Chain does not reproduce the original output."""
-    from .api import forward
+    """Refuse a conversion whose Chain does not reproduce the original output. The Chain runs op by
+    op, not compiled: its operations are the module's, whose kernels the probe has compiled already."""
+    import jax
 
-    got = forward(model, theta, X, backend="jax")
+    from ._backends.jax.model import run
+
+    with jax.enable_x64(True):
+        got = np.asarray(run(model, np.asarray(theta, dtype=np.float64), np.asarray(X, dtype=np.float64)))
     tol = 1e4 * np.finfo(expected.dtype).eps * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
     if got.shape != expected.shape or not np.all(np.abs(got - expected) <= tol):
         detail = (

@@ -1,11 +1,12 @@
-"""JAX-native transforms of a :class:`fluxhess.Chain`, for losses that are trained.
+"""JAX-native transforms of a model (a :class:`fluxhess.Chain` or a :class:`fluxhess.JaxFunction`), for losses that are trained.
 
 Every other fluxhess function returns NumPy arrays: fine for looking at a result, of no
 use inside a loss that JAX differentiates and compiles. Here each transform takes a model
 and returns a pure function ``fn(theta, X) -> jax.Array``:
 
-- ``theta``: a ``jax.Array`` ``(P,)`` in the same Flux ``destructure`` order as everywhere
-  in fluxhess (``model.layout``);
+- ``theta``: a ``jax.Array`` ``(P,)`` in the model's own order (``model.layout``): Flux's
+  ``destructure`` order for a Chain, the pytree's leaves for a JaxFunction (whose
+  ``model.unflatten(theta)`` gives the pytree back, differentiably);
 - ``X``: ``(N, d)``, or one sample ``(d,)`` (the leading ``N`` axis of every result is then
   absent, so ``jax.vmap(fn, (None, 0))`` works too); for a model with an input signature
   (``model.inputs``, e.g. ``{"x": 2, "t": 1}``) also the tuple ``(x, t)`` of ``(N, width)``
@@ -40,34 +41,35 @@ import jax
 import jax.numpy as jnp
 
 from ._backends.jax import inputs as jax_inputs
-from ._backends.jax.model import run
+from ._backends.jax.model import function_of
 from .errors import InputError, UnsupportedModelError
+from .jax_function import JaxFunction
 from .model import Chain
 
 __all__ = ["FlaxParams", "divergence", "flax_params", "forward", "input_hessian", "input_jacobian", "laplacian"]
 
 
-def forward(model: Chain):
+def forward(model):
     """``fn(theta, X)`` → ``f(x_n)``: ``(N, C)``."""
-    return _transform(model, lambda model, theta, X, columns: run(model, theta, X), None, "forward")
+    return _transform(model, lambda model, theta, X, columns: function_of(model)(theta, X), None, "forward")
 
 
-def input_jacobian(model: Chain, *, wrt=None):
+def input_jacobian(model, *, wrt=None):
     """``fn(theta, X)`` → ``∂f(x_n)/∂x``: ``(N, C, d)``."""
     return _transform(model, jax_inputs.input_jacobian, wrt, "input_jacobian")
 
 
-def input_hessian(model: Chain, *, wrt=None):
+def input_hessian(model, *, wrt=None):
     """``fn(theta, X)`` → ``∂²f_c(x_n)/∂x²``: ``(N, C, d, d)``."""
     return _transform(model, jax_inputs.input_hessian, wrt, "input_hessian")
 
 
-def laplacian(model: Chain, *, wrt=None):
+def laplacian(model, *, wrt=None):
     """``fn(theta, X)`` → ``Δ_x f_c(x_n)``: ``(N, C)``, by the forward Laplacian (no d×d Hessians)."""
     return _transform(model, jax_inputs.laplacian, wrt, "laplacian")
 
 
-def divergence(model: Chain, *, wrt=None):
+def divergence(model, *, wrt=None):
     """``fn(theta, X)`` → ``∇·f(x_n) = Σ_i ∂f_i/∂x_i``: ``(N,)``; needs as many outputs as inputs."""
     fn = _transform(model, jax_inputs.divergence, wrt, "divergence")
     d = model.in_features if wrt is None else len(model.input_columns(wrt))
@@ -78,17 +80,18 @@ def divergence(model: Chain, *, wrt=None):
 
 
 def _check_model(model, wrt):
-    if not isinstance(model, Chain):
+    if not isinstance(model, (Chain, JaxFunction)):
         raise UnsupportedModelError(
-            f"fluxhess.jax transforms take a fluxhess.Chain; got {type(model).__name__}. "
-            "Convert with fluxhess.from_flax / from_torch, or FluxModel.to_spec()"
+            f"fluxhess.jax transforms take a fluxhess.Chain or a JaxFunction; got {type(model).__name__}. "
+            "Convert with fluxhess.from_flax / from_torch / from_jax, or FluxModel.to_spec()"
         )
     if model.flattens_input:
-        raise UnsupportedModelError("fluxhess.jax transforms take models of (N, d) inputs; this Chain starts with Flatten()")
+        raise UnsupportedModelError(
+            f"fluxhess.jax transforms take models of (N, d) inputs; {model!r} flattens samples of several axes")
     return None if wrt is None else tuple(model.input_columns(wrt))
 
 
-def _transform(model: Chain, quantity, wrt, name: str):
+def _transform(model, quantity, wrt, name: str):
     """``fn(theta, X)``: ``quantity(model, θ, X (N, d), columns)``, for a batch or one sample."""
     columns = _check_model(model, wrt)
     P, d = model.num_params, model.in_features
@@ -109,7 +112,7 @@ def _transform(model: Chain, quantity, wrt, name: str):
         return quantity(model, theta, Z, columns)
 
     fn.__name__ = name
-    fn.__doc__ = f"{name} of {model.to_flux()} as a function of (theta (P={P},), X (N, {d}) or ({d},))."
+    fn.__doc__ = f"{name} of {model!r} as a function of (theta (P={P},), X (N, {d}) or ({d},))."
     return fn
 
 
@@ -128,7 +131,7 @@ def _real(argument: str, a: jax.Array) -> jax.Array:
     return a
 
 
-def _stacked(model: Chain, X):
+def _stacked(model, X):
     """``X``, or the tuple ``(x, t, ...)`` side by side in signature order: ``(N, d)`` or ``(d,)``."""
     if not isinstance(X, tuple):
         return _as_array("X", X)

@@ -179,7 +179,11 @@ class Chain:
 
     >>> Chain(Dense(3, 1), inputs={"x": 2, "t": 1}).input_columns("t")
     [2]
+
+    ``model_kind`` is ``"chain"`` (a :class:`fluxhess.JaxFunction`'s is ``"jax_function"``).
     """
+
+    model_kind = "chain"
 
     def __init__(self, *layers: Layer, inputs=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):

@@ -47,14 +47,14 @@ def get(name: str, model=None) -> Backend:
     if name not in REGISTRY:
         raise UnknownNameError(f"backend must be 'auto' or one of {', '.join(NAMES)}; got {name!r}")
     backend = REGISTRY[name]
+    # A model the backend can never run is refused first: installing it would not help.
+    why = None if model is None else backend.unsupported_reason(model)
+    if why is not None:
+        raise UnsupportedModelError(why)
     reason = backend.unavailable_reason()
     if reason is not None:
         error = JuliaUnavailableError if name == "julia" else BackendUnavailableError
         raise error(f"backend {name!r} is unavailable: {reason}")
-    if model is not None:
-        why = backend.unsupported_reason(model)
-        if why is not None:
-            raise UnsupportedModelError(why)
     return backend
 
 

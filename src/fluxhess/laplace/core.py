@@ -23,8 +23,9 @@ import numpy as np
 from .. import api, _memory as memory
 from .._backends import get as _get_backend
 from .. import _validate as check
-from ..errors import InputError, NotFittedError
+from ..errors import InputError, NotFittedError, UnsupportedModelError
 from ..flux import FluxModel
+from ..jax_function import JaxFunction
 from ..model import Chain
 from .._progress import chunks
 from . import curvature as K
@@ -52,8 +53,8 @@ def _is_traced(x) -> bool:
 class Laplace:
     """A Laplace approximation ``N(θ_MAP, P⁻¹)`` over a subset of a network's parameters.
 
-    - ``model``: a :class:`fluxhess.Chain`, or a :class:`fluxhess.FluxModel` on the julia
-      backend, whose output is the likelihood's parameter: logits for classification (no
+    - ``model``: a :class:`fluxhess.Chain`, a :class:`fluxhess.JaxFunction` (jax backend), or a
+      :class:`fluxhess.FluxModel` on the julia backend, whose output is the likelihood's parameter: logits for classification (no
       final softmax/sigmoid layer), the mean for regression.
     - ``params``: θ_MAP ``(P,)`` (e.g. from :func:`fluxhess.fit_map`).
     - ``likelihood``: ``"classification"`` (softmax for C ≥ 2 outputs, sigmoid for C == 1)
@@ -65,7 +66,8 @@ class Laplace:
       ``(R, R)`` and ``(P_s, P_s)`` Gram matrices, for
       ``P_s ≫ N·C`` where ``(P_s, P_s)`` does not fit).
     - ``subset``: ``"all"``, ``"last_layer"`` (the last layer with parameters: the last Dense
-      layer's weight and bias in a Chain) or a
+      layer's weight and bias in a Chain, the leaves of the last tree node that holds
+      parameters in a JaxFunction) or a
       list of block names of ``model.layout``; ``P_s`` is its number of parameters.
     - ``prior_precision``: ``> 0``; a scalar, one per block of the subset ``(B,)``, or
       ``(P_s,)``. ``prior_mean``: a scalar or ``(P_s,)``.
@@ -105,15 +107,21 @@ class Laplace:
         backend: str = "auto",
         clip_negative_eigenvalues: bool = False,
     ):
-        if not isinstance(model, (Chain, FluxModel)):
+        if not isinstance(model, (Chain, FluxModel, JaxFunction)):
             raise InputError(
-                f"model must be a fluxhess.Chain or a FluxModel (fluxhess.flux_model); got {type(model).__name__}"
+                f"model must be a fluxhess.Chain, a JaxFunction (fluxhess.from_jax) or a FluxModel "
+                f"(fluxhess.flux_model); got {type(model).__name__}"
             )
         self.model = model
         self.likelihood = lik.check_choice(likelihood)
         lik.check_model(model, self.likelihood)
         self.structure = check.choice("structure", structure, posterior.STRUCTURES)
         self.curvature = K.check_kind(curvature, self.structure)
+        if self.structure == "kron" and isinstance(model, JaxFunction):
+            raise UnsupportedModelError(
+                f"structure='kron' (KFAC) needs the Dense layers of a fluxhess.Chain; {model!r} is a JAX function "
+                "whose layers fluxhess cannot see. Use structure='diag', 'lowrank' or 'full' (any subset=)"
+            )
         if not isinstance(clip_negative_eigenvalues, bool):
             raise InputError(f"clip_negative_eigenvalues must be True or False; got {clip_negative_eigenvalues!r}")
         if clip_negative_eigenvalues and self.curvature != "hessian":

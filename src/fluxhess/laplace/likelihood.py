@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import _validate as check
 from ..errors import InputError
+from ..jax_function import JaxFunction
 from ..model import Activation, Chain
 
 LIKELIHOODS = ("classification", "regression")
@@ -62,6 +63,8 @@ def log_likelihood(likelihood: str, summed_loss, sigma_noise, temperature, n_dat
 def check_model(model, likelihood: str) -> None:
     """A classification model must output logits: refuse a model that ends in a probability map
     (for a FluxModel, a last layer identified as one, e.g. ``x -> σ.(x)``)."""
+    if isinstance(model, JaxFunction):
+        return  # a function's last operation cannot be seen
     last = model.layers[-1] if isinstance(model, Chain) else model.layer_specs[-1]
     if likelihood == "classification" and isinstance(last, Activation) and last.name in _PROBABILITY_OUTPUTS:
         raise InputError(

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import api
 from ..errors import InputError, UnknownNameError
+from ..jax_function import JaxFunction
 from ..model import Block
 
 
@@ -66,8 +67,10 @@ class Subset:
 def resolve(model, subset) -> Subset:
     """``subset`` (``"all"``, ``"last_layer"`` or block names) as a :class:`Subset` of ``model``.
 
-    ``model``: a :class:`fluxhess.Chain` or a :class:`fluxhess.FluxModel` (anything with
-    ``layout`` and ``split``). ``"last_layer"`` is the last layer that has parameters.
+    ``model``: a :class:`fluxhess.Chain`, a :class:`fluxhess.FluxModel` (anything with
+    ``layout`` and ``split``) or a :class:`fluxhess.JaxFunction` (always its whole self).
+    ``"last_layer"`` is the last layer that has parameters (a JaxFunction's last tree node
+    holding parameters).
     """
     layout = model.layout
     if isinstance(subset, str):
@@ -97,7 +100,8 @@ def resolve(model, subset) -> Subset:
             raise InputError(f"subset names each block at most once; {', '.join(twice)} appear more than once")
     chosen = tuple(b for b in layout if b.name in set(names))
     first = min(b.layer for b in chosen)
-    start = first if any(b.layer < first for b in layout) else 0
+    # A JaxFunction is one function: its subsets are computed on the whole of it.
+    start = first if not isinstance(model, JaxFunction) and any(b.layer < first for b in layout) else 0
     head, tail = model.split(start)
     tail_offset = min(b.offset for b in layout if b.layer >= start)
     index = np.concatenate([np.arange(b.offset, b.offset + b.size) for b in chosen]) - tail_offset

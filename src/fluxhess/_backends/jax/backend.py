@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from ..._memory import chunk_size
+from ...jax_function import JaxFunction
 from ...model import Chain
 from ..._problem import Problem
 from ..._progress import chunks
@@ -68,10 +69,10 @@ class JaxBackend:
         return None
 
     def unsupported_reason(self, model):
-        if isinstance(model, Chain):
+        if isinstance(model, (Chain, JaxFunction)):
             return None
         return (
-            f"the jax backend runs fluxhess.Chain specs; got {type(model).__name__}. "
+            f"the jax backend runs fluxhess.Chain specs and JaxFunction models (fluxhess.from_jax); got {type(model).__name__}. "
             "Convert a Flux model with model.to_spec(), or use backend='julia'"
         )
 

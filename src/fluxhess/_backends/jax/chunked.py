@@ -4,12 +4,14 @@ with a progress bar when there are many chunks."""
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import jax
 import numpy as np
 
 from ..._memory import CHUNK_BYTES, chunk_size
+from ...jax_function import JaxFunction
 from ...model import Chain
 from ..._problem import Problem
 from ..._progress import chunks
@@ -50,7 +52,7 @@ def over_parameters(problem: Problem, fn, out: np.ndarray, label: str) -> np.nda
     return out
 
 
-def column_bytes(model: Chain, num_params: int, num_samples: int, itemsize: int) -> int:
+def column_bytes(model, num_params: int, num_samples: int, itemsize: int) -> int:
     """Working memory of one curvature-vector product: the vector, the product, and the
     gradient's tangent and cotangent (P each), and for each sample the forward and backward
     passes' activations and their tangents (four numbers per entry of :func:`activation_floats`).
@@ -61,11 +63,34 @@ def column_bytes(model: Chain, num_params: int, num_samples: int, itemsize: int)
     return itemsize * (4 * num_params + 4 * num_samples * activation_floats(model))
 
 
-def activation_floats(model: Chain) -> int:
-    """Numbers per sample that a forward pass keeps: each Dense layer's input, pre-activation
-    and activation."""
+@functools.singledispatch
+def activation_floats(model) -> int:
+    """Numbers per sample that a forward pass keeps (for memory estimates)."""
+    raise TypeError(f"no activation estimate for a {type(model).__name__}")
+
+
+@activation_floats.register
+def _(model: Chain) -> int:
+    """Each Dense layer's input, pre-activation and activation."""
     return sum(l.in_features + 2 * l.out_features for _, l in model.dense_layers)
 
 
-def widest(model: Chain) -> int:
+@activation_floats.register
+def _(model: JaxFunction) -> int:
+    return model.activation_floats
+
+
+@functools.singledispatch
+def widest(model) -> int:
+    """Floats per sample of the activations a forward pass holds at once (for memory estimates)."""
+    raise TypeError(f"no width estimate for a {type(model).__name__}")
+
+
+@widest.register
+def _(model: Chain) -> int:
     return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+
+
+@widest.register
+def _(model: JaxFunction) -> int:
+    return model.activation_floats

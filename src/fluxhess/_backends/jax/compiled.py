@@ -20,15 +20,15 @@ import jax.numpy as jnp
 from ... import losses as L
 from ...model import Chain, Dense
 from . import inputs
-from .model import run
+from .model import function_of, run
 
 
 class Pieces:
     """The per-sample pieces of ``model`` under ``loss`` (``None``: the network alone)."""
 
-    def __init__(self, model: Chain, loss: str | None):
+    def __init__(self, model, loss: str | None):
         self.model, self.loss = model, loss
-        self.f = functools.partial(run, model)  # f(θ, x) for one sample or a batch
+        self.f = function_of(model)  # f(θ, x) for one sample or a batch
 
     def sample_loss(self, theta, x, y):
         return L.per_sample(self.loss, self.f(theta, x), y)
@@ -87,7 +87,7 @@ ROUTES = {
     "gradient": lambda p, _: jax.grad(p.total),
     "hessian": lambda p, _: jax.hessian(p.total),
     "param_jacobian": lambda p, _: p.param_jacobian,
-    **{name: _of_kind(name) for name in ("columns", "column_diagonal", "sample_sum", "sample_diagonal", "factor")},
+    **{name: _of_kind(name) for name in ("columns", "column_diagonal", "sample_diagonal", "factor")},
     "hvp": lambda p, kind: functools.partial(_columns_of(kind), p),
     "kron": lambda p, kind: functools.partial(kron_chunk, p, kind=kind),
     **{name: _on_inputs(getattr(inputs, name)) for name in ("input_jacobian", "input_hessian", "laplacian", "divergence")},

@@ -79,8 +79,11 @@ def split(model: Chain) -> Structure | None:
 
     Activations before the first Dense layer only transform the data, and any activation
     after the last one belongs to the head; columnwise activations between Dense layers
-    have dense ``φ'`` and ``φ''`` that this route does not cover.
+    have dense ``φ'`` and ``φ''`` that this route does not cover; ``None`` too for a model that
+    is not a Chain (a :class:`fluxhess.JaxFunction` shows no layers).
     """
+    if not isinstance(model, Chain):
+        return None
     before, segments, offset = [], [], 0
     for layer in model.layers:
         if isinstance(layer, Dense):

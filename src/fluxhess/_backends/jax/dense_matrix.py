@@ -212,7 +212,7 @@ def _strictly_lower(st: Structure, panel: _Panel) -> tuple[slice, slice]:
     return rows, slice(seg_l.offset, end)
 
 
-def _gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndarray) -> np.ndarray:
+def gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndarray) -> np.ndarray:
     """``Σ_n g_n g_nᵀ`` from the rows ``√s·g_n``: the lower triangle by row panels, one GEMM each.
 
     Not SYRK: OpenBLAS 0.3.31's (in NumPy's and SciPy's wheels) writes out of bounds at
@@ -288,16 +288,16 @@ def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, out: np.ndarra
     per_sample = bytes_per_sample(st, loss, kind, "matrix", *_shapes(theta, X, Y))
     if kind.gram:
         n = chunk_size(per_sample, N, budget // 2)
-        return _gram(fn, theta, X, Y, s, _slices(N, n), budget, H)
+        return gram(fn, theta, X, Y, s, slices(N, n), budget, H)
     # and one block's K_ml (and the Hessian's T̄_ml) at a time
     per_sample += max(a.outputs * b.outputs for a in st.segments for b in st.segments) * itemsize
     if kind.second_term:
         per_sample += max(a.rows * b.outputs for a in st.segments for b in st.segments) * itemsize
     n = chunk_size(per_sample, N, budget // 4)
-    return _blocks(st, kind, fn, theta, X, Y, s, _slices(N, n), budget, H)
+    return _blocks(st, kind, fn, theta, X, Y, s, slices(N, n), budget, H)
 
 
-def _slices(N: int, n: int) -> list[slice]:
+def slices(N: int, n: int) -> list[slice]:
     return [slice(a, min(a + n, N)) for a in range(0, N, n)]
 
 

@@ -1,4 +1,5 @@
-"""Derivatives of a :class:`fluxhess.Chain` with respect to its inputs, as JAX functions.
+"""Derivatives of a model (a :class:`fluxhess.Chain` or a :class:`fluxhess.JaxFunction`) with
+respect to its inputs, as JAX functions.
 
 Pure functions of ``(model, θ, X, columns)`` returning ``jax.Array``; they compose with
 ``jit``, ``grad`` (in θ) and ``vmap``. The JAX backend jits and chunks them for the NumPy
@@ -14,18 +15,19 @@ import jax.numpy as jnp
 
 from ...model import COLUMNWISE, Activation, Chain, Dense
 from ..._activations import ELEMENTWISE
-from .model import dense_weights, elementwise_derivatives, run
+from .model import dense_weights, elementwise_derivatives, function_of
 
 
-def _of_columns(model: Chain, theta, x, columns):
+def _of_columns(model, theta, x, columns):
     """``(g, v)``: ``g(v) = f(θ, x with x[columns] = v)`` ``(k,) -> (C,)``, and ``v = x[columns]``."""
+    f = function_of(model)
     if columns is None:
-        return (lambda v: run(model, theta, v)), x
+        return (lambda v: f(theta, v)), x
     idx = jnp.asarray(columns)
-    return (lambda v: run(model, theta, x.at[idx].set(v))), x[idx]
+    return (lambda v: f(theta, x.at[idx].set(v))), x[idx]
 
 
-def input_jacobian(model: Chain, theta, X, columns=None):
+def input_jacobian(model, theta, X, columns=None):
     """``∂f(x_n)/∂x[columns]``: ``(N, C, k)``; forward mode when ``k <= C``, reverse otherwise."""
 
     def one(x):
@@ -35,7 +37,7 @@ def input_jacobian(model: Chain, theta, X, columns=None):
     return jax.vmap(one)(X)
 
 
-def input_hessian(model: Chain, theta, X, columns=None):
+def input_hessian(model, theta, X, columns=None):
     """``∂²f_c(x_n)/∂x[columns]²``: ``(N, C, k, k)``."""
 
     def one(x):
@@ -45,14 +47,21 @@ def input_hessian(model: Chain, theta, X, columns=None):
     return jax.vmap(one)(X)
 
 
-def laplacian(model: Chain, theta, X, columns=None):
-    """``Σ_{i ∈ columns} ∂²f_c(x_n)/∂x_i²``: ``(N, C)``, by the forward Laplacian where it applies."""
+def laplacian(model, theta, X, columns=None):
+    """``Σ_{i ∈ columns} ∂²f_c(x_n)/∂x_i²``: ``(N, C)``, by the forward Laplacian where it applies,
+    else by second directional derivatives along each input (forward over forward, no k×k Hessians)."""
     if forward_laplacian_applies(model):
         return forward_laplacian(model, theta, X, columns)
-    return jnp.trace(input_hessian(model, theta, X, columns), axis1=2, axis2=3)
+
+    def one(x):
+        g, v = _of_columns(model, theta, x, columns)
+        along = lambda e: jax.jvp(lambda u: jax.jvp(g, (u,), (e,))[1], (v,), (e,))[1]  # noqa: E731
+        return jnp.sum(jax.vmap(along)(jnp.eye(v.shape[0], dtype=v.dtype)), axis=0)
+
+    return jax.vmap(one)(X)
 
 
-def divergence(model: Chain, theta, X, columns=None):
+def divergence(model, theta, X, columns=None):
     """``Σ_i ∂f_i(x_n)/∂x[columns]_i`` for ``C == k``: ``(N,)``."""
     return jnp.trace(input_jacobian(model, theta, X, columns), axis1=1, axis2=2)
 
@@ -62,8 +71,9 @@ def divergence(model: Chain, theta, X, columns=None):
 # ---------------------------------------------------------------------------
 
 
-def forward_laplacian_applies(model: Chain) -> bool:
-    return not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
+def forward_laplacian_applies(model) -> bool:
+    """A Chain without columnwise activations (the forward Laplacian's layers)."""
+    return isinstance(model, Chain) and not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
 
 
 def forward_laplacian(model: Chain, theta, X, columns=None):

@@ -12,7 +12,7 @@ these pieces, so no route asks which kind it has:
 
 - of any Chain, from the per-sample :class:`.compiled.Pieces` ``p`` (the network and the
   loss): ``hvp`` (``M v``); for the GGN and EF, whose ``M`` is a sum of per-sample
-  terms, ``sample_sum`` and ``sample_diagonal`` (over a chunk of samples) and ``factor``
+  terms, ``sample_diagonal`` (over a chunk of samples) and ``factor``
   (``U`` with ``Uᵀ U = M``, :attr:`Kind.rows` rows per sample); for the Hessian,
   ``columns`` and ``column_diagonal`` (over a chunk of parameters, all samples);
   ``kron_curvature`` (KFAC's ``G`` of one sample);
@@ -123,11 +123,6 @@ class GaussNewton(Kind):
         J = p.param_jacobian(theta, X)
         return J, jnp.einsum("ncd,ndp->ncp", p.output_hessians(theta, X, Y), J)
 
-    def sample_sum(self, p, theta, X, Y, s):
-        J, M = self._jacobian_rows(p, theta, X, Y)
-        P = theta.shape[0]
-        return s * (J.reshape(-1, P).T @ M.reshape(-1, P))
-
     def sample_diagonal(self, p, theta, X, Y, s):
         J, M = self._jacobian_rows(p, theta, X, Y)
         return s * jnp.sum(J * M, axis=(0, 1))
@@ -182,10 +177,6 @@ class EmpiricalFisher(Kind):
     def hvp(self, p, theta, X, Y, s, v):
         gv = jax.jvp(lambda t: p.batch_losses(t, X, Y), (theta,), (v,))[1]
         return jax.vjp(lambda t: p.batch_losses(t, X, Y), theta)[1](s * gv)[0]
-
-    def sample_sum(self, p, theta, X, Y, s):
-        G = p.sample_grads(theta, X, Y)
-        return s * (G.T @ G)
 
     def sample_diagonal(self, p, theta, X, Y, s):
         return s * jnp.sum(p.sample_grads(theta, X, Y) ** 2, axis=0)

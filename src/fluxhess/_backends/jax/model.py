@@ -1,4 +1,5 @@
-"""A :class:`fluxhess.Chain` as a JAX function of ``(θ, x)``, with NNlib's activations.
+"""A model as a JAX function of ``(θ, x)``: a :class:`fluxhess.Chain` with NNlib's activations,
+or a :class:`fluxhess.JaxFunction`'s own function (:func:`function_of`).
 
 Shared by the generic JAX routes (:mod:`.compiled`) and the Dense-chain fast paths
 (:mod:`.dense_matrix`).
@@ -6,12 +7,31 @@ Shared by the generic JAX routes (:mod:`.compiled`) and the Dense-chain fast pat
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ... import _activations as A
+from ...jax_function import JaxFunction
 from ...model import Activation, Chain, Dense, Flatten
+
+
+@functools.singledispatch
+def function_of(model):
+    """``f(θ, x)`` of ``model``: ``(C,)`` for one sample ``x`` ``(d,)``, ``(N, C)`` for ``(N, d)``."""
+    raise TypeError(f"no JAX function for a {type(model).__name__}")
+
+
+@function_of.register
+def _(model: Chain):
+    return functools.partial(run, model)
+
+
+@function_of.register
+def _(model: JaxFunction):
+    return model.function
 
 def compose(names):
     """``x ↦ σ_k(…σ_1(x))`` for the activations ``names = (σ_1, …, σ_k)``."""

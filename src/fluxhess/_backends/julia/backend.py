@@ -45,6 +45,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ...errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
+from ...jax_function import JaxFunction
 from ...model import Activation, Chain, Dense, Flatten
 from ..._problem import Problem
 
@@ -267,6 +268,12 @@ class JuliaBackend:
     def unsupported_reason(self, model) -> str | None:
         if isinstance(model, (Chain, FluxSource)):
             return None
+        if isinstance(model, JaxFunction):
+            return (
+                f"{model!r} is a JAX function (model_kind 'jax_function'), which has no Julia twin: fluxhess "
+                "cannot write an arbitrary JAX function as a Flux model. It runs on backend='jax'; a network "
+                "made only of fluxhess.Chain layers converts to a Chain, which runs on both"
+            )
         return (
             f"the julia backend runs fluxhess.Chain specs and FluxModels; got {type(model).__name__}. "
             "Build one with fluxhess.Chain(...) or fluxhess.flux_model(source)"
