@@ -639,7 +639,7 @@ class Laplace:
         # f_MAP and J P⁻¹ Jᵀ (N, C, C); one chunk's Jacobians of the tail, the subset's copy and
         # inv_quad's temporaries (three of that size); the mc draws and their link (two copies).
         elements = N * C + N * C * C + 3 * step * C * self._subset.tail.num_params + 2 * draws
-        memory.require("predictive", 8 * elements, (N, C, C))
+        memory.require("predictive", 8 * elements, (n_samples, N, C) if draws else (N, C, C))
         dec = self._decomposition(state, h)
         s = self._subset
         f_mu = api.forward(s.tail, s.tail_params(self.params), features, backend=self.backend)
