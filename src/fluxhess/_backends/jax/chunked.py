@@ -4,6 +4,7 @@ with a progress bar when there are many chunks."""
 
 from __future__ import annotations
 
+import math
 import operator
 
 import jax
@@ -50,4 +51,5 @@ def column_bytes(model: Chain, num_params: int, num_samples: int, itemsize: int)
 
 
 def widest(model: Chain) -> int:
-    return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+    """The largest sample between layers, flattened (a Dense chain's widest layer)."""
+    return max(math.prod(shape) for shape in model.shapes)

@@ -75,12 +75,15 @@ class Structure:
 
 
 def split(model: Chain) -> Structure | None:
-    """The segments of ``model``, or ``None`` when a softmax/logsoftmax sits between Dense layers.
+    """The segments of ``model``, or ``None`` when it is not a Dense chain (``model.is_mlp``)
+    or a softmax/logsoftmax sits between Dense layers.
 
     Activations before the first Dense layer only transform the data, and any activation
     after the last one belongs to the head; columnwise activations between Dense layers
     have dense ``φ'`` and ``φ''`` that this route does not cover.
     """
+    if not model.is_mlp:
+        return None
     before, segments, offset = [], [], 0
     for layer in model.layers:
         if isinstance(layer, Dense):

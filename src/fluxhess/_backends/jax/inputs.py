@@ -63,7 +63,7 @@ def divergence(model: Chain, theta, X, columns=None):
 
 
 def forward_laplacian_applies(model: Chain) -> bool:
-    return not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
+    return model.is_mlp and not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
 
 
 def forward_laplacian(model: Chain, theta, X, columns=None):
