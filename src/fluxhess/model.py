@@ -21,7 +21,8 @@ import numpy as np
 from . import _validate as check
 from .errors import InputError, UnknownNameError
 
-from ._activations import COLUMNWISE
+from ._activations import COLUMNWISE, ELEMENTWISE  # noqa: F401 (imported from here by the backends)
+from ._activations import NAMES as ACTIVATIONS  # noqa: F401
 from . import layers as _layers
 from .layers import Shape, check_activation as _check_activation
 
