@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ... import _activations as A
@@ -74,12 +75,13 @@ def _window(pool: MeanPool):
 
 
 def mean_pool(pool: MeanPool, a):
-    total = lax.reduce_window(a, jnp.zeros((), a.dtype), lax.add, **_window(pool))
+    # NumPy scalars as init values: lax recognises the monoid (and so its derivatives) from them.
+    total = lax.reduce_window(a, np.zeros((), a.dtype), lax.add, **_window(pool))
     return total / math.prod(pool.window)
 
 
 def _max_pool(pool: MaxPool, theta, offset, a):
-    return lax.reduce_window(a, jnp.array(-jnp.inf, a.dtype), lax.max, **_window(pool))
+    return lax.reduce_window(a, np.array(-np.inf, a.dtype), lax.max, **_window(pool))
 
 
 def _batch_norm(layer: BatchNorm, theta, offset, a):
