@@ -128,3 +128,69 @@ def test_from_torch_refuses_a_module_that_mixes_more_than_it_maps():
 
     with pytest.raises(fh.UnsupportedModelError, match="takes 2 tensors"):
         fh.from_torch(nn.Sequential(Gate(), nn.Flatten()), input_shape=(1, 4, 4))
+
+
+# --- Flax ----------------------------------------------------------------------
+
+
+def _flax_cnn():
+    nn = pytest.importorskip("flax.linen")
+
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (3, 3), padding="SAME")(x)
+            x = nn.BatchNorm(use_running_average=True)(x)
+            x = nn.relu(x)
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            x = nn.Conv(6, (3, 2), padding="VALID", feature_group_count=2)(x)
+            x = nn.tanh(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = x.reshape((x.shape[0], -1))
+            x = nn.Dense(5)(x)
+            x = nn.LayerNorm()(x)
+            return nn.Dense(3)(nn.tanh(x))
+
+    return CNN()
+
+
+def test_from_flax_maps_a_cnn_with_nhwc_turned_nchw():
+    import jax
+    import jax.numpy as jnp
+
+    module = _flax_cnn()
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        v = module.init(jax.random.PRNGKey(0), jnp.ones((1, 10, 9, 2)))
+        stats = {k: {"mean": jnp.asarray(rng.normal(size=4)), "var": jnp.asarray(rng.uniform(0.5, 2, 4))} for k in v["batch_stats"]}
+        variables = {"params": v["params"], "batch_stats": stats}
+        model, theta = fh.from_flax(module, variables, input_shape=(10, 9, 2))
+        X = rng.normal(size=(4, 10, 9, 2))
+        expected = np.asarray(module.apply(variables, jnp.asarray(X)))
+    assert model.input_shape == (2, 10, 9)
+    assert [type(l).__name__ for l in model.layers] == [
+        "CrossCor", "BatchNorm", "Activation", "MeanPool", "Conv", "Activation", "MaxPool", "Flatten",
+        "Dense", "LayerNorm", "Activation", "Dense",
+    ]
+    kernel = np.asarray(v["params"]["Conv_0"]["kernel"])  # (k_h, k_w, cin, cout) → Flux's (k_w, k_h, cin, cout)
+    np.testing.assert_array_equal(model.unflatten(theta)["layers.0.weight"], kernel.transpose(1, 0, 2, 3))
+    np.testing.assert_allclose(fh.forward(model, theta, X.transpose(0, 3, 1, 2), backend="jax"), expected, rtol=1e-12, atol=1e-13)
+
+
+def test_from_flax_refuses_a_residual_add_naming_the_layers():
+    import jax
+    import jax.numpy as jnp
+
+    nn = pytest.importorskip("flax.linen")
+
+    class Res(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(2, (3, 3), padding="SAME")(x)
+            x = x + nn.Conv(2, (3, 3), padding="SAME")(x)
+            return nn.Dense(1)(x.reshape((x.shape[0], -1)))
+
+    with jax.enable_x64(True):
+        v = Res().init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))
+        with pytest.raises(fh.UnsupportedModelError, match="between Conv_1 .*Residual adds"):
+            fh.from_flax(Res(), v, input_shape=(4, 4, 2))

@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import InputError, UnsupportedModelError
 from . import _activations as A
+from . import _flax_cnn
 from .layers import (
     AdaptiveMeanPool, BatchNorm, Conv, CrossCor, Dropout, GlobalMeanPool, LayerNorm, MaxPool, MeanPool, Parallel,
     SkipConnection,
@@ -517,6 +518,12 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
             args = [_probe_inputs(np.shape(x)[1:], seed) for seed, x in enumerate(inputs)]
             shape = (sum(signature.values()),)
         _check_flax_variables(module, variables, args)
+        if inputs is None and _flax_cnn.uses_cnn_layers(module, variables, args):
+            layers, arrays, chain_shape, output = _flax_cnn.flax_cnn_chain(module, variables, shape, args[0])
+            model, theta = _chain_blocks(layers, arrays, "the Flax module", None, chain_shape)
+            X = args[0].transpose(0, args[0].ndim - 1, *range(1, args[0].ndim - 1)) if args[0].ndim > 2 else args[0]
+            _check_same_output(model, theta, X, output, "the Flax module's")
+            return model, theta, []
         dense, output = _flax_dense_calls(module, variables, args, nn)
         acts = _flax_activations(module, variables, [np.zeros_like(a) for a in args], dense, nn)
         layers, arrays, paths = [Flatten()] if len(shape) > 1 else [], {}, []
