@@ -44,7 +44,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ...errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
-from ...model import Activation, Chain, Dense, Flatten
+from ...model import Activation, Chain, Flatten
+from .spec_layers import spec_layers
 from ..._problem import Problem
 
 #: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
@@ -396,24 +397,19 @@ class JuliaBackend:
                 raise UnsupportedModelError(
                     f"this Flux model cannot be written as a fluxhess.Chain: {julia_message(e)}"
                 ) from e
-            spec, arrays = [], {}
-            for i, d in enumerate(layers):
-                if str(d["kind"]) == "dense":
-                    spec.append(Dense(int(d["in"]), int(d["out"]), str(d["activation"]), bool(d["bias"])))
-                    arrays[f"layers.{i}.weight"] = _to_numpy(d["weight"])
-                    if bool(d["bias"]):
-                        arrays[f"layers.{i}.bias"] = _to_numpy(d["bias_values"])
-                else:
-                    spec.append(_spec_layer(d))
+            try:
+                spec, arrays = spec_layers(layers)
+            except (KeyError, InputError) as e:
+                raise UnsupportedModelError(f"this Flux model cannot be written as a fluxhess.Chain: {e}") from e
         try:
-            chain = Chain(*spec)
+            chain = Chain(*spec, input_shape=input_shape)
         except InputError as e:
             raise UnsupportedModelError(f"this Flux model cannot be written as a fluxhess.Chain: {e}") from e
         flat = chain.flatten(arrays)
         if flat.shape != theta.shape or not np.array_equal(flat, theta):
             raise UnsupportedModelError(
-                "this Flux model's parameters are not exactly its Dense layers' weights and biases "
-                f"({theta.shape[0]} parameters, {flat.shape[0]} in its Dense layers)"
+                "this Flux model's parameters are not exactly its layers' arrays "
+                f"({theta.shape[0]} parameters, {flat.shape[0]} in the layers its spec twin holds)"
             )
         return chain, theta
 
