@@ -66,3 +66,19 @@ def test_last_layer_laplace_on_a_cnn_matches_laplace_torch_backpack(likelihood, 
         p = ours.predictive(Xt)
         assert _rel(p.mean, f_mu.numpy()) < RTOL
         assert _rel(p.function_covariance, f_var.numpy()) < RTOL
+
+
+def test_a_cnn_laplace_saves_and_loads_with_its_layers(tmp_path):
+    net = _lenet()
+    model, theta = fh.from_torch(net, input_shape=(1, 12, 12))
+    model = fh.Chain(*model.layers[:7], fh.SkipConnection(fh.Dense(16, 16, "tanh")), fh.Parallel(fh.Dense(16, 16), ()),
+                     *model.layers[7:], input_shape=(1, 12, 12))  # residual blocks after the Flatten
+    cut = model.layout["layers.7.0.weight"].offset
+    theta = np.concatenate([theta[:cut], np.full(2 * (16 * 16 + 16), 0.01), theta[cut:]])
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(N, 1, 12, 12)), rng.integers(0, 10, N)
+    la = fh.Laplace(model, theta, "classification", subset="last_layer", backend="jax").fit(X, y)
+    la.save(tmp_path / "cnn.npz")
+    back = fh.Laplace.load(tmp_path / "cnn.npz")
+    assert back.model == model
+    np.testing.assert_array_equal(back.posterior_precision, la.posterior_precision)

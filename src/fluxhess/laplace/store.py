@@ -6,6 +6,7 @@ The file holds the model spec and settings as JSON (key ``meta``) and every arra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..flux import FluxModel
-from ..model import Activation, Chain, Dense, Flatten
+from ..layers import Parallel, SkipConnection
+from ..model import LAYERS, Chain
 from . import posterior
 
 FORMAT = "fluxhess.Laplace/1"
@@ -22,27 +24,41 @@ FORMAT = "fluxhess.Laplace/1"
 def _layers(model) -> list[dict] | dict:
     if isinstance(model, FluxModel):  # its source: the weights that matter are θ, saved below
         return {"flux": dict(source=model.source, seed=model.seed, filename=model.filename, layers=model.layers)}
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, Dense):
-            out.append(dict(type="Dense", in_features=layer.in_features, out_features=layer.out_features,
-                            activation=layer.activation, bias=layer.bias))
-        elif isinstance(layer, Activation):
-            out.append(dict(type="Activation", name=layer.name))
-        else:
-            out.append(dict(type="Flatten"))
-    return out
+    return [_layer_dict(layer) for layer in model.layers]
 
 
-def _chain(layers: list[dict] | dict, inputs=None):
+def _plain(value):
+    """Tuples as JSON lists, all the way down."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _layer_dict(layer) -> dict:
+    """A layer as ``{"type": class name, field: value, ...}`` (its constructor's arguments)."""
+    if isinstance(layer, SkipConnection):
+        return dict(type="SkipConnection", layers=[_layer_dict(l) for l in layer.layers])
+    if isinstance(layer, Parallel):
+        return dict(type="Parallel", branches=[[_layer_dict(l) for l in b] for b in layer.branches])
+    return dict(type=type(layer).__name__, **{f.name: _plain(getattr(layer, f.name)) for f in dataclasses.fields(layer)})
+
+
+#: Every layer class by name, as :func:`_layer_dict` writes it.
+_CLASSES = {cls.__name__: cls for cls in LAYERS}
+
+
+def _layer(d: dict):
+    fields = dict(d)
+    cls = _CLASSES[fields.pop("type")]
+    if cls is SkipConnection:
+        return cls(*[_layer(x) for x in fields["layers"]])
+    if cls is Parallel:
+        return cls(*[[_layer(x) for x in branch] for branch in fields["branches"]])
+    return cls(**fields)
+
+
+def _chain(layers: list[dict] | dict, inputs=None, input_shape=None):
     if isinstance(layers, dict):
         return FluxModel(**layers["flux"])
-    build = {
-        "Dense": lambda d: Dense(d["in_features"], d["out_features"], d["activation"], d["bias"]),
-        "Activation": lambda d: Activation(d["name"]),
-        "Flatten": lambda d: Flatten(),
-    }
-    return Chain(*[build[d["type"]](d) for d in layers], inputs=None if inputs is None else dict(inputs))
+    return Chain(*[_layer(d) for d in layers], inputs=None if inputs is None else dict(inputs), input_shape=input_shape)
 
 
 def save(la, path) -> None:
@@ -51,6 +67,7 @@ def save(la, path) -> None:
         format=FORMAT,
         model=_layers(la.model),
         inputs=getattr(la.model, "inputs", None),
+        input_shape=_plain(getattr(la.model, "input_shape", None)),
         likelihood=la.likelihood,
         curvature=la.curvature,
         structure=la.structure,
@@ -137,7 +154,7 @@ def _read(path) -> tuple[dict, dict]:
 
 def _restore(cls, meta: dict, arrays: dict):
     la = cls(
-        _chain(meta["model"], meta.get("inputs")),
+        _chain(meta["model"], meta.get("inputs"), meta.get("input_shape")),
         arrays["params"],
         meta["likelihood"],
         curvature=meta["curvature"],
