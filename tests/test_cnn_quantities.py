@@ -126,6 +126,12 @@ def test_input_derivatives_match_torch_func():
     np.testing.assert_allclose(fh.input_jacobian(MODEL, theta, X, backend="jax"), J, **TOL)
     np.testing.assert_allclose(fh.input_hessian(MODEL, theta, X, backend="jax"), H, **TOL)
     np.testing.assert_allclose(fh.laplacian(MODEL, theta, X, backend="jax"), np.trace(H, axis1=2, axis2=3), **TOL)
+    # The JAX-native transform takes the samples flattened, (N, d); float64 where JAX has it on.
+    import jax
+
+    with jax.enable_x64(True):
+        lap = fh.jax.laplacian(MODEL)(theta, X.reshape(N, d))
+    np.testing.assert_allclose(np.asarray(lap), np.trace(H, axis1=2, axis2=3), **TOL)
 
 
 def test_kron_is_refused_with_the_reason():

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from ._backends.jax import inputs as jax_inputs
 from ._backends.jax.model import run
 from .errors import InputError, UnsupportedModelError
-from .model import Chain
+from .model import Chain, Flatten
 
 __all__ = ["FlaxParams", "divergence", "flax_params", "forward", "input_hessian", "input_jacobian", "laplacian"]
 
@@ -82,7 +82,7 @@ def _check_model(model, wrt):
             f"fluxhess.jax transforms take a fluxhess.Chain; got {type(model).__name__}. "
             "Convert with fluxhess.from_flax / from_torch, or FluxModel.to_spec()"
         )
-    if model.flattens_input:
+    if isinstance(model.layers[0], Flatten):
         raise UnsupportedModelError("fluxhess.jax transforms take models of (N, d) inputs; this Chain starts with Flatten()")
     return None if wrt is None else tuple(model.input_columns(wrt))
 
@@ -98,7 +98,8 @@ def _transform(model: Chain, quantity, wrt, name: str):
             raise InputError(f"theta must have shape ({P},) for this model (its num_params); got {theta.shape}")
         Z = _stacked(model, X)
         if Z.ndim not in (1, 2) or Z.shape[-1] != d:
-            raise InputError(f"X must have shape (N, {d}) or ({d},) for this model; got {Z.shape}")
+            flat = "" if len(model.input_shape) == 1 else f" (samples of shape {model.input_shape} flattened in C order)"
+            raise InputError(f"X must have shape (N, {d}) or ({d},) for this model{flat}; got {Z.shape}")
         if Z.ndim == 1:
             return quantity(model, theta, Z[None], columns)[0]
         return quantity(model, theta, Z, columns)
