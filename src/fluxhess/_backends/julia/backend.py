@@ -322,7 +322,13 @@ class JuliaBackend:
         self._start()
         dtype = np.dtype(dtype).name
         if isinstance(model, Chain):
-            return self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
+            jm = self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
+            if len(model.input_shape) == 1:
+                return jm
+            key = (model.to_flux(), model.input_shape, dtype)  # samples (N, d) reshaped to Flux's (…, N)
+            if key not in self._models:
+                self._models[key] = self._fh.with_input_shape(jm, list(reversed(model.input_shape)))
+            return self._models[key]
         if not isinstance(model, FluxSource):
             raise UnsupportedModelError(self.unsupported_reason(model))
         key = (model.key, dtype)
