@@ -63,3 +63,29 @@ def test_julia_descriptions_rebuild_the_spec_and_its_theta():
     # Flux stores SamePad() resolved, so the twin has the explicit pads.
     assert rebuilt.to_flux() == model.to_flux().replace("pad=SamePad()", "pad=(1, 1, 1, 1)")
     np.testing.assert_array_equal(rebuilt.flatten(blocks), theta)
+
+
+def test_cnn_fixtures_are_the_jax_engines_numbers():
+    """tests/fixtures/cnn/ (for the Julia side) hold what the JAX engine computes today."""
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent / "fixtures"
+    sys.path.insert(0, str(folder))
+    try:
+        import make_fixtures
+    finally:
+        sys.path.remove(str(folder))
+    array = lambda t: np.reshape(np.asarray(t["data"], dtype=np.float64), t["shape"], order="F")  # noqa: E731
+    cases = {name: (model, loss, agg) for name, model, loss, agg in make_fixtures.CNN_CASES}
+    paths = sorted((folder / "cnn").glob("*.toml"))
+    assert [p.stem for p in paths] == sorted(cases)
+    for path in paths:
+        fx = tomllib.loads(path.read_text(encoding="utf-8"))
+        model, loss, agg = cases[fx["name"]]
+        assert fx["source"] == model.to_flux() and tuple(fx["input_shape"]) == model.input_shape
+        theta, X, Y = (array(fx[k]) for k in ("theta", "X", "Y"))
+        kw = dict(loss=loss, agg=agg, backend="jax")
+        np.testing.assert_allclose(fh.forward(model, theta, X, backend="jax"), array(fx["expected"]["forward"]), rtol=1e-12)
+        np.testing.assert_allclose(fh.gradient(model, theta, X, Y, **kw), array(fx["expected"]["gradient"]), rtol=1e-10, atol=1e-13)
