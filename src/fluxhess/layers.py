@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 from . import _validate as check
 from ._activations import COLUMNWISE, NAMES as ACTIVATIONS

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ... import _activations as A
 from ...model import Activation, Chain, Dense
