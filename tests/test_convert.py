@@ -117,10 +117,10 @@ def test_from_flax_flattens_image_like_inputs():
     assert_close(fh.forward(model, theta, X, backend="jax"), expected, rtol=1e-12, atol=1e-12, what="flatten")
 
 
-class _WithLayerNorm(flax_nn.Module):
+class _WithGroupNorm(flax_nn.Module):
     @flax_nn.compact
     def __call__(self, x):
-        return flax_nn.Dense(2)(flax_nn.LayerNorm()(flax_nn.Dense(4)(x)))
+        return flax_nn.Dense(2)(flax_nn.GroupNorm(num_groups=2)(flax_nn.Dense(4)(x)))
 
 
 class _ClippedInput(flax_nn.Module):
@@ -144,7 +144,7 @@ class _Residual(flax_nn.Module):
         (MLP([4, 1], act=lambda x: flax_nn.gelu(x, approximate=False)), "output of layer Dense_0"),
         (MLP([4, 1], act=flax_nn.selu), "matches none of the activations"),
         (MLP([4, 1], act=lambda x: flax_nn.leaky_relu(x, 0.2)), "Dense_0"),
-        (_WithLayerNorm(), "LayerNorm_0"),
+        (_WithGroupNorm(), "GroupNorm_0"),
         (_Residual(), "Dense_1"),
         # equal to an NNlib activation on [-6, 6] but not everywhere: refused, not mapped to relu/identity
         (MLP([4, 1], act=flax_nn.relu6), "output of layer Dense_0 .* from 0 to magnitudes of 1e6"),
@@ -152,7 +152,7 @@ class _Residual(flax_nn.Module):
         (MLP([4, 1], act=flax_nn.hard_tanh), "output of layer Dense_0"),
         (_ClippedInput(), "input reaches the first Dense layer .* changed"),
     ],
-    ids=["exact-gelu", "selu", "leaky-0.2", "layernorm", "residual", "relu6", "clip-10", "hard-tanh", "clipped-input"],
+    ids=["exact-gelu", "selu", "leaky-0.2", "groupnorm", "residual", "relu6", "clip-10", "hard-tanh", "clipped-input"],
 )
 def test_from_flax_names_what_it_cannot_map(module, match):
     """A module that is no Chain comes back as a JaxFunction that says why (never a silent change of θ's order)."""

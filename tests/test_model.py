@@ -81,7 +81,7 @@ def test_mlp_shortcut():
         (lambda: fh.Dense(0, 3), "positive integer"),
         (lambda: fh.Chain(), "at least one layer"),
         (lambda: fh.Chain(fh.Flatten, fh.Dense(2, 1)), "Flatten()"),
-        (lambda: fh.Chain(fh.Dense(2, 2), fh.Flatten()), "first layer"),
+        (lambda: fh.Chain(fh.Dense(2, 2), input_shape=(3, 2)), "end it with Flatten()"),
         (lambda: fh.Chain.mlp([3]), "at least [in, out]"),
     ],
 )

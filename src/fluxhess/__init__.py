@@ -47,6 +47,10 @@ from .errors import (
 from .flux import FluxModel, flux_model
 from .jax_function import JaxFunction, from_jax
 from .laplace import Laplace, MarglikFit, MarglikRound, Predictive, marglik_training
+from .layers import (
+    AdaptiveMeanPool, BatchNorm, Conv, CrossCor, Dropout, GlobalMeanPool, LayerNorm, MaxPool, MeanPool, Parallel,
+    SkipConnection,
+)
 from .model import Activation, Chain, Dense, Flatten, ParamLayout
 from .train import MapFit, fit_map
 
@@ -58,6 +62,17 @@ __all__ = [
     "Dense",
     "Activation",
     "Flatten",
+    "Conv",
+    "CrossCor",
+    "MeanPool",
+    "MaxPool",
+    "AdaptiveMeanPool",
+    "GlobalMeanPool",
+    "BatchNorm",
+    "LayerNorm",
+    "Dropout",
+    "SkipConnection",
+    "Parallel",
     "ParamLayout",
     "JaxFunction",
     # values

@@ -48,7 +48,8 @@ from . import _backends
 from . import losses as L
 from . import _memory as memory
 from . import _validate as check
-from .errors import BackendError, FluxHessError, InputError, NumericalWarning
+from .errors import BackendError, FluxHessError, InputError, NumericalWarning, UnsupportedModelError
+from .model import Chain
 from ._problem import Problem
 
 KINDS = ("hessian", "ggn", "ef")
@@ -417,6 +418,12 @@ def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="aut
     (``(in, in)`` without bias), ``G`` ``(out, out)``.
     """
     check.choice("kind", kind, KRON_KINDS)
+    if isinstance(model, Chain) and not model.is_mlp:
+        raise UnsupportedModelError(
+            "kron (KFAC) covers chains of Dense and activation layers; this Chain has other layers "
+            f"({', '.join(sorted({type(l).__name__ for l in model.layers} - {'Dense', 'Activation', 'Flatten'}))}). "
+            "Use diagonal() or the full ggn() for it"
+        )
     call = _prepare("kron", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     dense = model.dense_shapes
     shapes = [((n_in + bias,) * 2, (n_out,) * 2) for _, n_in, n_out, bias in dense]

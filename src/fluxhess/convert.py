@@ -31,6 +31,11 @@ from .errors import InputError, UnsupportedModelError
 from . import _activations as A
 from ._flax_function import linen_function, linen_input_shape, nnx_function
 from .jax_function import JaxFunction, sample_shape
+from . import _flax_cnn
+from .layers import (
+    AdaptiveMeanPool, BatchNorm, Conv, CrossCor, Dropout, GlobalMeanPool, LayerNorm, MaxPool, MeanPool, Parallel,
+    SkipConnection,
+)
 from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
 
 # ---------------------------------------------------------------------------
@@ -77,17 +82,30 @@ def _torch_activation(layer, nn) -> tuple[str | None, str | None]:
     return None, (
         f"{kind.__name__} has no NNlib twin in fluxhess (it maps Linear, Identity, ReLU, Tanh, Sigmoid, "
         "SiLU, GELU(approximate='tanh'), LeakyReLU(0.01), ELU(1.0), Softplus(threshold=inf), "
-        "Softmax(dim=-1), LogSoftmax(dim=-1) and a leading Flatten())"
+        "Softmax(dim=-1), LogSoftmax(dim=-1), and the layers of fluxhess.convert.TORCH_LAYERS())"
     )
 
 
-def from_torch(sequential, *, inputs=None) -> tuple[Chain, np.ndarray]:
-    """A ``torch.nn.Sequential`` as ``(Chain, θ)`` with the same weights.
+def from_torch(sequential, *, inputs=None, input_shape=None) -> tuple[Chain, np.ndarray]:
+    """A ``torch.nn.Sequential`` (or a module whose ``forward`` chains modules and residual
+    adds) as ``(Chain, θ)`` with the same weights.
 
-    Layer ``i`` of the Sequential becomes layer ``i`` of the Chain, so θ's blocks are
+    Layer ``i`` of a flat Sequential becomes layer ``i`` of the Chain, so θ's blocks are
     named like the Sequential's ``state_dict``: ``"layers.0.weight"`` is ``"0.weight"``.
-    ``Linear(in, out)`` → ``Dense(in, out)`` (its ``weight`` ``(out, in)`` as is), an
-    activation module → ``Activation(name)``, a leading ``Flatten()`` → ``Flatten()``.
+    Mapped (:data:`TORCH_LAYERS`): ``Linear`` → ``Dense`` (``weight`` ``(out, in)`` as is);
+    ``Conv1d/2d/3d`` → ``CrossCor`` (``Conv`` with the kernel flipped when ``groups > 1``;
+    the kernel ``(cout, cin, k…)`` in C order is Flux's array column-major; ``padding="same"``
+    as PyTorch pads, the larger half last); ``MaxPool``, ``AvgPool`` (``count_include_pad``),
+    ``AdaptiveAvgPool`` (to 1 → ``GlobalMeanPool``, else ``AdaptiveMeanPool`` where the output
+    divides the input); ``BatchNorm1d/2d/3d`` in eval mode (running statistics fixed);
+    ``LayerNorm``; ``Dropout``; ``Flatten()``; nested Sequentials (spliced); the activation
+    modules. Other modules are traced with ``torch.fx``: ``x + f(x)`` becomes
+    ``SkipConnection(f…)`` and ``f(x) + g(x)`` ``Parallel(f…, g…)``; ``torch.relu``,
+    ``torch.tanh``, ``torch.sigmoid`` and ``torch.flatten(x, 1)`` calls are mapped too.
+
+    ``input_shape``: one sample's shape, ``(C, H, W)`` as PyTorch's NCHW without the batch,
+    for a network that does not start with ``Linear`` (a CNN); the Chain's output is then
+    checked against the module's on random inputs.
 
     ``inputs``: for a module whose ``forward(x, t, ...)`` concatenates several arrays along
     the feature axis (``torch.cat([x, t], dim=1)``) and passes the result through its
@@ -105,34 +123,273 @@ def from_torch(sequential, *, inputs=None) -> tuple[Chain, np.ndarray]:
     """
     if inputs is not None:
         return _torch_several_inputs(sequential, inputs)
-    return _torch_sequential(sequential)
+    return _torch_sequential(sequential, input_shape=input_shape)
 
 
-def _torch_sequential(sequential, signature=None) -> tuple[Chain, np.ndarray]:
+def _torch_sequential(sequential, signature=None, input_shape=None) -> tuple[Chain, np.ndarray]:
     import torch.nn as nn
 
-    if not isinstance(sequential, nn.Sequential):
+    if not isinstance(sequential, nn.Module) or type(sequential) in TORCH_LAYERS():
         raise UnsupportedModelError(
-            f"from_torch takes a torch.nn.Sequential of Linear and activation modules; got "
-            f"{type(sequential).__name__}. Write the network as nn.Sequential(nn.Linear(...), nn.Tanh(), ...)"
+            f"from_torch takes a torch.nn.Sequential (or a module whose forward chains modules and "
+            f"residual adds); got {type(sequential).__name__}. Write the network as "
+            "nn.Sequential(nn.Linear(...), nn.Tanh(), ...)"
         )
     _check_torch_parameters(sequential)
     _check_not_shared(sequential)
-    layers, arrays = [], {}
-    for i, layer in enumerate(sequential):
-        if type(layer) is nn.Linear:
-            layers.append(Dense(layer.in_features, layer.out_features, bias=layer.bias is not None))
-            arrays[f"layers.{i}.weight"] = _torch_numpy(layer.weight)
-            if layer.bias is not None:
-                arrays[f"layers.{i}.bias"] = _torch_numpy(layer.bias)
-        elif type(layer) is nn.Flatten and layer.start_dim == 1 and layer.end_dim == -1:
-            layers.append(Flatten())
-        else:
-            name, why = _torch_activation(layer, nn)
-            if name is None:
-                raise UnsupportedModelError(f"layer {i} of the Sequential ({layer!r}) cannot be mapped: {why}")
-            layers.append(Activation(name))
-    return _chain(layers, arrays, "the Sequential", signature)
+    items = _torch_items(sequential)
+    layers, blocks = _torch_unzip(items)
+    if input_shape is None and not _starts_dense(layers):
+        raise InputError(
+            f"from_torch needs input_shape=(one sample's shape), e.g. (1, 28, 28) for NCHW images, for a network "
+            f"that starts with {type(layers[0]).__name__ if layers else 'no layer'}"
+        )
+    model, theta = _chain_blocks(layers, blocks, "the Sequential", signature, input_shape)
+    if input_shape is not None:
+        import torch
+
+        dtype = next((p.dtype for p in sequential.parameters()), torch.float64)
+        probe = _probe_inputs(model.input_shape)
+        with torch.no_grad():
+            output = sequential(torch.as_tensor(probe).to(dtype)).numpy()  # its dtype sets the tolerance
+        _check_same_output(model, theta, probe, output, f"{type(sequential).__name__}'s")
+    return model, theta
+
+
+# --- PyTorch layers: one mapper per module class -----------------------------------
+
+
+def _torch_padding(module, rank: int):
+    """A PyTorch conv's padding as fluxhess pairs: ``"same"`` as PyTorch pads it (the larger half last)."""
+    if module.padding_mode != "zeros":
+        raise UnsupportedModelError(f"padding_mode={module.padding_mode!r}; only zero padding has a Flux twin")
+    if module.padding == "valid":
+        return 0
+    if module.padding == "same":
+        totals = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    return tuple(module.padding)
+
+
+def _torch_conv(module, nn):
+    rank = len(module.kernel_size)
+    w = _torch_numpy(module.weight)  # (cout, cin ÷ groups, k…)
+    kind, w = (CrossCor, w) if module.groups == 1 else (Conv, np.flip(w, axis=tuple(range(2, w.ndim))))
+    layer = kind(
+        tuple(module.kernel_size), module.in_channels, module.out_channels, stride=tuple(module.stride),
+        padding=_torch_padding(module, rank), dilation=tuple(module.dilation), groups=module.groups,
+        bias=module.bias is not None,
+    )
+    arrays = [w.transpose()] + ([_torch_numpy(module.bias)] if module.bias is not None else [])
+    return layer, arrays
+
+
+def _rank_tuple(value, rank: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
+
+
+def _torch_pool(kind, rank: int):
+    def mapper(module, nn):
+        if module.ceil_mode:
+            raise UnsupportedModelError("ceil_mode=True has no Flux twin (Flux pools floor)")
+        if kind is MaxPool and (module.return_indices or _rank_tuple(module.dilation, rank) != (1,) * rank):
+            raise UnsupportedModelError("a MaxPool with dilation or return_indices has no Flux twin")
+        if kind is MeanPool and (not module.count_include_pad or module.divisor_override is not None):
+            raise UnsupportedModelError("an AvgPool must count the padding (count_include_pad=True, no divisor_override), as NNlib does")
+        window = _rank_tuple(module.kernel_size, rank)
+        stride = window if module.stride is None else _rank_tuple(module.stride, rank)
+        return kind(window, stride=stride, padding=_rank_tuple(module.padding, rank)), []
+
+    return mapper
+
+
+def _torch_adaptive(rank: int):
+    def mapper(module, nn):
+        size = _rank_tuple(module.output_size, rank)
+        if None in size:
+            raise UnsupportedModelError("an AdaptiveAvgPool output_size with None has no Flux twin")
+        return (GlobalMeanPool() if size == (1,) * rank else AdaptiveMeanPool(size)), []
+
+    return mapper
+
+
+def _torch_batchnorm(module, nn):
+    if module.training:
+        raise UnsupportedModelError(f"{type(module).__name__} is in training mode; call module.eval() first (fluxhess differentiates in inference mode)")
+    if module.running_mean is None:
+        raise UnsupportedModelError(f"{type(module).__name__} has no running statistics (track_running_stats=False)")
+    layer = BatchNorm(
+        module.num_features, mean=_torch_numpy(module.running_mean), var=_torch_numpy(module.running_var),
+        eps=module.eps, affine=module.affine,
+    )
+    return layer, ([_torch_numpy(module.bias), _torch_numpy(module.weight)] if module.affine else [])
+
+
+def _torch_layernorm(module, nn):
+    affine = module.weight is not None
+    if affine and module.bias is None:
+        raise UnsupportedModelError("a LayerNorm with a weight but no bias has no Flux twin (Flux's Scale has both)")
+    arrays = [_torch_numpy(p).transpose() for p in (module.weight, module.bias)] if affine else []
+    return LayerNorm(tuple(module.normalized_shape), eps=module.eps, affine=affine), arrays
+
+
+def _torch_linear(module, nn):
+    arrays = [_torch_numpy(module.weight)] + ([_torch_numpy(module.bias)] if module.bias is not None else [])
+    return Dense(module.in_features, module.out_features, bias=module.bias is not None), arrays
+
+
+def _torch_flatten(module, nn):
+    if (module.start_dim, module.end_dim) != (1, -1):
+        raise UnsupportedModelError(f"Flatten(start_dim={module.start_dim}, end_dim={module.end_dim}) must flatten each sample: Flatten(1, -1)")
+    return Flatten(), []
+
+
+_TORCH_TABLE: dict = {}
+
+
+def TORCH_LAYERS() -> dict:
+    """``{torch module class: mapper(module, nn) -> (layer, arrays in θ order, Flux's shapes)}``."""
+    if not _TORCH_TABLE:
+        import torch.nn as nn
+
+        _TORCH_TABLE.update({
+            nn.Linear: _torch_linear,
+            nn.Conv1d: _torch_conv, nn.Conv2d: _torch_conv, nn.Conv3d: _torch_conv,
+            **{getattr(nn, f"MaxPool{r}d"): _torch_pool(MaxPool, r) for r in (1, 2, 3)},
+            **{getattr(nn, f"AvgPool{r}d"): _torch_pool(MeanPool, r) for r in (1, 2, 3)},
+            **{getattr(nn, f"AdaptiveAvgPool{r}d"): _torch_adaptive(r) for r in (1, 2, 3)},
+            nn.BatchNorm1d: _torch_batchnorm, nn.BatchNorm2d: _torch_batchnorm, nn.BatchNorm3d: _torch_batchnorm,
+            nn.LayerNorm: _torch_layernorm,
+            nn.Dropout: lambda module, nn: (Dropout(module.p), []),
+            nn.Flatten: _torch_flatten,
+        })
+    return _TORCH_TABLE
+
+
+def _torch_leaf(node, root):
+    """``("leaf", layer, arrays)`` for one traced call, or :class:`UnsupportedModelError`."""
+    import torch
+    import torch.nn as nn
+
+    F = torch.nn.functional
+    functions = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid"}
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        mapper = TORCH_LAYERS().get(type(module))
+        if mapper is not None:
+            try:
+                layer, arrays = mapper(module, nn)
+            except (UnsupportedModelError, InputError) as e:
+                raise UnsupportedModelError(f"layer {node.target} ({module!r}) cannot be mapped: {e}") from None
+            return ("leaf", layer, arrays)
+        name, why = _torch_activation(module, nn)
+        if name is None:
+            raise UnsupportedModelError(f"layer {node.target} ({module!r}) cannot be mapped: {why}")
+        return ("leaf", Activation(name), [])
+    if node.op == "call_function" and node.target in functions and len(node.args) == 1:
+        return ("leaf", Activation(functions[node.target]), [])
+    if node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid") and len(node.args) == 1:
+        return ("leaf", Activation(node.target), [])
+    flatten_args = tuple(node.args[1:]) + tuple(node.kwargs.values())
+    if (node.op, node.target) in (("call_function", torch.flatten), ("call_method", "flatten")) and flatten_args in ((1,), (1, -1)):
+        return ("leaf", Flatten(), [])
+    raise UnsupportedModelError(
+        f"the traced forward does {node.op} {node.target}; from_torch maps modules of torch.nn (see "
+        "fluxhess.convert.TORCH_LAYERS), torch.relu/tanh/sigmoid, torch.flatten(x, 1) and residual adds"
+    )
+
+
+def _is_add(node) -> bool:
+    import operator
+
+    import torch
+
+    return (node.op == "call_function" and node.target in (operator.add, torch.add)) or (
+        node.op == "call_method" and node.target == "add"
+    )
+
+
+def _torch_items(module) -> list:
+    """The module's layers, traced with torch.fx: ``("leaf", layer, arrays)``, ``("skip", items)``
+    and ``("parallel", [items, items])`` in forward order."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception as e:
+        raise UnsupportedModelError(f"from_torch could not trace {type(module).__name__}.forward with torch.fx: {e}") from e
+    nodes = list(graph.nodes)
+    called = [n.target for n in nodes if n.op == "call_module" and any(True for _ in module.get_submodule(n.target).parameters())]
+    twice = sorted({t for t in called if called.count(t) > 1})
+    if twice:
+        raise UnsupportedModelError(
+            f"{type(module).__name__}.forward calls {twice[0]} more than once (shared weights); a Chain gives each "
+            "layer its own parameters, so θ would count them twice. Use separate modules (copy.deepcopy) if that "
+            "is the network you mean"
+        )
+    order = {n: k for k, n in enumerate(nodes)}
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    output = next(n for n in nodes if n.op == "output")
+    if len(inputs) != 1 or len(output.all_input_nodes) != 1:
+        raise UnsupportedModelError(f"{type(module).__name__}.forward must take one tensor and return one (use inputs= for several)")
+
+    def ancestors(node) -> set:
+        seen, stack = set(), [node]
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(n.all_input_nodes)
+        return seen
+
+    def path(node, stop) -> list:
+        items = []
+        while node is not stop:
+            if node.op == "placeholder":
+                raise UnsupportedModelError(f"{type(module).__name__}.forward is not a chain of layers and residual adds")
+            if _is_add(node) and len(node.args) == 2 and len(node.all_input_nodes) == 2:
+                p, q = node.all_input_nodes
+                fork = max(ancestors(p) & ancestors(q), key=order.__getitem__)
+                a, b = path(p, fork), path(q, fork)
+                items.append(("skip", a or b) if not (a and b) else ("parallel", [a, b]))
+                node = fork
+                continue
+            if len(node.all_input_nodes) != 1:
+                raise UnsupportedModelError(f"{node.op} {node.target} in the traced forward takes {len(node.all_input_nodes)} tensors; only residual adds may take two")
+            items.append(_torch_leaf(node, module))
+            node = node.all_input_nodes[0]
+        return items[::-1]
+
+    return path(output.all_input_nodes[0], inputs[0])
+
+
+def _torch_unzip(items) -> tuple[list, list]:
+    """Layers and their arrays (depth first, θ's order) from :func:`_torch_items`."""
+    layers, arrays = [], []
+
+    def sequence(items) -> list:
+        out = []
+        for item in items:
+            if item[0] == "leaf":
+                out.append(item[1])
+                arrays.extend(item[2])
+            elif item[0] == "skip":
+                out.append(SkipConnection(*sequence(item[1])))
+            else:
+                out.append(Parallel(*[sequence(branch) or () for branch in item[1]]))
+        return out
+
+    layers = sequence(items)
+    return layers, arrays
+
+
+def _starts_dense(layers) -> bool:
+    for layer in layers:
+        if isinstance(layer, Dense):
+            return True
+        if not isinstance(layer, (Flatten, Activation, Dropout)):
+            return False
+    return False
 
 
 def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
@@ -207,21 +464,19 @@ def _check_positional(module) -> None:
         )
 
 
-def _check_not_shared(sequential) -> None:
-    """Refuse a Sequential that holds one module, or one parameter tensor, in two places (shared
-    weights): each place would become its own Dense layer with its own copy of the weights,
-    and θ would have more entries than the model has parameters."""
+def _check_not_shared(module) -> None:
+    """Refuse a module that holds one module, or one parameter tensor, in two places (shared
+    weights): each place would become its own layer with its own copy of the weights, and θ
+    would have more entries than the model has parameters."""
     owner: dict[int, str] = {}
-    for i, layer in enumerate(sequential):
-        for name, p in layer.named_parameters(remove_duplicate=False):
-            where = f"{i}.{name}"
-            if id(p) in owner:
-                raise UnsupportedModelError(
-                    f"the module's parameter {where} is the same tensor as {owner[id(p)]} (a module or weight used "
-                    "twice: shared weights); a Chain gives each layer its own parameters, so θ would count them "
-                    "twice. Use separate modules (copy.deepcopy) if that is the network you mean"
-                )
-            owner[id(p)] = where
+    for where, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in owner:
+            raise UnsupportedModelError(
+                f"the module's parameter {where} is the same tensor as {owner[id(p)]} (a module or weight used "
+                "twice: shared weights); a Chain gives each layer its own parameters, so θ would count them "
+                "twice. Use separate modules (copy.deepcopy) if that is the network you mean"
+            )
+        owner[id(p)] = where
 
 
 def _check_torch_parameters(sequential) -> None:
@@ -355,6 +610,12 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
             args = [_probe_inputs(np.shape(x)[1:], seed) for seed, x in enumerate(inputs)]
             shape = (sum(signature.values()),)
         _check_flax_variables(module, variables, args)
+        if inputs is None and _flax_cnn.uses_cnn_layers(module, variables, args):
+            layers, arrays, chain_shape, output = _flax_cnn.flax_cnn_chain(module, variables, shape, args[0])
+            model, theta = _chain_blocks(layers, arrays, "the Flax module", None, chain_shape)
+            X = args[0].transpose(0, args[0].ndim - 1, *range(1, args[0].ndim - 1)) if args[0].ndim > 2 else args[0]
+            _check_same_output(model, theta, X, output, "the Flax module's")
+            return model, theta, []
         dense, output = _flax_dense_calls(module, variables, args, nn)
         acts = _flax_activations(module, variables, [np.zeros_like(a) for a in args], dense, nn)
         layers, arrays, paths = [Flatten()] if len(shape) > 1 else [], {}, []
@@ -655,6 +916,19 @@ def _chain(layers, arrays, what: str, inputs=None) -> tuple[Chain, np.ndarray]:
     return model, np.ascontiguousarray(model.flatten(arrays), dtype=np.float64)
 
 
+def _chain_blocks(layers, arrays, what: str, inputs=None, input_shape=None) -> tuple[Chain, np.ndarray]:
+    """A Chain of ``layers`` and θ from each layer's arrays (Flux's shapes) in θ order."""
+    try:
+        model = Chain(*layers, inputs=inputs, input_shape=input_shape)
+    except InputError as e:
+        raise UnsupportedModelError(f"{what} cannot be written as a fluxhess.Chain: {e}") from e
+    sizes = [b.size for b in model.layout]
+    if len(arrays) != len(sizes) or any(np.size(a) != n for a, n in zip(arrays, sizes)):
+        raise UnsupportedModelError(f"{what}'s parameters do not fill the Chain's blocks {model.layout.names}")
+    theta = np.concatenate([np.asarray(a, dtype=np.float64).ravel(order="F") for a in arrays])
+    return model, np.ascontiguousarray(theta)
+
+
 def _check_same_output(model: Chain, theta: np.ndarray, X: np.ndarray, expected: np.ndarray, whose: str) -> None:
     """Refuse a conversion whose Chain does not reproduce the original output. The Chain runs op by
     op, not compiled: its operations are the module's, whose kernels the probe has compiled already."""
@@ -672,7 +946,7 @@ def _check_same_output(model: Chain, theta: np.ndarray, X: np.ndarray, expected:
         )
         raise UnsupportedModelError(
             f"the converted Chain {model.to_flux()} does not reproduce {whose} output ({detail}); "
-            "the module does more than Dense layers and activations"
+            "the module does more than the layers it was mapped to"
         )
 
 

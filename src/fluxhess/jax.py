@@ -44,7 +44,7 @@ from ._backends.jax import inputs as jax_inputs
 from ._backends.jax.model import function_of
 from .errors import InputError, UnsupportedModelError
 from .jax_function import JaxFunction
-from .model import Chain
+from .model import Chain, Flatten
 
 __all__ = ["FlaxParams", "divergence", "flax_params", "forward", "input_hessian", "input_jacobian", "laplacian"]
 
@@ -85,7 +85,8 @@ def _check_model(model, wrt):
             f"fluxhess.jax transforms take a fluxhess.Chain or a JaxFunction; got {type(model).__name__}. "
             "Convert with fluxhess.from_flax / from_torch / from_jax, or FluxModel.to_spec()"
         )
-    if model.flattens_input:
+    flattens = isinstance(model.layers[0], Flatten) if isinstance(model, Chain) else model.flattens_input
+    if flattens:
         raise UnsupportedModelError(
             f"fluxhess.jax transforms take models of (N, d) inputs; {model!r} flattens samples of several axes")
     return None if wrt is None else tuple(model.input_columns(wrt))
@@ -106,7 +107,8 @@ def _transform(model, quantity, wrt, name: str):
         if not jnp.issubdtype(Z.dtype, jnp.floating):  # integers, as the NumPy API takes them: in θ's dtype
             Z = Z.astype(theta.dtype)
         if Z.ndim not in (1, 2) or Z.shape[-1] != d:
-            raise InputError(f"X must have shape (N, {d}) or ({d},) for this model; got {Z.shape}")
+            flat = "" if len(model.input_shape) == 1 else f" (samples of shape {model.input_shape} flattened in C order)"
+            raise InputError(f"X must have shape (N, {d}) or ({d},) for this model{flat}; got {Z.shape}")
         if Z.ndim == 1:
             return quantity(model, theta, Z[None], columns)[0]
         return quantity(model, theta, Z, columns)

@@ -1,11 +1,13 @@
-"""The layer spec: ``Chain``, ``Dense``, activation layers, ``Flatten``.
+"""The layer spec: ``Chain`` of ``Dense``, activation layers, ``Flatten`` and the layers of
+:mod:`fluxhess.layers` (convolutions, pools, normalisations, Dropout, residual blocks).
 
-A spec is a plain description of a network that maps one-to-one onto a Flux
-``Chain`` (:meth:`Chain.to_flux`) and onto a JAX apply function. Parameters live
-outside the spec, as one flat vector θ ``(P,)`` in Flux ``destructure`` order:
-layers in Chain order; per Dense layer ``vec(W)`` (column-major, ``W`` is
-``(out, in)``, NumPy ``W.ravel(order="F")``) then the bias ``b`` ``(out,)``.
-:class:`ParamLayout` names every block of θ.
+A spec is a plain description of a network that maps one-to-one onto a Flux ``Chain``
+(:meth:`Chain.to_flux`) and onto a JAX apply function. Parameters live outside the spec,
+as one flat vector θ ``(P,)`` in Flux ``destructure`` order: layers in Chain order
+(residual blocks depth first); per Dense layer ``vec(W)`` (column-major, ``W`` is
+``(out, in)``, NumPy ``W.ravel(order="F")``) then the bias ``b`` ``(out,)``; every other
+layer's arrays likewise, each Flux's array filled column-major. :class:`ParamLayout`
+names every block of θ.
 """
 
 from __future__ import annotations
@@ -20,18 +22,10 @@ from . import _memory as memory
 from . import _validate as check
 from .errors import InputError, UnknownNameError
 
-from ._activations import COLUMNWISE, ELEMENTWISE
-from ._activations import NAMES as ACTIVATIONS
-
-
-def _check_activation(name) -> str:
-    if name is None:
-        return "identity"
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise UnknownNameError(
-            f"activation must be one of {', '.join(ACTIVATIONS)}; got {name!r}"
-        )
-    return name
+from ._activations import COLUMNWISE, ELEMENTWISE  # noqa: F401 (imported from here by the backends)
+from ._activations import NAMES as ACTIVATIONS  # noqa: F401
+from . import layers as _layers
+from .layers import Shape, check_activation as _check_activation
 
 
 @dataclass(frozen=True)
@@ -60,6 +54,16 @@ class Dense:
     def num_params(self) -> int:
         return self.in_features * self.out_features + (self.out_features if self.bias else 0)
 
+    def param_blocks(self) -> list[tuple[str, Shape]]:
+        blocks = [("weight", (self.out_features, self.in_features))]
+        return blocks + [("bias", (self.out_features,))] if self.bias else blocks
+
+    def output_shape(self, shape: Shape) -> Shape:
+        """Acts on a sample's last axis, as Flux's Dense on its first."""
+        if not shape or shape[-1] != self.in_features:
+            raise InputError(f"{self!r} expects {self.in_features} features on a sample's last axis; got samples of shape {shape}")
+        return (*shape[:-1], self.out_features)
+
     def __repr__(self) -> str:
         act = "" if self.activation == "identity" else f", {self.activation!r}"
         bias = "" if self.bias else ", bias=False"
@@ -82,6 +86,12 @@ class Activation:
 
     num_params = 0
 
+    def param_blocks(self) -> list:
+        return []
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
 
@@ -97,6 +107,12 @@ class Flatten:
 
     num_params = 0
 
+    def param_blocks(self) -> list:
+        return []
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (math.prod(shape),)
+
     def __repr__(self) -> str:
         return "Flatten()"
 
@@ -104,7 +120,11 @@ class Flatten:
         return "Flux.flatten"
 
 
-Layer = Dense | Activation | Flatten
+#: Every layer a Chain may hold.
+LAYERS = (Dense, Activation, Flatten, *_layers.LAYERS)
+Layer = Dense | Activation | Flatten | _layers.Conv | _layers.MeanPool | _layers.AdaptiveMeanPool | \
+    _layers.GlobalMeanPool | _layers.BatchNorm | _layers.LayerNorm | _layers.Dropout | \
+    _layers.SkipConnection | _layers.Parallel
 
 
 @dataclass(frozen=True)
@@ -180,43 +200,63 @@ class Chain:
     >>> Chain(Dense(3, 1), inputs={"x": 2, "t": 1}).input_columns("t")
     [2]
 
+    ``input_shape``: one sample's shape in NumPy order, e.g. ``(1, 28, 28)`` for images
+    ``X (N, 1, 28, 28)`` (PyTorch's NCHW; Flux's WHCN reversed). Needed when the Chain does
+    not start with a Dense layer (after optional Flatten/Activation/Dropout layers), where
+    it is ``(in,)``. ``X`` may come as ``(N, *input_shape)`` or flattened, ``(N, d)``.
+
+    >>> from fluxhess.layers import Conv, MaxPool
+    >>> cnn = Chain(Conv((3, 3), 1, 2, "relu"), MaxPool((2, 2)), Flatten(), Dense(8, 3), input_shape=(1, 6, 6))
+    >>> cnn.shapes
+    ((1, 6, 6), (2, 4, 4), (2, 2, 2), (8,), (3,))
+    >>> cnn.layout["layers.0.weight"].shape   # Flux's (k_w, k_h, cin, cout)
+    (3, 3, 1, 2)
+
     ``model_kind`` is ``"chain"`` (a :class:`fluxhess.JaxFunction`'s is ``"jax_function"``).
     """
 
     model_kind = "chain"
 
-    def __init__(self, *layers: Layer, inputs=None):
+    def __init__(self, *layers: Layer, inputs=None, input_shape=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
             raise InputError("Chain needs at least one layer; got none")
-        for i, layer in enumerate(layers):
-            if isinstance(layer, type) and layer in (Flatten,):
-                raise InputError(f"layer {i} is the class Flatten; write Flatten() instead")
-            if not isinstance(layer, (Dense, Activation, Flatten)):
-                raise InputError(
-                    f"layer {i} must be Dense, Activation or Flatten; got {type(layer).__name__}"
-                )
+        for path, layer in _walk(layers):
+            if isinstance(layer, type) and issubclass(layer, LAYERS):
+                call = "()" if layer in (Flatten, _layers.GlobalMeanPool) else "(...)"
+                raise InputError(f"layer {path} is the class {layer.__name__}; write {layer.__name__}{call} instead")
+            if not isinstance(layer, LAYERS):
+                names = ", ".join(c.__name__ for c in LAYERS)
+                raise InputError(f"layer {path} must be one of {names}; got {type(layer).__name__}")
         dense = [(i, l) for i, l in enumerate(layers) if isinstance(l, Dense)]
-        if not dense:
-            raise InputError("Chain needs at least one Dense layer")
         for (i, a), (j, b) in zip(dense, dense[1:]):
             if a.out_features != b.in_features:
                 raise InputError(
                     f"layer {j} expects {b.in_features} inputs but layer {i} gives {a.out_features}"
                 )
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Flatten) and i != 0:
-                raise InputError(f"Flatten may only be the first layer; found at layer {i}")
+        if not any(layer.num_params for layer in layers):
+            raise InputError("Chain needs at least one layer with parameters (Dense, Conv, ...)")
         self.layers: tuple[Layer, ...] = tuple(layers)
+        self.input_shape: Shape = _input_shape(self.layers, input_shape)
+        shapes = [self.input_shape]
+        for i, layer in enumerate(self.layers):
+            try:
+                shapes.append(layer.output_shape(shapes[-1]))
+            except InputError as e:
+                raise InputError(f"layer {i}: {e}") from None
+        if len(shapes[-1]) != 1:
+            raise InputError(
+                f"a Chain must give each sample a vector of outputs; this one gives shape {shapes[-1]} "
+                "(end it with Flatten())"
+            )
+        #: One sample's shape before each layer, and after the last (NumPy order).
+        self.shapes: tuple[Shape, ...] = tuple(shapes)
         blocks, offset = [], 0
         for i, layer in enumerate(self.layers):
-            if isinstance(layer, Dense):
-                blocks.append(Block(f"layers.{i}.weight", i, (layer.out_features, layer.in_features), offset))
+            for field, shape in layer.param_blocks():
+                blocks.append(Block(f"layers.{i}.{field}", i, shape, offset))
                 offset += blocks[-1].size
-                if layer.bias:
-                    blocks.append(Block(f"layers.{i}.bias", i, (layer.out_features,), offset))
-                    offset += blocks[-1].size
         self.layout = ParamLayout(blocks)
         self.inputs: tuple[tuple[str, int], ...] | None = _signature(inputs, self)
 
@@ -271,15 +311,24 @@ class Chain:
 
     def split(self, start: int) -> tuple["Chain | None", "Chain"]:
         """``(layers before start or None, layers from start on)``, each a Chain."""
-        return (Chain(*self.layers[:start], inputs=self.inputs) if start else None), Chain(*self.layers[start:])
+        head = Chain(*self.layers[:start], inputs=self.inputs, input_shape=self.input_shape) if start else None
+        return head, Chain(*self.layers[start:], input_shape=self.shapes[start])
 
     @property
     def in_features(self) -> int:
-        return self.dense_layers[0][1].in_features
+        """d, the length of one sample flattened (the product of :attr:`input_shape`)."""
+        return math.prod(self.input_shape)
 
     @property
     def out_features(self) -> int:
-        return self.dense_layers[-1][1].out_features
+        return self.shapes[-1][0]
+
+    @property
+    def is_mlp(self) -> bool:
+        """Dense and Activation layers (after an optional leading Flatten) on vectors: the
+        chains the structured Dense routes and KFAC cover."""
+        body = self.layers[1:] if isinstance(self.layers[0], Flatten) else self.layers
+        return len(self.input_shape) == 1 and all(isinstance(l, (Dense, Activation)) for l in body)
 
     @property
     def num_params(self) -> int:
@@ -287,13 +336,17 @@ class Chain:
 
     @property
     def flattens_input(self) -> bool:
-        return isinstance(self.layers[0], Flatten)
+        """Whether samples may arrive as ``(N, a, b, …)`` (the Chain starts with Flatten, or its
+        :attr:`input_shape` has several axes); they are flattened to ``(N, d)`` in C order."""
+        return isinstance(self.layers[0], Flatten) or len(self.input_shape) > 1
 
     def init(self, seed: int = 0, dtype: str = "float64") -> np.ndarray:
-        """θ ``(P,)`` with Flux's default init: glorot_uniform weights, zero biases.
+        """θ ``(P,)`` with Flux's default init: glorot_uniform weights, zero biases, unit scales.
 
-        Weights are uniform on ``±sqrt(6 / (in + out))``; the random stream is NumPy's,
-        not Julia's, so the numbers differ from a Julia ``Dense`` (the distribution does not).
+        Weights are uniform on ``±sqrt(6 / (fan_in + fan_out))`` (a Dense ``(out, in)``:
+        ``in``, ``out``; a Conv ``(k…, cin, cout)``: ``prod(k)·cin``, ``prod(k)·cout``, as
+        Flux's ``nfan``); the random stream is NumPy's, not Julia's, so the numbers differ
+        from Flux's (the distribution does not).
 
         Raises :class:`~fluxhess.errors.MemoryBudgetError` before allocating when θ cannot fit
         (it is built in float64, one layer's draw beside it, then cast to ``dtype``).
@@ -304,10 +357,17 @@ class Chain:
         memory.require("init", 8 * (self.num_params + largest) + dtype.itemsize * self.num_params, (self.num_params,))
         theta = np.zeros(self.num_params, dtype=np.float64)
         for block in self.layout:
-            if block.name.endswith(".weight"):
-                out, inp = block.shape
-                limit = math.sqrt(6.0 / (inp + out))
+            field = block.name.rsplit(".", 1)[1]
+            if field == "weight":
+                shape = block.shape
+                if len(shape) == 2:
+                    fan_out, fan_in = shape
+                else:
+                    fan_in, fan_out = math.prod(shape[:-2]) * shape[-2], math.prod(shape[:-2]) * shape[-1]
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
                 theta[block.slice] = rng.uniform(-limit, limit, size=block.size)
+            elif field == "scale":
+                theta[block.slice] = 1.0
         return theta.astype(dtype)
 
     def unflatten(self, params) -> dict[str, np.ndarray]:
@@ -342,13 +402,49 @@ class Chain:
 
     def __repr__(self) -> str:
         inputs = "" if self.inputs is None else f", inputs={dict(self.inputs)!r}"
-        return "Chain(" + ", ".join(map(repr, self.layers)) + inputs + ")"
+        shape = "" if _input_shape(self.layers, None, required=False) == self.input_shape else f", input_shape={self.input_shape!r}"
+        return "Chain(" + ", ".join(map(repr, self.layers)) + inputs + shape + ")"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Chain) and (self.layers, self.inputs) == (other.layers, other.inputs)
+        return isinstance(other, Chain) and self._key == other._key
 
     def __hash__(self) -> int:
-        return hash((self.layers, self.inputs))
+        return hash(self._key)
+
+    @property
+    def _key(self) -> tuple:
+        return (self.layers, self.inputs, self.input_shape)
+
+
+def _walk(layers, prefix: str = ""):
+    """``(path, layer)`` for every layer, residual blocks opened (paths like ``2.0``)."""
+    for i, layer in enumerate(layers):
+        path = f"{prefix}{i}"
+        yield path, layer
+        if not isinstance(layer, type):
+            yield from _walk(_layers.children(layer), path + ".")
+
+
+def _input_shape(layers, given, required: bool = True) -> Shape | None:
+    """One sample's shape: ``given`` (NumPy order), or ``(in,)`` of the first Dense layer when
+    only Flatten, Activation and Dropout layers come before it."""
+    if given is not None:
+        if isinstance(given, int) and not isinstance(given, bool):
+            given = (given,)
+        if not isinstance(given, (tuple, list)) or not given:
+            raise InputError(f"input_shape must be one sample's shape, a tuple of ints such as (1, 28, 28); got {given!r}")
+        return tuple(check.positive_int("input_shape entry", n) for n in given)
+    for layer in layers:
+        if isinstance(layer, Dense):
+            return (layer.in_features,)
+        if not isinstance(layer, (Flatten, Activation, _layers.Dropout)):
+            break
+    if not required:
+        return None
+    raise InputError(
+        f"this Chain starts with {type(layer).__name__}, so it needs input_shape=(one sample's shape), "
+        "NumPy order, e.g. Chain(Conv((3, 3), 1, 4), ..., input_shape=(1, 28, 28))"
+    )
 
 
 def _signature(inputs, chain: Chain) -> tuple[tuple[str, int], ...] | None:

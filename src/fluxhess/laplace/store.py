@@ -30,6 +30,7 @@ partial file at the target.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,7 +44,8 @@ import numpy as np
 from .. import _memory as memory
 from ..errors import FluxHessError, InputError
 from ..flux import FluxModel
-from ..model import Activation, Chain, Dense, Flatten
+from ..layers import Parallel, SkipConnection
+from ..model import LAYERS, Chain
 from . import posterior
 
 FORMAT = "fluxhess.Laplace/1"
@@ -56,41 +58,60 @@ _SOURCE_PREVIEW = 300
 def _layers(model) -> list[dict] | dict:
     if isinstance(model, FluxModel):  # its source: the weights that matter are θ, saved below
         return {"flux": dict(source=model.source, seed=model.seed, filename=model.filename, layers=model.layers)}
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, Dense):
-            out.append(dict(type="Dense", in_features=layer.in_features, out_features=layer.out_features,
-                            activation=layer.activation, bias=layer.bias))
-        elif isinstance(layer, Activation):
-            out.append(dict(type="Activation", name=layer.name))
-        else:
-            out.append(dict(type="Flatten"))
-    return out
+    return [_layer_dict(layer) for layer in model.layers]
 
 
-_LAYER_BUILDERS = {
-    "Dense": lambda d: Dense(d["in_features"], d["out_features"], d["activation"], d["bias"]),
-    "Activation": lambda d: Activation(d["name"]),
-    "Flatten": lambda d: Flatten(),
-}
+def _plain(value):
+    """Tuples as JSON lists, all the way down."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
-def _chain(layers: list, inputs) -> Chain:
-    if not isinstance(layers, list) or not all(isinstance(d, dict) and d.get("type") in _LAYER_BUILDERS for d in layers):
-        raise InputError(f"meta.model must be a list of layers of types {', '.join(_LAYER_BUILDERS)}")
-    return Chain(*[_LAYER_BUILDERS[d["type"]](d) for d in layers], inputs=None if inputs is None else dict(inputs))
+def _layer_dict(layer) -> dict:
+    """A layer as ``{"type": class name, field: value, ...}`` (its constructor's arguments)."""
+    if isinstance(layer, SkipConnection):
+        return dict(type="SkipConnection", layers=[_layer_dict(l) for l in layer.layers])
+    if isinstance(layer, Parallel):
+        return dict(type="Parallel", branches=[[_layer_dict(l) for l in b] for b in layer.branches])
+    return dict(type=type(layer).__name__, **{f.name: _plain(getattr(layer, f.name)) for f in dataclasses.fields(layer)})
 
 
-def _model(saved, inputs, model):
+#: Every layer class by name, as :func:`_layer_dict` writes it.
+_CLASSES = {cls.__name__: cls for cls in LAYERS}
+
+
+def _layer(d) -> object:
+    """The layer :func:`_layer_dict` wrote; anything else is an InputError naming what is wrong."""
+    if not isinstance(d, dict) or d.get("type") not in _CLASSES:
+        raise InputError(f"meta.model must be a list of layers of types {', '.join(_CLASSES)}; got {str(d)[:60]}")
+    fields = dict(d)
+    cls = _CLASSES[fields.pop("type")]
+    try:
+        if cls is SkipConnection:
+            return cls(*[_layer(x) for x in fields["layers"]])
+        if cls is Parallel:
+            return cls(*[[_layer(x) for x in branch] for branch in fields["branches"]])
+        return cls(**fields)
+    except (TypeError, KeyError, ValueError) as e:
+        raise InputError(f"meta.model has a {cls.__name__} layer that cannot be built: {e}") from None
+
+
+def _chain(layers: list, inputs, input_shape=None) -> Chain:
+    if not isinstance(layers, list):
+        raise InputError(f"meta.model must be a list of layers of types {', '.join(_CLASSES)}")
+    return Chain(*[_layer(d) for d in layers], inputs=None if inputs is None else dict(inputs),
+                 input_shape=None if input_shape is None else tuple(input_shape))
+
+
+def _model(saved, inputs, input_shape, model):
     """The model to restore: ``model`` when given (a Chain must equal the saved one), else the
     saved one (:func:`load` has refused a Flux source already unless the caller trusts it)."""
     flux = _flux_source(saved)
     if model is not None:
-        if flux is None and isinstance(model, Chain) and model != _chain(saved, inputs):
-            raise InputError(f"model= is {model!r}, but the file holds {_chain(saved, inputs)!r}")
+        if flux is None and isinstance(model, Chain) and model != _chain(saved, inputs, input_shape):
+            raise InputError(f"model= is {model!r}, but the file holds {_chain(saved, inputs, input_shape)!r}")
         return model
     if flux is None:
-        return _chain(saved, inputs)
+        return _chain(saved, inputs, input_shape)
     return FluxModel(flux["source"], flux.get("seed", 0), flux.get("filename", "model source"), layers=flux.get("layers"))
 
 
@@ -123,6 +144,7 @@ def save(la, path) -> None:
         format=FORMAT,
         model=_layers(la.model),
         inputs=getattr(la.model, "inputs", None),
+        input_shape=_plain(getattr(la.model, "input_shape", None)),
         likelihood=la.likelihood,
         curvature=la.curvature,
         structure=la.structure,
@@ -227,7 +249,7 @@ def load(cls, path, *, model=None, trust_source: bool = False):
     if flux is not None and model is None and not trust_source:  # before anything is built: nothing runs
         raise _refuse_source(path, flux["source"])
     try:
-        return _restore(cls, _model(meta["model"], meta.get("inputs"), model), meta, arrays)
+        return _restore(cls, _model(meta["model"], meta.get("inputs"), meta.get("input_shape"), model), meta, arrays)
     except KeyError as e:
         raise _not_saved(path, f"its entry {e} is missing") from None
     except InputError as e:

@@ -5,6 +5,7 @@ with a progress bar when there are many chunks."""
 from __future__ import annotations
 
 import functools
+import math
 import operator
 
 import jax
@@ -71,8 +72,9 @@ def activation_floats(model) -> int:
 
 @activation_floats.register
 def _(model: Chain) -> int:
-    """Each Dense layer's input, pre-activation and activation."""
-    return sum(l.in_features + 2 * l.out_features for _, l in model.dense_layers)
+    """Each layer's input and twice its output (pre-activation and activation), flattened."""
+    sizes = [math.prod(shape) for shape in model.shapes]
+    return sum(a + 2 * b for a, b in zip(sizes, sizes[1:]))
 
 
 @activation_floats.register
@@ -88,7 +90,8 @@ def widest(model) -> int:
 
 @widest.register
 def _(model: Chain) -> int:
-    return max(max(l.in_features, l.out_features) for _, l in model.dense_layers)
+    """The largest sample between layers, flattened (a Dense chain's widest layer)."""
+    return max(math.prod(shape) for shape in model.shapes)
 
 
 @widest.register

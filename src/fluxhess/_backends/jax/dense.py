@@ -75,14 +75,15 @@ class Structure:
 
 
 def split(model: Chain) -> Structure | None:
-    """The segments of ``model``, or ``None`` when a softmax/logsoftmax sits between Dense layers.
+    """The segments of ``model``, or ``None`` when it is not a Dense chain (``model.is_mlp``)
+    or a softmax/logsoftmax sits between Dense layers.
 
     Activations before the first Dense layer only transform the data, and any activation
     after the last one belongs to the head; columnwise activations between Dense layers
     have dense ``φ'`` and ``φ''`` that this route does not cover; ``None`` too for a model that
     is not a Chain (a :class:`fluxhess.JaxFunction` shows no layers).
     """
-    if not isinstance(model, Chain):
+    if not isinstance(model, Chain) or not model.is_mlp:
         return None
     before, segments, offset = [], [], 0
     for layer in model.layers:

@@ -72,8 +72,9 @@ def divergence(model, theta, X, columns=None):
 
 
 def forward_laplacian_applies(model) -> bool:
-    """A Chain without columnwise activations (the forward Laplacian's layers)."""
-    return isinstance(model, Chain) and not any(isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
+    """A Dense chain without columnwise activations (the forward Laplacian's layers)."""
+    return isinstance(model, Chain) and model.is_mlp and not any(
+        isinstance(l, Activation) and l.name in COLUMNWISE for l in model.layers)
 
 
 def forward_laplacian(model: Chain, theta, X, columns=None):

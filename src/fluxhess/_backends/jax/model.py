@@ -2,7 +2,7 @@
 or a :class:`fluxhess.JaxFunction`'s own function (:func:`function_of`).
 
 Shared by the generic JAX routes (:mod:`.compiled`) and the Dense-chain fast paths
-(:mod:`.dense_matrix`).
+(:mod:`.dense_matrix`); the layers' own functions are in :mod:`.layers`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ... import _activations as A
 from ...jax_function import JaxFunction
-from ...model import Activation, Chain, Dense, Flatten
+from ...model import Activation, Chain, Dense
+from .layers import apply_layers, dense_weights
 
 
 @functools.singledispatch
@@ -58,21 +58,20 @@ def elementwise_derivatives(sigma, z):
 # ---------------------------------------------------------------------------
 
 
-def dense_weights(layer: Dense, theta, offset: int):
-    """``Wᵀ`` ``(in, out)`` and ``b`` from θ; vec(W) is column-major, so Wᵀ is a C-order reshape."""
-    n_w = layer.in_features * layer.out_features
-    w_t = theta[offset : offset + n_w].reshape(layer.in_features, layer.out_features)
-    b = theta[offset + n_w : offset + layer.num_params] if layer.bias else None
-    return w_t, b
-
-
 def run(model: Chain, theta, x, eps=None, taps=False):
-    """Apply the model to ``x`` ``(d,)`` or ``(N, d)``.
+    """Apply the model to ``x`` ``(d,)`` or ``(N, d)`` (samples flattened in C order).
 
     ``eps`` (one array per Dense layer, shaped like its pre-activation) is added to the
     pre-activations, so derivatives with respect to it are ∂/∂z. With ``taps`` the
-    inputs ``a`` of every Dense layer are returned too.
+    inputs ``a`` of every Dense layer are returned too. Both only on Dense chains
+    (``model.is_mlp``); any other Chain runs layer by layer on ``(B, *input_shape)``.
     """
+    if not model.is_mlp:
+        if eps is not None or taps:
+            raise ValueError("pre-activation taps are defined on Dense chains only")
+        batch = x.reshape((-1, *model.input_shape))
+        out, _ = apply_layers(model.layers, theta, 0, batch)
+        return out[0] if x.ndim == 1 else out
     a, offset, inputs, k = x, 0, [], 0
     for layer in model.layers:
         if isinstance(layer, Dense):
@@ -88,6 +87,5 @@ def run(model: Chain, theta, x, eps=None, taps=False):
             a = A.ELEMENTWISE[layer.activation](z)
         elif isinstance(layer, Activation):
             a = A.function(layer.name)(a)
-        elif isinstance(layer, Flatten):
-            pass  # the API hands over inputs already flattened to (N, d)
+        # a leading Flatten: the API hands over inputs already flattened to (N, d)
     return (a, inputs) if taps else a

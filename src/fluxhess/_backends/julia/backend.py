@@ -46,7 +46,8 @@ import numpy as np
 
 from ...errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
 from ...jax_function import JaxFunction
-from ...model import Activation, Chain, Dense, Flatten
+from ...model import Activation, Chain, Flatten
+from .spec_layers import spec_layers
 from ..._problem import Problem
 
 #: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
@@ -329,7 +330,13 @@ class JuliaBackend:
         self._start()
         dtype = np.dtype(dtype).name
         if isinstance(model, Chain):
-            return self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
+            jm = self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
+            if len(model.input_shape) == 1:
+                return jm
+            key = (model.to_flux(), model.input_shape, dtype)  # samples (N, d) reshaped to Flux's (…, N)
+            if key not in self._models:
+                self._models[key] = self._fh.with_input_shape(jm, list(reversed(model.input_shape)))
+            return self._models[key]
         if not isinstance(model, FluxSource):
             raise UnsupportedModelError(self.unsupported_reason(model))
         key = (model.key, dtype)
@@ -404,24 +411,19 @@ class JuliaBackend:
                 raise UnsupportedModelError(
                     f"this Flux model cannot be written as a fluxhess.Chain: {julia_message(e)}"
                 ) from e
-            spec, arrays = [], {}
-            for i, d in enumerate(layers):
-                if str(d["kind"]) == "dense":
-                    spec.append(Dense(int(d["in"]), int(d["out"]), str(d["activation"]), bool(d["bias"])))
-                    arrays[f"layers.{i}.weight"] = _to_numpy(d["weight"])
-                    if bool(d["bias"]):
-                        arrays[f"layers.{i}.bias"] = _to_numpy(d["bias_values"])
-                else:
-                    spec.append(_spec_layer(d))
+            try:
+                spec, arrays = spec_layers(layers)
+            except (KeyError, InputError) as e:
+                raise UnsupportedModelError(f"this Flux model cannot be written as a fluxhess.Chain: {e}") from e
         try:
-            chain = Chain(*spec)
+            chain = Chain(*spec, input_shape=input_shape)
         except InputError as e:
             raise UnsupportedModelError(f"this Flux model cannot be written as a fluxhess.Chain: {e}") from e
         flat = chain.flatten(arrays)
         if flat.shape != theta.shape or not np.array_equal(flat, theta):
             raise UnsupportedModelError(
-                "this Flux model's parameters are not exactly its Dense layers' weights and biases "
-                f"({theta.shape[0]} parameters, {flat.shape[0]} in its Dense layers)"
+                "this Flux model's parameters are not exactly its layers' arrays "
+                f"({theta.shape[0]} parameters, {flat.shape[0]} in the layers its spec twin holds)"
             )
         return chain, theta
 
