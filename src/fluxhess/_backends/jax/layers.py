@@ -74,12 +74,12 @@ def _window(pool: MeanPool):
 
 
 def mean_pool(pool: MeanPool, a):
-    total = lax.reduce_window(a, jnp.zeros((), a.dtype), lax.add, **_window(pool))
+    total = lax.reduce_window(a, 0.0, lax.add, **_window(pool))  # a Python scalar, as for MaxPool
     return total / math.prod(pool.window)
 
 
 def _max_pool(pool: MaxPool, theta, offset, a):
-    return lax.reduce_window(a, jnp.array(-jnp.inf, a.dtype), lax.max, **_window(pool))
+    return lax.reduce_window(a, -jnp.inf, lax.max, **_window(pool))  # a Python scalar: lax then has reverse mode for it
 
 
 def _batch_norm(layer: BatchNorm, theta, offset, a):
