@@ -404,13 +404,15 @@ def cross_function(st: Structure, m: int):
 
 
 def cross_bytes_per_sample(st: Structure, m: int, itemsize: int) -> int:
-    """Bytes per sample of :func:`_cross`'s arrays: the input's Jacobian and its patches, and the
-    forward pass's activations for each of its columns (four times, for XLA's temporaries)."""
+    """Bytes per sample of :func:`_cross`'s arrays (twice, for XLA's temporaries): the tap's input
+    Jacobian and its patches, and the pass that makes the Jacobian, which carries one copy of the
+    earlier layers' activations per column (forward mode, ``off`` of them) or row (reverse
+    mode, ``|a_m|`` of them)."""
     tap = st.taps[m]
-    off = tap.offset
-    width = max(math.prod(s) for t in st.taps for s in (t.in_shape, t.out_shape))
-    floats = off * (math.prod(tap.in_shape) + tap.patch_width * tap.positions + width)
-    return 4 * itemsize * floats
+    off, width = tap.offset, math.prod(tap.in_shape)
+    activations = sum(math.prod(t.in_shape) + 2 * math.prod(t.out_shape) for t in st.taps[:m])
+    passes = min(off, width) * activations
+    return 2 * itemsize * (passes + off * (width + tap.patch_width * tap.positions))
 
 
 def rows_bytes_per_sample(st: Structure, rows: int, itemsize: int) -> int:

@@ -13,15 +13,16 @@ chain from per-sample rows built on unfolded patches (:mod:`.conv`).
 - ``param_jacobian``: the rows with ``L = I``.
 
 The Gram matrices are built panel by panel into the result (or the caller's ``out``) by
-:func:`.dense_matrix._gram`, within :func:`.dense_matrix._budget`; the cross terms one tap at
-a time, in chunks of samples within the same budget (:func:`working_bytes`).
+:func:`.dense_matrix._gram`, its panels within :func:`.dense_matrix._budget` and its chunks of
+samples within :func:`_sample_budget`; the cross terms one tap at a time, in chunks of
+samples within the same (:func:`working_bytes`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..._memory import chunk_size
+from ..._memory import CHUNK_BYTES, chunk_size
 from ..._problem import Problem
 from ..._progress import chunks
 from . import conv, curvature, diagonal as generic_diagonal
@@ -47,11 +48,17 @@ def covers(st: conv.Structure, kind: Kind) -> bool:
     return st.second_order_free or not kind.second_term
 
 
+def _sample_budget(P: int, itemsize: int) -> int:
+    """Working memory of one chunk of samples' rows: the panels' budget, at least :data:`CHUNK_BYTES`
+    (fewer, larger chunks: each chunk after the first adds into every panel of the result)."""
+    return max(_budget(P, itemsize), CHUNK_BYTES)
+
+
 def working_bytes(st: conv.Structure, P: int, itemsize: int) -> int:
-    """Memory :func:`matrix` uses beside its ``(P, P)`` result: twice the panel budget, and the
-    largest cross-term block ``T_{m,<m}`` with its running sum."""
+    """Memory :func:`matrix` uses beside its ``(P, P)`` result: a chunk's rows, the panels' GEMM
+    outputs, and the largest cross-term block ``T_{m,<m}`` with its running sum."""
     cross = max(t.offset * t.weights for t in st.taps)
-    return 2 * _budget(P, itemsize) + 2 * cross * itemsize
+    return _sample_budget(P, itemsize) + _budget(P, itemsize) + 2 * cross * itemsize
 
 
 def matrix(st: conv.Structure, problem: Problem, kind: Kind, out: np.ndarray | None = None) -> np.ndarray:
@@ -60,13 +67,13 @@ def matrix(st: conv.Structure, problem: Problem, kind: Kind, out: np.ndarray | N
         return curvature.generic(problem, kind, out)
     theta, X, Y, s = problem.params, problem.X, problem.Y, problem.scale
     P, N, itemsize = theta.shape[0], X.shape[0], theta.dtype.itemsize
-    budget = _budget(P, itemsize)
+    budget, samples = _budget(P, itemsize), _sample_budget(P, itemsize)
     H = np.empty((P, P), dtype=theta.dtype) if out is None else out
     fn = conv.chunk_function(st, problem.loss, ROWS[kind.name], "rows")
     per_sample = conv.rows_bytes_per_sample(st, _rows_per_sample(kind.name, Y.shape[1]), itemsize)
-    _gram(fn, theta, X, Y, s, _slices(N, chunk_size(per_sample, N, budget)), budget, H)
+    _gram(fn, theta, X, Y, s, _slices(N, chunk_size(per_sample, N, samples)), budget, H, kind.name)
     if kind.second_term:
-        _add_cross_terms(st, problem, H, budget)
+        _add_cross_terms(st, problem, H, samples)
     return H
 
 
