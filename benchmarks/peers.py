@@ -331,6 +331,26 @@ def _backpack(problem, quantity):
     return None
 
 
+def _curvlinops_kfac(problem, quantity):
+    """curvlinops' ``KFACLinearOperator`` factors (KFC "expand"; exact type-2 GGN or empirical Fisher)."""
+    fisher_type = {"kron-ggn": "type-2", "kron-ef": "empirical"}.get(quantity)
+    if fisher_type is None:
+        return None
+    import torch
+    from curvlinops import KFACLinearOperator
+
+    model = _torch_model(problem)
+    data = [_tensors(problem)]
+
+    def factors():
+        kfac = KFACLinearOperator(model, torch.nn.MSELoss(reduction="sum"), list(model.parameters()), data,
+                                  fisher_type=fisher_type, separate_weight_and_bias=False, check_deterministic=False)
+        kfac.compute_kronecker_factors()
+        return kfac.state_dict()["gradient_covariances"]
+
+    return factors
+
+
 # --- Laplacian ---------------------------------------------------------------------
 
 
@@ -406,6 +426,7 @@ IMPLS = [
     Impl("laplace-torch/curvlinops", True, _laplace("Curvlinops"), "torch", ("laplace", "curvlinops")),
     Impl("BackPACK", True, _backpack, "torch", ("backpack",)),
     Impl("ASDL", True, _asdl, "torch", ("asdl",)),
+    Impl("curvlinops", True, _curvlinops_kfac, "torch", ("curvlinops",)),
     Impl("folx", True, _folx, needs=("folx",), compiles=True),
     Impl("jit(vmap(hessian))+trace", False, _hessian_trace, compiles=True),
 ]

@@ -18,7 +18,7 @@ The exact Hessian is ``GGN + T`` when every layer is piecewise linear in its inp
 (:attr:`Structure.second_order_free`: activations ``identity``, ``relu``, ``leakyrelu``,
 max and mean pools, inference BatchNorm without affine parameters …): then ``∂²f/∂ε²`` is
 zero, and the only second-order term left is the one of ``z_m = W_m ⋆ a_m(θ_{<m})`` being
-bilinear, ``T_{m,<m} = Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` (:func:`cross`), from the
+bilinear, ``T_{m,<m} = Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` (:func:`cross_function`), from the
 per-sample Jacobian of the tap's input ``a_m`` in the earlier parameters, unfolded.
 
 Which layers the route knows is a table on layer classes (:data:`KNOWN`); anything else
@@ -164,10 +164,9 @@ def _walk(layers, shape: Shape, offset: int, names: dict, taps: list):
     pl = True
     for layer in layers:
         if type(layer) in _BRANCHES:
-            out = None
             for branch in _branches(layer):
-                b_pl, out_b, offset = _walk(branch, shape, offset, names, taps)
-                pl, out = pl and b_pl, out_b
+                branch_pl, _, offset = _walk(branch, shape, offset, names, taps)
+                pl = pl and branch_pl
             shape = layer.output_shape(shape)
             continue
         entry = KNOWN.get(type(layer))
@@ -340,11 +339,24 @@ def _jacobian(st, theta, X):
     return _rows(st, U, D)
 
 
-def _squares(fn):
-    def summed(st, loss, theta, X, Y, s):
-        return jnp.sum(fn(st, loss, theta, X, Y, s) ** 2, axis=0)
+def tap_squares(tap: Tap, U, D):
+    """``Σ_r Σ_n`` of the squares of :func:`tap_rows` ``(|θ_tap|,)``, summed before the weight part
+    is put in θ's order (no per-sample rows in θ's order are made)."""
+    W = jnp.einsum("rnos,nks->rnok", D, U)
+    parts = [theta_order(tap, jnp.sum(W * W, axis=(0, 1)))]
+    if tap.layer.bias:
+        parts.append(jnp.sum(D.sum(-1) ** 2, axis=(0, 1)))
+    return jnp.concatenate(parts)
 
-    return summed
+
+def _ggn_diagonal(st, loss, theta, X, Y, s):
+    U, D = output_rows(st, loss, theta, X, Y, loss_root(s))
+    return jnp.concatenate([tap_squares(t, u, _flat(t, d)) for t, u, d in zip(st.taps, U, D)])
+
+
+def _ef_diagonal(st, loss, theta, X, Y, s):
+    U, delta = gradients_in_z(st, loss, theta, X, Y)
+    return s * jnp.concatenate([tap_squares(t, u, _flat(t, d[None])) for t, u, d in zip(st.taps, U, delta)])
 
 
 #: The per-chunk functions of each kind: ``rows`` (``U`` of ``M = Uᵀ U`` for the chunk's
@@ -352,8 +364,8 @@ def _squares(fn):
 _CHUNK = {
     ("ggn", "rows"): _ggn_rows,
     ("ef", "rows"): _ef_rows,
-    ("ggn", "diagonal"): _squares(_ggn_rows),
-    ("ef", "diagonal"): _squares(_ef_rows),
+    ("ggn", "diagonal"): _ggn_diagonal,
+    ("ef", "diagonal"): _ef_diagonal,
 }
 
 

@@ -6,7 +6,7 @@ chain from per-sample rows built on unfolded patches (:mod:`.conv`).
 - empirical Fisher: the Gram matrix of the rows ``√s·g_n`` (``N·P²``);
 - exact Hessian, when every layer is piecewise linear in its input
   (:attr:`.conv.Structure.second_order_free`): the GGN plus the bilinear cross terms
-  ``T_{m,<m}`` of each tap against the parameters before it (:func:`.conv.cross`) and their
+  ``T_{m,<m}`` of each tap against the parameters before it (:func:`.conv.cross_function`) and their
   transposes. Otherwise the Hessian is left to the generic route (by columns).
 - diagonals: the sums of the rows' squares (the Hessian's is the GGN's: ``T`` has no
   diagonal blocks);
