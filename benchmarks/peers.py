@@ -18,8 +18,11 @@ from typing import Callable
 import numpy as np
 
 import fluxhess as fh
+import problems
 from fluxhess._backends.jax import JaxBackend
 from fluxhess._problem import Problem
+from fluxhess.layers import CrossCor, MaxPool
+from fluxhess.model import Dense, Flatten
 
 CURVATURE = ["hessian", "ggn", "ef", "diag-hessian", "diag-ggn", "diag-ef", "kron-ggn", "kron-ef"]
 MATRICES = ("hessian", "ggn", "ef")
@@ -188,27 +191,70 @@ def _laplax(problem, quantity):
 
 
 def _torch_model(problem):
+    """The problem's model in torch (:data:`TORCH_LAYERS`), weights copied in torch's layout."""
     import torch
 
-    dtype = getattr(torch, problem.dtype)
-    blocks = problem.model.unflatten(problem.theta)
-    dense = problem.model.dense_layers
+    blocks, dtype = problem.model.unflatten(problem.theta), getattr(torch, problem.dtype)
     layers = []
-    for k, (i, layer) in enumerate(dense):
-        lin = torch.nn.Linear(layer.in_features, layer.out_features, dtype=dtype)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(blocks[f"layers.{i}.weight"])))
-            lin.bias.copy_(torch.from_numpy(np.ascontiguousarray(blocks[f"layers.{i}.bias"])))
-        layers.append(lin)
-        if k < len(dense) - 1:
-            layers.append(torch.nn.Tanh())
+    for i, layer in enumerate(problem.model.layers):
+        module = TORCH_LAYERS[type(layer)](layer).to(dtype)
+        layers.append(module)
+        if layer.num_params:
+            with torch.no_grad():
+                module.weight.copy_(torch.from_numpy(problems.torch_layout(blocks[f"layers.{i}.weight"])))
+                module.bias.copy_(torch.from_numpy(np.ascontiguousarray(blocks[f"layers.{i}.bias"])))
+        activation = getattr(layer, "activation", "identity")
+        if activation != "identity":
+            layers.append(TORCH_ACTIVATIONS[activation](layer))
     return torch.nn.Sequential(*layers)
 
 
-def _tensors(problem):
+def _torch_conv(layer):
     import torch
 
-    return torch.from_numpy(problem.X), torch.from_numpy(problem.Y)
+    conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[layer.rank]
+    pads = layer.pads
+    if any(lo != hi for lo, hi in pads):
+        raise ValueError(f"torch's Conv takes symmetric padding; got {pads}")
+    return conv(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                padding=tuple(lo for lo, _ in pads), dilation=layer.dilation, groups=layer.groups)
+
+
+def _torch_max_pool(layer):
+    import torch
+
+    pool = {1: torch.nn.MaxPool1d, 2: torch.nn.MaxPool2d, 3: torch.nn.MaxPool3d}[layer.rank]
+    return pool(layer.window, stride=layer.stride)
+
+
+def _torch_module(name):
+    """A layer builder that makes ``torch.nn.<name>()`` from a spec layer with no options used."""
+
+    def build(layer):
+        import torch
+
+        return getattr(torch.nn, name)()
+
+    return build
+
+
+def _torch_linear(layer):
+    import torch
+
+    return torch.nn.Linear(layer.in_features, layer.out_features)
+
+
+#: The torch module of each spec layer class the benchmark problems use (CrossCor is torch's Conv).
+TORCH_LAYERS = {Dense: _torch_linear, CrossCor: _torch_conv, MaxPool: _torch_max_pool, Flatten: _torch_module("Flatten")}
+#: The torch module of each activation the benchmark problems use.
+TORCH_ACTIVATIONS = {"tanh": _torch_module("Tanh"), "relu": _torch_module("ReLU")}
+
+
+def _tensors(problem):
+    """X in the model's sample shape ``(N, *input_shape)`` and Y, as torch tensors."""
+    import torch
+
+    return torch.from_numpy(problem.X.reshape(-1, *problem.model.input_shape)), torch.from_numpy(problem.Y)
 
 
 def _torch_func(problem, quantity):
@@ -350,6 +396,26 @@ def _backpack(problem, quantity):
     return None
 
 
+def _curvlinops_kfac(problem, quantity):
+    """curvlinops' ``KFACLinearOperator`` factors (KFC "expand"; exact type-2 GGN or empirical Fisher)."""
+    fisher_type = {"kron-ggn": "type-2", "kron-ef": "empirical"}.get(quantity)
+    if fisher_type is None:
+        return None
+    import torch
+    from curvlinops import KFACLinearOperator
+
+    model = _torch_model(problem)
+    data = [_tensors(problem)]
+
+    def factors():
+        kfac = KFACLinearOperator(model, torch.nn.MSELoss(reduction="sum"), list(model.parameters()), data,
+                                  fisher_type=fisher_type, separate_weight_and_bias=False, check_deterministic=False)
+        kfac.compute_kronecker_factors()
+        return kfac.state_dict()["gradient_covariances"]
+
+    return factors
+
+
 # --- Laplacian ---------------------------------------------------------------------
 
 
@@ -425,6 +491,7 @@ IMPLS = [
     Impl("laplace-torch/curvlinops", True, _laplace("Curvlinops"), "torch", ("laplace", "curvlinops")),
     Impl("BackPACK", True, _backpack, "torch", ("backpack",)),
     Impl("ASDL", True, _asdl, "torch", ("asdl",)),
+    Impl("curvlinops", True, _curvlinops_kfac, "torch", ("curvlinops",)),
     Impl("folx", True, _folx, needs=("folx",), compiles=True),
     Impl("jit(vmap(hessian))+trace", False, _hessian_trace, compiles=True),
     Impl("jax: hessian / jacrev / vmap(grad)", False, _jax_baseline, compiles=True, jax_function=True),

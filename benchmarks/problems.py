@@ -8,6 +8,8 @@ on 8×8 images and a Chain with an anonymous layer, ``mse`` summed over N = 1000
 JAX function (:func:`jax_function_problems`): a residual MLP written as a plain JAX function
 over a pytree (``fluxhess.from_jax``), ``x ↦ h + tanh(h W_r)`` with ``h = tanh(x W_1 + b_1)``,
 ``[16, 64, 64, 3]`` (P ≈ 5.4k), ``mse`` summed over N = 500: what a JAX user would hand fluxhess.
+CNN (:func:`cnn_problem`): two 3×3 CrossCor + relu + 2×2 max-pool stages and a Dense head
+on 8×8 single-channel images, C = 10, P = 6,090, ``mse`` summed over N = 500.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Problem:
     source: str = ""  # Julia source of a Flux model; empty for the tanh MLP of ``widths``
     #: ``(apply, params pytree, fluxhess.JaxFunction)`` of a JAX-function problem, else None
     function: tuple | None = field(default=None, repr=False)
+    spec: fh.Chain | None = None  # a Chain spec other than the tanh MLP of ``widths`` (the CNN)
 
     @property
     def flux(self) -> bool:
@@ -47,6 +50,8 @@ class Problem:
     def model(self):
         if self.jax_function:
             return self.function[2]
+        if self.spec is not None:
+            return self.spec
         return fh.flux_model(self.source) if self.flux else fh.Chain.mlp(self.widths, "tanh")
 
     @property
@@ -60,16 +65,20 @@ class Problem:
     def torch_order(self) -> np.ndarray:
         """``perm`` with ``theta[i] == torch_flat[perm[i]]``.
 
-        torch flattens ``W`` ``(out, in)`` row-major, Flux (and fluxhess) column-major.
+        torch flattens each array in C order of its own shape; fluxhess holds Julia's arrays
+        column-major: a Dense weight ``(out, in)`` has torch's shape, a kernel ``(k_w, k_h, cin, cout)``
+        torch's ``(cout, cin, k_h, k_w)`` reversed.
         """
-        perm, offset = [], 0
-        for _, layer in self.model.dense_layers:
-            o, i = layer.out_features, layer.in_features
-            perm.append(offset + np.arange(o * i).reshape(o, i).ravel(order="F"))
-            offset += o * i
-            perm.append(offset + np.arange(o))
-            offset += o
-        return np.concatenate(perm)
+        index = self.model.unflatten(np.arange(self.P, dtype=float))
+        torch_flat = np.concatenate([torch_layout(a).ravel() for a in index.values()]).astype(int)
+        perm = np.empty(self.P, dtype=int)
+        perm[torch_flat] = np.arange(self.P)
+        return perm
+
+
+def torch_layout(a: np.ndarray) -> np.ndarray:
+    """An array of :meth:`fluxhess.Chain.unflatten` in torch's layout (see :meth:`Problem.torch_order`)."""
+    return np.ascontiguousarray(a if a.ndim <= 2 else a.transpose(tuple(reversed(range(a.ndim)))))
 
 
 def make(name: str, widths: list[int], n: int, dtype: str = "float64", seed: int = 0) -> Problem:
@@ -86,6 +95,30 @@ def curvature_problems(quick: bool, dtype: str) -> list[Problem]:
         return [make("quick", [4, 12, 12, 3], 64, dtype)]
     return [make("P=1k", [16, 32, 16, 3], 1000, dtype), make("P=5k", [16, 64, 64, 3], 1000, dtype),
             make("P=20k", [16, 128, 128, 3], 1000, dtype)]
+
+
+#: The CNN problem's model: CrossCor (PyTorch's Conv2d) so every peer runs it as written.
+CNN = fh.Chain(
+    fh.CrossCor((3, 3), 1, 16, "relu", padding=1), fh.MaxPool((2, 2)), fh.CrossCor((3, 3), 16, 32, "relu", padding=1),
+    fh.MaxPool((2, 2)), fh.Flatten(), fh.Dense(128, 10), input_shape=(1, 8, 8),
+)
+
+
+#: ``--quick``'s CNN: the same kinds of layers, small enough for a smoke test of every peer.
+CNN_QUICK = fh.Chain(
+    fh.CrossCor((3, 3), 1, 2, "relu", padding=1), fh.MaxPool((2, 2)), fh.Flatten(), fh.Dense(8, 3), input_shape=(1, 4, 4),
+)
+
+
+def cnn_problem(quick: bool, dtype: str, seed: int = 0) -> Problem:
+    """:data:`CNN` on N = 500 images 8×8 (``quick``: :data:`CNN_QUICK` on 16 images 4×4), targets
+    normal, ``mse`` summed."""
+    model, n, name = (CNN_QUICK, 16, "cnn quick") if quick else (CNN, 500, f"cnn P={CNN.num_params}")
+    rng = np.random.default_rng(seed)
+    theta = (model.init(seed) + 0.01 * rng.normal(size=model.num_params)).astype(dtype)
+    X = rng.normal(size=(n, model.in_features)).astype(dtype)
+    Y = rng.normal(size=(n, model.out_features)).astype(dtype)
+    return Problem(name, [model.in_features, model.out_features], n, dtype, theta, X, Y, spec=model)
 
 
 def laplacian_problem(quick: bool, dtype: str) -> Problem:

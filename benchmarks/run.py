@@ -3,6 +3,7 @@
     python benchmarks/run.py            # P ≈ 5k and 20k, N = 1000, float64 (long: tens of minutes)
     python benchmarks/run.py --quick    # tiny sizes: a smoke test of every library, seconds
     python benchmarks/run.py --dtype float32 --only hessian,ggn
+    python benchmarks/run.py --problems "cnn P=6090"   # the CNN alone (problems.cnn_problem)
 
 Where a Julia runtime exists, the julia backend runs as a library beside the JAX one
 ("fluxhess julia"), and the Conv and anonymous-layer Flux models (problems.GENERIC)
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     first_seconds: dict = {}
     for dt in dtypes:
-        for problem in problems.curvature_problems(args.quick, dt):
+        for problem in problems.curvature_problems(args.quick, dt) + [problems.cnn_problem(args.quick, dt)]:
             if args.problems and problem.name not in args.problems.split(","):
                 continue
             for q in quantities:

@@ -51,13 +51,15 @@ from . import _validate as check
 from .errors import BackendError, FluxHessError, InputError, NumericalWarning, UnsupportedModelError
 from .model import Chain
 from ._problem import Problem
+from ._kfac import kron_layers
 
 KINDS = ("hessian", "ggn", "ef")
 KRON_KINDS = ("ggn", "ef")
 
 
 class KronFactors(NamedTuple):
-    """KFAC factors of one Dense layer: its block ≈ ``A ⊗ G`` in ``[vec(W); b]`` order."""
+    """KFAC factors of one Dense layer (its block ≈ ``A ⊗ G`` in ``[vec(W); b]`` order) or Conv
+    layer (its weight block ≈ ``G ⊗ A``: θ holds a kernel output-major)."""
 
     layer: str  # e.g. "layers.1"
     A: np.ndarray  # (in+1, in+1) with a bias, (in, in) without
@@ -405,7 +407,7 @@ def diagonal(model, params, X, y, *, kind="hessian", loss="mse", agg="sum", back
 
 
 def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="auto", dtype="float64") -> list[KronFactors]:
-    """KFAC: one Kronecker-factored block ``A ⊗ G`` per Dense layer.
+    """KFAC: one Kronecker-factored block per Dense or Conv layer.
 
     For layer input ``a_n`` and pre-activation ``z_n``:
     ``A = (1/N)·Σ_n ā_n ā_nᵀ`` with ``ā = [a; 1]`` when the layer has a bias;
@@ -414,23 +416,35 @@ def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="aut
     ``A ⊗ G`` approximates the layer's ``[vec(W); b]`` block of the curvature and is
     exact for a single sample.
 
+    Conv/CrossCor layers (``groups=1``, ``backend="jax"``) follow the KFC "expand" convention
+    (curvlinops' ``KFACLinearOperator``): with ``ū_{n,s}`` the patch of the input at output
+    position ``s`` of ``S`` (``[u; 1]`` with a bias, in θ's kernel order),
+    ``A = (1/(N·S))·Σ_{n,s} ū ūᵀ`` ``(cin·k+1, cin·k+1)`` and ``G`` sums the above over the
+    positions too, ``(cout, cout)``; the weight block (output-major in θ) is ``≈ G ⊗ A``.
+
     Returns: a list of :class:`KronFactors` ``(layer, A, G)``: ``A`` ``(in+1, in+1)``
     (``(in, in)`` without bias), ``G`` ``(out, out)``.
+
+    Raises: UnsupportedModelError for a layer with parameters KFAC does not factor
+    (normalisations with affine parameters, grouped convolutions), or a CNN on a backend
+    without convolutional KFAC.
     """
     check.choice("kind", kind, KRON_KINDS)
-    if isinstance(model, Chain) and not model.is_mlp:
-        raise UnsupportedModelError(
-            "kron (KFAC) covers chains of Dense and activation layers; this Chain has other layers "
-            f"({', '.join(sorted({type(l).__name__ for l in model.layers} - {'Dense', 'Activation', 'Flatten'}))}). "
-            "Use diagonal() or the full ggn() for it"
-        )
+    convolutional = isinstance(model, Chain) and not model.is_mlp
+    factored = kron_layers(model) if convolutional else None  # refuses layers KFAC does not factor
     call = _prepare("kron", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
-    dense = model.dense_shapes
-    shapes = [((n_in + bias,) * 2, (n_out,) * 2) for _, n_in, n_out, bias in dense]
+    if convolutional and not getattr(call.backend, "kron_convolutions", False):  # a capability: absent = Dense only
+        raise UnsupportedModelError(
+            f"kron (KFAC) of a Chain with convolutions needs backend='jax'; backend {call.backend.name!r} "
+            "factors chains of Dense and activation layers"
+        )
+    if factored is None:
+        factored = [(name, n_in + bias, n_out) for name, n_in, n_out, bias in model.dense_shapes]
+    shapes = [((a,) * 2, (g,) * 2) for _, a, g in factored]
     floats = sum(a[0] ** 2 + g[0] ** 2 for a, g in shapes)
     memory.require("kron", memory.needed_bytes("kron", floats, call.dtype.itemsize), max((a for a, _ in shapes), key=lambda a: a[0]))
     pairs = call.run("kron", kind)
-    return [KronFactors(name, call.result(A), call.result(G)) for (name, *_), (A, G) in zip(dense, pairs)]
+    return [KronFactors(name, call.result(A), call.result(G)) for (name, *_), (A, G) in zip(factored, pairs)]
 
 
 # --- Jacobians and input derivatives ------------------------------------------

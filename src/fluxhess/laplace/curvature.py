@@ -44,6 +44,21 @@ def _samples_per_chunk(subset: Subset, n_outputs: int, n_data: int) -> int:
     return memory.chunk_size(3 * 8 * max(n_outputs, 1) * P, n_data)
 
 
+def _kron_pair(block, part: str, A, G):
+    """``(F₁, F₂)`` with the block of θ ``≈ F₁ ⊗ F₂`` in θ's order, from its layer's KFAC ``(A, G)``.
+
+    A bias: ``1 ⊗ G`` (``A[-1, -1] = (1/N)·Σ 1``). A Dense weight (Julia shape ``(out, in)``,
+    column-major: input-major): ``A ⊗ G``. A Conv kernel (``(k…, cin, cout)``, column-major:
+    output-major): ``G ⊗ A``.
+    """
+    if part != "weight":
+        return A[-1:, -1:], G
+    if len(block.shape) == 2:
+        return A[: block.shape[1], : block.shape[1]], G
+    k = int(np.prod(block.shape[:-1]))
+    return G, A[:k, :k]
+
+
 def summed_curvature(structure: str, kind: str, subset: Subset, theta, features, Y, loss: str, backend: str):
     """The curvature ``H`` of ``Σ_n ℓ_n`` over the subset, in the form of ``structure``.
 
@@ -69,9 +84,7 @@ def summed_curvature(structure: str, kind: str, subset: Subset, theta, features,
         pairs = []
         for block in subset.blocks:
             layer, part = tail_block(subset, block).rsplit(".", 1)
-            A = A_sum[layer]
-            A = A[: block.shape[1], : block.shape[1]] if part == "weight" else A[-1:, -1:]  # bias: (1/N)·Σ 1
-            pairs.append((A, G_sum[layer]))
+            pairs.append(_kron_pair(block, part, A_sum[layer], G_sum[layer]))
         return pairs
     total = None
     for sl in chunks(N, step, f"Laplace fit ({structure})"):

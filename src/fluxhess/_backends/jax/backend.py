@@ -2,9 +2,10 @@
 
 Each method takes the call's :class:`fluxhess._problem.Problem` and picks a route: for
 the curvatures, the structured Dense-chain route of its quantity's module wherever
-:func:`.dense.split` covers the model, and the generic route otherwise
-(:mod:`.curvature`, :mod:`.diagonal`, :mod:`.kron`); each route computes every
-curvature kind (:mod:`.kinds`). Per-sample functions are written once and batched with
+:func:`.dense.split` covers the model, else the convolutional route (:mod:`.conv_matrix`,
+:mod:`.conv_kron`; also ``param_jacobian``) wherever :func:`.conv.split` does, and the
+generic route otherwise (:mod:`.curvature`, :mod:`.diagonal`, :mod:`.kron`); each route
+computes every curvature kind (:mod:`.kinds`). Per-sample functions are written once and batched with
 ``vmap``; results whose working memory grows with the batch or with P are built in chunks
 (:data:`fluxhess._memory.CHUNK_BYTES` at a time) with a progress bar when there are many.
 Every call runs inside :func:`.precision.precision`: float64 when θ is, full-precision
@@ -23,7 +24,7 @@ from ...jax_function import JaxFunction
 from ...model import Chain
 from ..._problem import Problem
 from ..._progress import chunks
-from . import curvature, dense, dense_device, dense_matrix, diagonal, kron, sharded
+from . import conv, conv_kron, conv_matrix, curvature, dense, dense_device, dense_matrix, diagonal, kron, sharded
 from .chunked import widest
 from .compiled import compiled
 from .kinds import EMPIRICAL_FISHER, GGN, HESSIAN, KINDS
@@ -51,18 +52,31 @@ class JaxBackend:
 
     def __init__(self, structured: bool = True):
         self.structured = structured
+        #: KFAC of Chains with Conv layers (:mod:`.conv_kron`), a structured route.
+        self.kron_convolutions = structured
 
     def _route(self, routes, model):
-        """``routes.structured`` bound to the model's Dense structure where it has one, else ``routes.generic``."""
-        st = dense.split(model) if self.structured else None
-        return routes.generic if st is None else functools.partial(routes.structured, st)
+        """``routes.structured`` bound to the model's Dense structure where it has one, else the
+        convolutional route (:data:`CONV_ROUTES`) bound to its taps where :func:`.conv.split`
+        covers the model, else ``routes.generic``."""
+        if not self.structured:
+            return routes.generic
+        st = dense.split(model)
+        if st is not None:
+            return functools.partial(routes.structured, st)
+        cst = conv.split(model)
+        return routes.generic if cst is None else functools.partial(CONV_ROUTES[routes], cst)
 
     def matrix_bytes(self, model, P: int, itemsize: int, into_out: bool) -> int:
         """Peak memory of the P×P route that ``model`` takes, in bytes: its ``(P, P)`` result of
         ``itemsize``-byte numbers (unless it is written into ``out=``, ``into_out``) and every
         array the route makes beside it."""
+        result = 0 if into_out else P * P * itemsize
         if self.structured and dense.split(model) is not None:
-            return (0 if into_out else P * P * itemsize) + dense_matrix.working_bytes(P, itemsize)
+            return result + dense_matrix.working_bytes(P, itemsize)
+        cst = conv.split(model) if self.structured else None
+        if cst is not None and cst.second_order_free:  # else the Hessian is the generic route's
+            return result + conv_matrix.working_bytes(cst, P, itemsize)
         return curvature.generic_bytes(P, itemsize)
 
     def unavailable_reason(self):
@@ -133,7 +147,9 @@ class JaxBackend:
     # -- Jacobians and input derivatives ------------------------------------
     def param_jacobian(self, problem: Problem):
         P = problem.params.shape[0]
-        return self._per_sample_blocks(problem, "param_jacobian", problem.model.out_features * P)
+        cst = conv.split(problem.model) if self.structured and dense.split(problem.model) is None else None
+        fn = None if cst is None else conv.jacobian_function(cst)
+        return self._per_sample_blocks(problem, "param_jacobian", problem.model.out_features * P, fn=fn)
 
     # ``columns``: the input columns to differentiate in (None: all of them), see .inputs.
     def input_jacobian(self, problem: Problem, columns=None):
@@ -153,15 +169,15 @@ class JaxBackend:
         floats = problem.model.out_features * problem.X.shape[1]
         return self._per_sample_blocks(problem, "divergence", floats, columns=columns)
 
-    def _per_sample_blocks(self, problem: Problem, name, floats_per_sample, budget=None, columns=None):
-        """``name`` on chunks of samples: ``4·itemsize·floats_per_sample`` bytes each within CHUNK_BYTES,
-        or ``itemsize·floats_per_sample`` bytes each within ``budget``."""
+    def _per_sample_blocks(self, problem: Problem, name, floats_per_sample, budget=None, columns=None, fn=None):
+        """``name`` (or the jitted ``fn(θ, X chunk)``) on chunks of samples: ``4·itemsize·floats_per_sample``
+        bytes each within CHUNK_BYTES, or ``itemsize·floats_per_sample`` bytes each within ``budget``."""
         X, N, itemsize = problem.X, problem.X.shape[0], problem.dtype.itemsize
         if budget is None:
             n = chunk_size(4 * itemsize * floats_per_sample, N)
         else:
             n = chunk_size(itemsize * floats_per_sample, N, budget)
-        fn = compiled(problem.model, None, name, columns)
+        fn = compiled(problem.model, None, name, columns) if fn is None else fn
         with precision(problem.params):
             return np.concatenate([to_numpy(fn(problem.params, X[sl])) for sl in chunks(N, n, name)])
 
@@ -171,6 +187,9 @@ class JaxBackend:
 #: cache: [100, 128, 128, 128, 1] on 256 points took 39 -> 27 ms (float64) and 28 -> 19 ms
 #: (float32) against one chunk on 2 cores (64-96 samples best; 32 or 256 slower).
 LAPLACIAN_CHUNK_BYTES = 6 * 2**20
+
+#: The convolutional route (:mod:`.conv`) of each quantity module's ``structured``/``generic`` pair.
+CONV_ROUTES = {curvature: conv_matrix.matrix, diagonal: conv_matrix.diagonal, kron: conv_kron.kron}
 
 
 def _width(problem: Problem, columns) -> int:

@@ -212,7 +212,7 @@ def _strictly_lower(st: Structure, panel: _Panel) -> tuple[slice, slice]:
     return rows, slice(seg_l.offset, end)
 
 
-def gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndarray) -> np.ndarray:
+def gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndarray, label: str = "ef") -> np.ndarray:
     """``Σ_n g_n g_nᵀ`` from the rows ``√s·g_n``: the lower triangle by row panels, one GEMM each.
 
     Not SYRK: OpenBLAS 0.3.31's (in NumPy's and SciPy's wheels) writes out of bounds at
@@ -224,7 +224,7 @@ def gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndar
     step = min(EF_PANEL_ROWS, chunk_size(P * theta.dtype.itemsize, P, budget // 4))
     work = [(c, slice(r, min(r + step, P))) for c in range(len(sample_chunks)) for r in range(0, P, step)]
     current, G, last = None, None, len(sample_chunks) - 1
-    for task in chunks(len(work), 1, "ef"):
+    for task in chunks(len(work), 1, label):
         c, rows = work[task.start]
         if c != current:
             current, G = c, None

@@ -1,0 +1,436 @@
+"""A convolutional chain's structure and its per-sample curvature factors (JAX), for the
+structured routes of :mod:`.conv_matrix` and :mod:`.conv_kron`.
+
+Every layer with parameters is a *tap*: a Dense layer, or a Conv/CrossCor, linear in its
+parameters, ``z = W ⋆ a + b``. Unfolding its input into patches ``U`` ``(S, K)`` (one row per
+output position ``s``, ``K = cin ÷ groups × kernel`` columns; a Dense layer has ``S = 1``,
+``U = aᵀ``) makes every derivative in θ a product of ``U`` with a derivative in ``z``:
+for a per-sample output derivative ``D = ∂(·)/∂z`` ``(O, S)``, the weight part is
+``Σ_s D[o, s] U[s, k]`` and the bias part ``Σ_s D[o, s]``. So from one batched forward
+pass with a zero ``ε`` added to each ``z`` and one batched backward pass in ``ε``:
+
+- ``δ = ∂ℓ_n/∂z`` gives the per-sample gradients ``g_n`` (the empirical Fisher's rows);
+- ``B̃ = L_nᵀ ∂f_n/∂z``, with ``s·Λ_n = L_n L_nᵀ`` (C backward passes at once), gives the
+  GGN's rows ``L_nᵀ J_n``, whose Gram matrix is the GGN; with ``L = I`` the rows are
+  ``param_jacobian``'s ``J_n``.
+
+The exact Hessian is ``GGN + T`` when every layer is piecewise linear in its input
+(:attr:`Structure.second_order_free`: activations ``identity``, ``relu``, ``leakyrelu``,
+max and mean pools, inference BatchNorm without affine parameters …): then ``∂²f/∂ε²`` is
+zero, and the only second-order term left is the one of ``z_m = W_m ⋆ a_m(θ_{<m})`` being
+bilinear, ``T_{m,<m} = Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` (:func:`cross_function`), from the
+per-sample Jacobian of the tap's input ``a_m`` in the earlier parameters, unfolded.
+
+Which layers the route knows is a table on layer classes (:data:`KNOWN`); anything else
+(a normalisation with parameters, a Dense layer on N-d samples …) leaves the model to the
+generic routes (:func:`split` returns None).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ... import _activations as A
+from ... import losses as L
+from ...layers import (
+    AdaptiveMeanPool, BatchNorm, Conv, CrossCor, Dropout, GlobalMeanPool, LayerNorm, MaxPool, MeanPool, Parallel,
+    SkipConnection,
+)
+from ...model import Activation, Chain, Dense, Flatten
+from .layers import APPLY, conv_kernel, dense_weights
+
+Shape = tuple[int, ...]
+
+#: How many structures (and their jitted functions) are kept (least recently used dropped first).
+STRUCTURES_KEPT = 16
+
+#: Activations whose second derivative is zero (where it exists): a chain of them and of linear
+#: layers is piecewise linear in its pre-activations.
+PIECEWISE_LINEAR = frozenset({"identity", "relu", "leakyrelu"})
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One layer with parameters: its block of θ, name, and sample shapes in and out."""
+
+    layer: Dense | Conv
+    offset: int
+    name: str
+    in_shape: Shape
+    out_shape: Shape
+
+    @property
+    def size(self) -> int:
+        return self.layer.num_params
+
+    @property
+    def weights(self) -> int:
+        """``|W|``: the weight block's size (the bias excluded)."""
+        return self.size - (self.outputs if self.layer.bias else 0)
+
+    @property
+    def positions(self) -> int:
+        """``S``: output positions sharing the weight (1 for Dense)."""
+        return math.prod(self.out_shape[1:]) if isinstance(self.layer, Conv) else 1
+
+    @property
+    def outputs(self) -> int:
+        """``O``: output channels (features for Dense)."""
+        return self.out_shape[0]
+
+    @property
+    def patch_width(self) -> int:
+        """``K`` of the unfolded input over all input channels (a grouped Conv uses ``K ÷ groups`` per group)."""
+        if isinstance(self.layer, Conv):
+            return self.in_shape[0] * math.prod(self.layer.kernel_size)
+        return self.in_shape[0]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A Chain as its taps, in θ order; ``second_order_free``: every layer piecewise linear in its input."""
+
+    model: Chain
+    taps: tuple[Tap, ...]
+    second_order_free: bool
+
+
+# ---------------------------------------------------------------------------
+# Which layers the route knows: class -> (tap?, piecewise linear?, children)
+# ---------------------------------------------------------------------------
+
+
+def _dense_known(layer: Dense, shape: Shape):
+    return len(shape) == 1
+
+
+#: For each layer class the route knows: whether a layer of it is covered (on samples of
+#: ``shape``) and whether it is piecewise linear in its input. Layers with parameters other
+#: than the taps (BatchNorm/LayerNorm with affine parameters) are not covered.
+KNOWN = {
+    Dense: (_dense_known, lambda l: l.activation in PIECEWISE_LINEAR),
+    Conv: (lambda l, s: True, lambda l: l.activation in PIECEWISE_LINEAR),
+    CrossCor: (lambda l, s: True, lambda l: l.activation in PIECEWISE_LINEAR),
+    Activation: (lambda l, s: True, lambda l: l.name in PIECEWISE_LINEAR),
+    Flatten: (lambda l, s: True, lambda l: True),
+    Dropout: (lambda l, s: True, lambda l: True),
+    MeanPool: (lambda l, s: True, lambda l: True),
+    MaxPool: (lambda l, s: True, lambda l: True),
+    AdaptiveMeanPool: (lambda l, s: True, lambda l: True),
+    GlobalMeanPool: (lambda l, s: True, lambda l: True),
+    BatchNorm: (lambda l, s: not l.affine, lambda l: l.activation in PIECEWISE_LINEAR),
+    LayerNorm: (lambda l, s: not l.affine, lambda l: False),
+}
+
+#: The taps: layers linear in their parameters, through their patches.
+TAPS = (Dense, Conv, CrossCor)
+
+
+def _branches(layer) -> tuple[tuple, ...]:
+    return _BRANCHES[type(layer)](layer)
+
+
+_BRANCHES = {SkipConnection: lambda l: ((), l.layers), Parallel: lambda l: l.branches}
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT)
+def split(model: Chain) -> Structure | None:
+    """The taps of ``model`` when every layer is one :data:`KNOWN` covers (residual blocks
+    included); otherwise None. (A Dense chain takes :func:`.dense.split`'s route first.)"""
+    if not isinstance(model, Chain) or model.input_shape is None:
+        return None
+    names = {b.slice.start: b.name.rsplit(".", 1)[0] for b in model.layout}
+    taps: list[Tap] = []
+    try:
+        pl, _, _ = _walk(model.layers, tuple(model.input_shape), 0, names, taps)
+    except _Unknown:
+        return None
+    return Structure(model, tuple(taps), pl)
+
+
+class _Unknown(Exception):
+    """A layer the route does not cover."""
+
+
+def _walk(layers, shape: Shape, offset: int, names: dict, taps: list):
+    """``(all piecewise linear, output shape, offset after)`` of ``layers`` on samples of ``shape``,
+    appending their taps."""
+    pl = True
+    for layer in layers:
+        if type(layer) in _BRANCHES:
+            for branch in _branches(layer):
+                branch_pl, _, offset = _walk(branch, shape, offset, names, taps)
+                pl = pl and branch_pl
+            shape = layer.output_shape(shape)
+            continue
+        entry = KNOWN.get(type(layer))
+        if entry is None or not entry[0](layer, shape):
+            raise _Unknown
+        out = layer.output_shape(shape)
+        if isinstance(layer, TAPS):
+            taps.append(Tap(layer, offset, names[offset], shape, out))
+        elif layer.num_params:
+            raise _Unknown
+        pl = pl and entry[1](layer)
+        shape, offset = out, offset + layer.num_params
+    return pl, shape, offset
+
+
+# ---------------------------------------------------------------------------
+# The network with a zero ε added to each tap's pre-activation, and the taps' inputs
+# ---------------------------------------------------------------------------
+
+
+def _tapped(layer, theta, offset, a, eps):
+    """``σ(z + ε)`` with ``z`` the layer's affine part on the batch ``a``."""
+    if isinstance(layer, Conv):
+        w, b = conv_kernel(layer, theta, offset)
+        z = lax.conv_general_dilated(
+            a, w, window_strides=layer.stride, padding=layer.pads, rhs_dilation=layer.dilation,
+            feature_group_count=layer.groups,
+        )
+        if b is not None:
+            z = z + b.reshape((1, -1) + (1,) * (z.ndim - 2))
+    else:
+        w_t, b = dense_weights(layer, theta, offset)
+        z = a @ w_t if b is None else a @ w_t + b
+    if eps is not None:
+        z = z + eps
+    return A.ELEMENTWISE[layer.activation](z)
+
+
+def _run(layers, theta, offset, a, eps, inputs):
+    for layer in layers:
+        if type(layer) in _BRANCHES:
+            total = None
+            for branch in _branches(layer):
+                out, offset = _run(branch, theta, offset, a, eps, inputs)
+                total = out if total is None else total + out
+            a = total
+            continue
+        if isinstance(layer, TAPS):
+            k = len(inputs)
+            inputs.append(a)
+            a = _tapped(layer, theta, offset, a, None if eps is None else eps[k])
+        else:
+            a = APPLY[type(layer)](layer, theta, offset, a)
+        offset += layer.num_params
+    return a, offset
+
+
+def run(st: Structure, theta, X, eps=None):
+    """``(f(θ, X) (n, C), [a_m (n, *in_shape)])`` on a batch of flattened samples ``X`` ``(n, d)``,
+    with ``eps[m]`` ``(n, *out_shape)`` added to tap m's pre-activation."""
+    inputs: list = []
+    out, _ = _run(st.model.layers, theta, 0, X.reshape((-1, *st.model.input_shape)), eps, inputs)
+    return out, inputs
+
+
+def patches(tap: Tap, a):
+    """``U`` ``(n, K, S)``: the tap's input ``a`` ``(n, *in_shape)`` unfolded, in the order
+    ``(channel, *kernel)`` of ``lax``'s OIHW kernel (Dense: ``(n, in, 1)``)."""
+    layer = tap.layer
+    if not isinstance(layer, Conv):
+        return a[:, :, None]
+    U = lax.conv_general_dilated_patches(
+        a, layer.kernel_size, window_strides=layer.stride, padding=layer.pads, rhs_dilation=layer.dilation
+    )
+    return U.reshape(U.shape[0], U.shape[1], -1)
+
+
+def theta_order(tap: Tap, W):
+    """The weight part ``W`` ``(..., O, K)`` (over all input channels, ``lax``'s kernel order)
+    as the layer's weight block of θ ``(..., |W|)``: a grouped Conv keeps each output's own
+    group of channels, a true convolution flips its kernel back, Dense is ``vec(W)`` (input-major)."""
+    layer = tap.layer
+    lead = W.shape[:-2]
+    if not isinstance(layer, Conv):
+        return jnp.swapaxes(W, -1, -2).reshape(*lead, -1)
+    g, O, cin, k = layer.groups, layer.out_channels, layer.in_channels, layer.kernel_size
+    if g > 1:
+        W = W.reshape(*lead, g, O // g, g, (cin // g) * math.prod(k))
+        W = jnp.moveaxis(jnp.diagonal(W, axis1=-4, axis2=-2), -1, -3)  # (..., g, O/g, K/g)
+    W = W.reshape(*lead, O, cin // g, *k)
+    if layer.flips_kernel:
+        W = jnp.flip(W, axis=tuple(range(W.ndim - len(k), W.ndim)))
+    return W.reshape(*lead, -1)
+
+
+def tap_rows(tap: Tap, U, D):
+    """``∂(·)/∂θ_tap`` ``(r, n, |θ_tap|)`` from ``U`` ``(n, K, S)`` and ``D = ∂(·)/∂z`` ``(r, n, O, S)``."""
+    parts = [theta_order(tap, jnp.einsum("rnos,nks->rnok", D, U))]
+    if tap.layer.bias:
+        parts.append(D.sum(-1))
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _flat(tap: Tap, d):
+    """A derivative in ``z`` ``(..., n, *out_shape)`` as ``(..., n, O, S)``."""
+    return d.reshape(*d.shape[: d.ndim - len(tap.out_shape)], tap.outputs, tap.positions)
+
+
+def _backward(st: Structure, loss: str, theta, X, Y):
+    """``U`` per tap, the vjp in ε, the output ``f`` and Λ ``(n, C, C)``."""
+    eps = [jnp.zeros((X.shape[0], *t.out_shape), theta.dtype) for t in st.taps]
+    f, vjp, inputs = jax.vjp(lambda e: run(st, theta, X, e), eps, has_aux=True)
+    U = [patches(t, a) for t, a in zip(st.taps, inputs)]
+    lam = jax.vmap(jax.hessian(lambda yhat, y: L.per_sample(loss, yhat, y)))(f, Y) if loss else None
+    return U, vjp, f, lam
+
+
+def _rows(st: Structure, U, D):
+    """``(n, r, P)`` from the per-tap ``D`` ``(r, n, *out_shape)``."""
+    rows = jnp.concatenate([tap_rows(t, u, _flat(t, d)) for t, u, d in zip(st.taps, U, D)], axis=-1)
+    return jnp.swapaxes(rows, 0, 1)
+
+
+def output_rows(st: Structure, loss, theta, X, Y, root):
+    """Per tap ``U`` and ``B̃ = Rᵀ ∂f/∂z`` ``(r, n, *out_shape)`` with ``R`` ``(n, C, r)`` from ``root(Λ)``."""
+    U, vjp, f, lam = _backward(st, loss, theta, X, Y)
+    D = jax.vmap(lambda r: vjp(r)[0], 2)(root(lam, f))  # per tap (r, n, ...)
+    return U, D
+
+
+def gradients_in_z(st: Structure, loss, theta, X, Y):
+    """Per tap ``U`` and ``δ = ∂ℓ_n/∂z`` ``(n, *out_shape)``."""
+    U, vjp, f, _ = _backward(st, loss, theta, X, Y)
+    g = jax.vmap(jax.grad(lambda yhat, y: L.per_sample(loss, yhat, y)))(f, Y)
+    return U, vjp(g)[0]
+
+
+def loss_root(s):
+    """``R`` with ``R Rᵀ = s·Λ_n`` per sample (Λ is positive semi-definite: rounding clipped)."""
+
+    def root(lam, f):
+        w, Q = jnp.linalg.eigh(lam)
+        return Q * jnp.sqrt(jnp.clip(s * w, 0.0, None))[:, None, :]
+
+    return root
+
+
+def identity_root(lam, f):
+    """``R = I`` ``(n, C, C)``: the rows are the Jacobian's."""
+    return jnp.broadcast_to(jnp.eye(f.shape[1], dtype=f.dtype), (f.shape[0], f.shape[1], f.shape[1]))
+
+
+# ---------------------------------------------------------------------------
+# Jitted per-chunk functions
+# ---------------------------------------------------------------------------
+
+def _ggn_rows(st, loss, theta, X, Y, s):
+    U, D = output_rows(st, loss, theta, X, Y, loss_root(s))
+    rows = _rows(st, U, D)
+    return rows.reshape(-1, rows.shape[-1])
+
+
+def _ef_rows(st, loss, theta, X, Y, s):
+    U, delta = gradients_in_z(st, loss, theta, X, Y)
+    return jnp.sqrt(s) * _rows(st, U, [d[None] for d in delta])[:, 0, :]
+
+
+def _jacobian(st, theta, X):
+    U, D = output_rows(st, None, theta, X, None, identity_root)
+    return _rows(st, U, D)
+
+
+def tap_squares(tap: Tap, U, D):
+    """``Σ_r Σ_n`` of the squares of :func:`tap_rows` ``(|θ_tap|,)``, summed before the weight part
+    is put in θ's order (no per-sample rows in θ's order are made)."""
+    W = jnp.einsum("rnos,nks->rnok", D, U)
+    parts = [theta_order(tap, jnp.sum(W * W, axis=(0, 1)))]
+    if tap.layer.bias:
+        parts.append(jnp.sum(D.sum(-1) ** 2, axis=(0, 1)))
+    return jnp.concatenate(parts)
+
+
+def _ggn_diagonal(st, loss, theta, X, Y, s):
+    U, D = output_rows(st, loss, theta, X, Y, loss_root(s))
+    return jnp.concatenate([tap_squares(t, u, _flat(t, d)) for t, u, d in zip(st.taps, U, D)])
+
+
+def _ef_diagonal(st, loss, theta, X, Y, s):
+    U, delta = gradients_in_z(st, loss, theta, X, Y)
+    return s * jnp.concatenate([tap_squares(t, u, _flat(t, d[None])) for t, u, d in zip(st.taps, U, delta)])
+
+
+#: The per-chunk functions of each kind: ``rows`` (``U`` of ``M = Uᵀ U`` for the chunk's
+#: samples, ``(rows, P)``) and ``diagonal`` (``Σ`` of their squares, ``(P,)``).
+_CHUNK = {
+    ("ggn", "rows"): _ggn_rows,
+    ("ef", "rows"): _ef_rows,
+    ("ggn", "diagonal"): _ggn_diagonal,
+    ("ef", "diagonal"): _ef_diagonal,
+}
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT * 4)
+def chunk_function(st: Structure, loss: str, kind: str, part: str):
+    """The jitted ``(θ, X, Y, s) ↦`` ``part`` of ``kind`` (``"ggn"`` or ``"ef"``) on a chunk of samples."""
+    return jax.jit(functools.partial(_CHUNK[kind, part], st, loss))
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT)
+def jacobian_function(st: Structure):
+    """The jitted ``(θ, X) ↦ ∂f/∂θ`` ``(n, C, P)``."""
+    return jax.jit(functools.partial(_jacobian, st))
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT)
+def delta_function(st: Structure, loss: str):
+    """The jitted ``(θ, X, Y) ↦ [δ_m (n, O, S)]``."""
+
+    def fn(theta, X, Y):
+        _, delta = gradients_in_z(st, loss, theta, X, Y)
+        return [_flat(t, d) for t, d in zip(st.taps, delta)]
+
+    return jax.jit(fn)
+
+
+def _cross(st: Structure, m: int, theta, X, delta):
+    """``T_{m,<m}`` ``(off, |W_m|)``: ``Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` for one chunk."""
+    tap = st.taps[m]
+    off = tap.offset
+
+    def a_m(head, x):
+        return run(st, jnp.concatenate([head, theta[off:]]), x[None])[1][m][0]
+
+    jac = jax.jacfwd if off <= math.prod(tap.in_shape) else jax.jacrev
+    Ja = jax.vmap(jac(a_m), (None, 0))(theta[:off], X)  # (n, *in_shape, off)
+    n = X.shape[0]
+    Ja = jnp.moveaxis(Ja, -1, 1).reshape(n * off, *tap.in_shape)
+    U = patches(tap, Ja).reshape(n, off, tap.patch_width, -1)
+    W = jnp.einsum("nos,npks->pok", delta, U)
+    return theta_order(tap, W)
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT * 4)
+def cross_function(st: Structure, m: int):
+    """The jitted ``(θ, X, δ_m) ↦ T_{m,<m}`` of one chunk (:func:`_cross`)."""
+    return jax.jit(functools.partial(_cross, st, m))
+
+
+def cross_bytes_per_sample(st: Structure, m: int, itemsize: int) -> int:
+    """Bytes per sample of :func:`_cross`'s arrays (twice, for XLA's temporaries): the tap's input
+    Jacobian and its patches, and the pass that makes the Jacobian, which carries one copy of the
+    earlier layers' activations per column (forward mode, ``off`` of them) or row (reverse
+    mode, ``|a_m|`` of them)."""
+    tap = st.taps[m]
+    off, width = tap.offset, math.prod(tap.in_shape)
+    activations = sum(math.prod(t.in_shape) + 2 * math.prod(t.out_shape) for t in st.taps[:m])
+    passes = min(off, width) * activations
+    return 2 * itemsize * (passes + off * (width + tap.patch_width * tap.positions))
+
+
+def rows_bytes_per_sample(st: Structure, rows: int, itemsize: int) -> int:
+    """Bytes per sample of the per-chunk row functions: the rows ``(r, P)``, the patches and the
+    ``r`` derivatives in z (four times, for XLA's temporaries)."""
+    P = st.model.num_params
+    floats = rows * P + sum(t.patch_width * t.positions + (rows + 2) * math.prod(t.out_shape) for t in st.taps)
+    floats += 3 * max(math.prod(t.in_shape) for t in st.taps)
+    return 4 * itemsize * floats
