@@ -53,10 +53,9 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
     """
     import scipy.optimize
 
-    from ._progress import bar_class
+    from ._progress import iterations
 
-    bar = bar_class()(total=max_iter, desc=desc, unit="it", leave=False, disable=None)
-    try:
+    with iterations(max_iter, desc) as bar:
         result = scipy.optimize.minimize(
             fun,
             np.asarray(x0, dtype=np.float64),
@@ -65,8 +64,6 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
             callback=lambda *_: bar.update(1),
             options=dict(maxiter=max_iter, maxfun=2 * max_iter + 20, gtol=gtol, ftol=1e-15, maxcor=20),
         )
-    finally:
-        bar.close()
     return result
 
 
