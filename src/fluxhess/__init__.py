@@ -48,6 +48,7 @@ from .flux import FluxModel, flux_model
 from .laplace import Laplace, MarglikFit, MarglikRound, Predictive, marglik_training
 from .model import Activation, Chain, Dense, Flatten, ParamLayout
 from .train import MapFit, fit_map
+from ._torch_params import TorchParams, torch_params
 
 __version__ = "0.1.0"
 
@@ -87,6 +88,8 @@ __all__ = [
     # converters
     "from_flax",
     "from_torch",
+    "torch_params",
+    "TorchParams",
     # comparison and diagnostics
     "compare",
     "CompareReport",

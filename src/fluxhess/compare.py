@@ -27,6 +27,7 @@ import numpy as np
 from . import api
 from . import losses as L
 from . import _validate as check
+from . import _origin
 from ._backends import NAMES as BACKEND_NAMES
 from ._backends import get as get_backend
 from .errors import BackendUnavailableError, FluxHessError, InputError, UnsupportedModelError
@@ -261,7 +262,7 @@ def _names(argument: str, value, choices) -> tuple[str, ...]:
 
 
 def _setup(model, params, X, quantities, loss, agg, dtype) -> str:
-    describe = model.to_flux() if hasattr(model, "to_flux") else repr(model)
+    describe = _origin.describe(model)  # in the words of the framework the model came from
     first = X[0] if isinstance(X, tuple) and X else X  # the tuple (x, t) of a model with several inputs
     N = np.shape(first)[0] if np.ndim(first) else 0
     uses_loss = any(QUANTITIES[q][1] for q in quantities)

@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import InputError, UnsupportedModelError
 from . import _activations as A
+from ._origin import Origin
 from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
 
 # ---------------------------------------------------------------------------
@@ -96,8 +97,10 @@ def from_torch(sequential, *, inputs=None) -> tuple[Chain, np.ndarray]:
     Returns: ``(model, params)``, params ``(P,)`` float64.
     """
     if inputs is not None:
-        return _torch_several_inputs(sequential, inputs)
-    return _torch_sequential(sequential)
+        model, theta = _torch_several_inputs(sequential, inputs)
+    else:
+        model, theta = _torch_sequential(sequential)
+    return model.with_origin(Origin("torch", type(sequential).__name__)), theta
 
 
 def _torch_sequential(sequential, signature=None) -> tuple[Chain, np.ndarray]:
@@ -237,7 +240,7 @@ def from_flax(module, variables, *, input_shape=None, inputs=None) -> tuple[Chai
     Returns: ``(model, params)``, params ``(P,)`` float64; ``W`` is the kernel transposed.
     """
     model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs)
-    return model, theta
+    return model.with_origin(Origin("flax", type(module).__name__)), theta
 
 
 def flax_chain(module, variables, *, input_shape=None, inputs=None):
@@ -525,7 +528,7 @@ def _check_same_output(model: Chain, theta: np.ndarray, X: np.ndarray, expected:
             else f"max difference {np.max(np.abs(got - expected)):.3g}"
         )
         raise UnsupportedModelError(
-            f"the converted Chain {model.to_flux()} does not reproduce {whose} output ({detail}); "
+            f"the converted Chain {model!r} does not reproduce {whose} output ({detail}); "
             "the module does more than Dense layers and activations"
         )
 

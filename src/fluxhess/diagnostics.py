@@ -26,6 +26,7 @@ from . import api, _memory as memory
 from .compare import html_table, text_table
 from .errors import InputError, MemoryBudgetError
 from ._validate import float_dtype
+from ._origin import describe
 
 #: The three P×P curvatures, by the names the diagnostics use.
 MATRICES = ("hessian", "ggn", "empirical_fisher")
@@ -206,7 +207,7 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
         except MemoryBudgetError:
             fits = False
         rows.append(QuantityEstimate(quantity, shape, nbytes, needs, fits))
-    setup = f"memory estimate: {model.to_flux()}; P = {P}, N = {N}, d = {d}, C = {C}, {float_dtype(dtype).name}"
+    setup = f"memory estimate: {describe(model)}; P = {P}, N = {N}, d = {d}, C = {C}, {float_dtype(dtype).name}"
     return MemoryEstimate(setup, rows, memory.available_bytes())
 
 

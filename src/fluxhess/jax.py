@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from ._backends.jax import inputs as jax_inputs
 from ._backends.jax.model import run
 from .errors import InputError, UnsupportedModelError
+from ._origin import describe
 from .model import Chain
 
 __all__ = ["FlaxParams", "divergence", "flax_params", "forward", "input_hessian", "input_jacobian", "laplacian"]
@@ -104,7 +105,7 @@ def _transform(model: Chain, quantity, wrt, name: str):
         return quantity(model, theta, Z, columns)
 
     fn.__name__ = name
-    fn.__doc__ = f"{name} of {model.to_flux()} as a function of (theta (P={P},), X (N, {d}) or ({d},))."
+    fn.__doc__ = f"{name} of {describe(model)} as a function of (theta (P={P},), X (N, {d}) or ({d},))."
     return fn
 
 

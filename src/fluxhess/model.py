@@ -21,6 +21,7 @@ from .errors import InputError, UnknownNameError
 
 from ._activations import COLUMNWISE, ELEMENTWISE
 from ._activations import NAMES as ACTIVATIONS
+from ._origin import Origin, describe
 
 
 def _check_activation(name) -> str:
@@ -330,9 +331,26 @@ class Chain:
         """The Julia source of the same model as a Flux ``Chain``."""
         return "Chain(" + ", ".join(layer.to_flux() for layer in self.layers) + ")"
 
+    #: Where this Chain came from (``from_torch``, ``from_flax``, a Flux model's ``to_spec``);
+    #: ``str(model)`` prints it in that framework's words. Not part of equality.
+    origin: Origin = Origin()
+
+    def with_origin(self, origin: Origin) -> "Chain":
+        """The same Chain, printing in the words of ``origin``'s framework."""
+        twin = Chain(*self.layers, inputs=self.inputs)
+        twin.origin = origin
+        return twin
+
     def __repr__(self) -> str:
         inputs = "" if self.inputs is None else f", inputs={dict(self.inputs)!r}"
         return "Chain(" + ", ".join(map(repr, self.layers)) + inputs + ")"
+
+    def __str__(self) -> str:
+        return describe(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """A notebook shows the model as ``print`` does, in its framework's words."""
+        printer.text(str(self))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Chain) and (self.layers, self.inputs) == (other.layers, other.inputs)

@@ -136,7 +136,10 @@ class FluxModel:
         :class:`fluxhess.UnsupportedModelError` naming the first layer without a spec
         twin, and why.
         """
-        return JULIA.to_spec(self, input_shape)
+        from ..._origin import Origin
+
+        chain, theta = JULIA.to_spec(self, input_shape)
+        return chain.with_origin(Origin("flux")), theta
 
     def __repr__(self) -> str:
         src = self.source if len(self.source) <= 60 else self.source[:57] + "..."
