@@ -264,7 +264,8 @@ class Laplace:
         Y = lik.targets(self.likelihood, y, N, C)
         loss = lik.loss_name(self.likelihood, C)
         theta_tail = s.tail_params(self.params)
-        H = K.summed_curvature(self.structure, self.curvature, s, self.params, features, Y, loss, self.backend)
+        with memory.hints(K.MEMORY_HINTS):  # a refusal names Laplace's own options
+            H = K.summed_curvature(self.structure, self.curvature, s, self.params, features, Y, loss, self.backend)
         if self.structure == "kron":
             H = posterior.Kron(tuple(posterior.KronBlock.from_factors(A, G) for A, G in H))
         self.clipped = None
