@@ -22,13 +22,14 @@ naming it. Neither torch nor flax is imported until its converter is called.
 from __future__ import annotations
 
 import math
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import InputError, UnsupportedModelError
 from . import _activations as A
 from ._origin import Origin
-from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
+from .model import COLUMNWISE, Activation, Chain, Dense, Flatten, Layer
 
 # ---------------------------------------------------------------------------
 # PyTorch
@@ -78,23 +79,46 @@ def _torch_activation(layer, nn) -> tuple[str | None, str | None]:
     )
 
 
-def from_torch(sequential, *, inputs=None) -> tuple[Chain, np.ndarray]:
-    """A ``torch.nn.Sequential`` as ``(Chain, θ)`` with the same weights.
+def from_torch(sequential: Any, *, inputs: Sequence[Any] | None = None) -> tuple[Chain, np.ndarray]:
+    """A torch module as `(Chain, θ)` with the same weights.
 
-    Layer ``i`` of the Sequential becomes layer ``i`` of the Chain, so θ's blocks are
-    named like the Sequential's ``state_dict``: ``"layers.0.weight"`` is ``"0.weight"``.
-    ``Linear(in, out)`` → ``Dense(in, out)`` (its ``weight`` ``(out, in)`` as is), an
-    activation module → ``Activation(name)``, a leading ``Flatten()`` → ``Flatten()``.
+    Layer `i` of the Sequential becomes layer `i` of the Chain, so θ's blocks are named
+    like the Sequential's `state_dict`: `"layers.0.weight"` is `"0.weight"`.
+    `Linear(in, out)` → `Dense(in, out)` (its `weight` `(out, in)` as is), an activation
+    module → `Activation(name)`, a leading `Flatten()` → `Flatten()`. The Chain prints as
+    torch modules. θ ↔ `parameters_to_vector` order: `fluxhess.torch_params`.
 
-    ``inputs``: for a module whose ``forward(x, t, ...)`` concatenates several arrays along
-    the feature axis (``torch.cat([x, t], dim=1)``) and passes the result through its
-    Linear and activation modules in order, one example tensor per argument (``(N, width)``);
-    the Chain then carries the input signature ``{"x": width, "t": width}`` named after the
-    ``forward`` parameters. The module is traced with ``torch.fx``, its modules are taken in
-    the order they are called (θ's blocks are then numbered in that order), and the Chain's
-    output is checked against the module's.
+    Args:
+        sequential: a `torch.nn.Sequential` of `Linear` and activation modules (`Identity`,
+            `ReLU`, `Tanh`, `Sigmoid`, `SiLU`, `GELU(approximate="tanh")`, `LeakyReLU()`,
+            `ELU()`, `Softplus(threshold=inf)`, `Softmax(dim=-1)`, `LogSoftmax(dim=-1)`), or
+            with `inputs`, a module whose `forward(x, t, …)` concatenates its arguments
+            along the feature axis (`torch.cat([x, t], dim=1)`) and passes the result
+            through its Linear and activation modules in order.
+        inputs: for such a module, one example tensor `(N, width)` per `forward` argument;
+            the Chain then carries the input signature `{"x": width, "t": width}` named after
+            the `forward` parameters. The module is traced with `torch.fx`, its modules are
+            taken in the order they are called (θ's blocks are numbered in that order), and
+            the Chain's output is checked against the module's.
 
-    Returns: ``(model, params)``, params ``(P,)`` float64.
+    Returns:
+        `(model, params)`: the Chain, and θ `(P,)` float64 in Flux `destructure` order.
+
+    Raises:
+        UnsupportedModelError: a layer without an NNlib twin (naming it and what maps), a
+            module that is not a Sequential (without `inputs`), a `forward` that does not
+            trace.
+        InputError: parameters on the meta device or not real floats; `inputs` that do not
+            match `forward`.
+
+    Example:
+        >>> import torch, fluxhess as fh
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        >>> model, theta = fh.from_torch(net)
+        >>> print(model)
+        Sequential(Linear(3, 4), Tanh(), Linear(4, 2))
+        >>> theta.shape
+        (26,)
     """
     if inputs is not None:
         model, theta = _torch_several_inputs(sequential, inputs)
@@ -112,7 +136,8 @@ def _torch_sequential(sequential, signature=None) -> tuple[Chain, np.ndarray]:
             f"{type(sequential).__name__}. Write the network as nn.Sequential(nn.Linear(...), nn.Tanh(), ...)"
         )
     _check_torch_parameters(sequential)
-    layers, arrays = [], {}
+    layers: list[Layer] = []
+    arrays: dict[str, np.ndarray] = {}
     for i, layer in enumerate(sequential):
         if type(layer) is nn.Linear:
             layers.append(Dense(layer.in_features, layer.out_features, bias=layer.bias is not None))
@@ -156,7 +181,8 @@ def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
             "arguments in order; from_torch(inputs=...) maps that concatenation followed by Linear and activation modules"
         )
     functions = {torch.tanh: nn.Tanh, torch.sigmoid: nn.Sigmoid, torch.relu: nn.ReLU}
-    layers, previous = [], cat
+    layers: list = []  # torch modules
+    previous = cat
     for node in nodes[len(names) + 1 :]:
         called = functions.get(node.target) if node.op == "call_function" else None
         if node.op == "call_module":
@@ -218,26 +244,49 @@ def _probe_inputs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return rng.normal(size=(_PROBE_ROWS, *shape)) * scales
 
 
-def from_flax(module, variables, *, input_shape=None, inputs=None) -> tuple[Chain, np.ndarray]:
-    """A ``flax.linen`` MLP as ``(Chain, θ)`` with the same weights.
+def from_flax(
+    module: Any, variables: Any, *, input_shape: tuple[int, ...] | None = None, inputs: Sequence[Any] | None = None,
+) -> tuple[Chain, np.ndarray]:
+    """A `flax.linen` MLP as `(Chain, θ)` with the same weights.
 
-    The module may be any linen module whose ``__call__`` applies ``nn.Dense`` layers
-    in sequence with elementwise activations (or softmax/log_softmax) between them,
-    such as the common ``MLP(features)`` with ``nn.tanh``. It is traced with
-    ``module.apply``: the order of the Dense calls gives the layers, and each
-    activation is identified by substituting a grid of values for the preceding
-    Dense output and matching what reaches the next layer against NNlib's formulas.
-    Finally the Chain's output is checked against ``module.apply`` on random inputs.
+    The module may be any linen module whose `__call__` applies `nn.Dense` layers in
+    sequence with elementwise activations (or softmax/log_softmax) between them, such as
+    the common `MLP(features)` with `nn.tanh`. It is traced with `module.apply`: the
+    order of the Dense calls gives the layers, and each activation is identified by
+    substituting a grid of values for the preceding Dense output and matching what reaches
+    the next layer against NNlib's formulas. Finally the Chain's output is checked against
+    `module.apply` on random inputs. The Chain prints as Flax layers; θ ↔ variables:
+    `fluxhess.jax.flax_params`.
 
-    ``variables``: what ``module.init`` returned (``{"params": ...}``).
-    ``input_shape``: the shape of one sample, default ``(in,)`` of the first Dense kernel;
-    a multi-dimensional shape puts ``Flatten()`` first (the module must flatten too).
-    ``inputs``: for a ``__call__(self, x, t, ...)`` of several arrays that it concatenates
-    along the feature axis, one example array per argument (``(N, width)``, or ``(N,)``
-    for width 1); the Chain then carries the input signature ``{"x": width, "t": width}``
-    named after the ``__call__`` parameters (see :class:`fluxhess.Chain`).
+    Args:
+        module: a `flax.linen.Module`.
+        variables: what `module.init` returned (`{"params": ...}`).
+        input_shape: the shape of one sample, default `(in,)` of the first Dense kernel; a
+            multi-dimensional shape puts `Flatten()` first (the module must flatten too).
+        inputs: for a `__call__(self, x, t, …)` of several arrays that it concatenates along
+            the feature axis, one example array per argument (`(N, width)`, or `(N,)` for
+            width 1); the Chain then carries the input signature `{"x": width, "t": width}`
+            named after the `__call__` parameters.
 
-    Returns: ``(model, params)``, params ``(P,)`` float64; ``W`` is the kernel transposed.
+    Returns:
+        `(model, params)`: the Chain, and θ `(P,)` float64 in Flux `destructure` order
+        (`W` is the kernel transposed).
+
+    Raises:
+        UnsupportedModelError: a layer or function without an NNlib twin (the exact gelu,
+            `selu`, a `LayerNorm`, a residual connection, …), naming it.
+        InputError: `variables` that are not the module's (naming the parameters that
+            differ), `inputs` that do not match `__call__`.
+
+    Example:
+        >>> import jax, flax.linen as nn, fluxhess as fh
+        >>> module = nn.Sequential([nn.Dense(4), nn.tanh, nn.Dense(1)])
+        >>> variables = module.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 3)))
+        >>> model, theta = fh.from_flax(module, variables)
+        >>> print(model)
+        Sequential.__call__(x): x → nn.Dense(4) → nn.tanh → nn.Dense(1)
+        >>> theta.shape
+        (21,)
     """
     model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs)
     return model.with_origin(Origin("flax", type(module).__name__)), theta
@@ -274,7 +323,9 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
         _check_flax_variables(module, variables, args)
         dense, output = _flax_dense_calls(module, variables, args, nn)
         acts = _flax_activations(module, variables, [np.zeros_like(a) for a in args], dense, nn)
-        layers, arrays, paths = [Flatten()] if len(shape) > 1 else [], {}, []
+        layers: list[Layer] = [Flatten()] if len(shape) > 1 else []
+        arrays: dict[str, np.ndarray] = {}
+        paths: list[tuple[int, tuple[str, ...]]] = []
         for (_, path, kernel, bias, _), act in zip(dense, acts):
             i = len(layers)
             paths.append((i, path))
