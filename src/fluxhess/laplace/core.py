@@ -14,11 +14,14 @@ weights, data and settings give the same numbers:
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import api, _memory as memory
 from .._backends import get as _get_backend
@@ -77,20 +80,20 @@ class Laplace:
 
     def __init__(
         self,
-        model,
-        params,
+        model: Chain | FluxModel,
+        params: ArrayLike,
         likelihood: str = "classification",
         *,
         curvature: str = "ggn",
         structure: str = "full",
-        subset="all",
-        prior_precision=1.0,
-        prior_mean=0.0,
-        sigma_noise=1.0,
-        temperature=1.0,
+        subset: str | Sequence[str] = "all",
+        prior_precision: ArrayLike = 1.0,
+        prior_mean: ArrayLike = 0.0,
+        sigma_noise: float = 1.0,
+        temperature: float = 1.0,
         backend: str = "auto",
         clip_negative_eigenvalues: bool = False,
-    ):
+    ) -> None:
         if not isinstance(model, (Chain, FluxModel)):
             raise InputError(
                 f"model must be a fluxhess.Chain or a FluxModel (fluxhess.flux_model); got {type(model).__name__}"
@@ -231,7 +234,7 @@ class Laplace:
         ``Kron``), None before it."""
         return self._curv
 
-    def restore(self, curvature, *, loss: float, n_data: int, n_outputs: int, clipped) -> "Laplace":
+    def restore(self, curvature: Any, *, loss: float, n_data: int, n_outputs: int, clipped: Any) -> "Laplace":
         """Put back a fitted state, as :func:`fluxhess.laplace.load` reads it, without refitting."""
         self._curv = curvature
         self._eig = self._eigvecs = None
@@ -248,7 +251,7 @@ class Laplace:
             return api.model_inputs(self.model, X)
         return self._subset.features(self.params, X, self.backend)
 
-    def fit(self, X, y) -> "Laplace":
+    def fit(self, X: ArrayLike, y: ArrayLike) -> "Laplace":
         """Compute the curvature of the summed loss over the data, in chunks (a progress bar when long).
 
         ``X``: ``(N, d)``; ``y``: classification — integer labels ``(N,)`` in ``[0, C)`` (0/1
@@ -358,7 +361,7 @@ class Laplace:
 
     # -- the marginal likelihood ----------------------------------------------------
 
-    def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None):
+    def log_marginal_likelihood(self, prior_precision: ArrayLike | None = None, sigma_noise: ArrayLike | None = None) -> jax.Array:
         """The Laplace log marginal likelihood (laplace-torch's formula), at the given hyperparameters.
 
         ``log p(y | θ_MAP) − ½·(log det P − log det P₀ + (θ_MAP − μ₀)ᵀ P₀ (θ_MAP − μ₀))``.
@@ -425,10 +428,10 @@ class Laplace:
         prior_structure: str = "scalar",
         *,
         tune_sigma_noise: bool = False,
-        val=None,
-        grid=None,
+        val: tuple[ArrayLike, ArrayLike] | None = None,
+        grid: ArrayLike | None = None,
         pred_type: str = "glm",
-        link_approx=None,
+        link_approx: str | None = None,
         n_samples: int = 100,
         max_iter: int = 500,
     ) -> "Laplace":
@@ -577,7 +580,7 @@ class Laplace:
 
     # -- the predictive -------------------------------------------------------------
 
-    def predictive(self, X, pred_type: str = "glm", link_approx=None, n_samples: int = 100, seed: int = 0) -> pred.Predictive:
+    def predictive(self, X: ArrayLike, pred_type: str = "glm", link_approx: str | None = None, n_samples: int = 100, seed: int = 0) -> pred.Predictive:
         """The posterior predictive at ``X`` ``(N, d)``.
 
         - ``pred_type="glm"``: the linearised network, ``f(x) ~ N(f_MAP(x), J P⁻¹ Jᵀ)``
@@ -647,12 +650,12 @@ class Laplace:
 
     # -- saving ----------------------------------------------------------------------
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the approximation (model spec, θ, settings, fitted curvature) to ``path`` (``.npz``)."""
         store.save(self, path)
 
     @classmethod
-    def load(cls, path) -> "Laplace":
+    def load(cls, path: str | os.PathLike) -> "Laplace":
         """The approximation that :meth:`save` wrote to ``path``, ready to use."""
         return store.load(cls, path)
 
