@@ -1,7 +1,9 @@
 """Each model prints in the words of the framework it came from; the demo says why it picked its backend."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +57,10 @@ def test_the_demo_says_why_it_picked_its_backend():
     assert "model: Chain(Flatten(), Dense(2, 5), Dense(5, 1), Activation('sigmoid'))" in out.stdout
     assert "backend = jax, as asked with --backend jax" in out.stdout
     assert "Base.Fix1" not in out.stdout
+    # The README describes the model as the demo prints it.
+    model = re.search(r"^model: (.*?)  \(P = 21", out.stdout, re.M).group(1)
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert f"`{model}` (P = 21)" in readme
 
 
 def test_auto_names_the_reason_julia_is_not_used():
