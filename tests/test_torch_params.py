@@ -75,3 +75,29 @@ def test_wrong_shapes_and_unused_parameters_are_refused():
     with pytest.raises(fh.InputError, match=r"theta must have shape \(6,\)"):
         tp.vector(np.zeros((6, 1)))
 
+
+
+def test_the_hessian_in_torch_order_is_torch_funcs_hessian_of_the_vector():
+    """The recipe of docs/from-torch.md: H[np.ix_(q, q)], q = argsort(order), is torch's Hessian."""
+    from torch.func import functional_call, hessian
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    tp = fh.torch_params(net)
+    v = _vector(net).detach()
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+    H = fh.hessian(tp.model, tp.theta(v), X, y, loss="mse", backend="jax")
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+
+    def loss(vec):
+        params, start = {}, 0
+        for name, shape in zip(names, shapes):
+            size = int(np.prod(shape))
+            params[name] = vec[start : start + size].reshape(shape)
+            start += size
+        return ((functional_call(net, params, (torch.from_numpy(X),)) - torch.from_numpy(y)) ** 2).sum()
+
+    q = np.argsort(tp.order)
+    assert_close(H[np.ix_(q, q)], hessian(loss)(v).numpy(), rtol=1e-12, atol=1e-13, what="Hessian in torch order")
