@@ -10,6 +10,7 @@ layers in Chain order; per Dense layer ``vec(W)`` (column-major, ``W`` is
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence, cast
@@ -415,7 +416,7 @@ class Chain:
 
     def with_origin(self, origin: Origin) -> "Chain":
         """The same Chain, printing in the words of ``origin``'s framework."""
-        twin = Chain(*self.layers, inputs=self.inputs)
+        twin = copy.copy(self)  # every attribute shared (all immutable); only the origin differs
         twin.origin = origin
         return twin
 
