@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow peers benchmark clean
+.PHONY: demo test test-slow peers benchmark clean docs typecheck
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,4 +29,14 @@ benchmark: $(VENV)/.installed
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache
+	rm -rf $(VENV) build dist .pytest_cache site
+
+# The documentation site (user guide + API reference from the docstrings) into site/; fails on any warning.
+docs: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(VENV)/bin/mkdocs build --strict
+
+# The type check of src/ (settings in pyproject.toml, [tool.mypy]).
+typecheck: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[typecheck]"
+	$(PY) -m mypy

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     X, y, X_test, y_test = load_digits(args.seed)
     model = fh.Chain.mlp([64, 50, 10], "tanh")
-    print(f"digits: {len(y)} train, {len(y_test)} test; model {model.to_flux()} (P = {model.num_params})")
+    print(f"digits: {len(y)} train, {len(y_test)} test; model {model} (P = {model.num_params})")
     train = dict(max_iter=3000, gtol=1e-4, backend=args.backend)
     rows: dict[str, tuple[str, dict]] = {}
 

@@ -65,7 +65,7 @@ def main() -> dict:
         u_xx_jax = np.asarray(jax.vmap(jax.hessian(lambda x: u(x)[0]))(X))
 
     model, theta = fh.from_flax(module, variables)
-    print(f"converted: {model.to_flux()}, P = {model.num_params}")
+    print(f"converted: {model}, P = {model.num_params}")
     u_xx = fh.input_hessian(model, theta, np.asarray(X))[:, 0]  # (32, 1, 3, 3) -> (32, 3, 3)
 
     print(f"jax.vmap(jax.hessian(u)) : {u_xx_jax.shape}")

@@ -91,7 +91,7 @@ def test_html_and_text_tables():
     html = report._repr_html_()
     assert html.count("<table>") == 1 and "<td>ggn</td>" in html and "<td>(21, 21)</td>" in html
     lines = str(report).splitlines()
-    assert lines[0].startswith("fluxhess compare: Chain(Dense(2 => 5, tanh), Dense(5 => 1, sigmoid)); P = 21, N = 12")
+    assert lines[0].startswith("fluxhess compare: Chain(Dense(2, 5, 'tanh'), Dense(5, 1, 'sigmoid')); P = 21, N = 12")
     assert any(line.split()[:3] == ["ggn", "(21,", "21)"] for line in lines)
     assert "fastest of 2 calls" in str(report)
 
@@ -122,7 +122,7 @@ def test_cli_compare_prints_the_report(capsys):
     code = cli_main(["compare", "--model", "2,5,1:tanh,sigmoid", "--loss", "crossentropy", "--n", "100", "--backends", "julia,jax"])
     out = capsys.readouterr().out
     assert code == 0
-    assert out.startswith("fluxhess compare: Chain(Dense(2 => 5, tanh), Dense(5 => 1, sigmoid)); P = 21, N = 100, loss = crossentropy")
+    assert out.startswith("fluxhess compare: Chain(Dense(2, 5, 'tanh'), Dense(5, 1, 'sigmoid')); P = 21, N = 100, loss = crossentropy")
     for q in ("hessian", "ggn", "empirical_fisher", "input_hessian"):
         assert f"\n{q} " in out
     assert ("unavailable: julia" in out) == (fh.backends()["julia"] is not None)

@@ -53,6 +53,7 @@ from .layers import (
 )
 from .model import Activation, Chain, Dense, Flatten, ParamLayout
 from .train import MapFit, fit_map
+from ._torch_params import TorchParams, torch_params
 
 __version__ = "0.1.0"
 
@@ -105,6 +106,8 @@ __all__ = [
     "from_flax",
     "from_torch",
     "from_jax",
+    "torch_params",
+    "TorchParams",
     # comparison and diagnostics
     "compare",
     "CompareReport",

@@ -9,8 +9,11 @@ memory limits of the process's own cgroup and those above it (v2 or v1) still al
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Mapping
 
 from .errors import MemoryBudgetError
 
@@ -181,6 +184,27 @@ ALTERNATIVES = {
 }
 
 
+#: Alternatives that a caller's own context offers instead (set by :func:`hints`).
+_HINTS: ContextVar[Mapping[str, str]] = ContextVar("fluxhess_memory_hints", default={})
+
+
+@contextmanager
+def hints(alternatives: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, a refusal of a quantity in ``alternatives`` names that alternative
+    instead of :data:`ALTERNATIVES`' — the caller's own options (a Laplace fit's
+    ``structure=`` and ``subset=``) rather than the standalone functions."""
+    token = _HINTS.set({**_HINTS.get(), **alternatives})
+    try:
+        yield
+    finally:
+        _HINTS.reset(token)
+
+
+def alternative(quantity: str) -> str:
+    """What a refusal of ``quantity`` suggests instead, here."""
+    return _HINTS.get().get(quantity) or ALTERNATIVES.get(quantity, "a smaller problem")
+
+
 #: Peak memory of a quantity, in copies of its result, as measured by
 #: benchmarks/memory_estimates.py; 2 (XLA's result and the NumPy copy returned) for every
 #: quantity not listed. The P×P routes of a backend that estimates its own routes
@@ -206,7 +230,7 @@ def require(quantity: str, nbytes: int, shape: tuple[int, ...], *, fraction: flo
     """Raise :class:`MemoryBudgetError` when ``nbytes`` exceeds ``fraction`` of available memory."""
     budget = fraction * available_bytes()
     if nbytes > budget:
-        alt = ALTERNATIVES.get(quantity, "a smaller problem")
+        alt = alternative(quantity)
         raise MemoryBudgetError(
             f"{quantity} of shape {shape} needs about {format_bytes(nbytes)}, but only "
             f"{format_bytes(budget)} can be used here; use {alt} instead"
@@ -231,7 +255,7 @@ def require_on_devices(quantity: str, per_device: int, devices, shape: tuple[int
                 raise MemoryBudgetError(
                     f"{quantity} of shape {shape} needs about {format_bytes(per_device)} on each device, but only "
                     f"{format_bytes(budget)} can be used on {device}; use more devices or "
-                    f"{ALTERNATIVES.get(quantity, 'a smaller problem')} instead"
+                    f"{alternative(quantity)} instead"
                 )
         else:
             shared += per_device

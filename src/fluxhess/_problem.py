@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class Problem:
     dtype, finite and C-contiguous; for the quantities of a loss also ``Y`` ``(N, C)`` (labels
     already one-hot), the loss name (:data:`fluxhess.losses.LOSSES`) and ``agg``."""
 
-    model: object
+    model: Any  # a Chain, or a FluxModel on the julia backend
     params: np.ndarray
     X: np.ndarray
     Y: np.ndarray | None = None
@@ -36,6 +37,8 @@ class Problem:
     @property
     def scale(self) -> float:
         """``s`` of ``L = s·Σ_n ℓ_n`` (:func:`fluxhess.losses.scale`); every curvature carries it."""
+        if self.loss is None or self.agg is None or self.Y is None:
+            raise TypeError("Problem.scale needs a problem with a loss (Problem.with_loss)")
         return L.scale(self.loss, self.agg, *self.Y.shape)
 
     @property

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 #: A loop of at least this many chunks shows a progress bar.
 MIN_CHUNKS_FOR_BAR = 8
 
 
-def bar_class():
+def bar_class() -> Any:
     """tqdm's notebook bar inside a Jupyter kernel that has ipywidgets, its text bar anywhere else.
 
     (``tqdm.auto`` warns "IProgress not found" in a kernel without ipywidgets; this falls
@@ -32,3 +33,23 @@ def chunks(total: int, size: int, desc: str) -> Iterator[slice]:
     if len(slices) < MIN_CHUNKS_FOR_BAR:
         return iter(slices)
     return iter(bar_class()(slices, desc=desc, unit="chunk", leave=False))
+
+
+@contextmanager
+def iterations(max_iter: int, desc: str) -> Iterator[Any]:
+    """A bar for an iterative loop of at most ``max_iter`` steps that may stop early (an
+    optimiser that converges); the loop calls ``bar.update(1)`` per step.
+
+    tqdm's notebook bar turns red ("danger") when it is closed short of its total, which is
+    how it shows an error or an interrupt. So on a normal exit the bar's total becomes the
+    steps taken, and it closes complete; an exception leaves it short: red.
+    """
+    bar = bar_class()(total=max_iter, desc=desc, unit="it", leave=False, disable=None)
+    try:
+        yield bar
+    except BaseException:
+        bar.close()
+        raise
+    bar.total = bar.n
+    bar.refresh()
+    bar.close()

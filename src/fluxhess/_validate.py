@@ -16,7 +16,7 @@ from . import losses as L
 from .errors import FluxHessWarning, InputError, UnknownNameError
 
 #: The float dtypes a result may have, by name.
-FLOAT_DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
+FLOAT_DTYPES: dict[str, np.dtype] = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
 
 
 def float_dtype(dtype) -> np.dtype:
@@ -128,7 +128,7 @@ def stacked_inputs(X, signature) -> np.ndarray:
     if len(X) != len(signature):
         names = ", ".join(n for n, _ in signature)
         raise InputError(f"X must be a tuple of {len(signature)} arrays ({names}); got {len(X)}")
-    parts = []
+    parts: list[np.ndarray] = []
     for (name, width), x in zip(signature, X):
         a = numeric(f"input {name!r}", x)
         if a.ndim == 1 and width == 1:

@@ -1,6 +1,6 @@
 """The public functions: validate, guard memory, dispatch to a backend, return NumPy.
 
-Conventions shared by every function (the README's "Conventions" section):
+Conventions shared by every function (docs/conventions.md):
 
 - ``model``: a :class:`fluxhess.Chain` (or a :class:`fluxhess.FluxModel` on the julia
   backend); ``params``: θ ``(P,)`` in Flux ``destructure`` order (``model.layout``).
@@ -40,9 +40,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Sequence, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backends
 from . import losses as L
@@ -52,14 +53,24 @@ from .errors import BackendError, FluxHessError, InputError, NumericalWarning, U
 from .model import Chain
 from ._problem import Problem
 from ._kfac import kron_layers
+from ._types import InputNames, Inputs, Model
+
+if TYPE_CHECKING:
+    import jax
 
 KINDS = ("hessian", "ggn", "ef")
 KRON_KINDS = ("ggn", "ef")
 
 
 class KronFactors(NamedTuple):
-    """KFAC factors of one Dense layer (its block ≈ ``A ⊗ G`` in ``[vec(W); b]`` order) or Conv
-    layer (its weight block ≈ ``G ⊗ A``: θ holds a kernel output-major)."""
+    """KFAC factors of one Dense layer (its block ≈ `A ⊗ G` in `[vec(W); b]` order,
+    `numpy.kron(A, G)`) or Conv layer (its weight block ≈ `G ⊗ A`: θ holds a kernel output-major).
+
+    Attributes:
+        layer: the layer's name, e.g. `"layers.1"` (its blocks are `layers.1.weight`, `layers.1.bias`).
+        A: `(in+1, in+1)` with a bias, `(in, in)` without: the layer inputs' second moment.
+        G: `(out, out)`: the curvature in the layer's pre-activations.
+    """
 
     layer: str  # e.g. "layers.1"
     A: np.ndarray  # (in+1, in+1) with a bias, (in, in) without
@@ -72,7 +83,7 @@ class Call:
     :class:`~fluxhess._problem.Problem` every backend method takes."""
 
     quantity: str
-    backend: object
+    backend: Any  # a _backends.base.Backend, with optional capabilities beside the Protocol
     problem: Problem
 
     @property
@@ -266,29 +277,142 @@ def _into(call: Call, quantity: str, target: np.ndarray) -> np.ndarray:
 # --- values ----------------------------------------------------------------
 
 
-def forward(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
-    """The model's output ``f(x_n)`` for every sample.
+def forward(model: Model, params: ArrayLike, X: Inputs, *, backend: str = "auto", dtype: str = "float64") -> np.ndarray:
+    """The model's output `f(x_n)` for every sample.
 
-    Returns: ``(N, C)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(N, C)` NumPy array of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> fh.forward(model, theta, X, backend="jax").shape
+        (4, 1)
     """
     call = _prepare("forward", model, params, X, backend=backend, dtype=dtype)
     _guard(call, "forward", (call.problem.X.shape[0], _outputs(call)))
     return call.result(call.run("forward"))
 
 
-def loss(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> float:
-    """The batch loss ``L = s·Σ_n ℓ_n`` (Flux.Losses semantics).
+def loss(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = "mse", agg: str = "sum",
+    backend: str = "auto", dtype: str = "float64",
+) -> float:
+    """The batch loss `L = s·Σ_n ℓ_n` (Flux.Losses semantics).
 
-    Returns: a Python float.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `L`, a Python float.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> f = fh.forward(model, theta, X, backend="jax")
+        >>> bool(np.isclose(fh.loss(model, theta, X, y, loss="mse", backend="jax"), np.sum(f**2)))
+        True
     """
     call = _prepare("loss", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     return float(call.result(call.run("loss")))
 
 
-def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
-    """``∇_θ L``.
+def gradient(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = "mse", agg: str = "sum",
+    backend: str = "auto", dtype: str = "float64",
+) -> np.ndarray:
+    """The gradient `∇_θ L`.
 
-    Returns: ``(P,)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(P,)` NumPy array of `dtype`, in θ's order.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> fh.gradient(model, theta, X, y, loss="mse", backend="jax").shape
+        (13,)
     """
     call = _prepare("gradient", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     _guard(call, "gradient", call.problem.params.shape)
@@ -298,24 +422,77 @@ def gradient(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtyp
 # --- P × P curvature ---------------------------------------------------------
 
 
-def hessian(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
-    """The exact parameter Hessian ``∇²_θ L``.
+@overload
+def hessian(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = ..., agg: str = ...,
+    backend: str = ..., dtype: str = ..., out: np.ndarray | None = ..., devices: None = ..., as_jax: Literal[False] = ...,
+) -> np.ndarray: ...
+@overload
+def hessian(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = ..., agg: str = ...,
+    backend: str = ..., dtype: str = ..., out: None = ..., devices: Sequence[Any] | Any | None = ..., as_jax: bool = ...,
+) -> np.ndarray | jax.Array: ...
+def hessian(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = "mse", agg: str = "sum",
+    backend: str = "auto", dtype: str = "float64", out: np.ndarray | None = None,
+    devices: Sequence[Any] | Any | None = None, as_jax: bool = False,
+) -> np.ndarray | jax.Array:
+    """The exact parameter Hessian `∇²_θ L`.
 
-    For a linear model with ``mse`` it equals :func:`ggn`:
+    With `dtype="float32"` it warns (`NumericalWarning`) when rounding has cost the result
+    about half its digits, measured as the symmetry error of Hessian-vector products
+    (`SYMMETRY_BOUND`).
 
-    >>> import numpy as np, fluxhess as fh
-    >>> m = fh.Chain(fh.Dense(3, 2)); X = np.arange(12.).reshape(4, 3) / 10; y = np.ones((4, 2))
-    >>> H = fh.hessian(m, m.init(), X, y, backend="jax")
-    >>> bool(np.allclose(H, fh.ggn(m, m.init(), X, y, backend="jax")))
-    True
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+        out: a writable C-contiguous `(P, P)` array of `dtype` (e.g. a memmap from
+            `np.lib.format.open_memmap`) that receives the result panel by panel and is
+            returned; the memory guard then counts only the working set.
+        devices: a list of JAX devices or a `jax.sharding.Mesh` (jax backend): the result's
+            rows are sharded over them, each device computing its own (also under
+            `jax.distributed`), and the `jax.Array` is returned.
+        as_jax: `True` (jax backend): assembled by XLA on JAX's default device and returned
+            there as a `jax.Array`.
 
-    With ``dtype="float32"`` it warns (:class:`fluxhess.NumericalWarning`) when rounding has
-    cost the result about half its digits, measured as the symmetry error of the
-    Hessian-vector products (:data:`SYMMETRY_BOUND`).
+    Returns:
+        `(P, P)`, symmetric, NumPy of `dtype`; `out` itself when given; a `jax.Array` with
+        `devices` or `as_jax=True`.
 
-    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
 
-    Returns: ``(P, P)``, symmetric (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
+    Example:
+        For a linear model with `mse` it equals the GGN:
+
+        >>> import numpy as np, fluxhess as fh
+        >>> m = fh.Chain(fh.Dense(3, 2)); X = np.arange(12.).reshape(4, 3) / 10; y = np.ones((4, 2))
+        >>> H = fh.hessian(m, m.init(), X, y, backend="jax")
+        >>> H.shape, bool(np.allclose(H, fh.ggn(m, m.init(), X, y, backend="jax")))
+        ((8, 8), True)
     """
     call = _prepare("hessian", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     H = _square(call, "hessian", out, devices, as_jax, {"params": params, "X": X, "y": y})
@@ -353,24 +530,146 @@ def _symmetry_error(call: Call) -> float:
     return float(abs(u @ Hv - v @ Hu) / scale) if scale > 0 else 0.0
 
 
-def ggn(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
-    """The generalized Gauss-Newton ``s·Σ_n J_nᵀ Λ_n J_n``.
+@overload
+def ggn(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = ..., agg: str = ...,
+    backend: str = ..., dtype: str = ..., out: np.ndarray | None = ..., devices: None = ..., as_jax: Literal[False] = ...,
+) -> np.ndarray: ...
+@overload
+def ggn(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = ..., agg: str = ...,
+    backend: str = ..., dtype: str = ..., out: None = ..., devices: Sequence[Any] | Any | None = ..., as_jax: bool = ...,
+) -> np.ndarray | jax.Array: ...
+def ggn(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = "mse", agg: str = "sum",
+    backend: str = "auto", dtype: str = "float64", out: np.ndarray | None = None,
+    devices: Sequence[Any] | Any | None = None, as_jax: bool = False,
+) -> np.ndarray | jax.Array:
+    """The generalized Gauss-Newton `s·Σ_n J_nᵀ Λ_n J_n`.
 
-    ``J_n = ∂f(x_n)/∂θ`` ``(C, P)``, ``Λ_n = ∇²_ŷ ℓ_n`` ``(C, C)``.
-    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
+    `J_n = ∂f(x_n)/∂θ` `(C, P)`, `Λ_n = ∇²_f ℓ_n` `(C, C)`.
 
-    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+        out: a writable C-contiguous `(P, P)` array of `dtype` (e.g. a memmap from
+            `np.lib.format.open_memmap`) that receives the result panel by panel and is
+            returned; the memory guard then counts only the working set.
+        devices: a list of JAX devices or a `jax.sharding.Mesh` (jax backend): the result's
+            rows are sharded over them, each device computing its own (also under
+            `jax.distributed`), and the `jax.Array` is returned.
+        as_jax: `True` (jax backend): assembled by XLA on JAX's default device and returned
+            there as a `jax.Array`.
+
+    Returns:
+        `(P, P)`, symmetric positive semi-definite, NumPy of `dtype`; `out` itself when
+        given; a `jax.Array` with `devices` or `as_jax=True`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> G = fh.ggn(model, theta, X, y, loss="mse", backend="jax")
+        >>> G.shape, bool(np.linalg.eigvalsh(G).min() > -1e-12)
+        ((13, 13), True)
     """
     call = _prepare("ggn", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     return _square(call, "ggn", out, devices, as_jax, {"params": params, "X": X, "y": y})
 
 
-def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64", out=None, devices=None, as_jax=False):
-    """The empirical Fisher ``s·Σ_n g_n g_nᵀ`` with ``g_n = ∇_θ ℓ_n`` the per-sample gradient.
+@overload
+def empirical_fisher(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = ..., agg: str = ...,
+    backend: str = ..., dtype: str = ..., out: np.ndarray | None = ..., devices: None = ..., as_jax: Literal[False] = ...,
+) -> np.ndarray: ...
+@overload
+def empirical_fisher(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = ..., agg: str = ...,
+    backend: str = ..., dtype: str = ..., out: None = ..., devices: Sequence[Any] | Any | None = ..., as_jax: bool = ...,
+) -> np.ndarray | jax.Array: ...
+def empirical_fisher(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = "mse", agg: str = "sum",
+    backend: str = "auto", dtype: str = "float64", out: np.ndarray | None = None,
+    devices: Sequence[Any] | Any | None = None, as_jax: bool = False,
+) -> np.ndarray | jax.Array:
+    """The empirical Fisher `s·Σ_n g_n g_nᵀ`, with `g_n = ∇_θ ℓ_n` the per-sample gradient.
 
-    ``out``, ``devices``, ``as_jax``: where the result is made and kept (module docstring).
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+        out: a writable C-contiguous `(P, P)` array of `dtype` (e.g. a memmap from
+            `np.lib.format.open_memmap`) that receives the result panel by panel and is
+            returned; the memory guard then counts only the working set.
+        devices: a list of JAX devices or a `jax.sharding.Mesh` (jax backend): the result's
+            rows are sharded over them, each device computing its own (also under
+            `jax.distributed`), and the `jax.Array` is returned.
+        as_jax: `True` (jax backend): assembled by XLA on JAX's default device and returned
+            there as a `jax.Array`.
 
-    Returns: ``(P, P)``, symmetric positive semi-definite (``out`` itself when given; a ``jax.Array`` with ``devices``/``as_jax``).
+    Returns:
+        `(P, P)`, symmetric positive semi-definite, NumPy of `dtype`; `out` itself when
+        given; a `jax.Array` with `devices` or `as_jax=True`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        With one sample it is the outer product of the gradient:
+
+        >>> import numpy as np, fluxhess as fh
+        >>> m = fh.Chain(fh.Dense(2, 1, "tanh")); t = m.init(0); x, y = np.ones((1, 2)), np.zeros(1)
+        >>> g = fh.gradient(m, t, x, y, backend="jax")
+        >>> bool(np.allclose(fh.empirical_fisher(m, t, x, y, backend="jax"), np.outer(g, g)))
+        True
     """
     call = _prepare("empirical_fisher", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     return _square(call, "empirical_fisher", out, devices, as_jax, {"params": params, "X": X, "y": y})
@@ -379,13 +678,55 @@ def empirical_fisher(model, params, X, y, *, loss="mse", agg="sum", backend="aut
 # --- matrix-free and structured ----------------------------------------------
 
 
-def hvp(model, params, X, y, V, *, kind="hessian", loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
-    """Curvature-vector products ``M @ V`` without forming ``M``.
+def hvp(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, V: ArrayLike, *, kind: str = "hessian",
+    loss: str = "mse", agg: str = "sum", backend: str = "auto", dtype: str = "float64",
+) -> np.ndarray:
+    """Curvature-vector products `M @ V` without forming `M`.
 
-    ``kind``: ``"hessian"``, ``"ggn"`` or ``"ef"`` (empirical Fisher).
-    ``V``: ``(P,)`` or ``(P, k)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        V: `(P,)` or `(P, k)`: the vectors, worked through in chunks of columns.
+        kind: `"hessian"`, `"ggn"` or `"ef"` (empirical Fisher): which `M`.
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
 
-    Returns: ``(P,)`` for ``V (P,)``, ``(P, k)`` for ``V (P, k)``.
+    Returns:
+        `(P,)` for `V` `(P,)`, `(P, k)` for `V` `(P, k)`; NumPy of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> V = np.eye(13)[:, :2]
+        >>> H = fh.hessian(model, theta, X, y, backend="jax")
+        >>> bool(np.allclose(fh.hvp(model, theta, X, y, V, kind="hessian", backend="jax"), H @ V))
+        True
     """
     check.choice("kind", kind, KINDS)
     call = _prepare("hvp", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
@@ -395,10 +736,53 @@ def hvp(model, params, X, y, V, *, kind="hessian", loss="mse", agg="sum", backen
     return out[:, 0].copy() if single else out
 
 
-def diagonal(model, params, X, y, *, kind="hessian", loss="mse", agg="sum", backend="auto", dtype="float64") -> np.ndarray:
-    """The diagonal of the Hessian, GGN or empirical Fisher (``kind``), without the full matrix.
+def diagonal(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, kind: str = "hessian",
+    loss: str = "mse", agg: str = "sum", backend: str = "auto", dtype: str = "float64",
+) -> np.ndarray:
+    """The diagonal of the Hessian, GGN or empirical Fisher, without the full matrix.
 
-    Returns: ``(P,)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        kind: `"hessian"`, `"ggn"` or `"ef"` (empirical Fisher).
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(P,)` NumPy array of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> G = fh.ggn(model, theta, X, y, backend="jax")
+        >>> bool(np.allclose(fh.diagonal(model, theta, X, y, kind="ggn", backend="jax"), np.diag(G)))
+        True
     """
     check.choice("kind", kind, KINDS)
     call = _prepare("diagonal", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
@@ -406,28 +790,72 @@ def diagonal(model, params, X, y, *, kind="hessian", loss="mse", agg="sum", back
     return call.result(call.run("diagonal", kind))
 
 
-def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="auto", dtype="float64") -> list[KronFactors]:
+def kron(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, kind: str = "ggn",
+    loss: str = "mse", agg: str = "sum", backend: str = "auto", dtype: str = "float64",
+) -> list[KronFactors]:
     """KFAC: one Kronecker-factored block per Dense or Conv layer.
 
-    For layer input ``a_n`` and pre-activation ``z_n``:
-    ``A = (1/N)·Σ_n ā_n ā_nᵀ`` with ``ā = [a; 1]`` when the layer has a bias;
-    ``G = s·Σ_n δ_n δ_nᵀ`` with ``δ_n = ∂ℓ_n/∂z_n`` (``kind="ef"``), or
-    ``G = s·Σ_n B_nᵀ Λ_n B_n`` with ``B_n = ∂f(x_n)/∂z_n`` (``kind="ggn"``).
-    ``A ⊗ G`` approximates the layer's ``[vec(W); b]`` block of the curvature and is
-    exact for a single sample.
+    For layer input `a_n` and pre-activation `z_n`: `A = (1/N)·Σ_n ā_n ā_nᵀ` with
+    `ā = [a; 1]` when the layer has a bias; `G = s·Σ_n δ_n δ_nᵀ` with `δ_n = ∂ℓ_n/∂z_n`
+    (`kind="ef"`), or `G = s·Σ_n B_nᵀ Λ_n B_n` with `B_n = ∂f(x_n)/∂z_n` (`kind="ggn"`).
+    `A ⊗ G` approximates the layer's `[vec(W); b]` block of the curvature, exactly for a
+    single sample.
 
-    Conv/CrossCor layers (``groups=1``, ``backend="jax"``) follow the KFC "expand" convention
-    (curvlinops' ``KFACLinearOperator``): with ``ū_{n,s}`` the patch of the input at output
-    position ``s`` of ``S`` (``[u; 1]`` with a bias, in θ's kernel order),
-    ``A = (1/(N·S))·Σ_{n,s} ū ūᵀ`` ``(cin·k+1, cin·k+1)`` and ``G`` sums the above over the
-    positions too, ``(cout, cout)``; the weight block (output-major in θ) is ``≈ G ⊗ A``.
+    Conv/CrossCor layers (`groups=1`, `backend="jax"`) follow the KFC "expand" convention
+    (curvlinops' `KFACLinearOperator`): with `ū_{n,s}` the patch of the input at output
+    position `s` of `S` (`[u; 1]` with a bias, in θ's kernel order),
+    `A = (1/(N·S))·Σ_{n,s} ū ūᵀ` `(cin·k+1, cin·k+1)` and `G` sums the above over the
+    positions too, `(cout, cout)`; the weight block (output-major in θ) is `≈ G ⊗ A`.
 
-    Returns: a list of :class:`KronFactors` ``(layer, A, G)``: ``A`` ``(in+1, in+1)``
-    (``(in, in)`` without bias), ``G`` ``(out, out)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        y: targets `(N, C)`, or `(N,)` when C == 1; integer class labels `(N,)` in `[0, C)`
+            for `"crossentropy"`/`"logitcrossentropy"` with C ≥ 2.
+        kind: `"ggn"` or `"ef"` (empirical Fisher).
+        loss: `"mse"` (`Σ_c (f_c − y_c)²`, no ½), `"crossentropy"` (on probabilities),
+            `"logitcrossentropy"`, `"binarycrossentropy"` (on probabilities) or
+            `"logitbinarycrossentropy"`, with Flux.Losses' semantics.
+        agg: `"sum"` (`L = Σ_n ℓ_n`) or `"mean"` (what Flux's default `agg=mean` returns:
+            `L = s·Σ_n ℓ_n` with `s = 1/N` for the (logit)crossentropies and `1/(N·C)` for
+            `mse` and the binary cross-entropies).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
 
-    Raises: UnsupportedModelError for a layer with parameters KFAC does not factor
-    (normalisations with affine parameters, grouped convolutions), or a CNN on a backend
-    without convolutional KFAC.
+    Returns:
+        A list of `KronFactors(layer, A, G)`, one per Dense or Conv layer in order: `A`
+        `(in+1, in+1)` (`(in, in)` without bias), `G` `(out, out)`, NumPy of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+        UnsupportedModelError: a layer with parameters KFAC does not factor (normalisations
+            with affine parameters, grouped convolutions), a CNN on a backend without
+            convolutional KFAC, or a model without layers (a `JaxFunction`).
+
+    Example:
+        For one sample, `A ⊗ G` is the GGN's block of the layer:
+
+        >>> import numpy as np, fluxhess as fh
+        >>> m = fh.Chain(fh.Dense(2, 3)); t = m.init(0); x, y = np.ones((1, 2)), np.zeros((1, 3))
+        >>> (f,) = fh.kron(m, t, x, y, kind="ggn", backend="jax")
+        >>> f.layer, f.A.shape, f.G.shape
+        ('layers.0', (3, 3), (3, 3))
+        >>> bool(np.allclose(np.kron(f.A, f.G), fh.ggn(m, t, x, y, backend="jax")))
+        True
     """
     check.choice("kind", kind, KRON_KINDS)
     convolutional = isinstance(model, Chain) and not model.is_mlp
@@ -450,10 +878,40 @@ def kron(model, params, X, y, *, kind="ggn", loss="mse", agg="sum", backend="aut
 # --- Jacobians and input derivatives ------------------------------------------
 
 
-def param_jacobian(model, params, X, *, backend="auto", dtype="float64") -> np.ndarray:
-    """``∂f(x_n)/∂θ`` for every sample.
+def param_jacobian(model: Model, params: ArrayLike, X: Inputs, *, backend: str = "auto", dtype: str = "float64") -> np.ndarray:
+    """The Jacobian `∂f(x_n)/∂θ` of every sample's output in the parameters.
 
-    Returns: ``(N, C, P)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(N, C, P)` NumPy array of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> fh.param_jacobian(model, theta, X, backend="jax").shape
+        (4, 1, 13)
     """
     call = _prepare("param_jacobian", model, params, X, backend=backend, dtype=dtype)
     _guard(call, "param_jacobian", (call.problem.X.shape[0], _outputs(call), call.problem.params.shape[0]))
@@ -500,10 +958,44 @@ def _width(call: Call, columns) -> int:
     return call.problem.X.shape[1] if columns is None else len(columns)
 
 
-def input_jacobian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
-    """``∂f(x_n)/∂x`` for every sample (``wrt``: in the named inputs only).
+def input_jacobian(
+    model: Model, params: ArrayLike, X: Inputs, *, wrt: InputNames = None, backend: str = "auto", dtype: str = "float64",
+) -> np.ndarray:
+    """The input Jacobian `∂f(x_n)/∂x` of every sample.
 
-    Returns: ``(N, C, d)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(N, C, d)` NumPy array of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> fh.input_jacobian(model, theta, X, backend="jax").shape
+        (4, 1, 2)
     """
     call = _prepare("input_jacobian", model, params, X, backend=backend, dtype=dtype)
     columns = _columns(model, wrt, call.problem.X.shape[1])
@@ -511,10 +1003,44 @@ def input_jacobian(model, params, X, *, wrt=None, backend="auto", dtype="float64
     return call.result(_in_columns(call, "input_jacobian", columns))
 
 
-def input_hessian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
-    """``∂²f_c(x_n)/∂x²`` for every sample and output (the PINN ``u_xx``; ``wrt``: in the named inputs only).
+def input_hessian(
+    model: Model, params: ArrayLike, X: Inputs, *, wrt: InputNames = None, backend: str = "auto", dtype: str = "float64",
+) -> np.ndarray:
+    """The input Hessian `∂²f_c(x_n)/∂x²` of every sample and output (a PINN's `u_xx`).
 
-    Returns: ``(N, C, d, d)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(N, C, d, d)` NumPy array of `dtype`, symmetric in its last two axes.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> fh.input_hessian(model, theta, X, backend="jax").shape
+        (4, 1, 2, 2)
     """
     call = _prepare("input_hessian", model, params, X, backend=backend, dtype=dtype)
     columns = _columns(model, wrt, call.problem.X.shape[1])
@@ -523,21 +1049,89 @@ def input_hessian(model, params, X, *, wrt=None, backend="auto", dtype="float64"
     return call.result(_in_columns(call, "input_hessian", columns))
 
 
-def laplacian(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
-    """``Δ_x f_c(x_n) = tr ∂²f_c/∂x²`` for every sample and output (``wrt``: over the named inputs only).
+def laplacian(
+    model: Model, params: ArrayLike, X: Inputs, *, wrt: InputNames = None, backend: str = "auto", dtype: str = "float64",
+) -> np.ndarray:
+    """The Laplacian `Δ_x f_c(x_n) = tr ∂²f_c/∂x²` of every sample and output.
 
-    Returns: ``(N, C)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width).
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(N, C)` NumPy array of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+            >>> model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); theta = model.init(0)
+            >>> X, y = np.random.default_rng(0).normal(size=(4, 2)), np.zeros(4)
+        >>> H = fh.input_hessian(model, theta, X, backend="jax")
+        >>> bool(np.allclose(fh.laplacian(model, theta, X, backend="jax"), np.trace(H, axis1=2, axis2=3)))
+        True
     """
     call = _prepare("laplacian", model, params, X, backend=backend, dtype=dtype)
     _guard(call, "laplacian", (call.problem.X.shape[0], _outputs(call)))
     return call.result(_in_columns(call, "laplacian", _columns(model, wrt, call.problem.X.shape[1])))
 
 
-def divergence(model, params, X, *, wrt=None, backend="auto", dtype="float64") -> np.ndarray:
-    """``∇·f(x_n) = Σ_i ∂f_i/∂x_i`` for a model with as many outputs as inputs (C == d; with
-    ``wrt``, as many outputs as the named inputs' total width).
+def divergence(
+    model: Model, params: ArrayLike, X: Inputs, *, wrt: InputNames = None, backend: str = "auto", dtype: str = "float64",
+) -> np.ndarray:
+    """The divergence `∇·f(x_n) = Σ_i ∂f_i/∂x_i` of a model with as many outputs as inputs.
 
-    Returns: ``(N,)``.
+    Args:
+        model: a `fluxhess.Chain` (from `Chain(...)`, `from_flax`, `from_torch`), or a
+            `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order (`model.layout` names its blocks).
+        X: inputs `(N, d)`, one row per sample; for a model with an input signature
+            (`model.inputs`) also the tuple `(x, t, …)` of `(N, width)` arrays; for a
+            FluxModel also `(N, a, b, …)`, which reaches Flux as `(…, b, a, N)`.
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width). The model needs as many outputs as the named inputs' total width.
+        backend: `"auto"` (julia where a Julia runtime is installed, else jax), `"jax"` or
+            `"julia"`.
+        dtype: `"float64"` (default) or `"float32"`: the precision of the computation and
+            of the result.
+
+    Returns:
+        `(N,)` NumPy array of `dtype`.
+
+    Raises:
+        InputError: an argument of the wrong shape, dtype or value, naming it, the shape
+            expected and the one received (`UnknownNameError` for an unknown `loss`,
+            `agg`, `kind`, `backend` or `dtype`).
+        MemoryBudgetError: the result and its working set would not fit in the memory
+            available; raised before anything is allocated, naming cheaper alternatives.
+        BackendUnavailableError: the backend asked for cannot run here
+            (`JuliaUnavailableError` for julia, saying why and how to fix it).
+        BackendError: the backend failed, naming the quantity, the shapes and the backend. Also `InputError` when C ≠ d.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+        >>> m = fh.Chain(fh.Dense(2, 2, "tanh")); t = m.init(0); X = np.zeros((3, 2))
+        >>> J = fh.input_jacobian(m, t, X, backend="jax")
+        >>> bool(np.allclose(fh.divergence(m, t, X, backend="jax"), np.trace(J, axis1=1, axis2=2)))
+        True
     """
     call = _prepare("divergence", model, params, X, backend=backend, dtype=dtype)
     columns = _columns(model, wrt, call.problem.X.shape[1])

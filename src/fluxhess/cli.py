@@ -27,6 +27,21 @@ def _summary(name: str, M: np.ndarray) -> str:
     )
 
 
+def _why(asked: str, chosen: str) -> str:
+    """Why ``chosen`` runs: asked for by name, or what ``auto`` found."""
+    if asked != "auto":
+        return f"as asked with --backend {asked}"
+    if chosen == "julia":
+        return "because a Julia runtime with the FluxHess packages is installed (auto prefers it)"
+    from ._backends import backends
+
+    reason = backends()["julia"] or ""
+    return (
+        f"because the julia backend is unavailable: {reason.split(' (')[0]} "
+        "(`fluxhess info` says why in full; `fluxhess setup-julia` installs Julia)"
+    )
+
+
 def demo(args) -> int:
     """Seed question 4: the loss Hessian and empirical Fisher of a small Flux-style model."""
     import fluxhess as fh
@@ -39,8 +54,10 @@ def demo(args) -> int:
     y = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
     backend = args.backend
     chosen = get_backend(backend, model).name
-    print(f"model: {model.to_flux()}  (P = {model.num_params} parameters)")
-    print(f"data: X {X.shape}, y {y.shape}; loss = crossentropy, agg = sum; backend = {chosen}")
+    in_julia = f"; in Julia: {model.to_flux()}" if chosen == "julia" else ""
+    print(f"model: {model}  (P = {model.num_params} parameters{in_julia})")
+    print(f"data: X {X.shape}, y {y.shape}; loss = crossentropy, agg = sum")
+    print(f"backend = {chosen}, {_why(backend, chosen)}")
     print(model.layout)
     t = time.perf_counter()
     H = fh.hessian(model, theta, X, y, loss="crossentropy", backend=backend)

@@ -21,6 +21,9 @@ import html
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from numpy.typing import ArrayLike
 
 import numpy as np
 
@@ -28,12 +31,15 @@ from . import api
 from . import losses as L
 from . import _memory as memory
 from . import _validate as check
+from . import _origin
 from ._backends import NAMES as BACKEND_NAMES
 from ._backends import get as get_backend
+from ._types import Inputs, Model
 from .errors import BackendUnavailableError, FluxHessError, InputError, UnsupportedModelError
 
 #: quantity → (public function, whether it takes targets y and the loss).
-QUANTITIES = {
+#: Each quantity's public function and whether it takes targets ``y``.
+QUANTITIES: dict[str, tuple[Callable[..., Any], bool]] = {
     "forward": (api.forward, False),
     "loss": (api.loss, True),
     "gradient": (api.gradient, True),
@@ -139,32 +145,58 @@ class CompareReport:
 
 
 def compare(
-    model,
-    params,
-    X,
-    y=None,
+    model: Model,
+    params: ArrayLike,
+    X: Inputs,
+    y: ArrayLike | None = None,
     *,
-    quantities=DEFAULT_QUANTITIES,
-    backends=("julia", "jax"),
-    loss="mse",
-    agg="sum",
-    dtype="float64",
+    quantities: str | Sequence[str] = DEFAULT_QUANTITIES,
+    backends: str | Sequence[str] = ("julia", "jax"),
+    loss: str = "mse",
+    agg: str = "sum",
+    dtype: str = "float64",
     repeat: int = 1,
 ) -> CompareReport:
-    """Compute each of ``quantities`` on each available backend of ``backends`` and compare.
+    """Compute each of `quantities` on each available backend of `backends`, and compare.
 
-    ``model``, ``params`` ``(P,)``, ``X`` ``(N, d)``, ``y``, ``loss``, ``agg``, ``dtype``:
-    as for every fluxhess function (``y`` is needed only by quantities that take a loss).
-    ``quantities``: names from :data:`QUANTITIES`. ``backends``: names such as
-    ``"julia"``, ``"jax"``; one that cannot run here is listed in the report with the
-    reason, never an error, and so is the failure of a backend on a quantity (e.g.
-    ``divergence`` of a model with C != d). Input that every backend refuses (a wrong ``X``
-    width, an unknown ``dtype``, an object that is not a model) raises that
-    :class:`~fluxhess.InputError` instead, checked once before anything runs. A FluxModel runs as itself on julia and as its
-    ``to_spec()`` Chain (with ``params``) on backends that need a spec.
-    ``repeat``: calls per quantity and backend; the report shows the fastest.
+    A backend that cannot run here is listed in the report with the reason, never an
+    error, and so is the failure of a backend on one quantity (e.g. `divergence` of a
+    model with C ≠ d). A FluxModel runs as itself on julia and as its `to_spec()` Chain
+    (with `params`) on backends that need a spec. The report names the model in the words
+    of the framework it came from.
 
-    Returns: a :class:`CompareReport`.
+    Args:
+        model: a `fluxhess.Chain` or a `fluxhess.FluxModel`.
+        params: θ `(P,)` in Flux `destructure` order.
+        X: inputs `(N, d)` (or the tuple of a model with an input signature).
+        y: targets as for `fluxhess.hessian`; needed only by quantities that take a loss.
+        quantities: names from `"forward"`, `"loss"`, `"gradient"`, `"hessian"`, `"ggn"`,
+            `"empirical_fisher"`, `"param_jacobian"`, `"input_jacobian"`,
+            `"input_hessian"`, `"laplacian"`, `"divergence"` (default: the three P×P
+            matrices and the input Hessian).
+        backends: names from `"julia"`, `"jax"`.
+        loss: as for `fluxhess.hessian`: `"mse"`, `"crossentropy"`,
+            `"logitcrossentropy"`, `"binarycrossentropy"`, `"logitbinarycrossentropy"`.
+        agg: `"sum"` or `"mean"`.
+        dtype: `"float64"` or `"float32"`.
+        repeat: calls per quantity and backend (≥ 1); the report shows the fastest.
+
+    Returns:
+        A `CompareReport`: per quantity and backend the shape, seconds, symmetry error
+        and extreme eigenvalues; per pair of backends the largest absolute and relative
+        differences. It prints as text tables and renders as HTML in a notebook.
+
+    Raises:
+        InputError: input that every backend refuses (a wrong `X` width, an unknown
+            `dtype` or quantity, an object that is not a model), checked once before
+            anything runs.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+        >>> m = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); X = np.ones((4, 2))
+        >>> report = fh.compare(m, m.init(0), X, np.zeros(4), quantities="ggn", backends="jax")
+        >>> str(report).splitlines()[0]
+        "fluxhess compare: Chain(Dense(2, 3, 'tanh'), Dense(3, 1)); P = 13, N = 4, loss = mse, agg = sum, float64"
     """
     quantities = _names("quantities", quantities, tuple(QUANTITIES))
     names = _names("backends", backends, BACKEND_NAMES)
@@ -262,7 +294,7 @@ def _names(argument: str, value, choices) -> tuple[str, ...]:
 
 
 def _setup(model, params, X, quantities, loss, agg, dtype) -> str:
-    describe = model.to_flux() if hasattr(model, "to_flux") else repr(model)
+    describe = _origin.describe(model)  # in the words of the framework the model came from
     first = X[0] if isinstance(X, tuple) and X else X  # the tuple (x, t) of a model with several inputs
     N = np.shape(first)[0] if np.ndim(first) else 0
     uses_loss = any(QUANTITIES[q][1] for q in quantities)
@@ -323,7 +355,7 @@ def parse_model(text: str):
             f"--model {text!r} has {n_dense} Dense layers but {len(acts)} activations; give one per layer, "
             "e.g. '2,5,1:tanh,sigmoid'"
         )
-    layers = []
+    layers: list[Dense | Activation] = []
     for i, (a, b, act) in enumerate(zip(widths[:-1], widths[1:], acts)):
         if act in COLUMNWISE and i == n_dense - 1:
             layers += [Dense(a, b), Activation(act)]

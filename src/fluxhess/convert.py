@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -36,7 +37,8 @@ from .layers import (
     AdaptiveMeanPool, BatchNorm, Conv, CrossCor, Dropout, GlobalMeanPool, LayerNorm, MaxPool, MeanPool, Parallel,
     SkipConnection,
 )
-from .model import COLUMNWISE, Activation, Chain, Dense, Flatten
+from ._origin import Origin
+from .model import COLUMNWISE, Activation, Chain, Dense, Flatten, Layer
 
 # ---------------------------------------------------------------------------
 # PyTorch
@@ -86,7 +88,9 @@ def _torch_activation(layer, nn) -> tuple[str | None, str | None]:
     )
 
 
-def from_torch(sequential, *, inputs=None, input_shape=None) -> tuple[Chain, np.ndarray]:
+def from_torch(
+    sequential: Any, *, inputs: Sequence[Any] | None = None, input_shape: tuple[int, ...] | None = None,
+) -> tuple[Chain, np.ndarray]:
     """A ``torch.nn.Sequential`` (or a module whose ``forward`` chains modules and residual
     adds) as ``(Chain, θ)`` with the same weights.
 
@@ -106,24 +110,46 @@ def from_torch(sequential, *, inputs=None, input_shape=None) -> tuple[Chain, np.
     ``input_shape``: one sample's shape, ``(C, H, W)`` as PyTorch's NCHW without the batch,
     for a network that does not start with ``Linear`` (a CNN); the Chain's output is then
     checked against the module's on random inputs.
+    The Chain prints as torch modules; θ ↔ `parameters_to_vector` order: `fluxhess.torch_params`.
 
-    ``inputs``: for a module whose ``forward(x, t, ...)`` concatenates several arrays along
-    the feature axis (``torch.cat([x, t], dim=1)``) and passes the result through its
-    Linear and activation modules in order, one example tensor per argument (``(N, width)``);
-    the Chain then carries the input signature ``{"x": width, "t": width}`` named after the
-    ``forward`` parameters. The module is traced with ``torch.fx``, its modules are taken in
-    the order they are called (θ's blocks are then numbered in that order), and the Chain's
-    output is checked against the module's.
+    Args:
+        sequential: a `torch.nn.Sequential` of `Linear` and activation modules (`Identity`,
+            `ReLU`, `Tanh`, `Sigmoid`, `SiLU`, `GELU(approximate="tanh")`, `LeakyReLU()`,
+            `ELU()`, `Softplus(threshold=inf)`, `Softmax(dim=-1)`, `LogSoftmax(dim=-1)`), or
+            with `inputs`, a module whose `forward(x, t, …)` concatenates its arguments
+            along the feature axis (`torch.cat([x, t], dim=1)`) and passes the result
+            through its Linear and activation modules in order.
+        inputs: for such a module, one example tensor `(N, width)` per `forward` argument;
+            the Chain then carries the input signature `{"x": width, "t": width}` named after
+            the `forward` parameters. The module is traced with `torch.fx`, its modules are
+            taken in the order they are called (θ's blocks are numbered in that order), and
+            the Chain's output is checked against the module's.
 
-    Returns: ``(model, params)``, params ``(P,)`` float64.
+    Returns:
+        `(model, params)`: the Chain, and θ `(P,)` float64 in Flux `destructure` order.
 
-    Raises :class:`UnsupportedModelError` for shared weights (one module, or one parameter
-    tensor, in two places: a Chain gives every layer its own parameters) and, with
-    ``inputs``, for a ``forward`` with keyword-only or variadic parameters.
+    Raises:
+        UnsupportedModelError: a layer without a twin in the Chain's vocabulary (naming it and
+            what maps), a `forward` that does not trace, shared weights (one module, or one
+            parameter tensor, in two places: a Chain gives every layer its own parameters),
+            and, with `inputs`, a `forward` with keyword-only or variadic parameters.
+        InputError: parameters on the meta device or not real floats; `inputs` that do not
+            match `forward`; a network that does not start with `Linear` without `input_shape`.
+
+    Example:
+        >>> import torch, fluxhess as fh
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        >>> model, theta = fh.from_torch(net)
+        >>> print(model)
+        Sequential(Linear(3, 4), Tanh(), Linear(4, 2))
+        >>> theta.shape
+        (26,)
     """
     if inputs is not None:
-        return _torch_several_inputs(sequential, inputs)
-    return _torch_sequential(sequential, input_shape=input_shape)
+        model, theta = _torch_several_inputs(sequential, inputs)
+    else:
+        model, theta = _torch_sequential(sequential, input_shape=input_shape)
+    return model.with_origin(Origin("torch", type(sequential).__name__)), theta
 
 
 def _torch_sequential(sequential, signature=None, input_shape=None) -> tuple[Chain, np.ndarray]:
@@ -420,7 +446,8 @@ def _torch_several_inputs(module, inputs) -> tuple[Chain, np.ndarray]:
             "arguments in order; from_torch(inputs=...) maps that concatenation followed by Linear and activation modules"
         )
     functions = {torch.tanh: nn.Tanh, torch.sigmoid: nn.Sigmoid, torch.relu: nn.ReLU}
-    layers, previous = [], cat
+    layers: list = []  # torch modules
+    previous = cat
     for node in nodes[len(names) + 1 :]:
         called = functions.get(node.target) if node.op == "call_function" else None
         if node.op == "call_module":
@@ -512,7 +539,10 @@ def _probe_inputs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return rng.normal(size=(_PROBE_ROWS, *shape)) * scales
 
 
-def from_flax(module, variables=None, *, input_shape=None, inputs=None) -> tuple[Chain | JaxFunction, np.ndarray]:
+def from_flax(
+    module: Any, variables: Any = None, *, input_shape: tuple[int, ...] | None = None,
+    inputs: Sequence[Any] | None = None,
+) -> tuple[Chain | JaxFunction, np.ndarray]:
     """Any Flax module as ``(model, θ)`` with the same weights: a :class:`fluxhess.Chain` where
     every layer maps onto the Chain's, else a :class:`fluxhess.JaxFunction`.
 
@@ -545,7 +575,23 @@ def from_flax(module, variables=None, *, input_shape=None, inputs=None) -> tuple
     named after the ``__call__`` parameters (see :class:`fluxhess.Chain`), and ``X`` may be
     the tuple ``(x, t)``; ``wrt=`` takes those names.
 
+    A Chain prints as Flax layers; θ ↔ variables: :func:`fluxhess.jax.flax_params`.
+
     Returns: ``(model, params)``, params ``(P,)`` float64.
+
+    Raises: :class:`UnsupportedModelError` for a module whose samples are not independent;
+    :class:`InputError` for ``variables`` that are not the module's (naming the parameters
+    that differ) or ``inputs`` that do not match ``__call__``.
+
+    Example:
+        >>> import jax, flax.linen as nn, fluxhess as fh
+        >>> module = nn.Sequential([nn.Dense(4), nn.tanh, nn.Dense(1)])
+        >>> variables = module.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 3)))
+        >>> model, theta = fh.from_flax(module, variables)
+        >>> print(model)
+        Sequential.__call__(x): x → nn.Dense(4) → nn.tanh → nn.Dense(1)
+        >>> theta.shape
+        (21,)
     """
     nnx = _nnx_module_class()
     if nnx is not None and isinstance(module, nnx):
@@ -555,7 +601,7 @@ def from_flax(module, variables=None, *, input_shape=None, inputs=None) -> tuple
     _check_linen(module, variables, input_shape, inputs)
     try:
         model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs)
-        return model, theta
+        return model.with_origin(Origin("flax", type(module).__name__)), theta
     except UnsupportedModelError as e:
         why = str(e)
     if inputs is not None:
@@ -618,7 +664,9 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
             return model, theta, []
         dense, output = _flax_dense_calls(module, variables, args, nn)
         acts = _flax_activations(module, variables, [np.zeros_like(a) for a in args], dense, nn)
-        layers, arrays, paths = [Flatten()] if len(shape) > 1 else [], {}, []
+        layers: list[Layer] = [Flatten()] if len(shape) > 1 else []
+        arrays: dict[str, np.ndarray] = {}
+        paths: list[tuple[int, tuple[str, ...]]] = []
         for (_, path, kernel, bias, _), act in zip(dense, acts):
             i = len(layers)
             paths.append((i, path))
@@ -945,7 +993,7 @@ def _check_same_output(model: Chain, theta: np.ndarray, X: np.ndarray, expected:
             else f"max difference {np.max(np.abs(got - expected)):.3g}"
         )
         raise UnsupportedModelError(
-            f"the converted Chain {model.to_flux()} does not reproduce {whose} output ({detail}); "
+            f"the converted Chain {model!r} does not reproduce {whose} output ({detail}); "
             "the module does more than the layers it was mapped to"
         )
 

@@ -26,6 +26,10 @@ from . import api, _memory as memory
 from .compare import html_table, text_table
 from .errors import InputError, MemoryBudgetError
 from ._validate import float_dtype, stacked_inputs
+from ._origin import describe
+from ._types import Inputs, Model
+from .model import Chain
+from numpy.typing import ArrayLike
 
 #: The three P×P curvatures, by the names the diagnostics use.
 MATRICES = ("hessian", "ggn", "empirical_fisher")
@@ -92,20 +96,41 @@ class CurvatureDiagnostics:
                 + f"<ul>{gaps}</ul>")
 
 
-def curvature_diagnostics(model, params, X, y, *, loss="mse", agg="sum", backend="auto", dtype="float64") -> CurvatureDiagnostics:
-    """Hessian, GGN and empirical Fisher of the same loss, their spectra and gaps.
+def curvature_diagnostics(
+    model: Model, params: ArrayLike, X: Inputs, y: ArrayLike, *, loss: str = "mse", agg: str = "sum",
+    backend: str = "auto", dtype: str = "float64",
+) -> CurvatureDiagnostics:
+    """The Hessian, GGN and empirical Fisher of the same loss, their spectra and gaps.
 
-    Arguments as for :func:`fluxhess.hessian`: ``params`` ``(P,)``, ``X`` ``(N, d)``, ``y``.
-    Each P×P matrix carries the loss's factor ``s`` (``agg``).
+    Args:
+        model: a `fluxhess.Chain` or a `fluxhess.FluxModel` (julia backend).
+        params: θ `(P,)` in Flux `destructure` order.
+        X: inputs `(N, d)`.
+        y: targets as for `fluxhess.hessian`.
+        loss: `"mse"`, `"crossentropy"`, `"logitcrossentropy"`, `"binarycrossentropy"` or
+            `"logitbinarycrossentropy"`.
+        agg: `"sum"` or `"mean"`: every matrix carries the loss's factor `s`.
+        backend: `"auto"`, `"jax"` or `"julia"`.
+        dtype: `"float64"` or `"float32"`.
 
-    Returns: a :class:`CurvatureDiagnostics` holding the three ``(P, P)`` matrices and their
-    ``(P,)`` eigenvalues; printing it shows the spectra side by side and the gaps.
+    Returns:
+        A `CurvatureDiagnostics` holding the three `(P, P)` matrices (`matrices`), their
+        `(P,)` eigenvalues (`eigenvalues`), the negative eigenvalue mass of the Hessian
+        and the relative gaps EF↔GGN and GGN↔H; printing it shows the spectra side by side.
+
+    Raises:
+        InputError, MemoryBudgetError, BackendError: as `fluxhess.hessian`.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+        >>> m = fh.Chain(fh.Dense(2, 1)); X = np.eye(2); y = np.ones(2)
+        >>> d = fh.curvature_diagnostics(m, m.init(0), X, y, backend="jax")
+        >>> d.negative_mass, d.gap_ggn_hessian   # linear model + mse: H == GGN
+        (0.0, 0.0)
     """
-    kw = dict(loss=loss, agg=agg, backend=backend, dtype=dtype)
     matrices = {
-        "hessian": api.hessian(model, params, X, y, **kw),
-        "ggn": api.ggn(model, params, X, y, **kw),
-        "empirical_fisher": api.empirical_fisher(model, params, X, y, **kw),
+        name: fn(model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
+        for name, fn in (("hessian", api.hessian), ("ggn", api.ggn), ("empirical_fisher", api.empirical_fisher))
     }
     eigenvalues = {name: np.linalg.eigvalsh(M) for name, M in matrices.items()}
     return CurvatureDiagnostics(matrices, eigenvalues, getattr(model, "layout", None))
@@ -167,23 +192,39 @@ class MemoryEstimate:
         return f"<p><b>{html.escape(self.setup)}</b></p>" + html_table(*self._table()) + f"<p>{html.escape(self._note())}</p>"
 
 
-def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
-    """How much memory each quantity's result takes for ``model`` and a batch, before computing it.
+def estimate(model: Chain, X: ArrayLike | int, *, dtype: str = "float64") -> MemoryEstimate:
+    """How much memory each quantity's result takes for `model` and a batch, before computing it.
 
-    ``X``: the inputs ``(N, d)`` (for a model with an input signature also the tuple
-    ``(x, t, …)``), or the number of samples N. ``needs`` is what the memory guard checks
-    before the computation: for the P×P matrices the peak of the route the backend takes
-    (the JAX backend's own estimate, result included; two copies on the julia backend),
-    twice the result for the KFAC factors, the result and one chunk for the others.
+    `needs_bytes` is what the memory guard checks before the computation: for the P×P
+    matrices the peak of the route the backend takes (the JAX backend's own estimate, result
+    included; two copies on the julia backend), twice the result for the KFAC factors, the
+    result and one chunk for the others.
 
-    Returns: a :class:`MemoryEstimate`; ``estimate(...)["hessian"].fits`` says whether
-    :func:`fluxhess.hessian` would be allowed to run here now.
+    Args:
+        model: a `fluxhess.Chain` (for a FluxModel: `model.to_spec()[0]`).
+        X: the inputs `(N, d)`, or the number of samples N.
+        dtype: `"float64"` or `"float32"`.
+
+    Returns:
+        A `MemoryEstimate`, one row per quantity (`shape`, `result_bytes`, `needs_bytes`,
+        `fits`); indexed by quantity: `estimate(...)["hessian"].fits` says whether
+        `fluxhess.hessian` would be allowed to run here now.
+
+    Raises:
+        InputError: `model` is not a Chain; `X` is neither an array nor a positive number
+            of samples.
+
+    Example:
+        >>> import fluxhess as fh
+        >>> e = fh.estimate(fh.Chain(fh.Dense(2, 5, "tanh"), fh.Dense(5, 1)), 100)
+        >>> e["hessian"].shape, e["hessian"].result_bytes
+        ((21, 21), 3528)
     """
     itemsize = float_dtype(dtype).itemsize
     P, d, C = _model_sizes(model)
     N = _num_samples(X, model)
     kron_factors = tuple(((l.in_features + int(l.bias),) * 2, (l.out_features,) * 2) for _, l in model.dense_layers)
-    shapes = {
+    shapes: dict[str, tuple] = {
         "forward": (N, C),
         "gradient": (P,),
         "hessian": (P, P),
@@ -208,7 +249,7 @@ def estimate(model, X, *, dtype="float64") -> MemoryEstimate:
         except MemoryBudgetError:
             fits = False
         rows.append(QuantityEstimate(quantity, shape, nbytes, needs, fits))
-    setup = f"memory estimate: {model.to_flux()}; P = {P}, N = {N}, d = {d}, C = {C}, {float_dtype(dtype).name}"
+    setup = f"memory estimate: {describe(model)}; P = {P}, N = {N}, d = {d}, C = {C}, {float_dtype(dtype).name}"
     return MemoryEstimate(setup, rows, memory.available_bytes())
 
 

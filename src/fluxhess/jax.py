@@ -17,15 +17,13 @@ PINN residual) and ``jax.vmap``; they compute in the dtype of ``theta`` and ``X`
 float64 with ``jax.enable_x64`` as usual). ``wrt=`` (a name or list of names of the model's
 inputs) differentiates in those inputs only; ``d`` below is then their total width.
 
-========================  ======================  =====================================
-transform                 ``fn(theta, X)``        math
-========================  ======================  =====================================
-``forward(model)``        ``(N, C)``              ``f(x_n)``
-``input_jacobian(model)`` ``(N, C, d)``           ``∂f/∂x``
-``input_hessian(model)``  ``(N, C, d, d)``        ``∂²f_c/∂x²``
-``laplacian(model)``      ``(N, C)``              ``Σ_i ∂²f_c/∂x_i²`` (forward Laplacian)
-``divergence(model)``     ``(N,)``                ``Σ_i ∂f_i/∂x_i``, needs ``C == d``
-========================  ======================  =====================================
+| transform | `fn(theta, X)` | math |
+|---|---|---|
+| `forward(model)` | `(N, C)` | `f(x_n)` |
+| `input_jacobian(model)` | `(N, C, d)` | `∂f/∂x` |
+| `input_hessian(model)` | `(N, C, d, d)` | `∂²f_c/∂x²` |
+| `laplacian(model)` | `(N, C)` | `Σ_i ∂²f_c/∂x_i²` (forward Laplacian) |
+| `divergence(model)` | `(N,)` | `Σ_i ∂f_i/∂x_i`, needs `C == d` |
 
 For users who keep a Flax module, :func:`flax_params` turns its variables into θ and θ
 back into variables (both differentiable), with the Chain that :func:`fluxhess.from_flax`
@@ -36,41 +34,195 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from numpy.typing import ArrayLike
 
 from ._backends.jax import inputs as jax_inputs
 from ._backends.jax.model import function_of
 from .errors import InputError, UnsupportedModelError
+from ._origin import describe
 from .jax_function import JaxFunction
 from .model import Chain, Flatten
+
+#: What every transform returns: ``fn(theta (P,), X) -> jax.Array``.
+Transform = Callable[[ArrayLike, Any], jax.Array]
 
 __all__ = ["FlaxParams", "divergence", "flax_params", "forward", "input_hessian", "input_jacobian", "laplacian"]
 
 
-def forward(model):
-    """``fn(theta, X)`` → ``f(x_n)``: ``(N, C)``."""
+def forward(model: Chain | JaxFunction) -> Transform:
+    """The model as a JAX function: `fn(theta, X)` → `f(x_n)`.
+
+    Args:
+        model: a `fluxhess.Chain` or `fluxhess.JaxFunction` of `(N, d)` inputs (from `Chain(...)`, `from_flax`,
+            `from_torch` or `FluxModel.to_spec()`).
+
+    Returns:
+        A pure function `fn(theta, X)`: `theta` a `(P,)` array in Flux `destructure` order,
+        `X` `(N, d)`, one sample `(d,)` (the leading `N` axis of the result is then absent),
+        or for a model with an input signature the tuple `(x, t, …)`. It composes with
+        `jax.jit`, `jax.grad` in `theta` and `jax.vmap`, and computes in the dtype of its
+        arguments. `fn` returns `(N, C)`.
+
+    Raises:
+        UnsupportedModelError: `model` is neither a Chain nor a JaxFunction, or it flattens samples of several axes.
+        UnknownNameError: `wrt` names no input of the model.
+
+    `fn` raises `InputError` for a `theta` or `X` of the wrong shape.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np, fluxhess as fh, fluxhess.jax as fhj
+        >>> model = fh.Chain(fh.Dense(2, 8, "tanh"), fh.Dense(8, 1)); theta = jnp.asarray(model.init(0))
+        >>> X = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)))
+        >>> u = fhj.forward(model)
+        >>> u(theta, X).shape, u(theta, X[0]).shape
+        ((5, 1), (1,))
+        >>> jax.grad(lambda t: jnp.sum(u(t, X) ** 2))(theta).shape   # differentiable in θ
+        (33,)
+    """
     return _transform(model, lambda model, theta, X, columns: function_of(model)(theta, X), None, "forward")
 
 
-def input_jacobian(model, *, wrt=None):
-    """``fn(theta, X)`` → ``∂f(x_n)/∂x``: ``(N, C, d)``."""
+def input_jacobian(model: Chain | JaxFunction, *, wrt: str | list[str] | None = None) -> Transform:
+    """The input Jacobian as a JAX function: `fn(theta, X)` → `∂f(x_n)/∂x`.
+
+    Args:
+        model: a `fluxhess.Chain` or `fluxhess.JaxFunction` of `(N, d)` inputs (from `Chain(...)`, `from_flax`,
+            `from_torch` or `FluxModel.to_spec()`).
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width).
+
+    Returns:
+        A pure function `fn(theta, X)`: `theta` a `(P,)` array in Flux `destructure` order,
+        `X` `(N, d)`, one sample `(d,)` (the leading `N` axis of the result is then absent),
+        or for a model with an input signature the tuple `(x, t, …)`. It composes with
+        `jax.jit`, `jax.grad` in `theta` and `jax.vmap`, and computes in the dtype of its
+        arguments. `fn` returns `(N, C, d)`.
+
+    Raises:
+        UnsupportedModelError: `model` is neither a Chain nor a JaxFunction, or it flattens samples of several axes.
+        UnknownNameError: `wrt` names no input of the model.
+
+    `fn` raises `InputError` for a `theta` or `X` of the wrong shape.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np, fluxhess as fh, fluxhess.jax as fhj
+        >>> model = fh.Chain(fh.Dense(2, 8, "tanh"), fh.Dense(8, 1)); theta = jnp.asarray(model.init(0))
+        >>> X = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)))
+        >>> J = fhj.input_jacobian(model)(theta, X)
+        >>> J.shape, bool(jnp.allclose(J, jax.vmap(jax.jacrev(lambda x: fhj.forward(model)(theta, x)))(X)))
+        ((5, 1, 2), True)
+    """
     return _transform(model, jax_inputs.input_jacobian, wrt, "input_jacobian")
 
 
-def input_hessian(model, *, wrt=None):
-    """``fn(theta, X)`` → ``∂²f_c(x_n)/∂x²``: ``(N, C, d, d)``."""
+def input_hessian(model: Chain | JaxFunction, *, wrt: str | list[str] | None = None) -> Transform:
+    """The input Hessian as a JAX function: `fn(theta, X)` → `∂²f_c(x_n)/∂x²` (a PINN's `u_xx`).
+
+    Args:
+        model: a `fluxhess.Chain` or `fluxhess.JaxFunction` of `(N, d)` inputs (from `Chain(...)`, `from_flax`,
+            `from_torch` or `FluxModel.to_spec()`).
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width).
+
+    Returns:
+        A pure function `fn(theta, X)`: `theta` a `(P,)` array in Flux `destructure` order,
+        `X` `(N, d)`, one sample `(d,)` (the leading `N` axis of the result is then absent),
+        or for a model with an input signature the tuple `(x, t, …)`. It composes with
+        `jax.jit`, `jax.grad` in `theta` and `jax.vmap`, and computes in the dtype of its
+        arguments. `fn` returns `(N, C, d, d)`.
+
+    Raises:
+        UnsupportedModelError: `model` is neither a Chain nor a JaxFunction, or it flattens samples of several axes.
+        UnknownNameError: `wrt` names no input of the model.
+
+    `fn` raises `InputError` for a `theta` or `X` of the wrong shape.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np, fluxhess as fh, fluxhess.jax as fhj
+        >>> model = fh.Chain(fh.Dense(2, 8, "tanh"), fh.Dense(8, 1)); theta = jnp.asarray(model.init(0))
+        >>> X = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)))
+        >>> H = fhj.input_hessian(model)(theta, X)
+        >>> H.shape, bool(jnp.allclose(H, jax.vmap(jax.hessian(lambda x: fhj.forward(model)(theta, x)))(X)))
+        ((5, 1, 2, 2), True)
+    """
     return _transform(model, jax_inputs.input_hessian, wrt, "input_hessian")
 
 
-def laplacian(model, *, wrt=None):
-    """``fn(theta, X)`` → ``Δ_x f_c(x_n)``: ``(N, C)``, by the forward Laplacian (no d×d Hessians)."""
+def laplacian(model: Chain | JaxFunction, *, wrt: str | list[str] | None = None) -> Transform:
+    """The Laplacian as a JAX function: `fn(theta, X)` → `Δ_x f_c(x_n) = Σ_i ∂²f_c/∂x_i²`.
+
+    Computed by the forward Laplacian (one forward pass carrying values, first and second
+    derivatives; no `d × d` Hessians), which makes it cheap inside `jax.grad` of a PINN loss.
+
+    Args:
+        model: a `fluxhess.Chain` or `fluxhess.JaxFunction` of `(N, d)` inputs (from `Chain(...)`, `from_flax`,
+            `from_torch` or `FluxModel.to_spec()`).
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width).
+
+    Returns:
+        A pure function `fn(theta, X)`: `theta` a `(P,)` array in Flux `destructure` order,
+        `X` `(N, d)`, one sample `(d,)` (the leading `N` axis of the result is then absent),
+        or for a model with an input signature the tuple `(x, t, …)`. It composes with
+        `jax.jit`, `jax.grad` in `theta` and `jax.vmap`, and computes in the dtype of its
+        arguments. `fn` returns `(N, C)`.
+
+    Raises:
+        UnsupportedModelError: `model` is neither a Chain nor a JaxFunction, or it flattens samples of several axes.
+        UnknownNameError: `wrt` names no input of the model.
+
+    `fn` raises `InputError` for a `theta` or `X` of the wrong shape.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np, fluxhess as fh, fluxhess.jax as fhj
+        >>> model = fh.Chain(fh.Dense(2, 8, "tanh"), fh.Dense(8, 1)); theta = jnp.asarray(model.init(0))
+        >>> X = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)))
+        >>> lap = fhj.laplacian(model)
+        >>> H = fhj.input_hessian(model)(theta, X)
+        >>> bool(jnp.allclose(lap(theta, X), jnp.trace(H, axis1=2, axis2=3)))
+        True
+        >>> step = jax.jit(jax.grad(lambda t: jnp.mean(lap(t, X) ** 2)))   # a PINN residual's gradient
+        >>> step(theta).shape
+        (33,)
+    """
     return _transform(model, jax_inputs.laplacian, wrt, "laplacian")
 
 
-def divergence(model, *, wrt=None):
-    """``fn(theta, X)`` → ``∇·f(x_n) = Σ_i ∂f_i/∂x_i``: ``(N,)``; needs as many outputs as inputs."""
+def divergence(model: Chain | JaxFunction, *, wrt: str | list[str] | None = None) -> Transform:
+    """The divergence as a JAX function: `fn(theta, X)` → `∇·f(x_n) = Σ_i ∂f_i/∂x_i`.
+
+    Args:
+        model: a `fluxhess.Chain` or `fluxhess.JaxFunction` of `(N, d)` inputs with as many outputs as inputs
+            (`C == d`, or C equal to the named inputs' total width with `wrt`).
+        wrt: for a model with an input signature, an input name or a list of names: the
+            derivatives are then in those inputs' columns only (`d` is their total width).
+
+    Returns:
+        A pure function `fn(theta, X)`: `theta` a `(P,)` array in Flux `destructure` order,
+        `X` `(N, d)`, one sample `(d,)` (the leading `N` axis of the result is then absent),
+        or for a model with an input signature the tuple `(x, t, …)`. It composes with
+        `jax.jit`, `jax.grad` in `theta` and `jax.vmap`, and computes in the dtype of its
+        arguments. `fn` returns `(N,)`.
+
+    Raises:
+        UnsupportedModelError: `model` is neither a Chain nor a JaxFunction, or it flattens samples of several axes.
+        UnknownNameError: `wrt` names no input of the model.
+        InputError: the model's outputs are not as many as the inputs differentiated in.
+
+    `fn` raises `InputError` for a `theta` or `X` of the wrong shape.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np, fluxhess as fh, fluxhess.jax as fhj
+        >>> model = fh.Chain(fh.Dense(2, 2, "tanh")); theta = jnp.asarray(model.init(0))
+        >>> X = jnp.zeros((3, 2))
+        >>> J = fhj.input_jacobian(model)(theta, X)
+        >>> bool(jnp.allclose(fhj.divergence(model)(theta, X), jnp.trace(J, axis1=1, axis2=2)))
+        True
+    """
     fn = _transform(model, jax_inputs.divergence, wrt, "divergence")
     d = model.in_features if wrt is None else len(model.input_columns(wrt))
     if d != model.out_features:
@@ -114,7 +266,7 @@ def _transform(model, quantity, wrt, name: str):
         return quantity(model, theta, Z, columns)
 
     fn.__name__ = name
-    fn.__doc__ = f"{name} of {model!r} as a function of (theta (P={P},), X (N, {d}) or ({d},))."
+    fn.__doc__ = f"{name} of {describe(model)} as a function of (theta (P={P},), X (N, {d}) or ({d},))."
     return fn
 
 
@@ -170,11 +322,11 @@ class FlaxParams:
     model: Chain
     dense: tuple[tuple[tuple[str, ...], tuple[int, int], bool], ...]
 
-    def theta(self, variables) -> jax.Array:
-        """θ ``(P,)`` from ``variables`` (``{"params": ...}``), differentiable in them.
+    def theta(self, variables: Any) -> jax.Array:
+        """θ `(P,)` in Flux order from `variables` (`{"params": ...}`), differentiable in them.
 
-        Raises :class:`~fluxhess.errors.InputError` naming the entry of ``variables`` that is
-        missing, not an array, or of another shape than the module's."""
+        Raises `InputError` naming the entry of `variables` that is missing, not an array,
+        or of another shape than the module's."""
         parts = []
         for path, (n_in, n_out), bias in self.dense:
             parts.append(jnp.ravel(_leaf(variables, ("params", *path, "kernel"), (n_in, n_out))))
@@ -182,12 +334,15 @@ class FlaxParams:
                 parts.append(_leaf(variables, ("params", *path, "bias"), (n_out,)))
         return jnp.concatenate(parts)
 
-    def variables(self, theta) -> dict:
-        """``{"params": ...}`` for ``module.apply`` from θ ``(P,)``, differentiable in θ."""
+    def variables(self, theta: ArrayLike) -> dict:
+        """`{"params": ...}` for `module.apply` from θ `(P,)`, differentiable in θ.
+
+        Raises `InputError` for a θ of another shape."""
         theta = jnp.asarray(theta)
         if theta.shape != (self.model.num_params,):
             raise InputError(f"theta must have shape ({self.model.num_params},) for this model; got {theta.shape}")
-        params, offset = {}, 0
+        params: dict[str, Any] = {}
+        offset = 0
         for path, (n_in, n_out), bias in self.dense:
             node = params
             for key in path:
@@ -222,11 +377,36 @@ def _leaf(variables, path: tuple[str, ...], shape: tuple[int, ...]) -> jax.Array
     return _real(where, leaf)
 
 
-def flax_params(module, variables, *, inputs=None, input_shape=None) -> FlaxParams:
-    """The :class:`FlaxParams` of a ``flax.linen`` module: its Chain and its θ ↔ variables maps.
+def flax_params(module: Any, variables: Any, *, inputs: Any = None, input_shape: tuple[int, ...] | None = None) -> FlaxParams:
+    """The `FlaxParams` of a `flax.linen` module: its Chain and the maps θ ↔ its variables.
 
-    Arguments as for :func:`fluxhess.from_flax` (``inputs=(x, t)`` for a ``__call__`` of
-    several arrays).
+    Args:
+        module: a `flax.linen.Module` that `fluxhess.from_flax` converts (Dense layers with
+            NNlib activations between them).
+        variables: what `module.init` returned (`{"params": ...}`).
+        inputs: for a `__call__(self, x, t, …)` of several arrays that it concatenates, one
+            example array per argument (`(N, width)`), as for `fluxhess.from_flax`.
+        input_shape: the shape of one sample, as for `fluxhess.from_flax`.
+
+    Returns:
+        A `FlaxParams` with `model` (the Chain), `theta(variables)` → `jax.Array` `(P,)`
+        and `variables(theta)` → `{"params": ...}`, both differentiable.
+
+    Raises:
+        UnsupportedModelError: the module does not convert (naming the layer), or it
+            flattens its samples.
+        InputError: `variables` are not the module's.
+
+    Example:
+        >>> import jax, flax.linen as nn, fluxhess.jax as fhj
+        >>> module = nn.Sequential([nn.Dense(4), nn.tanh, nn.Dense(1)])
+        >>> variables = module.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 3)))
+        >>> fp = fhj.flax_params(module, variables)
+        >>> theta = fp.theta(variables); theta.shape
+        (21,)
+        >>> same = jax.tree.map(lambda a, b: bool((a == b).all()), fp.variables(theta), variables)
+        >>> all(jax.tree.leaves(same))
+        True
     """
     from .convert import flax_chain
 

@@ -46,7 +46,7 @@ def check_agg(agg) -> str:
 
 
 def scale(loss: str, agg: str, n_samples: int, n_outputs: int) -> float:
-    """The factor ``s`` in ``L = s · Σ_n ℓ_n`` (the README's "Conventions": 1 for ``agg="sum"``)."""
+    """The factor ``s`` in ``L = s · Σ_n ℓ_n`` (docs/conventions.md: 1 for ``agg="sum"``)."""
     check_loss(loss)
     if check_agg(agg) == "sum":
         return 1.0

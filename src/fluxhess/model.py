@@ -12,11 +12,13 @@ names every block of θ.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _memory as memory
 from . import _validate as check
@@ -26,11 +28,33 @@ from ._activations import COLUMNWISE, ELEMENTWISE  # noqa: F401 (imported from h
 from ._activations import NAMES as ACTIVATIONS  # noqa: F401
 from . import layers as _layers
 from .layers import Shape, check_activation as _check_activation
+from ._origin import Origin, describe
 
 
 @dataclass(frozen=True)
 class Dense:
-    """``Dense(in, out, activation=None, bias=True)``: ``σ.(W x .+ b)``, ``W`` ``(out, in)``."""
+    """A dense layer `σ.(W x .+ b)`, Flux's `Dense(in => out, σ; bias)`.
+
+    Args:
+        in_features: the input width, a positive int.
+        out_features: the output width, a positive int.
+        activation: an elementwise NNlib activation: `"identity"` (or `None`), `"relu"`,
+            `"tanh"`, `"sigmoid"`, `"softplus"`, `"elu"`, `"leakyrelu"`, `"swish"`, `"gelu"`
+            (the tanh approximation). `"softmax"`/`"logsoftmax"` act on whole outputs:
+            put them after the layer as `Activation("softmax")`.
+        bias: whether the layer has a bias `b` `(out,)`.
+
+    θ holds `vec(W)` (`W` `(out, in)`, column-major) then `b`: `in·out (+ out)` entries.
+
+    Raises:
+        InputError: a width that is not a positive int, a column-wise activation, a bias
+            that is not a bool.
+        UnknownNameError: an unknown activation name.
+
+    Example:
+        >>> Dense(2, 5, "tanh").num_params
+        15
+    """
 
     in_features: int
     out_features: int
@@ -77,7 +101,15 @@ class Dense:
 
 @dataclass(frozen=True)
 class Activation:
-    """A parameter-free activation layer, e.g. ``Activation("softmax")``."""
+    """A parameter-free activation layer, e.g. `Activation("softmax")`.
+
+    Args:
+        name: an NNlib activation: the elementwise ones of `Dense`, or `"softmax"` /
+            `"logsoftmax"` over each sample's outputs.
+
+    Raises:
+        UnknownNameError: an unknown name.
+    """
 
     name: str
 
@@ -103,7 +135,8 @@ class Activation:
 
 @dataclass(frozen=True)
 class Flatten:
-    """Flattens each sample; inputs ``(N, ...)`` become ``(N, d)`` (row-major per sample)."""
+    """Flattens each sample: inputs `(N, a, b, …)` become `(N, a·b·…)` (row-major per
+    sample), Flux's `Flux.flatten`. Only as the first layer of a Chain."""
 
     num_params = 0
 
@@ -129,7 +162,14 @@ Layer = Dense | Activation | Flatten | _layers.Conv | _layers.MeanPool | _layers
 
 @dataclass(frozen=True)
 class Block:
-    """One named block of θ: ``theta[offset:offset + size]`` reshaped (column-major) to ``shape``."""
+    """One named block of θ: `theta[offset:offset + size]` reshaped (column-major) to `shape`.
+
+    Attributes:
+        name: e.g. `"layers.0.weight"` (`(out, in)`) or `"layers.0.bias"` (`(out,)`).
+        layer: the index of its layer in the Chain.
+        shape: the block's shape.
+        offset: where it starts in θ.
+    """
 
     name: str
     layer: int
@@ -146,7 +186,16 @@ class Block:
 
 
 class ParamLayout(Sequence[Block]):
-    """The blocks of θ in destructure order: ``layers.{i}.weight`` ``(out, in)``, ``layers.{i}.bias``."""
+    """The blocks of θ in Flux `destructure` order: `layers.{i}.weight` `(out, in)`,
+    `layers.{i}.bias` `(out,)` for each Dense layer `i`.
+
+    A sequence of `Block`s, indexed by position or by name (`layout["layers.0.weight"]`,
+    `UnknownNameError` for a name it does not hold).
+
+    Example:
+        >>> Chain(Dense(2, 3), Dense(3, 1)).layout["layers.1.weight"]
+        Block(name='layers.1.weight', layer=1, shape=(1, 3), offset=9)
+    """
 
     def __init__(self, blocks: Sequence[Block]):
         self._blocks = tuple(blocks)
@@ -184,42 +233,64 @@ class ParamLayout(Sequence[Block]):
 
 
 class Chain:
-    """A sequence of layers, applied in order, like Flux's ``Chain``.
+    """A sequence of layers applied in order, like Flux's `Chain`: the model every
+    fluxhess function takes. Parameters live outside it, as θ `(P,)` in Flux
+    `destructure` order (`layout` names the blocks).
 
-    >>> model = Chain(Dense(2, 5, "tanh"), Dense(5, 1))
-    >>> model.num_params
-    21
-    >>> model.to_flux()
-    'Chain(Dense(2 => 5, tanh), Dense(5 => 1))'
+    Args:
+        *layers: layers of the vocabulary (`Dense`, `Activation`, `Flatten`, and those of
+            `fluxhess.layers`: `Conv`, `CrossCor`, pools, `BatchNorm`, `LayerNorm`,
+            `Dropout`, `SkipConnection`, `Parallel`), or one list of them, with matching shapes.
+        inputs: the input signature of a network of several arrays that it concatenates
+            along the feature axis, `{name: width}` in the order of concatenation, e.g.
+            `{"x": 2, "t": 1}`; the widths add up to the input width. Inputs `X` may then
+            be the tuple of those arrays, and input derivatives take `wrt=` one or more
+            names.
 
-    ``inputs``: the input signature of a network of several arrays that it concatenates
-    along the feature axis, ``{name: width}`` in the order of concatenation, e.g.
-    ``{"x": 2, "t": 1}``; the widths add up to the input width. Inputs ``X`` may then be
-    the tuple of those arrays, and input derivatives take ``wrt=`` one or more names.
+    Attributes:
+        layers: the layers, a tuple.
+        layout: the `ParamLayout` of θ.
+        inputs: the input signature as `((name, width), …)`, or None.
+        origin: where the Chain came from (`from_torch`, `from_flax`, a Flux model's
+            `to_spec()`); `str(model)` prints it in that framework's words, `repr` as the
+            expression that builds it.
 
-    >>> Chain(Dense(3, 1), inputs={"x": 2, "t": 1}).input_columns("t")
-    [2]
+        input_shape: one sample's shape in NumPy order, e.g. `(1, 28, 28)` for images
+            `X (N, 1, 28, 28)` (PyTorch's NCHW; Flux's WHCN reversed). Needed when the Chain
+            does not start with a Dense layer (after optional Flatten/Activation/Dropout
+            layers), where it is `(in,)`. `X` may come as `(N, *input_shape)` or flattened,
+            `(N, d)`.
 
-    ``input_shape``: one sample's shape in NumPy order, e.g. ``(1, 28, 28)`` for images
-    ``X (N, 1, 28, 28)`` (PyTorch's NCHW; Flux's WHCN reversed). Needed when the Chain does
-    not start with a Dense layer (after optional Flatten/Activation/Dropout layers), where
-    it is ``(in,)``. ``X`` may come as ``(N, *input_shape)`` or flattened, ``(N, d)``.
+    `model_kind` is `"chain"` (a `fluxhess.JaxFunction`'s is `"jax_function"`).
 
-    >>> from fluxhess.layers import Conv, MaxPool
-    >>> cnn = Chain(Conv((3, 3), 1, 2, "relu"), MaxPool((2, 2)), Flatten(), Dense(8, 3), input_shape=(1, 6, 6))
-    >>> cnn.shapes
-    ((1, 6, 6), (2, 4, 4), (2, 2, 2), (8,), (3,))
-    >>> cnn.layout["layers.0.weight"].shape   # Flux's (k_w, k_h, cin, cout)
-    (3, 3, 1, 2)
+    Raises:
+        InputError: no layers, shapes that do not chain, a bad signature or input shape.
 
-    ``model_kind`` is ``"chain"`` (a :class:`fluxhess.JaxFunction`'s is ``"jax_function"``).
+    Example:
+        >>> model = Chain(Dense(2, 5, "tanh"), Dense(5, 1))
+        >>> model.num_params
+        21
+        >>> model.to_flux()
+        'Chain(Dense(2 => 5, tanh), Dense(5 => 1))'
+        >>> Chain(Dense(3, 1), inputs={"x": 2, "t": 1}).input_columns("t")
+        [2]
+        >>> from fluxhess.layers import Conv, MaxPool
+        >>> cnn = Chain(Conv((3, 3), 1, 2, "relu"), MaxPool((2, 2)), Flatten(), Dense(8, 3), input_shape=(1, 6, 6))
+        >>> cnn.shapes
+        ((1, 6, 6), (2, 4, 4), (2, 2, 2), (8,), (3,))
+        >>> cnn.layout["layers.0.weight"].shape   # Flux's (k_w, k_h, cin, cout)
+        (3, 3, 1, 2)
     """
 
     model_kind = "chain"
 
-    def __init__(self, *layers: Layer, inputs=None, input_shape=None):
+    def __init__(
+        self, *layers: Layer | Sequence[Layer], inputs: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
+        input_shape: Sequence[int] | None = None,
+    ):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
+        layers = cast("tuple[Layer, ...]", layers)
         if not layers:
             raise InputError("Chain needs at least one layer; got none")
         for path, layer in _walk(layers):
@@ -260,8 +331,11 @@ class Chain:
         self.layout = ParamLayout(blocks)
         self.inputs: tuple[tuple[str, int], ...] | None = _signature(inputs, self)
 
-    def input_columns(self, wrt) -> list[int]:
-        """The columns of ``X`` ``(N, d)`` that the inputs named in ``wrt`` (a name or a list) occupy."""
+    def input_columns(self, wrt: str | Sequence[str]) -> list[int]:
+        """The columns of `X` `(N, d)` that the inputs named in `wrt` (a name or a list) occupy.
+
+        Raises `InputError` for a Chain without an input signature, `UnknownNameError` for
+        a name it does not have."""
         if self.inputs is None:
             raise InputError(
                 f"wrt={wrt!r} names inputs, but this model has one input of width {self.in_features} "
@@ -281,11 +355,19 @@ class Chain:
         return [c for n in names for c in offsets[n]]
 
     @classmethod
-    def mlp(cls, widths: Sequence[int], activation: str = "tanh", output: str | None = None, bias: bool = True):
-        """``Chain.mlp([d, h1, ..., C], activation="tanh", output=None)``.
+    def mlp(cls, widths: Sequence[int], activation: str = "tanh", output: str | None = None, bias: bool = True) -> "Chain":
+        """A multilayer perceptron `Chain.mlp([d, h1, ..., C], activation="tanh", output=None)`.
 
-        Hidden Dense layers use ``activation``; the last Dense layer is linear, followed
-        by ``Activation(output)`` when ``output`` is given (e.g. ``"softmax"``).
+        Args:
+            widths: the layer widths `[in, h1, …, out]`, at least two.
+            activation: the hidden Dense layers' activation (a `Dense` activation name).
+            output: an `Activation` after the last, linear, Dense layer (e.g. `"softmax"`),
+                or None.
+            bias: whether the Dense layers have biases.
+
+        Example:
+            >>> Chain.mlp([2, 16, 3], "tanh", output="softmax")
+            Chain(Dense(2, 16, 'tanh'), Dense(16, 3), Activation('softmax'))
         """
         if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
             raise InputError(f"mlp widths must be a list of layer widths [in, h1, ..., out]; got {widths!r:.80}")
@@ -341,7 +423,8 @@ class Chain:
         return isinstance(self.layers[0], Flatten) or len(self.input_shape) > 1
 
     def init(self, seed: int = 0, dtype: str = "float64") -> np.ndarray:
-        """θ ``(P,)`` with Flux's default init: glorot_uniform weights, zero biases, unit scales.
+        """θ `(P,)` of `dtype` (`"float64"` or `"float32"`) with Flux's default init:
+        glorot_uniform weights, zero biases, unit scales.
 
         Weights are uniform on ``±sqrt(6 / (fan_in + fan_out))`` (a Dense ``(out, in)``:
         ``in``, ``out``; a Conv ``(k…, cin, cout)``: ``prod(k)·cin``, ``prod(k)·cout``, as
@@ -370,7 +453,7 @@ class Chain:
                 theta[block.slice] = 1.0
         return theta.astype(dtype)
 
-    def unflatten(self, params) -> dict[str, np.ndarray]:
+    def unflatten(self, params: ArrayLike) -> dict[str, np.ndarray]:
         """Split θ ``(P,)`` into ``{block name: array}``; weights ``(out, in)``."""
         params = np.asarray(params)
         if params.shape != (self.num_params,):
@@ -400,12 +483,29 @@ class Chain:
         """The Julia source of the same model as a Flux ``Chain``."""
         return "Chain(" + ", ".join(layer.to_flux() for layer in self.layers) + ")"
 
+    #: Where this Chain came from (``from_torch``, ``from_flax``, a Flux model's ``to_spec``);
+    #: ``str(model)`` prints it in that framework's words. Not part of equality.
+    origin: Origin = Origin()
+
+    def with_origin(self, origin: Origin) -> "Chain":
+        """The same Chain, printing in the words of ``origin``'s framework."""
+        twin = copy.copy(self)  # every attribute shared (all immutable); only the origin differs
+        twin.origin = origin
+        return twin
+
     def __repr__(self) -> str:
         inputs = "" if self.inputs is None else f", inputs={dict(self.inputs)!r}"
         shape = "" if _input_shape(self.layers, None, required=False) == self.input_shape else f", input_shape={self.input_shape!r}"
         return "Chain(" + ", ".join(map(repr, self.layers)) + inputs + shape + ")"
 
-    def __eq__(self, other) -> bool:
+    def __str__(self) -> str:
+        return describe(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """A notebook shows the model as ``print`` does, in its framework's words."""
+        printer.text(str(self))
+
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Chain) and self._key == other._key
 
     def __hash__(self) -> int:

@@ -13,10 +13,18 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import FluxHessError, InputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .laplace import Laplace
+    from .model import ParamLayout
 
 #: Titles of the curvature matrices by the names fluxhess uses.
 TITLES = {"hessian": "Hessian", "ggn": "GGN", "empirical_fisher": "empirical Fisher"}
@@ -58,17 +66,36 @@ def _named(matrices, what: str) -> dict[str, np.ndarray]:
     return named
 
 
-def heatmap(matrices, layout=None, *, scale: str = "symlog", title: str | None = None):
-    """One panel per ``(P, P)`` matrix, on one shared colour scale, with the layout's blocks marked.
+def heatmap(
+    matrices: ArrayLike | Mapping[str, ArrayLike], layout: ParamLayout | None = None, *, scale: str = "symlog",
+    title: str | None = None,
+) -> Figure:
+    """One panel per `(P, P)` matrix, on one shared colour scale, with the layout's blocks marked.
 
-    ``matrices``: an array ``(P, P)``, or a mapping such as ``{"hessian": H, "ggn": G}``
-    (``curvature_diagnostics(...).matrices``). ``layout``: the model's
-    :class:`~fluxhess.ParamLayout`; its block edges are drawn and its block names label
-    the axes (``L0 W`` is ``layers.0.weight``). ``scale``: ``"symlog"`` (linear below the
-    median nonzero ``|entry|``, logarithmic above, so small and large blocks both show)
-    or ``"linear"``.
+    Args:
+        matrices: an array `(P, P)`, or a mapping such as `{"hessian": H, "ggn": G}`
+            (`curvature_diagnostics(...).matrices`).
+        layout: the model's `fluxhess.ParamLayout`; its block edges are drawn and its block
+            names label the axes (`L0 W` is `layers.0.weight`).
+        scale: `"symlog"` (linear below the median nonzero `|entry|`, logarithmic above, so
+            small and large blocks both show) or `"linear"`.
+        title: the figure's title.
 
-    Returns: the matplotlib Figure.
+    Returns:
+        The matplotlib `Figure` (it displays itself in a notebook).
+
+    Raises:
+        InputError: a matrix that is not square or does not match the layout's P, an
+            unknown `scale`.
+        FluxHessError: matplotlib is not installed (the `plot` extra).
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+        >>> from fluxhess import plot
+        >>> m = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 1)); X = np.ones((4, 2))
+        >>> d = fh.curvature_diagnostics(m, m.init(0), X, np.zeros(4), backend="jax")
+        >>> fig = plot.heatmap(d.matrices, m.layout); len(fig.axes) >= 3
+        True
     """
     named = _named(matrices, "matrix")
     for name, M in named.items():
@@ -83,6 +110,7 @@ def heatmap(matrices, layout=None, *, scale: str = "symlog", title: str | None =
     entries = np.abs(np.concatenate([M.ravel() for M in named.values()]))
     vmax = float(entries.max(initial=0.0)) or 1.0
     nonzero = entries[entries > 1e-12 * vmax]
+    norm: Normalize
     if scale == "symlog" and nonzero.size:
         norm = SymLogNorm(linthresh=float(np.median(nonzero)), vmin=-vmax, vmax=vmax)
     else:
@@ -120,16 +148,29 @@ def _mark_blocks(ax, layout) -> None:
         ax.set_xlabel(f"{len(layout) - len(wide)} thin blocks (biases) unlabelled", fontsize=7)
 
 
-def spectra(eigenvalues, *, title: str | None = None):
+def spectra(eigenvalues: ArrayLike | Mapping[str, ArrayLike], *, title: str | None = None) -> Figure:
     """The eigenvalue spectra of several matrices on one logarithmic axis.
 
-    ``eigenvalues``: a mapping ``{name: (P,) eigenvalues}`` such as
-    ``curvature_diagnostics(...).eigenvalues``, or one array. Each spectrum is drawn
-    as ``|λ|`` sorted from largest to smallest against its rank; negative eigenvalues are
-    hollow markers; eigenvalues within round-off of 0 cannot sit on a log axis and are
-    counted in the legend instead.
+    Each spectrum is drawn as `|λ|` sorted from largest to smallest against its rank;
+    negative eigenvalues are hollow markers; eigenvalues within round-off of 0 cannot sit
+    on a log axis and are counted in the legend instead.
 
-    Returns: the matplotlib Figure.
+    Args:
+        eigenvalues: a mapping `{name: (P,) eigenvalues}` such as
+            `curvature_diagnostics(...).eigenvalues`, or one array `(P,)`.
+        title: the figure's title.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Raises:
+        InputError: an empty mapping.
+        FluxHessError: matplotlib is not installed (the `plot` extra).
+
+    Example:
+        >>> import numpy as np
+        >>> from fluxhess import plot
+        >>> fig = plot.spectra({"hessian": np.array([-1.0, 0.5, 2.0]), "ggn": np.array([0.0, 1.0, 3.0])})
     """
     named = _named(eigenvalues, "eigenvalues")
     fig = _figure(figsize=(7.0, 4.6), layout="constrained")
@@ -161,28 +202,48 @@ def spectra(eigenvalues, *, title: str | None = None):
     return fig
 
 
-def laplace_predictive(la, X, y, *, resolution: int = 150, padding: float = 1.0, title: str | None = None):
-    """The predictive of a fitted 2-D classification :class:`fluxhess.Laplace`, and its uncertainty.
+def laplace_predictive(
+    la: Laplace, X: ArrayLike, y: ArrayLike, *, resolution: int = 150, padding: float = 1.0, title: str | None = None,
+) -> Figure:
+    """The predictive of a fitted 2-D classification `fluxhess.Laplace`, and its uncertainty.
 
     Left: the predicted probability (of class 1 for one output, of the most likely
     class otherwise) on a grid around the data, the Laplace decision boundary (solid)
     and the MAP network's (dashed; with one output and the probit link the two
     coincide, as probit keeps the sign of the logit), the training points coloured
-    by label. Right: the
-    standard deviation of the logits under the posterior (the GLM predictive's
-    ``function_variance``, averaged over the outputs), which grows away from the data.
+    by label. Right: the standard deviation of the logits under the posterior (the GLM
+    predictive's `function_variance`, averaged over the outputs), which grows away from
+    the data.
 
-    ``la``: a fitted Laplace with ``likelihood="classification"`` on a model with 2 inputs.
-    ``X``: ``(N, 2)``; ``y``: labels ``(N,)``. ``resolution``: grid points per axis;
-    ``padding``: margin around the data, in input units.
+    Args:
+        la: a fitted Laplace with `likelihood="classification"` on a model with 2 inputs.
+        X: the training inputs `(N, 2)`.
+        y: their labels `(N,)`.
+        resolution: grid points per axis.
+        padding: margin around the data, in input units.
+        title: the figure's title.
 
-    Returns: the matplotlib Figure.
+    Returns:
+        The matplotlib `Figure`.
+
+    Raises:
+        InputError: a Laplace that is not a 2-input classifier, `X` or `y` of the wrong shape.
+        NotFittedError: `la` has not been fitted (raised by its predictive).
+        FluxHessError: matplotlib is not installed (the `plot` extra).
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+        >>> from fluxhess import plot
+        >>> X = np.random.default_rng(0).normal(size=(20, 2)); y = (X[:, 0] > 0).astype(int)
+        >>> m = fh.Chain.mlp([2, 4, 2], "tanh")
+        >>> la = fh.Laplace(m, m.init(0), "classification", backend="jax").fit(X, y)
+        >>> fig = plot.laplace_predictive(la, X, y, resolution=20)
     """
     from .api import forward
 
     X = np.asarray(X, dtype=np.float64)
     labels = np.asarray(y).reshape(-1)
-    if getattr(la, "likelihood", None) != "classification" or la.model.in_features != 2:
+    if getattr(la, "likelihood", None) != "classification" or getattr(la.model, "in_features", None) != 2:
         raise InputError("laplace_predictive draws a Laplace with likelihood='classification' on a model with 2 inputs")
     if X.ndim != 2 or X.shape[1] != 2 or labels.shape[0] != X.shape[0]:
         raise InputError(f"X must be (N, 2) with one label per row in y; got X {X.shape}, y {np.shape(y)}")
@@ -195,7 +256,7 @@ def laplace_predictive(la, X, y, *, resolution: int = 150, padding: float = 1.0,
     if binary:
         shown, label = pred.mean[:, 0], "p(y = 1)"
         boundary, boundary_map = pred.mean[:, 0], 1 / (1 + np.exp(-logits[:, 0]))
-        levels = [0.5]
+        levels = np.array([0.5])
     else:
         shown, label = pred.mean.max(axis=1), "p(most likely class)"
         boundary, boundary_map = pred.mean.argmax(axis=1), logits.argmax(axis=1)

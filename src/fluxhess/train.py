@@ -11,14 +11,25 @@ import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import api
 from . import _validate as check
+from ._types import Inputs, Model
 from .errors import ConvergenceWarning, InputError
 
 
 class MapFit(NamedTuple):
-    """The result of :func:`fit_map`."""
+    """The result of `fit_map`.
+
+    Attributes:
+        params: θ_MAP `(P,)` float64.
+        objective: `L(θ_MAP) = Σ_n ℓ_n + ½ θᵀ diag(λ) θ`.
+        gradient_norm: `‖∇L(θ_MAP)‖_∞`.
+        iterations: L-BFGS iterations (and Newton steps) taken.
+        converged: whether `‖∇L‖_∞ <= gtol` was reached.
+        message: the optimiser's message.
+    """
 
     params: np.ndarray  # θ_MAP (P,)
     objective: float  # L(θ_MAP) = Σ_n ℓ_n + ½ θᵀ diag(λ) θ
@@ -53,10 +64,9 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
     """
     import scipy.optimize
 
-    from ._progress import bar_class
+    from ._progress import iterations
 
-    bar = bar_class()(total=max_iter, desc=desc, unit="it", leave=False, disable=None)
-    try:
+    with iterations(max_iter, desc) as bar:
         result = scipy.optimize.minimize(
             fun,
             np.asarray(x0, dtype=np.float64),
@@ -65,8 +75,6 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
             callback=lambda *_: bar.update(1),
             options=dict(maxiter=max_iter, maxfun=2 * max_iter + 20, gtol=gtol, ftol=1e-15, maxcor=20),
         )
-    finally:
-        bar.close()
     return result
 
 
@@ -83,37 +91,54 @@ def prior_vector(prior_precision, num_params: int) -> np.ndarray:
 
 
 def fit_map(
-    model,
-    params0,
-    X,
-    y,
+    model: Model,
+    params0: ArrayLike,
+    X: Inputs,
+    y: ArrayLike,
     *,
     loss: str = "mse",
-    prior_precision=1.0,
+    prior_precision: ArrayLike = 1.0,
     max_iter: int = 1000,
     gtol: float = 1e-8,
     backend: str = "jax",
 ) -> MapFit:
-    """θ_MAP: minimise ``Σ_n ℓ_n(θ) + ½·θᵀ diag(λ) θ`` over the whole data set by L-BFGS.
-
-    ``params0``: θ to start from ``(P,)``; ``X``: ``(N, d)``; ``y``: targets as for
-    :func:`fluxhess.loss`; ``loss``: the per-sample loss, summed (``agg="sum"``);
-    ``prior_precision`` λ: a scalar or ``(P,)``, ``>= 0``.
+    """θ_MAP: minimise `Σ_n ℓ_n(θ) + ½·θᵀ diag(λ) θ` over the whole data set by L-BFGS.
 
     The MAP of a Gaussian-noise regression posterior with noise σ and prior precision λ
-    is ``fit_map(..., loss="mse", prior_precision=2·σ²·λ)``; a classification posterior
-    (``loss="logitcrossentropy"``) needs no conversion.
+    is `fit_map(..., loss="mse", prior_precision=2·σ²·λ)`; a classification posterior
+    (`loss="logitcrossentropy"`) needs no conversion. A progress bar shows on a terminal
+    or in a notebook; it closes complete when L-BFGS converges early.
 
-    A linear model with ``mse`` is ridge regression:
+    Args:
+        model: a `fluxhess.Chain` (or a `fluxhess.FluxModel` on the julia backend).
+        params0: θ to start from, `(P,)`.
+        X: inputs `(N, d)`.
+        y: targets as for `fluxhess.loss`.
+        loss: the per-sample loss, summed (`agg="sum"`): `"mse"`, `"crossentropy"`,
+            `"logitcrossentropy"`, `"binarycrossentropy"` or `"logitbinarycrossentropy"`.
+        prior_precision: λ, a scalar or `(P,)`, `>= 0`.
+        max_iter: the most L-BFGS iterations.
+        gtol: converged when `‖∇L‖_∞ <= gtol`.
+        backend: `"jax"` (default), `"julia"` or `"auto"`.
 
-    >>> import numpy as np, fluxhess as fh
-    >>> m = fh.Chain(fh.Dense(2, 1, bias=False)); X = np.eye(2); y = np.array([2.0, 4.0])
-    >>> np.round(fh.fit_map(m, np.zeros(2), X, y, loss="mse", prior_precision=2.0).params, 6)
-    array([1., 2.])
+    Returns:
+        A `MapFit` (`params` `(P,)` float64, `objective`, `gradient_norm`, `iterations`,
+        `converged`, `message`).
 
-    Returns: a :class:`MapFit` (``params`` ``(P,)``, ``objective``, ``gradient_norm``,
-    ``iterations``, ``converged``, ``message``); a :class:`fluxhess.ConvergenceWarning` (a
-    ``RuntimeWarning``) when it did not converge.
+    Raises:
+        InputError: a model, `params0`, `X`, `y` or `prior_precision` of the wrong kind or
+            shape.
+
+    Warns:
+        ConvergenceWarning: (a `RuntimeWarning`) when it did not converge.
+
+    Example:
+        A linear model with `mse` is ridge regression:
+
+        >>> import numpy as np, fluxhess as fh
+        >>> m = fh.Chain(fh.Dense(2, 1, bias=False)); X = np.eye(2); y = np.array([2.0, 4.0])
+        >>> np.round(fh.fit_map(m, np.zeros(2), X, y, loss="mse", prior_precision=2.0).params, 6)
+        array([1., 2.])
     """
     P = getattr(model, "num_params", None)
     if not isinstance(P, int):

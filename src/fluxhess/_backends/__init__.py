@@ -18,9 +18,18 @@ REGISTRY: dict[str, Backend] = {"jax": JaxBackend(), "julia": JULIA}
 
 
 def backends() -> dict[str, str | None]:
-    """``{name: None}`` for each backend that can run here, ``{name: why not}`` otherwise.
+    """Which backends can run here, and why not.
 
     Never starts Julia and never downloads anything.
+
+    Returns:
+        `{name: None}` for each backend that can run here, `{name: why not}` (with how to
+        fix it) otherwise; names `"julia"` and `"jax"`.
+
+    Example:
+        >>> import fluxhess as fh
+        >>> fh.backends()["jax"] is None
+        True
     """
     return {name: b.unavailable_reason() for name, b in REGISTRY.items()}
 

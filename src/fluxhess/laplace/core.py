@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import api, _memory as memory
 from .._backends import get as _get_backend
@@ -93,20 +96,20 @@ class Laplace:
 
     def __init__(
         self,
-        model,
-        params,
+        model: Chain | FluxModel,
+        params: ArrayLike,
         likelihood: str = "classification",
         *,
         curvature: str = "ggn",
         structure: str = "full",
-        subset="all",
-        prior_precision=1.0,
-        prior_mean=0.0,
-        sigma_noise=1.0,
-        temperature=1.0,
+        subset: str | Sequence[str] = "all",
+        prior_precision: ArrayLike = 1.0,
+        prior_mean: ArrayLike = 0.0,
+        sigma_noise: float = 1.0,
+        temperature: float = 1.0,
         backend: str = "auto",
         clip_negative_eigenvalues: bool = False,
-    ):
+    ) -> None:
         if not isinstance(model, (Chain, FluxModel, JaxFunction)):
             raise InputError(
                 f"model must be a fluxhess.Chain, a JaxFunction (fluxhess.from_jax) or a FluxModel "
@@ -291,7 +294,7 @@ class Laplace:
         """What ``clip_negative_eigenvalues=True`` removed at :meth:`fit` (None: nothing)."""
         return None if self._state is None else self._state.clipped
 
-    def restore(self, curvature, *, loss: float, n_data: int, n_outputs: int, clipped) -> "Laplace":
+    def restore(self, curvature: Any, *, loss: float, n_data: int, n_outputs: int, clipped: Any) -> "Laplace":
         """Put back a fitted state, as :func:`fluxhess.laplace.load` reads it, without refitting."""
         self._state = Fitted(curvature, loss, n_data, n_outputs, None if clipped is None else K.Clipped(*clipped))
         return self
@@ -301,7 +304,7 @@ class Laplace:
             return api.model_inputs(self.model, X)
         return self._subset.features(self.params, X, self.backend)
 
-    def fit(self, X, y) -> "Laplace":
+    def fit(self, X: ArrayLike, y: ArrayLike) -> "Laplace":
         """Compute the curvature of the summed loss over the data, in chunks (a progress bar when long).
 
         ``X``: ``(N, d)``; ``y``: classification — integer labels ``(N,)`` in ``[0, C)`` (0/1
@@ -318,7 +321,8 @@ class Laplace:
         N = features.shape[0]
         Y = lik.targets(self.likelihood, y, N, C)
         loss = lik.loss_name(self.likelihood, C)
-        H = K.summed_curvature(self.structure, self.curvature, s, self.params, features, Y, loss, self.backend)
+        with memory.hints(K.MEMORY_HINTS):  # a refusal names Laplace's own options
+            H = K.summed_curvature(self.structure, self.curvature, s, self.params, features, Y, loss, self.backend)
         if not K.is_finite(H):
             raise self._overflow("curvature")
         if self.structure == "kron":
@@ -473,7 +477,7 @@ class Laplace:
 
     # -- the marginal likelihood ----------------------------------------------------
 
-    def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None):
+    def log_marginal_likelihood(self, prior_precision: ArrayLike | None = None, sigma_noise: ArrayLike | None = None) -> jax.Array:
         """The Laplace log marginal likelihood (laplace-torch's formula), at the given hyperparameters.
 
         ``log p(y | θ_MAP) − ½·(log det P − log det P₀ + (θ_MAP − μ₀)ᵀ P₀ (θ_MAP − μ₀))``.
@@ -550,10 +554,10 @@ class Laplace:
         prior_structure: str = "scalar",
         *,
         tune_sigma_noise: bool = False,
-        val=None,
-        grid=None,
+        val: tuple[ArrayLike, ArrayLike] | None = None,
+        grid: ArrayLike | None = None,
         pred_type: str = "glm",
-        link_approx=None,
+        link_approx: str | None = None,
         n_samples: int = 100,
         max_iter: int = 500,
     ) -> "Laplace":
@@ -607,7 +611,7 @@ class Laplace:
 
     # -- the predictive -------------------------------------------------------------
 
-    def predictive(self, X, pred_type: str = "glm", link_approx=None, n_samples: int = 100, seed: int = 0) -> pred.Predictive:
+    def predictive(self, X: ArrayLike, pred_type: str = "glm", link_approx: str | None = None, n_samples: int = 100, seed: int = 0) -> pred.Predictive:
         """The posterior predictive at ``X`` ``(N, d)``.
 
         - ``pred_type="glm"``: the linearised network, ``f(x) ~ N(f_MAP(x), J P⁻¹ Jᵀ)``
@@ -684,7 +688,7 @@ class Laplace:
 
     # -- saving ----------------------------------------------------------------------
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the approximation (model, θ, settings, fitted curvature) to ``path`` (``.npz``).
 
         Atomic: the file is written beside ``path`` and renamed over it once complete, so a
@@ -695,7 +699,7 @@ class Laplace:
         store.save(self, path)
 
     @classmethod
-    def load(cls, path, *, model=None, trust_source: bool = False) -> "Laplace":
+    def load(cls, path: str | os.PathLike, *, model: Any = None, trust_source: bool = False) -> "Laplace":
         """The approximation that :meth:`save` wrote to ``path``, ready to use.
 
         Loading runs no code: a saved :class:`~fluxhess.Chain` is rebuilt from its table of

@@ -39,6 +39,16 @@ class Clipped(NamedTuple):
     most_negative: float  # the most negative one, now 0
 
 
+#: What a refused curvature suggests inside a Laplace fit: its own structures and subsets.
+_SMALLER = "structure='kron' or 'diag', structure='lowrank' (GGN or EF, for P much larger than N·C), or subset='last_layer'"
+MEMORY_HINTS = {
+    "hessian": f"a Laplace approximation with {_SMALLER}",
+    "ggn": f"a Laplace approximation with {_SMALLER}",
+    "empirical_fisher": f"a Laplace approximation with {_SMALLER}",
+    "kron": "a Laplace approximation with structure='diag' or subset='last_layer'",
+}
+
+
 def _samples_per_chunk(subset: Subset, n_outputs: int, n_data: int) -> int:
     P = subset.tail.num_params
     return memory.chunk_size(3 * 8 * max(n_outputs, 1) * P, n_data)

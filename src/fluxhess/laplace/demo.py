@@ -30,7 +30,7 @@ def laplace_step(backend: str = "auto") -> None:
     X, y = _three_blobs(150, rng)
     X_test, y_test = _three_blobs(300, rng)
     model = Chain.mlp([2, 16, 3], "tanh")
-    print(f"\nLaplace: {model.to_flux()} (P = {model.num_params}) on 3 Gaussian blobs, {len(y)} training points")
+    print(f"\nLaplace: {model} (P = {model.num_params}) on 3 Gaussian blobs, {len(y)} training points")
     t = time.perf_counter()
     theta = fit_map(model, model.init(0), X, y, loss="logitcrossentropy", prior_precision=1.0, gtol=1e-6, backend=backend).params
     print(f"  MAP by L-BFGS in {time.perf_counter() - t:.2f} s")

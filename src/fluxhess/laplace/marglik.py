@@ -22,15 +22,20 @@ vanishes at the MAP, so the fixed point is the exact evidence maximiser.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import _validate as check
 from ..errors import ConvergenceWarning
 from ..train import MapFit, fit_map
 from . import likelihood as lik
 from .core import Laplace
+
+if TYPE_CHECKING:
+    from ..flux import FluxModel
+    from ..model import Chain
 
 
 class MarglikRound(NamedTuple):
@@ -55,19 +60,19 @@ class MarglikFit(NamedTuple):
 
 
 def marglik_training(
-    model,
-    params0,
-    X,
-    y,
+    model: Chain | FluxModel,
+    params0: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
     likelihood: str = "classification",
     *,
     curvature: str = "ggn",
     structure: str = "full",
     prior_structure: str = "scalar",
-    prior_precision=1.0,
-    sigma_noise=1.0,
+    prior_precision: ArrayLike = 1.0,
+    sigma_noise: float = 1.0,
     tune_sigma_noise: bool = False,
-    temperature=1.0,
+    temperature: float = 1.0,
     rounds: int = 10,
     rtol: float = 1e-3,
     max_iter: int = 1000,
@@ -94,6 +99,14 @@ def marglik_training(
     Returns: a :class:`MarglikFit` (``laplace``, ``map_fit``, ``history``, ``converged``); a
     :class:`fluxhess.ConvergenceWarning` (a ``RuntimeWarning``) when ``rounds`` ran out before the
     hyperparameters settled.
+
+    Example:
+        >>> import numpy as np, fluxhess as fh
+        >>> X = np.random.default_rng(0).normal(size=(30, 2)); y = (X[:, 0] > 0).astype(int)
+        >>> m = fh.Chain.mlp([2, 3, 2], "tanh")
+        >>> fit = fh.marglik_training(m, m.init(0), X, y, "classification", backend="jax")
+        >>> fit.laplace.prior_precision.shape
+        (1,)
     """
     rounds = check.positive_int("rounds", rounds)
     rtol = check.positive_number("rtol", rtol)

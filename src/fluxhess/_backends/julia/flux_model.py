@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
-from ...model import Block, ParamLayout
+from ...model import Block, Chain, ParamLayout
 from .backend import JULIA
 
 
@@ -41,7 +41,10 @@ class FluxModel:
     sample's shape in NumPy order, as the fluxhess functions set it for N-d ``X``.
     """
 
-    def __init__(self, source: str, seed: int = 0, filename: str = "model source", *, layers=None, input_shape=None):
+    def __init__(
+        self, source: str, seed: int = 0, filename: str = "model source", *,
+        layers: tuple[int, int] | None = None, input_shape: tuple[int, ...] | None = None,
+    ) -> None:
         if not isinstance(source, str) or not source.strip():
             raise InputError(f"source must be a non-empty string of Julia code; got {source!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -58,7 +61,7 @@ class FluxModel:
     def _view(self, layers=None, input_shape=None) -> "FluxModel":
         return FluxModel(self.source, self.seed, self.filename, layers=layers, input_shape=input_shape)
 
-    def with_input_shape(self, shape) -> "FluxModel":
+    def with_input_shape(self, shape: tuple[int, ...]) -> "FluxModel":
         """The same model fed samples of ``shape`` (NumPy order), e.g. ``(2, 1, 1)`` for ``X (N, 2, 1, 1)``;
         ``None``: as written (a ``d × N`` matrix)."""
         return self._view(self.layers, None if shape is None else tuple(shape))
@@ -125,7 +128,7 @@ class FluxModel:
         """``(layers before start or None, layers from start on)``."""
         return (self.part(0, start) if start else None), self.part(start)
 
-    def to_spec(self, input_shape=None):
+    def to_spec(self, input_shape: tuple[int, ...] | None = None) -> tuple[Chain, np.ndarray]:
         """``(fluxhess.Chain, θ)`` with the same layers and weights, so any backend can run it.
 
         Parameter-free layers are identified by what they do: a function that maps a
@@ -136,7 +139,10 @@ class FluxModel:
         :class:`fluxhess.UnsupportedModelError` naming the first layer without a spec
         twin, and why.
         """
-        return JULIA.to_spec(self, input_shape)
+        from ..._origin import Origin
+
+        chain, theta = JULIA.to_spec(self, input_shape)
+        return chain.with_origin(Origin("flux")), theta
 
     def __repr__(self) -> str:
         src = self.source if len(self.source) <= 60 else self.source[:57] + "..."
@@ -152,12 +158,24 @@ class FluxModel:
         return hash(self.key)
 
 
-def flux_model(source_or_path, seed: int = 0) -> FluxModel:
-    """A :class:`FluxModel` from Julia source, or from the path of a ``.jl`` file.
+def flux_model(source_or_path: str | os.PathLike, seed: int = 0) -> FluxModel:
+    """A `FluxModel` from Julia source, or from the path of a `.jl` file (julia backend).
 
-    >>> m = flux_model("Chain(Dense(2 => 3, tanh), Dense(3 => 1))")
-    >>> m
-    FluxModel('Chain(Dense(2 => 3, tanh), Dense(3 => 1))', seed=0)
+    Args:
+        source_or_path: Julia source whose last expression is the model (evaluated with
+            `using Flux` in a fresh module), or the path of a `.jl` file.
+        seed: `Random.seed!(seed)` before the source runs (its initial weights).
+
+    Returns:
+        A `FluxModel`; nothing runs until it is used (then Julia starts, once per process).
+
+    Raises:
+        InputError: a path to no file.
+
+    Example:
+        >>> m = flux_model("Chain(Dense(2 => 3, tanh), Dense(3 => 1))")
+        >>> m
+        FluxModel('Chain(Dense(2 => 3, tanh), Dense(3 => 1))', seed=0)
 
     The source's last expression must be the model. A string counts as a path
     when it ends in ``.jl`` (or is a ``pathlib.Path``). Trained weights come in
