@@ -36,7 +36,7 @@ end
 
 # The factor s of L = s · Σ_n ℓ_n, from Flux's definitions (mean over samples for the
 # crossentropies, over every entry otherwise).
-scale(loss, agg, C, N) = agg === sum ? 1.0 :
+loss_factor(loss, agg, C, N) = agg === sum ? 1.0 :
     any(f -> f === loss, (Flux.crossentropy, Flux.logitcrossentropy)) ? 1 / N : 1 / (N * C)
 
 # Per-sample references by Zygote and ForwardDiff, one sample at a time, and the Hessian
@@ -44,7 +44,7 @@ scale(loss, agg, C, N) = agg === sum ? 1.0 :
 function per_sample_references(model, X, Y, loss, agg)
     θ, re = Flux.destructure(model)
     P, N, C = length(θ), size(X, 2), size(Y, 1)
-    s = scale(loss, agg, C, N)
+    s = loss_factor(loss, agg, C, N)
     G, F, J = zeros(P, P), zeros(P, P), zeros(C, P, N)
     for n in 1:N
         xn, yn = X[:, n:n], Y[:, n:n]
