@@ -66,7 +66,7 @@ end
 `model` rebuilt at θ (`nothing`: its own parameters) and put in test mode; θ must have
 the length of `Flux.destructure(model)[1]`.
 """
-function model_at(model, θ)
+function model_at(model, θ = nothing)
     flat, re = Flux.destructure(model)
     isempty(flat) && throw(ArgumentError("the model has no trainable parameters; got $(summary(model))"))
     θ = θ === nothing ? flat : θ
