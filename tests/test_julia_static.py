@@ -279,7 +279,7 @@ def test_package_path_finds_the_bundled_package():
 
     folder = package_path()
     assert folder.joinpath("Project.toml").read_bytes() == ROOT.joinpath("julia", "Project.toml").read_bytes()
-    assert module_path().read_bytes() == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()
+    assert module_path().read_bytes() == ROOT.joinpath("julia", "src", "FluxHess.jl").read_bytes()
 
 
 def _julia_name_table(const: str) -> tuple[str, ...]:

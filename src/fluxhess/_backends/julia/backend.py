@@ -1,7 +1,7 @@
 """The julia backend: every quantity computed by Flux + Zygote (+ ForwardDiff) in Julia.
 
-The bundled Julia package ``FluxHess`` (``julia/``: ``FluxHess.jl`` and its
-``src/``) does the work; this file only finds a Julia runtime, starts it lazily
+The bundled Julia package ``FluxHess`` (``julia/``, a standard Julia package whose
+module is ``src/FluxHess.jl``) does the work; this file only finds a Julia runtime, starts it lazily
 and once, loads the package with ``using FluxHess`` (precompiled, with a
 workload of every quantity), hands arrays over and copies results back.
 
@@ -85,7 +85,7 @@ _HOW_TO_FIX = (
 
 
 def package_path() -> Path:
-    """The bundled Julia package folder (``Project.toml``, ``FluxHess.jl``, ``src/``)."""
+    """The bundled Julia package folder (``Project.toml``, ``src/FluxHess.jl``)."""
     candidates = []
     try:
         candidates.append(Path(str(resources.files("fluxhess") / "julia")))
@@ -94,7 +94,7 @@ def package_path() -> Path:
     # source checkout: <repo>/src/fluxhess/_backends/julia/backend.py -> <repo>/julia
     candidates.append(Path(__file__).resolve().parents[4] / "julia")
     for path in candidates:
-        if (path / "Project.toml").is_file() and (path / "FluxHess.jl").is_file():
+        if (path / "Project.toml").is_file() and (path / "src" / "FluxHess.jl").is_file():
             return path
     raise JuliaUnavailableError(
         "the bundled Julia package FluxHess is missing; looked at "
@@ -104,8 +104,8 @@ def package_path() -> Path:
 
 
 def module_path() -> Path:
-    """The bundled ``FluxHess.jl``, the Julia module's source."""
-    return package_path() / "FluxHess.jl"
+    """The bundled ``src/FluxHess.jl``, the Julia module."""
+    return package_path() / "src" / "FluxHess.jl"
 
 
 def juliapkg_state() -> dict:
@@ -387,10 +387,11 @@ class JuliaBackend:
         jm = self._models.get(key)
         if jm is None:
             jm = self._built((model.source, model.seed, model.filename), dtype)
-            if model.layers is not None:
-                jm = self._fh.sublayers(jm, model.layers[0] + 1, model.layers[1])
-            if model.input_shape is not None:  # NumPy's (a, b, c) is Julia's (c, b, a)
-                jm = self._fh.with_input_shape(jm, list(reversed(model.input_shape)))
+            with self._julia_errors(f"preparing the Flux model {model!r} on backend 'julia' failed"):
+                if model.layers is not None:
+                    jm = self._fh.sublayers(jm, model.layers[0] + 1, model.layers[1])
+                if model.input_shape is not None:  # NumPy's (a, b, c) is Julia's (c, b, a)
+                    jm = self._fh.with_input_shape(jm, list(reversed(model.input_shape)))
             self._models[key] = jm
         return jm
 
