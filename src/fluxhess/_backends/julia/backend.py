@@ -179,11 +179,13 @@ def julia_message(exc: BaseException) -> str:
 
 
 def julia_error(exc: BaseException, what: str, error_class: str = "backend", otherwise=BackendError) -> FluxHessError:
-    """The fluxhess error for an exception a Julia call raised: :class:`InputError` when Julia
-    classed it ``"input"`` (``FluxHess.Bridge.error_class``: an ``ArgumentError`` or
-    ``DimensionMismatch``), else ``otherwise``; its message is ``what`` and Julia's message."""
-    cls = _ERRORS.get(error_class, otherwise)
-    return (otherwise if cls is BackendError else cls)(f"{what}: {julia_message(exc)}")
+    """The fluxhess error for an exception a Julia call raised: ``otherwise`` when the caller
+    chose a class of its own (e.g. :class:`UnsupportedModelError` for "this model has no spec"),
+    else :class:`InputError` when Julia classed it ``"input"`` (``FluxHess.Bridge.error_class``:
+    an ``ArgumentError`` or ``DimensionMismatch``) and :class:`BackendError` otherwise; its
+    message is ``what`` and Julia's message."""
+    cls = _ERRORS.get(error_class, BackendError) if otherwise is BackendError else otherwise
+    return cls(f"{what}: {julia_message(exc)}")
 
 
 def _to_numpy(value) -> np.ndarray:
