@@ -73,7 +73,10 @@ function model_at(model, θ = nothing)
     length(θ) == length(flat) || throw(DimensionMismatch(
         "θ has length $(length(θ)) but the model has $(length(flat)) parameters"))
     θ = Vector{eltype(flat)}(θ)
-    return ModelAt(Flux.testmode!(re(θ)), re, θ)
+    m = Flux.testmode!(re(θ))
+    # The rebuilder of the test-mode copy: `re` would rebuild the caller's layers, whose
+    # Dropout and BatchNorm are active inside derivatives (for Duals too).
+    return ModelAt(m, last(Flux.destructure(m)), θ)
 end
 
 function _outputs(model, X)
