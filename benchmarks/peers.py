@@ -98,11 +98,11 @@ function (FH, model, θ, X, Y, quantity)
     for n in 1:N
         xn, yn = p.X[:, n:n], p.Y[:, n:n]
         if quantity == "ggn"
-            ŷ, Jn = FH.Zygote.withjacobian(ϑ -> p.re(ϑ)(xn), p.θ)
-            Λn = FH.ForwardDiff.hessian(u -> p.ℓ(reshape(u, :, 1), yn; agg = sum), vec(ŷ))
+            ŷ, Jn = FH.FluxHess.Zygote.withjacobian(ϑ -> p.re(ϑ)(xn), p.θ)
+            Λn = FH.FluxHess.ForwardDiff.hessian(u -> p.ℓ(reshape(u, :, 1), yn; agg = sum), vec(ŷ))
             M .+= transpose(Jn[1]) * (Λn * Jn[1])
         else
-            g = FH.Zygote.gradient(ϑ -> p.ℓ(p.re(ϑ)(xn), yn; agg = sum), p.θ)[1]
+            g = FH.FluxHess.Zygote.gradient(ϑ -> p.ℓ(p.re(ϑ)(xn), yn; agg = sum), p.θ)[1]
             M .+= g * transpose(g)
         end
     end

@@ -21,7 +21,7 @@ from fluxhess.api import Call
 from fluxhess._problem import Problem
 from fluxhess._backends import REGISTRY
 from fluxhess._backends.julia import JuliaBackend
-from fluxhess.errors import BackendError, MemoryBudgetError
+from fluxhess.errors import BackendError, InputError, MemoryBudgetError
 from fluxhess.flux import flux_model
 
 MODEL = fh.Chain(fh.Dense(3, 6, "tanh"), fh.Dense(6, 5, "softplus", bias=False), fh.Dense(5, 2))
@@ -141,7 +141,7 @@ def test_a_real_julia_exception_leaves_the_bridge_usable():
     julia = REGISTRY["julia"]
     # Y with the wrong width, past validation: the call as the API makes it, which names it.
     call = Call("gradient", julia, Problem(MODEL, THETA, X, Y=Y[:, :1].copy(), loss="mse", agg="sum"))
-    with pytest.raises(BackendError, match="gradient.*DimensionMismatch"):
+    with pytest.raises(InputError, match="gradient.*DimensionMismatch"):  # an input error, as Julia says
         call.run("gradient")
     with pytest.raises(BackendError):
         fh.forward(flux_model("Chain(Dense(3 => 2), this_is_not_defined)"), THETA, X, backend="julia")

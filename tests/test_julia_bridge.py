@@ -19,7 +19,9 @@ import pytest
 
 import fluxhess as fh
 from fluxhess._backends import REGISTRY
-from fluxhess._backends.julia import JuliaBackend, julia_message, map_julia_error
+from fluxhess import _memory as memory
+from fluxhess._backends.julia import JuliaBackend, julia_error, julia_message
+from fluxhess._backends.julia import backend as julia_backend
 from fluxhess.errors import BackendError, InputError, JuliaUnavailableError
 from fluxhess.flux import FluxModel, flux_model
 
@@ -32,7 +34,13 @@ JULIA_TRACE = (
 
 
 class FakeJuliaError(Exception):
-    """Shaped like juliacall.JuliaError: str() is showerror with the backtrace."""
+    """Shaped like juliacall.JuliaError: str() is showerror with the backtrace; ``exception``,
+    when given, is the Julia exception value (here its type's name)."""
+
+    def __init__(self, exception=None):
+        super().__init__()
+        if exception is not None:
+            self.exception = exception
 
     def __str__(self):
         return JULIA_TRACE
@@ -144,13 +152,18 @@ def test_julia_message_drops_the_stacktrace():
     assert julia_message(RuntimeError("")) == "RuntimeError"
 
 
-def test_map_julia_error_carries_message_quantity_shapes_and_backend():
-    err = map_julia_error(FakeJuliaError(), "hessian", "params (17,), X (3, 2), y (3, 1)")
-    assert isinstance(err, BackendError) and isinstance(err, fh.FluxHessError)
-    text = str(err)
-    for part in ("hessian", "'julia'", "params (17,), X (3, 2), y (3, 1)", "DimensionMismatch", "size(y) = (1, 3)"):
-        assert part in text
-    assert "Stacktrace" not in text
+def test_julia_error_is_an_input_error_when_julia_classes_it_so():
+    what = "hessian on backend 'julia' failed for params (17,), X (3, 2), y (3, 1)"
+    for error_class, expected in (("input", InputError), ("backend", BackendError), ("unknown", BackendError)):
+        err = julia_error(FakeJuliaError(), what, error_class)
+        assert type(err) is expected and isinstance(err, fh.FluxHessError)
+        text = str(err)
+        for part in ("hessian", "'julia'", "params (17,), X (3, 2), y (3, 1)", "DimensionMismatch", "size(y) = (1, 3)"):
+            assert part in text
+        assert "Stacktrace" not in text
+    assert type(julia_error(FakeJuliaError(), "to_spec", "backend", otherwise=fh.UnsupportedModelError)) is fh.UnsupportedModelError
+    # A class of the caller's own wins: Julia's ArgumentError from to_spec means "no spec twin".
+    assert type(julia_error(FakeJuliaError(), "to_spec", "input", otherwise=fh.UnsupportedModelError)) is fh.UnsupportedModelError
 
 
 # --- a fake Julia ---------------------------------------------------------------
@@ -165,6 +178,9 @@ class FakeJulia:
         self.built = []
         self.inside = 0
         self.overlaps = 0
+        self.into = []  # the arrays curvature! wrote into
+        self.hvp_columns = []  # the columns of V per hvp call
+        self.raises = None  # the Julia exception type the Hessian fails with
 
     def build_model(self, source, seed, T, filename):
         self.built.append((source, seed, T, filename))
@@ -185,9 +201,26 @@ class FakeJulia:
         self._enter()
         return np.arange(params.shape[0], dtype=float)
 
-    def curvature_b(self, out, kind, jm, params, X, Y, loss, agg):  # FluxHess.curvature!
-        assert kind == ("kind", "Hessian") and out.shape == (params.shape[0],) * 2
-        raise FakeJuliaError()
+    def curvature_b(self, out, jm, params, X, Y, loss, agg, kind, workspace):  # FluxHess.Bridge.curvature!
+        assert out.shape == (params.shape[0],) * 2 and workspace == julia_backend.WORK_BYTES
+        self.into.append(out)
+        if kind == ("kind", "Hessian"):
+            raise FakeJuliaError(self.raises)
+        out[...] = self.matrix(params.shape[0])
+        return out
+
+    @staticmethod
+    def matrix(P):
+        M = np.arange(P * P, dtype=float).reshape(P, P)
+        return M + M.T
+
+    def hvp(self, jm, params, X, Y, V, loss, agg, kind):
+        self.hvp_columns.append(V.shape[1])
+        return self.matrix(params.shape[0]) @ V
+
+    @staticmethod
+    def error_class(exception):  # FluxHess.Bridge.error_class: how Julia classes its exception
+        return {"ArgumentError": "input", "DimensionMismatch": "input"}.get(exception, "backend")
 
     @staticmethod
     def Hessian():
@@ -223,6 +256,47 @@ def test_a_julia_exception_becomes_backend_error_and_the_backend_stays_usable(fa
     g = fh.gradient(MODEL, theta, X, y, backend="julia")  # still usable
     assert g.flags.c_contiguous and g.flags.owndata and g.dtype == np.float64
     assert fake_julia.built == [(MODEL.to_flux(), 0, "Float64", "fluxhess.Chain")]  # built once
+
+
+@pytest.mark.parametrize("julia_type, expected", [("DimensionMismatch", InputError), ("ArgumentError", InputError), ("MethodError", BackendError)])
+def test_julia_input_errors_arrive_as_input_errors(fake_julia, julia_type, expected):
+    """One error path: the backend classes Julia's exception (FluxHess.Bridge.error_class)."""
+    fake_julia.raises = julia_type
+    theta, X, y = MODEL.init(), np.ones((3, 2)), np.zeros((3, 1))
+    with pytest.raises(fh.FluxHessError) as info:
+        fh.hessian(MODEL, theta, X, y, backend="julia")
+    assert type(info.value) is expected
+    text = str(info.value)
+    assert "hessian on backend 'julia'" in text and "params (21,)" in text and "DimensionMismatch" in text
+    assert "Stacktrace" not in text
+
+
+def test_out_is_written_by_julia_itself_and_guarded_as_a_working_set(fake_julia, tmp_path, monkeypatch):
+    """out=: the caller's array (a memmap) goes to Julia's curvature!, no P×P is made beside it, and
+    the guard counts only the working set (WORK_BYTES), not a second copy of the result."""
+    theta, X, y = MODEL.init(), np.ones((3, 2)), np.zeros((3, 1))
+    P = MODEL.num_params
+    target = np.lib.format.open_memmap(tmp_path / "ggn.npy", mode="w+", dtype=np.float64, shape=(P, P))
+    asked = []
+    monkeypatch.setattr(memory, "require", lambda quantity, nbytes, shape, **kw: asked.append((quantity, nbytes)))
+    result = fh.ggn(MODEL, theta, X, y, backend="julia", out=target)
+    assert result is target and fake_julia.into == [target]
+    np.testing.assert_array_equal(np.load(tmp_path / "ggn.npy"), FakeJulia.matrix(P))
+    assert asked == [("ggn", julia_backend.WORK_BYTES)]
+    fresh = fh.ggn(MODEL, theta, X, y, backend="julia")  # without out=: Julia writes into the array returned
+    assert fake_julia.into[-1] is fresh and fresh.flags.c_contiguous and fresh.flags.owndata
+
+
+def test_hvp_runs_in_chunks_of_columns_within_the_chunk_budget(fake_julia, monkeypatch):
+    theta, X, y = MODEL.init(), np.ones((3, 2)), np.zeros((3, 1))
+    P = MODEL.num_params
+    V = np.random.default_rng(0).normal(size=(P, 7))
+    monkeypatch.setattr(memory, "CHUNK_BYTES", 3 * P * 8 * 3)  # three columns per chunk
+    got = fh.hvp(MODEL, theta, X, y, V, kind="ggn", backend="julia")
+    assert fake_julia.hvp_columns == [3, 3, 1]
+    M = FakeJulia.matrix(P)
+    np.testing.assert_array_equal(got, np.hstack([M @ V[:, :3], M @ V[:, 3:6], M @ V[:, 6:]]))
+    assert got.shape == (P, 7) and got.flags.c_contiguous
 
 
 def test_float32_builds_a_float32_model(fake_julia):

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
-from fluxhess.errors import BackendError, UnsupportedModelError
+from fluxhess.api import Call
+from fluxhess.errors import BackendError, InputError, UnsupportedModelError
+from fluxhess._backends import REGISTRY
+from fluxhess._problem import Problem
 from fluxhess.flux import FluxModel, flux_model
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = sorted(ROOT.joinpath("tests", "fixtures").glob("*.toml"))
+FIXTURES = sorted(ROOT.joinpath("julia", "test", "fixtures").glob("*.toml"))
 RTOL, ATOL = 1e-10, 1e-12
 
 
@@ -130,3 +133,38 @@ def test_a_julia_failure_is_a_backend_error_and_julia_stays_usable():
 def test_a_broken_source_names_the_problem():
     with pytest.raises(BackendError, match="UndefVarError|not defined"):
         flux_model("Chain(Dense(2 => 2), NoSuchLayer())").params
+
+
+def test_a_julia_dimension_mismatch_is_an_input_error():
+    """Targets of the wrong width past the API's checks (the call as the API makes it): Julia's
+    DimensionMismatch arrives as an InputError naming the call and Julia's message."""
+    model = fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 2))
+    X, Y = np.ones((5, 3)), np.zeros((5, 1))
+    call = Call("gradient", REGISTRY["julia"], Problem(model, model.init(), X, Y=Y, loss="mse", agg="sum"))
+    with pytest.raises(InputError, match=r"gradient on backend 'julia' failed for .*DimensionMismatch"):
+        call.run("gradient")
+
+
+@pytest.mark.parametrize("source", ["Chain(Dense(3 => 5, tanh), Dense(5 => 2))",
+                                    "Chain(Dense(3 => 5, tanh), x -> 2 .* x, Dense(5 => 2))"], ids=["dense-chain", "generic"])
+def test_out_receives_every_curvature_written_by_julia(tmp_path, source):
+    m = flux_model(source, seed=1)
+    theta = m.params
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(9, 3)), rng.normal(size=(9, 2))
+    for fn in (fh.hessian, fh.ggn, fh.empirical_fisher):
+        out = np.lib.format.open_memmap(tmp_path / f"{fn.__name__}.npy", mode="w+", dtype=np.float64, shape=(theta.size,) * 2)
+        assert fn(m, theta, X, y, backend="julia", out=out) is out
+        np.testing.assert_array_equal(np.load(tmp_path / f"{fn.__name__}.npy"), fn(m, theta, X, y, backend="julia"))
+
+
+def test_hvp_in_chunks_of_columns_equals_the_matrix_times_v(monkeypatch):
+    from fluxhess import _memory as memory
+
+    m = fh.Chain(fh.Dense(3, 5, "tanh"), fh.Dense(5, 2))
+    theta = m.init(2)
+    rng = np.random.default_rng(1)
+    X, y, V = rng.normal(size=(9, 3)), rng.normal(size=(9, 2)), rng.normal(size=(m.num_params, 7))
+    monkeypatch.setattr(memory, "CHUNK_BYTES", 3 * m.num_params * 8 * 3)  # three columns per call into Julia
+    for kind, fn in (("hessian", fh.hessian), ("ggn", fh.ggn), ("ef", fh.empirical_fisher)):
+        _close(fh.hvp(m, theta, X, y, V, kind=kind, backend="julia"), fn(m, theta, X, y, backend="julia") @ V)

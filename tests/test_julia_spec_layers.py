@@ -66,7 +66,7 @@ def test_julia_descriptions_rebuild_the_spec_and_its_theta():
 
 
 def test_cnn_fixtures_are_the_jax_engines_numbers():
-    """tests/fixtures/cnn/ (for the Julia side) hold what the JAX engine computes today."""
+    """julia/test/fixtures/cnn/ (for the Julia side) hold what the JAX engine computes today."""
     import sys
     import tomllib
     from pathlib import Path
@@ -79,7 +79,7 @@ def test_cnn_fixtures_are_the_jax_engines_numbers():
         sys.path.remove(str(folder))
     array = lambda t: np.reshape(np.asarray(t["data"], dtype=np.float64), t["shape"], order="F")  # noqa: E731
     cases = {name: (model, loss, agg) for name, model, loss, agg in make_fixtures.CNN_CASES}
-    paths = sorted((folder / "cnn").glob("*.toml"))
+    paths = sorted((make_fixtures.OUT / "cnn").glob("*.toml"))
     assert [p.stem for p in paths] == sorted(cases)
     for path in paths:
         fx = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -14,13 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 JL_FILES = sorted(ROOT.joinpath("julia").rglob("*.jl"))
-#: The package's own source: the module file and what it includes (not its tests).
+#: The package's own source: the entry point, the module file and what it includes (not its tests).
 PACKAGE_FILES = [ROOT / "julia" / "FluxHess.jl", *sorted(ROOT.joinpath("julia", "src").glob("*.jl"))]
+TEST_DIR = ROOT / "julia" / "test"
 
 
 def _package_text() -> str:
     return "\n".join(p.read_text(encoding="utf-8") for p in PACKAGE_FILES)
-FIXTURES = sorted(ROOT.joinpath("tests", "fixtures").glob("*.toml"))
+FIXTURES = sorted(ROOT.joinpath("julia", "test", "fixtures").glob("*.toml"))
 
 
 def _error_nodes(node):
@@ -35,23 +36,50 @@ def test_there_is_julia_code():
     assert {"julia/FluxHess.jl", "julia/src/FluxHess.jl", "julia/test/runtests.jl"} <= names
 
 
-def test_test_project_declares_what_runtests_loads():
-    """julia/test/Project.toml: the stdlibs runtests.jl uses (FluxHess's own deps come through it)."""
-    test_project = tomllib.loads(ROOT.joinpath("julia", "test", "Project.toml").read_text(encoding="utf-8"))
-    text = ROOT.joinpath("julia", "test", "runtests.jl").read_text(encoding="utf-8")
-    assert "using Test, TOML, LinearAlgebra" in text and "using FluxHess" in text
-    assert set(test_project["deps"]) == {"Test", "TOML", "LinearAlgebra"}
+def _code_lines(path: Path) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.split("#", 1)[0].strip()]
 
 
-def test_package_entry_point_includes_the_module_source():
-    """Julia 1.10 loads src/FluxHess.jl; FluxHess.jl beside Project.toml stays the module's source."""
-    entry = ROOT.joinpath("julia", "src", "FluxHess.jl").read_text(encoding="utf-8")
-    assert 'Core.include(@__MODULE__, joinpath(dirname(@__DIR__), "FluxHess.jl"))' in entry
-    module = ROOT.joinpath("julia", "FluxHess.jl").read_text(encoding="utf-8")
-    assert "module FluxHess" in module
-    for path in PACKAGE_FILES[1:]:
+def test_test_project_declares_what_the_tests_load():
+    """julia/test/Project.toml: exactly the packages the test files load (FluxHess comes with `] test`)."""
+    test_project = tomllib.loads(TEST_DIR.joinpath("Project.toml").read_text(encoding="utf-8"))
+    used = set()
+    for path in TEST_DIR.glob("*.jl"):
+        for line in _code_lines(path):
+            words = line.replace(",", " ").replace(":", " ").split()
+            if words[0] in ("import", "using"):
+                used.update(w for w in words[1:] if w[0].isupper() and not w.startswith(("FluxHess", "Flux.")))
+    assert set(test_project["deps"]) == used
+
+
+def test_runtests_includes_every_topic_file():
+    """julia/test/runtests.jl includes one file per topic, and every test file is included."""
+    code = "\n".join(_code_lines(TEST_DIR / "runtests.jl"))
+    topics = sorted(p.name for p in TEST_DIR.glob("*.jl") if p.name not in ("runtests.jl", "testutils.jl"))
+    assert len(topics) >= 4
+    for name in ["testutils.jl", *topics]:
+        assert f'include("{name}")' in code, name
+
+
+def test_tests_use_the_public_api_only():
+    """The Julia tests call FluxHess's public names, never its `_` internals."""
+    import re
+
+    for path in TEST_DIR.glob("*.jl"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.findall(r"FluxHess\._\w+", text), path.name
+
+
+def test_package_layout_is_the_standard_one():
+    """src/FluxHess.jl is the module and includes its files relative to itself; julia/FluxHess.jl,
+    the top-level entry point, only includes it; nothing uses Core.include."""
+    module = ROOT.joinpath("julia", "src", "FluxHess.jl").read_text(encoding="utf-8")
+    assert "\nmodule FluxHess\n" in module and module.rstrip().endswith("end # module FluxHess")
+    for path in PACKAGE_FILES[2:]:
         if path.name != "FluxHess.jl":
-            assert f'include(joinpath(@__DIR__, "src", "{path.name}"))' in module, path.name
+            assert f'include("{path.name}")' in module, path.name
+    assert _code_lines(ROOT / "julia" / "FluxHess.jl") == ['include(joinpath(@__DIR__, "src", "FluxHess.jl"))']
+    assert not any("Core.include" in p.read_text(encoding="utf-8") for p in PACKAGE_FILES)
 
 
 @pytest.mark.parametrize("path", JL_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -68,19 +96,36 @@ def test_julia_file_parses(path):
     assert not tree.root_node.has_error, f"{path.name} does not parse: {bad}"
 
 
-def test_module_exports_the_python_names():
-    """Every quantity of the Backend Protocol has a Julia function of the same name."""
+def test_the_bridge_has_every_python_quantity():
+    """Every quantity of the Backend Protocol has a function of the same name in FluxHess.Bridge
+    (the P×P ones: curvature!), and so do what the julia backend calls to build and read models."""
     from fluxhess._backends.base import Backend
 
-    text = _package_text()
+    text = ROOT.joinpath("julia", "src", "bridge.jl").read_text(encoding="utf-8")
     quantities = [
         name
         for name in vars(Backend)
-        if not name.startswith("_") and name not in ("name", "unavailable_reason", "unsupported_reason")
+        if not name.startswith("_") and name not in ("name", "unavailable_reason", "unsupported_reason", "hessian", "ggn", "empirical_fisher")
     ]
     assert quantities
-    for name in quantities + ["build_model", "parameters", "to_spec"]:
+    for name in quantities + ["curvature!", "build_model", "parameters", "error_class"]:
         assert f"function {name}(" in text or f"\n{name}(" in text, name
+    for name in ("layout", "to_spec", "sublayers", "with_input_shape", "Hessian", "GGN", "EmpiricalFisher"):
+        assert f" {name}," in text or f" {name}\n" in text, name  # imported from FluxHess
+
+
+def test_exports_do_not_clash_with_flux_or_zygote():
+    """FluxHess exports no name that Flux, Zygote or LinearAlgebra export (`using FluxHess, Zygote`
+    must leave `hessian` unambiguous); the clashing ones are public, not exported."""
+    import re
+
+    module = ROOT.joinpath("julia", "src", "FluxHess.jl").read_text(encoding="utf-8")
+    exported = set(re.findall(r"\w+!?", re.search(r"^export (.*?)\n\n", module, re.S | re.M).group(1))) - {"export"}
+    assert {"Hessian", "GGN", "EmpiricalFisher", "curvature", "curvature!", "hvp"} <= exported
+    assert not exported & {"hessian", "gradient", "jacobian", "kron", "diaghessian", "withgradient", "route", "DenseChain", "Generic"}
+    public = re.search(r"^@compat public (.*)$", module, re.M).group(1)
+    for name in ("hessian", "gradient", "kron", "Bridge"):
+        assert name in public, name
 
 
 def _project_toml():
@@ -109,7 +154,7 @@ def test_declared_packages_are_the_ones_the_module_loads():
     used = set()
     for line in text.splitlines():
         words = line.replace(",", " ").replace(":", " ").split()
-        if words and words[0] in ("import", "using"):
+        if words and words[0] in ("import", "using") and not words[1].startswith(".."):  # not FluxHess's own submodule
             used.update(w for w in words[1:2])
     declared = set(_project_toml()["deps"])
     assert used == declared
@@ -120,7 +165,8 @@ def test_compat_admits_current_releases():
     from juliapkg.compat import Compat, Version
 
     compat = _project_toml()["compat"]
-    current = {"Flux": "0.16.11", "Zygote": "0.7.12", "ForwardDiff": "1.4.5", "PrecompileTools": "1.2.1"}
+    current = {"Flux": "0.16.11", "Zygote": "0.7.12", "ForwardDiff": "1.4.5", "PrecompileTools": "1.2.1",
+               "Compat": "4.10.0", "Statistics": "1.10.0"}
     for name, version in current.items():
         assert Version.parse(version) in Compat.parse(compat[name]), name
     assert Version.parse("1.10.3") in Compat.parse(_juliapkg_json()["julia"])
@@ -134,6 +180,8 @@ UUIDS = {  # the General registry's UUIDs
     "LinearAlgebra": "37e2e46d-f89d-539d-b4ee-838fcccc9c8e",
     "Random": "9a3f8284-a2c9-5f02-9a11-845980a1fd5c",
     "PrecompileTools": "aea7be01-6a6a-4083-8856-8a6e6704d82a",
+    "Compat": "34da2185-b29b-5c13-b0c7-acf172513d20",
+    "Statistics": "10745b16-79ce-11e8-11f9-7d13ad32a3b2",
 }
 
 
@@ -231,7 +279,7 @@ def test_package_path_finds_the_bundled_package():
 
     folder = package_path()
     assert folder.joinpath("Project.toml").read_bytes() == ROOT.joinpath("julia", "Project.toml").read_bytes()
-    assert module_path().read_bytes() == ROOT.joinpath("julia", "FluxHess.jl").read_bytes()
+    assert module_path().read_bytes() == ROOT.joinpath("julia", "src", "FluxHess.jl").read_bytes()
 
 
 def _julia_name_table(const: str) -> tuple[str, ...]:

@@ -138,7 +138,7 @@ function jacobian_rows(model, re, θ::Vector{T}, X::Matrix{T}, C::Integer) where
     return output_jacobian_rows(re, θ, X)
 end
 
-gradient(::Generic, p::Problem) = _gradient(objective(p), p.θ)
+gradient_of(::Generic, p::Problem) = _gradient(objective(p), p.θ)
 
 # Chunks of samples whose Jacobian rows (C·n × P) fit the budget.
 _generic_chunks(p::Problem{T}, budget) where {T} =
@@ -171,24 +171,43 @@ function _gradient_rows(p::Problem, J, F, Y)
     return dropdims(sum(reshape(r, C, n, 1) .* reshape(J, C, n, :); dims = 1); dims = 1)
 end
 
-function curvature!(H::Matrix{T}, ::GGN, ::Generic, p::Problem{T}) where {T}
-    P = length(p.θ)
-    _each_jacobian(p, _budget(P, T)) do c, J, F, Y
+# The Jacobian rows of a chunk and Λ J (or the gradient rows) fit `workspace` bytes.
+function curvature_into!(H::AbstractMatrix{T}, ::GGN, ::Generic, p::Problem{T}, workspace) where {T}
+    _each_jacobian(p, workspace) do c, J, F, Y
         mul!(H, transpose(J), _times_output_hessians(p, J, F, Y), p.s, c > 1)
     end
     return _symmetrized!(H)
 end
 
-function curvature!(H::Matrix{T}, ::EmpiricalFisher, ::Generic, p::Problem{T}) where {T}
-    P = length(p.θ)
-    _each_jacobian(p, _budget(P, T)) do c, J, F, Y
+function curvature_into!(H::AbstractMatrix{T}, ::EmpiricalFisher, ::Generic, p::Problem{T}, workspace) where {T}
+    _each_jacobian(p, workspace) do c, J, F, Y
         _gram!(H, _gradient_rows(p, J, F, Y), p.s, c > 1)
     end
     return _mirror_lower!(H)
 end
 
-# ForwardDiff over Zygote on the whole batch, ⌈P/12⌉ gradient passes.
-curvature!(H::Matrix, ::Hessian, ::Generic, p::Problem) = _symmetrized!(copyto!(H, Zygote.hessian(objective(p), p.θ)))
+# ForwardDiff over Zygote on the whole batch: ⌈P/12⌉ gradient passes, each writing 12
+# columns of H (no P × P beside H).
+function curvature_into!(H::AbstractMatrix{T}, ::Hessian, ::Generic, p::Problem{T}, workspace) where {T}
+    return _symmetrized!(_hessian_columns!(H, objective(p), p.θ, Val(min(length(p.θ), CHUNK))))
+end
+
+function _hessian_columns!(H, L, θ::Vector{T}, ::Val{w}) where {T,w}
+    P = length(θ)
+    tag = ForwardDiff.Tag(L, T)
+    D = ForwardDiff.Dual{typeof(tag),T,w}
+    θd = Vector{D}(undef, P)
+    for c0 in 1:w:P
+        for i in 1:P
+            θd[i] = D(θ[i], ForwardDiff.Partials{w,T}(ntuple(t -> T(c0 + t - 1 == i), Val(w))))
+        end
+        g = _gradient(L, θd)
+        for t in 1:min(w, P - c0 + 1), r in 1:P
+            H[r, c0+t-1] = ForwardDiff.partials(typeof(tag), g[r], t)
+        end
+    end
+    return H
+end
 
 function _symmetrized!(H::AbstractMatrix)
     for c in axes(H, 2), r in c+1:size(H, 1)
@@ -197,11 +216,11 @@ function _symmetrized!(H::AbstractMatrix)
     return H
 end
 
-function diagonal(::Hessian, ::Generic, p::Problem{T}) where {T}
+function diagonal_of(::Hessian, ::Generic, p::Problem{T}) where {T}
     return Vector{T}(Zygote.diaghessian(objective(p), p.θ)[1])
 end
 
-function diagonal(::GGN, ::Generic, p::Problem{T}) where {T}
+function diagonal_of(::GGN, ::Generic, p::Problem{T}) where {T}
     d = zeros(T, length(p.θ))
     _each_jacobian(p, 64 * 2^20) do c, J, F, Y
         d .+= p.s .* vec(sum(J .* _times_output_hessians(p, J, F, Y); dims = 1))
@@ -209,7 +228,7 @@ function diagonal(::GGN, ::Generic, p::Problem{T}) where {T}
     return d
 end
 
-function diagonal(::EmpiricalFisher, ::Generic, p::Problem{T}) where {T}
+function diagonal_of(::EmpiricalFisher, ::Generic, p::Problem{T}) where {T}
     d = zeros(T, length(p.θ))
     _each_jacobian(p, 64 * 2^20) do c, J, F, Y
         d .+= p.s .* vec(sum(abs2, _gradient_rows(p, J, F, Y); dims = 1))
@@ -265,7 +284,7 @@ function _kron_output_factors(::GGN, p::Problem{T}, layers, εs) where {T}
     end
 end
 
-function kron(kind::Union{GGN,EmpiricalFisher}, ::Generic, p::Problem{T}) where {T}
+function kron_of(kind::Union{GGN,EmpiricalFisher}, ::Generic, p::Problem{T}) where {T}
     m = p.model
     m isa Flux.Chain || m isa Flux.Dense || throw(ArgumentError(
         "kron needs a Chain of Dense layers and parameter-free functions; got $(summary(m))"))

@@ -1,50 +1,26 @@
 #############################################################################
 #             Derivatives with respect to the inputs, batched               #
 #############################################################################
+#
+# Each takes what runs the batch (`runner(route(m), m)`: a Dense chain's type-erased
+# layers or the model) and `X` (`d × N`), and returns features first, samples last.
 
-# The model at θ (type-erased for Dense chains) and the batch d × N.
-function _at(model, θ, X)
-    re, θ, T = _setup(model, θ)
-    m = re(θ)
-    r = route(m)
-    return (r isa DenseChain ? r : m), _batch(X, T)
+# `J[c, i, n] = ∂f_c(x_n)/∂x_i`: all samples at once, ⌈d/12⌉ forward passes, (C, d, N).
+input_jacobian_of(m, X) = columnwise_jacobian(m, X)
+
+# `H[c, i, j, n] = ∂²f_c(x_n)/∂x_i∂x_j`, ForwardDiff over ForwardDiff on the whole batch, (C, d, d, N).
+function input_hessian_of(m, X)
+    d, N = size(X)
+    H = columnwise_jacobian(Z -> reshape(columnwise_jacobian(m, Z), :, size(Z, 2)), X)
+    return reshape(H, :, d, d, N)
 end
 
-"""
-    input_jacobian(model, θ, X) -> (N, C, d)
+# `Δf_c(x_n) = Σ_i ∂²f_c(x_n)/∂x_i²`, (C, N). Dense chains with elementwise functions
+# only: the forward Laplacian (value, Jacobian and Laplacian pushed through the layers
+# together); other models: the sum of `d` batched second directional derivatives.
+laplacian_of(m, X::Matrix) = _directional_laplacian(m, X)
 
-`J[n, c, i] = ∂f_c(x_n)/∂x_i`: all samples at once, ⌈d/12⌉ forward passes.
-"""
-function input_jacobian(model, θ, X)
-    m, Xt = _at(model, θ, X)
-    return permutedims(columnwise_jacobian(m, Xt), (3, 1, 2))
-end
-
-"""
-    input_hessian(model, θ, X) -> (N, C, d, d)
-
-`H[n, c, i, j] = ∂²f_c(x_n)/∂x_i∂x_j`, ForwardDiff over ForwardDiff on the whole batch.
-"""
-function input_hessian(model, θ, X)
-    m, Xt = _at(model, θ, X)
-    d, N = size(Xt)
-    H = columnwise_jacobian(Z -> reshape(columnwise_jacobian(m, Z), :, size(Z, 2)), Xt)
-    return permutedims(reshape(H, :, d, d, N), (4, 1, 2, 3))
-end
-
-"""
-    laplacian(model, θ, X) -> (N, C)
-
-`Δf_c(x_n) = Σ_i ∂²f_c(x_n)/∂x_i²`. Dense chains with elementwise functions only:
-the forward Laplacian (value, Jacobian and Laplacian pushed through the layers
-together); other models: the sum of `d` batched second directional derivatives.
-"""
-function laplacian(model, θ, X)
-    m, Xt = _at(model, θ, X)
-    return permutedims(_laplacian(m isa DenseChain ? m : Generic(), m, Xt))
-end
-
-function _laplacian(::Generic, m, X::Matrix{T}) where {T}
+function _directional_laplacian(m, X::Matrix{T}) where {T}
     d = size(X, 1)
     E = zeros(T, size(X))
     local Δ
@@ -65,9 +41,10 @@ function _forward_laplacian_applies(dc::DenseChain, d::Integer)
     return isempty(dc.head.tail) && _tryapply(x -> _inputs(dc, x), probe) == probe
 end
 
-function _laplacian(dc::DenseChain, m, X::Matrix{T}) where {T}
+# A Dense chain: the forward Laplacian, in chunks of samples (~6 MiB of Jacobians each).
+function laplacian_of(dc::DenseChain, X::Matrix{T}) where {T}
     d, N = size(X)
-    _forward_laplacian_applies(dc, d) || return _laplacian(Generic(), m, X)
+    _forward_laplacian_applies(dc, d) || return _directional_laplacian(dc, X)
     width = maximum(size(W, 1) for W in dc.weights)
     n = clamp((6 * 2^20) ÷ (sizeof(T) * d * max(width, d)), 1, N)   # ~6 MiB of Jacobians
     return reduce(hcat, [_forward_laplacian(dc, X[:, a:min(a + n - 1, N)]) for a in 1:n:N])
@@ -92,15 +69,11 @@ function _forward_laplacian(dc::DenseChain, X::Matrix{T}) where {T}
     return Δ
 end
 
-"""
-    divergence(model, θ, X) -> (N,)
-
-`∇·f(x_n) = Σ_i ∂f_i(x_n)/∂x_i`, the trace of the input Jacobian (needs C == d).
-"""
-function divergence(model, θ, X)
-    J = input_jacobian(model, θ, X)
-    N, C, d = size(J)
+# `∇·f(x_n) = Σ_i ∂f_i(x_n)/∂x_i`, the trace of the input Jacobian (needs C == d), (N,).
+function divergence_of(m, X)
+    J = input_jacobian_of(m, X)
+    C, d, N = size(J)
     C == d || throw(DimensionMismatch(
         "divergence needs as many outputs as inputs; the model maps $d inputs to $C outputs"))
-    return [tr(view(J, n, :, :)) for n in 1:N]
+    return [tr(view(J, :, :, n)) for n in 1:N]
 end

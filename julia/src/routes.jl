@@ -83,6 +83,10 @@ function route(model)
                          Bool[_hasbias(d) for d in dense], φ, head, offsets)
 end
 
+# What runs a batch: a Dense chain's type-erased layers, or the model itself.
+runner(r::DenseChain, m) = r
+runner(::Generic, m) = m
+
 # z_L ↦ output: the elementwise function, then the columnwise layers.
 struct _Head{S,T}
     σ::S

@@ -16,8 +16,13 @@
 # mirrored. Samples come in chunks and blocks in panels of rows under a memory budget.
 # Every per-sample array keeps the samples last (column-major: one sample contiguous).
 
-# Working memory beside a P × P result: a quarter of it, at least 16 MiB, at most 1 GiB.
-_budget(P, ::Type{T}) where {T} = clamp(P^2 * sizeof(T) ÷ 4, 16 * 2^20, 2^30)
+"""
+    WORKSPACE
+
+Bytes of working memory a P × P route uses beside its result by default (the
+`workspace` keyword of [`curvature!`](@ref)): its chunks of samples and panels of rows.
+"""
+const WORKSPACE = 256 * 2^20
 
 _nparams(dc::DenseChain) = dc.offsets[end] + length(dc.weights[end]) + length(dc.biases[end])
 _layers(dc::DenseChain) = eachindex(dc.weights)
@@ -75,19 +80,32 @@ _head_loss(head, ℓ, Y) = Z -> ℓ(head(Z), Y; agg = _columns)
 
 #------------------------------- factors -----------------------------------#
 
-"""Per-sample factors of a chunk: ā_l, and δ_l (EF); B_l, s·ΛB_l (GGN); s·δ_l, s·K_l, φ_l' (Hessian)."""
-struct _Factors{Kind,T}
+"""Per-sample factors of a chunk of samples, one type per kind; each holds the forward pass `fw`."""
+abstract type _Factors{T} end
+
+"""The empirical Fisher's: `δ_l` (o_l × n)."""
+struct EFFactors{T} <: _Factors{T}
     fw::_Forward{T}
-    δ::Vector{Matrix{T}}      # (o_l × n): s·δ for the Hessian, δ for the EF
-    K::Vector{Array{T,3}}     # Hessian: s·K_l (o_l × o_l × n)
-    B::Vector{Array{T,3}}     # GGN: B_lᵀ (o_l × C × n)
-    ΛB::Vector{Array{T,3}}    # GGN: s·(Λ B_l)ᵀ (o_l × C × n)
+    δ::Vector{Matrix{T}}
+end
+
+"""The GGN's: `B_lᵀ` and `s·(Λ B_l)ᵀ` (o_l × C × n)."""
+struct GGNFactors{T} <: _Factors{T}
+    fw::_Forward{T}
+    B::Vector{Array{T,3}}
+    ΛB::Vector{Array{T,3}}
+end
+
+"""The Hessian's: `s·δ_l` (o_l × n) and `s·K_l` (o_l × o_l × n)."""
+struct HessianFactors{T} <: _Factors{T}
+    fw::_Forward{T}
+    δ::Vector{Matrix{T}}
+    K::Vector{Array{T,3}}
 end
 
 function _factors(::EmpiricalFisher, dc, X::Matrix{T}, Y, ℓ, s) where {T}
     fw = _forward(dc, X, false)
-    δ = _deltas(dc, fw, columnwise_gradient(_head_loss(dc.head, ℓ, Y), fw.z))
-    return _Factors{EmpiricalFisher,T}(fw, δ, Array{T,3}[], Array{T,3}[], Array{T,3}[])
+    return EFFactors{T}(fw, _deltas(dc, fw, columnwise_gradient(_head_loss(dc.head, ℓ, Y), fw.z)))
 end
 
 function _deltas(dc, fw, δL)
@@ -119,7 +137,7 @@ function _factors(::Hessian, dc, X::Matrix{T}, Y, ℓ, s) where {T}
         end
         K[l] = Kl
     end
-    return _Factors{Hessian,T}(fw, δ, K, Array{T,3}[], Array{T,3}[])
+    return HessianFactors{T}(fw, δ, K)
 end
 
 # B_lᵀ (o_l × C × n) for every layer, from B_L = ∂head/∂z_L.
@@ -145,11 +163,11 @@ function _factors(::GGN, dc, X::Matrix{T}, Y, ℓ, s) where {T}
     for l in length(dc.weights)-1:-1:1
         ΛB[l] = _back(dc.weights[l+1], ΛB[l+1], fw.d1[l])
     end
-    return _Factors{GGN,T}(fw, Array{T,2}[], Array{T,3}[], B, ΛB)
+    return GGNFactors{T}(fw, B, ΛB)
 end
 
 # The block factor K_ml (o_m × o_l × n) of layers m ≥ l.
-_block_factor(F::_Factors{Hessian}, dc, m, l) = m == l ? F.K[m] : permutedims(_cross(F, dc, m, l), (2, 1, 3))
+_block_factor(F::HessianFactors, dc, m, l) = m == l ? F.K[m] : permutedims(_cross(F, dc, m, l), (2, 1, 3))
 
 # K_mlᵀ = (K_m J_ml)ᵀ, J_ml = ∂z_m/∂z_l, right to left from K_m (symmetric).
 function _cross(F, dc, m, l)
@@ -160,7 +178,7 @@ function _cross(F, dc, m, l)
     return Y
 end
 
-function _block_factor(F::_Factors{GGN,T}, dc, m, l) where {T}
+function _block_factor(F::GGNFactors{T}, dc, m, l) where {T}
     Bm, ΛBl = F.B[m], F.ΛB[l]
     K = Array{T,3}(undef, size(Bm, 1), size(ΛBl, 1), size(Bm, 3))
     for j in axes(K, 3)
@@ -234,7 +252,7 @@ function _first_term!(H, F, dc, K, m, l, j0, j1, add, scr)
 end
 
 # The Hessian's second term of block (m > l), rows j0:j1 of ā_m (the bias row adds nothing).
-function _second_term!(H, F::_Factors{Hessian}, dc, Tml, m, l, j0, j1, scr)
+function _second_term!(H, F::HessianFactors, dc, Tml, m, l, j0, j1, scr)
     āl, δm = F.fw.ā[l], F.δ[m]
     j1 = min(j1, size(dc.weights[m], 2))
     j1 < j0 && return
@@ -275,11 +293,11 @@ function _second_term!(H, F::_Factors{Hessian}, dc, Tml, m, l, j0, j1, scr)
 end
 _second_term!(H, F, dc, Tml, m, l, j0, j1, scr) = nothing
 
-_needs_sensitivity(::_Factors{Hessian}, m, l) = m > l + 1
+_needs_sensitivity(::HessianFactors, m, l) = m > l + 1
 _needs_sensitivity(F, m, l) = false
 
 # Add (or write, `add = false`) one chunk's lower triangle of blocks into H.
-function _assemble!(H::Matrix{T}, F::_Factors, dc::DenseChain, add::Bool, budget, scr) where {T}
+function _assemble!(H::AbstractMatrix{T}, F::_Factors, dc::DenseChain, add::Bool, budget, scr) where {T}
     n = size(F.fw.z, 2)
     for m in _layers(dc), l in 1:m
         K = _block_factor(F, dc, m, l)
@@ -313,12 +331,13 @@ end
 function _bytes_per_sample(kind::Kind, dc::DenseChain, C, ::Type{T}) where {T}
     o = [size(W, 1) for W in dc.weights]
     n̄ = [size(W, 2) + b for (W, b) in zip(dc.weights, dc.hasbias)]
-    base = sum(n̄) + 3 * sum(o)
-    extra = kind isa Hessian ? sum(abs2, o) + 2 * maximum(o)^2 + maximum(n̄) * maximum(o) :
-            kind isa GGN ? 2 * C * sum(o) + maximum(o)^2 + C * C :
-            _nparams(dc)
-    return sizeof(T) * (base + extra)
+    return sizeof(T) * (sum(n̄) + 3 * sum(o) + _factor_floats(kind, dc, o, n̄, C))
 end
+
+# Floats per sample of a kind's own factors (and of one block of them).
+_factor_floats(::Hessian, dc, o, n̄, C) = sum(abs2, o) + 2 * maximum(o)^2 + maximum(n̄) * maximum(o)
+_factor_floats(::GGN, dc, o, n̄, C) = 2 * C * sum(o) + maximum(o)^2 + C * C
+_factor_floats(::EmpiricalFisher, dc, o, n̄, C) = _nparams(dc)
 
 function _sample_chunks(N, per_sample, budget)
     n = clamp(budget ÷ max(per_sample, 1), 1, N)
@@ -326,21 +345,19 @@ function _sample_chunks(N, per_sample, budget)
 end
 
 """
-    curvature!(H, kind, dc::DenseChain, p::Problem) -> H
+    curvature_into!(H, kind, dc::DenseChain, p::Problem, workspace) -> H
 
 The structured route, into `H` (`P × P`): one chunk of samples at a time, its factors,
-then the lower triangle of every block by GEMMs, mirrored at the end.
+then the lower triangle of every block by GEMMs, mirrored at the end. Half of
+`workspace` bytes holds a chunk's factors (each chunk more adds every block into H once
+more), an eighth each panel's temporaries (three buffers).
 """
-function curvature!(H::Matrix{T}, kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}) where {T}
-    P, N, C = length(p.θ), size(p.X, 2), size(p.Y, 1)
-    budget = _budget(P, T)
+function curvature_into!(H::AbstractMatrix{T}, kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}, workspace) where {T}
+    N, C = size(p.X, 2), size(p.Y, 1)
     scr = _Scratch(T)
-    # The factors of all samples at once where they fit in the result's size: each chunk
-    # more adds every block into H once more.
-    factor_budget = clamp(P^2 * sizeof(T), 64 * 2^20, 2^31)
-    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), factor_budget))
+    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2))
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
-        _assemble!(H, F, dc, c > 1, budget ÷ 4, scr)
+        _assemble!(H, F, dc, c > 1, workspace ÷ 8, scr)
     end
     return _mirror_lower!(H)
 end
@@ -348,10 +365,9 @@ end
 # Rows per panel of the empirical Fisher's Gram matrix.
 const GRAM_PANEL = 512
 
-function curvature!(H::Matrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}) where {T}
-    P, N, C = length(p.θ), size(p.X, 2), size(p.Y, 1)
-    budget = _budget(P, T)
-    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), budget))
+function curvature_into!(H::AbstractMatrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}, workspace) where {T}
+    N, C = size(p.X, 2), size(p.Y, 1)
+    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace))
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         _gram!(H, _sample_gradient_rows(dc, F), p.s, c > 1)
     end
@@ -359,7 +375,7 @@ function curvature!(H::Matrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Prob
 end
 
 # G (n × P): row n is sample n's gradient g_n, g_n's block of layer l is vec(δ_l ā_lᵀ).
-function _sample_gradient_rows(dc, F::_Factors{<:Any,T}) where {T}
+function _sample_gradient_rows(dc, F::EFFactors{T}) where {T}
     n = size(F.fw.z, 2)
     G = Matrix{T}(undef, n, _nparams(dc))
     for (l, off) in enumerate(dc.offsets)
@@ -386,7 +402,7 @@ end
 
 #----------------------- gradient, diagonals, KFAC, Jacobians -------------#
 
-function gradient(dc::DenseChain, p::Problem{T}) where {T}
+function gradient_of(dc::DenseChain, p::Problem{T}) where {T}
     F = _factors(EmpiricalFisher(), dc, p.X, p.Y, p.ℓ, p.s)
     g = Vector{T}(undef, length(p.θ))
     for (l, off) in enumerate(dc.offsets)
@@ -398,38 +414,42 @@ end
 
 
 # diag of K_l per sample (o_l × n).
-_own_diagonal(F::_Factors{Hessian}, l) = [F.K[l][i, i, j] for i in axes(F.K[l], 1), j in axes(F.K[l], 3)]
-_own_diagonal(F::_Factors{GGN}, l) = dropdims(sum(F.B[l] .* F.ΛB[l]; dims = 2); dims = 2)
-_own_diagonal(F::_Factors{EmpiricalFisher}, l) = abs2.(F.δ[l])
+_own_diagonal(F::HessianFactors, l) = [F.K[l][i, i, j] for i in axes(F.K[l], 1), j in axes(F.K[l], 3)]
+_own_diagonal(F::GGNFactors, l) = dropdims(sum(F.B[l] .* F.ΛB[l]; dims = 2); dims = 2)
+_own_diagonal(F::EFFactors, l) = abs2.(F.δ[l])
+
+# The factor s that a kind's own factors leave out (the EF's δ are unscaled).
+_own_scale(::EmpiricalFisher, s) = s
+_own_scale(::Kind, s) = one(s)
 
 """
-    diagonal(kind, dc::DenseChain, p) -> (P,)
+    diagonal_of(kind, dc::DenseChain, p) -> (P,)
 
 Per layer `Σ_n diag(K_l) ⊗ ā_l²` (the Hessian's second term has no diagonal entries).
 """
-function diagonal(kind::Kind, dc::DenseChain, p::Problem{T}) where {T}
+function diagonal_of(kind::Kind, dc::DenseChain, p::Problem{T}) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
     d = zeros(T, length(p.θ))
     for cols in _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), 64 * 2^20)
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         for (l, off) in enumerate(dc.offsets)
             block = _own_diagonal(F, l) * transpose(abs2.(F.fw.ā[l]))      # o_l × n̄_l
-            kind isa EmpiricalFisher && (block .*= p.s)
+            block .*= _own_scale(kind, p.s)
             view(d, off+1:off+length(block)) .+= vec(block)
         end
     end
     return d
 end
 
-_own_sum(F::_Factors{GGN}, l) = (o = size(F.B[l], 1); reshape(F.B[l], o, :) * transpose(reshape(F.ΛB[l], o, :)))
-_own_sum(F::_Factors{EmpiricalFisher}, l) = F.δ[l] * transpose(F.δ[l])
+_own_sum(F::GGNFactors, l) = (o = size(F.B[l], 1); reshape(F.B[l], o, :) * transpose(reshape(F.ΛB[l], o, :)))
+_own_sum(F::EFFactors, l) = F.δ[l] * transpose(F.δ[l])
 
 """
-    kron(kind, dc::DenseChain, p) -> [(A, G)]
+    kron_of(kind, dc::DenseChain, p) -> [(A, G)]
 
 KFAC factors per Dense layer: `A = Σ_n ā ā ᵀ / N`, `G = s·Σ_n K_l` (δδᵀ for the EF, BᵀΛB for the GGN).
 """
-function kron(kind::Union{GGN,EmpiricalFisher}, dc::DenseChain, p::Problem{T}) where {T}
+function kron_of(kind::Union{GGN,EmpiricalFisher}, dc::DenseChain, p::Problem{T}) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
     A = [zeros(T, size(ā, 1), size(ā, 1)) for ā in _forward(dc, p.X[:, 1:1], false).ā]
     G = [zeros(T, size(W, 1), size(W, 1)) for W in dc.weights]
@@ -440,8 +460,8 @@ function kron(kind::Union{GGN,EmpiricalFisher}, dc::DenseChain, p::Problem{T}) w
             G[l] .+= _own_sum(F, l)
         end
     end
-    kind isa EmpiricalFisher && foreach(g -> g .*= p.s, G)
-    return [(a, (g .+ transpose(g)) ./ 2) for (a, g) in zip(A, G)]
+    s = _own_scale(kind, p.s)
+    return [(a, s .* (g .+ transpose(g)) ./ 2) for (a, g) in zip(A, G)]
 end
 
 """

@@ -2,30 +2,35 @@
 #                     What precompilation runs (PrecompileTools)            #
 #############################################################################
 #
-# Every quantity on small Chains of Dense layers with each activation of the spec, in
-# Float64 and Float32, with each loss and the usual heads, and 1, 2 and 10 outputs (the
-# Dual widths), so that a fresh process calls compiled code. The Dense-chain route holds
+# Every quantity, through the Bridge the Python package calls, on small Chains of Dense
+# layers with each activation of the spec, in Float64 and Float32, with each loss and the
+# usual heads, and 1, 2 and 10 outputs (the Dual widths), so that a fresh process calls
+# compiled code; and the curvatures through the Julia API. The Dense-chain route holds
 # the layers type-erased (see `DenseChain`, `Problem`), so this code serves Dense chains
 # of any depth and width; what goes through Zygote (hvp, the generic route) compiles
 # once per model type. Turn it off while developing with the
 # preference `Preferences.set_preferences!(FluxHess, "precompile_workload" => false)`.
 
+# Every quantity through the Bridge, as the Python package calls it (NumPy index order).
 function _workload(model, X, Y, lossname, agg)
-    θ = parameters(model)
+    B = Bridge
+    θ = B.parameters(model)
     V = reshape(collect(range(-1, 1; length = 2 * length(θ))), :, 2)
-    forward(model, θ, X)
-    loss(model, θ, X, Y, lossname, agg)
-    gradient(model, θ, X, Y, lossname, agg)
+    H = Matrix{eltype(θ)}(undef, length(θ), length(θ))
+    B.forward(model, θ, X)
+    B.loss(model, θ, X, Y, lossname, agg)
+    B.gradient(model, θ, X, Y, lossname, agg)
     for kind in (Hessian(), GGN(), EmpiricalFisher())
-        curvature(kind, model, θ, X, Y, lossname, agg)
-        diagonal(model, θ, X, Y, lossname, agg, kind)
-        hvp(model, θ, X, Y, V, lossname, agg, kind)
-        kind isa Hessian || kron(model, θ, X, Y, lossname, agg, kind)
+        B.curvature!(H, model, θ, X, Y, lossname, agg, kind; workspace = WORKSPACE)
+        B.diagonal(model, θ, X, Y, lossname, agg, kind)
+        B.hvp(model, θ, X, Y, V, lossname, agg, kind)
     end
-    param_jacobian(model, θ, X)
-    input_jacobian(model, θ, X)
-    input_hessian(model, θ, X)
-    laplacian(model, θ, X)
+    B.kron(model, θ, X, Y, lossname, agg, GGN())
+    B.kron(model, θ, X, Y, lossname, agg, EmpiricalFisher())
+    B.param_jacobian(model, θ, X)
+    B.input_jacobian(model, θ, X)
+    B.input_hessian(model, θ, X)
+    B.laplacian(model, θ, X)
 end
 
 @setup_workload begin
@@ -54,6 +59,12 @@ end
             Y10 = repeat(T.(0.1:0.1:1.0)' ./ 5.5, 3)
             model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 10)), T)
             _workload(model, Xt, Y10, "logitcrossentropy", "mean")
+            # The Julia API, features × batch, with Flux's loss functions.
+            model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 2)), T)
+            for kind in (Hessian(), GGN(), EmpiricalFisher())
+                curvature(kind, model, permutedims(Xt), permutedims(Yt); loss = Flux.mse, agg = sum)
+                curvature(kind, model, permutedims(Xt), permutedims(Yt); loss = Flux.logitcrossentropy)
+            end
         end
     end
 end

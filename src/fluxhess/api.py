@@ -91,8 +91,9 @@ class Call:
         return self.problem.dtype
 
     def run(self, method: str, *extra):
-        """The backend's ``method(problem, *extra)``; any exception but fluxhess's own (and
-        interrupts, MemoryError) becomes a :class:`BackendError` naming this call."""
+        """The backend's ``method(problem, *extra)``. A fluxhess error passes as the backend raised
+        it (the julia backend classes Julia's exceptions itself); any other exception (but
+        interrupts and MemoryError) becomes a :class:`BackendError` naming this call."""
         try:
             return getattr(self.backend, method)(self.problem, *extra)
         except FluxHessError:
@@ -100,10 +101,8 @@ class Call:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:
-            describe = getattr(self.backend, "error_message", None)  # a backend's own wording, e.g. Julia's
             raise BackendError(
-                f"{self.quantity} on backend {self.backend.name!r} failed for {self.problem.shapes}: "
-                + (describe(e) if describe is not None else f"{type(e).__name__}: {e}")
+                f"{self.quantity} on backend {self.backend.name!r} failed for {self.problem.shapes}: {type(e).__name__}: {e}"
             ) from e
 
     def result(self, value) -> np.ndarray:

@@ -96,8 +96,12 @@ def setup_julia(args) -> int:
     """Install Julia and the Julia packages of the julia backend (online, visible)."""
     from ._backends.julia import setup_julia as run_setup
 
-    run_setup()
+    run_setup(sysimage_too=args.sysimage)
     return 0
+
+
+def _setup_julia_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sysimage", action="store_true", help="also build a system image (PackageCompiler.jl) that makes Julia's first calls fast")
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
@@ -107,7 +111,7 @@ def _backend_arg(p: argparse.ArgumentParser) -> None:
 COMMANDS = {
     "demo": (demo, _backend_arg),
     "info": (info, lambda p: None),
-    "setup-julia": (setup_julia, lambda p: None),
+    "setup-julia": (setup_julia, _setup_julia_arguments),
     "compare": (compare_command, compare_arguments),
 }
 

@@ -1,7 +1,7 @@
 """The julia backend: every quantity computed by Flux + Zygote (+ ForwardDiff) in Julia.
 
-The bundled Julia package ``FluxHess`` (``julia/``: ``FluxHess.jl`` and its
-``src/``) does the work; this file only finds a Julia runtime, starts it lazily
+The bundled Julia package ``FluxHess`` (``julia/``, a standard Julia package whose
+module is ``src/FluxHess.jl``) does the work; this file only finds a Julia runtime, starts it lazily
 and once, loads the package with ``using FluxHess`` (precompiled, with a
 workload of every quantity), hands arrays over and copies results back.
 
@@ -22,20 +22,28 @@ workload of every quantity), hands arrays over and copies results back.
   order, which are copied into C-ordered NumPy arrays here.
 - The work in Julia is BLAS: its threads are set to every core on start (Julia's own
   default is half), unless ``OPENBLAS_NUM_THREADS`` says otherwise.
+- Python calls ``FluxHess.Bridge``, the layer of FluxHess.jl that takes NumPy's
+  conventions (``X`` ``(N, d)``, the loss and ``agg`` by name) and calls the Julia API
+  (features × batch, Flux loss functions, keyword arguments).
 - The curvature kind reaches Julia as a type (``FluxHess.Hessian()``, ``GGN()``,
   ``EmpiricalFisher()``); Julia dispatches on it.
-- One lock serialises every call into Julia. A Julia exception becomes a
-  :class:`BackendError` carrying Julia's message, the quantity and the shapes;
-  the process stays usable.
+- ``out=`` of the P×P quantities: Julia writes into the caller's array itself, panel by
+  panel, within :data:`WORK_BYTES` of working memory (:meth:`JuliaBackend.panel_working_bytes`);
+  ``hvp`` runs in chunks of columns of ``V``, each within :data:`fluxhess._memory.CHUNK_BYTES`.
+- One lock serialises every call into Julia. A Julia exception becomes a fluxhess error
+  in one place (:func:`julia_error`): :class:`InputError` for Julia's ``ArgumentError`` and
+  ``DimensionMismatch`` (what the arguments were refused for), :class:`BackendError`
+  otherwise, each carrying Julia's message, the quantity and the shapes; the process
+  stays usable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from importlib import resources
@@ -44,17 +52,26 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ...errors import BackendError, InputError, JuliaUnavailableError, UnsupportedModelError
+from ...errors import BackendError, FluxHessError, InputError, JuliaUnavailableError, UnsupportedModelError
 from ...jax_function import JaxFunction
 from ...model import Activation, Chain, Flatten
+from ... import _memory as memory
 from .spec_layers import spec_layers
 from ..._problem import Problem
+from . import sysimage
 
 #: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
-PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "PrecompileTools")
+PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "PrecompileTools", "Compat", "Statistics")
 
 #: The Julia type of each curvature kind.
 _KINDS = {"hessian": "Hessian", "ggn": "GGN", "ef": "EmpiricalFisher"}
+
+#: Working memory (bytes) a P×P route of FluxHess.jl may use beside its result: its chunks
+#: of samples and panels of rows (``FluxHess.curvature!``'s ``workspace``).
+WORK_BYTES = memory.CHUNK_BYTES
+
+#: How ``FluxHess.Bridge.error_class`` names a Julia exception -> the fluxhess error raised.
+_ERRORS = {"input": InputError, "backend": BackendError}
 
 _HOW_TO_FIX = (
     "Run `fluxhess setup-julia` once (online: it installs the Julia packages, and Julia "
@@ -70,7 +87,7 @@ _HOW_TO_FIX = (
 
 
 def package_path() -> Path:
-    """The bundled Julia package folder (``Project.toml``, ``FluxHess.jl``, ``src/``)."""
+    """The bundled Julia package folder (``Project.toml``, ``src/FluxHess.jl``)."""
     candidates = []
     try:
         candidates.append(Path(str(resources.files("fluxhess") / "julia")))
@@ -79,7 +96,7 @@ def package_path() -> Path:
     # source checkout: <repo>/src/fluxhess/_backends/julia/backend.py -> <repo>/julia
     candidates.append(Path(__file__).resolve().parents[4] / "julia")
     for path in candidates:
-        if (path / "Project.toml").is_file() and (path / "FluxHess.jl").is_file():
+        if (path / "Project.toml").is_file() and (path / "src" / "FluxHess.jl").is_file():
             return path
     raise JuliaUnavailableError(
         "the bundled Julia package FluxHess is missing; looked at "
@@ -89,8 +106,8 @@ def package_path() -> Path:
 
 
 def module_path() -> Path:
-    """The bundled ``FluxHess.jl``, the Julia module's source."""
-    return package_path() / "FluxHess.jl"
+    """The bundled ``src/FluxHess.jl``, the Julia module."""
+    return package_path() / "src" / "FluxHess.jl"
 
 
 def juliapkg_state() -> dict:
@@ -163,11 +180,14 @@ def julia_message(exc: BaseException) -> str:
     return text.strip() or type(exc).__name__
 
 
-def map_julia_error(exc: BaseException, quantity: str, shapes: str) -> BackendError:
-    """A :class:`BackendError` for an exception raised by a Julia call."""
-    return BackendError(
-        f"{quantity} on backend 'julia' failed for {shapes}: {julia_message(exc)}"
-    )
+def julia_error(exc: BaseException, what: str, error_class: str = "backend", otherwise=BackendError) -> FluxHessError:
+    """The fluxhess error for an exception a Julia call raised: ``otherwise`` when the caller
+    chose a class of its own (e.g. :class:`UnsupportedModelError` for "this model has no spec"),
+    else :class:`InputError` when Julia classed it ``"input"`` (``FluxHess.Bridge.error_class``:
+    an ``ArgumentError`` or ``DimensionMismatch``) and :class:`BackendError` otherwise; its
+    message is ``what`` and Julia's message."""
+    cls = _ERRORS.get(error_class, BackendError) if otherwise is BackendError else otherwise
+    return cls(f"{what}: {julia_message(exc)}")
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -218,14 +238,53 @@ _ONLINE = False  # set by setup_julia(): later starts in this process may instal
 
 
 def _import_juliacall():
-    """``import juliacall``, offline unless the user chose otherwise (``juliapkg.offline``, ``PYTHON_JULIAPKG_OFFLINE``)."""
+    """``import juliacall``: offline unless the user chose otherwise (``juliapkg.offline``,
+    ``PYTHON_JULIAPKG_OFFLINE``), from fluxhess's system image when one is usable, quietly
+    inside IPython (:func:`_start_options`)."""
     if "juliacall" not in sys.modules and not _ONLINE and "PYTHON_JULIAPKG_OFFLINE" not in os.environ:
         import juliapkg
 
         juliapkg.offline(True)
-    import juliacall
-
+    options = {} if "juliacall" in sys.modules else _start_options()
+    saved = {name: os.environ.get(name) for name in options}
+    os.environ.update(options)
+    try:
+        import juliacall
+    finally:  # juliacall read its options while importing: the caller's environment is left as it was
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return juliacall
+
+
+def _start_options() -> dict[str, str]:
+    """juliacall options (``PYTHON_JULIACALL_*``) for this start, where the user set none:
+
+    - ``SYSIMAGE``: fluxhess's system image of the Julia project, when one is usable
+      (:func:`.sysimage.usable`);
+    - ``AUTOLOAD_IPYTHON_EXTENSION=yes`` inside an IPython session: juliacall then loads its
+      IPython extension, which is what such a session needs (Julia's output in the cell,
+      Julia's ``display`` through IPython), without printing its notice of doing so into the
+      user's cell (it prints one only when the option is unset). Outside IPython: unset.
+    """
+    options = {}
+    if "PYTHON_JULIACALL_SYSIMAGE" not in os.environ:
+        project = os.environ.get("PYTHON_JULIACALL_PROJECT") or juliapkg_state()["project"]
+        image = sysimage.usable(project, package_path())
+        if image is not None:
+            options["PYTHON_JULIACALL_SYSIMAGE"] = str(image)
+    if "PYTHON_JULIACALL_AUTOLOAD_IPYTHON_EXTENSION" not in os.environ and _ipython_shell() is not None:
+        options["PYTHON_JULIACALL_AUTOLOAD_IPYTHON_EXTENSION"] = "yes"
+    return options
+
+
+def _ipython_shell():
+    """The running IPython shell, or None (IPython not imported, or imported outside a session)."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    return get_ipython() if get_ipython is not None else None
 
 
 class JuliaBackend:
@@ -297,7 +356,7 @@ class JuliaBackend:
             jl = juliacall.Main
             if not bool(jl.seval('Base.identify_package("FluxHess") !== nothing')):
                 jl.seval(f"push!(LOAD_PATH, {json.dumps(str(path))})")
-            self._fh = jl.seval("(using FluxHess: FluxHess; FluxHess)")
+            self._fh = jl.seval("(using FluxHess: FluxHess; FluxHess.Bridge)")
             self._jl = jl
             if "OPENBLAS_NUM_THREADS" not in os.environ:  # Julia's default is half the cores
                 jl.seval("FluxHess.LinearAlgebra.BLAS.set_num_threads(Sys.CPU_THREADS)")
@@ -314,7 +373,8 @@ class JuliaBackend:
         return kind
 
     def julia(self):
-        """The FluxHess Julia module (starting Julia if needed), for direct use."""
+        """``FluxHess.Bridge``, the Julia module this backend calls (starting Julia if needed), for
+        direct use; the package itself is its ``FluxHess``."""
         with self._lock:
             return self._start()
 
@@ -343,10 +403,11 @@ class JuliaBackend:
         jm = self._models.get(key)
         if jm is None:
             jm = self._built((model.source, model.seed, model.filename), dtype)
-            if model.layers is not None:
-                jm = self._fh.sublayers(jm, model.layers[0] + 1, model.layers[1])
-            if model.input_shape is not None:  # NumPy's (a, b, c) is Julia's (c, b, a)
-                jm = self._fh.with_input_shape(jm, list(reversed(model.input_shape)))
+            with self._julia_errors(f"preparing the Flux model {model!r} on backend 'julia' failed"):
+                if model.layers is not None:
+                    jm = self._fh.sublayers(jm, model.layers[0] + 1, model.layers[1])
+                if model.input_shape is not None:  # NumPy's (a, b, c) is Julia's (c, b, a)
+                    jm = self._fh.with_input_shape(jm, list(reversed(model.input_shape)))
             self._models[key] = jm
         return jm
 
@@ -357,10 +418,8 @@ class JuliaBackend:
             fh = self._fh
             source, seed, filename = source_key
             T = self._jl.Float64 if dtype == "float64" else self._jl.Float32
-            try:
+            with self._julia_errors(f"building the Flux model from source {source[:200]!r} on backend 'julia' failed"):
                 jm = fh.build_model(source, seed=seed, T=T, filename=filename)
-            except Exception as e:
-                raise map_julia_error(e, "building the Flux model", f"source {source[:200]!r}") from e
             self._models[(source_key, dtype)] = jm
         return jm
 
@@ -373,19 +432,15 @@ class JuliaBackend:
         """θ of a FluxModel as Julia's ``destructure`` gives it, ``(P,)``."""
         with self._lock:
             jm = self._model(model, dtype)
-            try:
+            with self._julia_errors("parameters of the Flux model on backend 'julia' failed"):
                 return _to_numpy(self._fh.parameters(jm))
-            except Exception as e:
-                raise map_julia_error(e, "parameters", "the model") from e
 
     def layer_table(self, model) -> list[dict]:
         """Each layer of a FluxModel: its summary, parameter blocks, Dense shape and spec twin."""
         with self._lock:
             jm = self._model(model.with_input_shape(None), "float64")
-            try:
+            with self._julia_errors("this Flux model's parameters cannot be named by layer", UnsupportedModelError):
                 table = self._fh.layout(jm)
-            except Exception as e:
-                raise UnsupportedModelError(f"this Flux model's parameters cannot be named by layer: {julia_message(e)}") from e
             return [
                 {
                     "summary": str(entry["summary"]),
@@ -404,13 +459,9 @@ class JuliaBackend:
         shape = None if input_shape is None else list(reversed([int(n) for n in input_shape]))
         with self._lock:
             jm = self._model(model.with_input_shape(None), "float64")
-            try:
+            with self._julia_errors("this Flux model cannot be written as a fluxhess.Chain", UnsupportedModelError):
                 layers = [dict(d) for d in self._fh.to_spec(jm, input_shape=shape)]
                 theta = _to_numpy(self._fh.parameters(jm))
-            except Exception as e:
-                raise UnsupportedModelError(
-                    f"this Flux model cannot be written as a fluxhess.Chain: {julia_message(e)}"
-                ) from e
             try:
                 spec, arrays = spec_layers(layers)
             except (KeyError, InputError) as e:
@@ -428,17 +479,37 @@ class JuliaBackend:
         return chain, theta
 
     # -- one call into Julia ------------------------------------------------
-    # A Julia exception propagates to the API, which names the call (fluxhess.api.Problem)
-    # with the text error_message gives.
-    error_message = staticmethod(julia_message)
+    @contextlib.contextmanager
+    def _julia_errors(self, what: str, otherwise=BackendError):
+        """Turns an exception of the Julia calls inside into a fluxhess error (:func:`julia_error`):
+        the one place where they are translated. Lock held."""
+        try:
+            yield
+        except FluxHessError:
+            raise
+        except Exception as e:  # juliacall.JuliaError, or a Python exception Julia passed on
+            raise julia_error(e, what, self._error_class(e), otherwise) from e
 
-    def _call(self, quantity, problem: Problem, *rest, convert=_to_numpy):
-        """``FluxHess.<quantity>(model, θ, X, rest...)`` in Julia, its result converted."""
+    def _error_class(self, exc: BaseException) -> str:
+        """``"input"`` or ``"backend"``: how FluxHess.jl classes the Julia exception behind ``exc``."""
+        julia_exception = getattr(exc, "exception", None)  # juliacall.JuliaError's Julia value
+        if julia_exception is None or self._fh is None:
+            return "backend"
+        try:
+            return str(self._fh.error_class(julia_exception))
+        except Exception:  # classing must never hide the original error
+            return "backend"
+
+    def _call(self, quantity, problem: Problem, *rest, convert=_to_numpy, into=None, named=None, **keywords):
+        """``FluxHess.Bridge.<quantity>([into,] model, θ, X, rest...; keywords...)`` in Julia, its
+        result converted; an error names the call ``named`` (default: ``quantity``)."""
         with self._lock:
             fh = self._start()
             jm = self._model(problem.model, problem.dtype)
             rest = [self._kind(a.name) if isinstance(a, _Kind) else a for a in rest]
-            return convert(getattr(fh, quantity)(jm, problem.params, problem.X, *rest))
+            first = () if into is None else (into,)
+            with self._julia_errors(f"{named or quantity} on backend 'julia' failed for {problem.shapes}"):
+                return convert(getattr(fh, quantity)(*first, jm, problem.params, problem.X, *rest, **keywords))
 
     # -- the quantities -----------------------------------------------------
     def forward(self, problem: Problem):
@@ -450,27 +521,40 @@ class JuliaBackend:
     def gradient(self, problem: Problem):
         return self._call("gradient", problem, problem.Y, problem.loss, problem.agg)
 
-    def _matrix(self, kind, problem: Problem):
-        """A P×P curvature written by Julia straight into a NumPy array (no copy: it is symmetric)."""
+    def panel_working_bytes(self, model, P: int, itemsize: int) -> int:
+        """Bytes beside the result when a P×P quantity is written into ``out=``: every route of
+        FluxHess.jl writes into the given array within :data:`WORK_BYTES`."""
+        return WORK_BYTES
+
+    def _matrix(self, quantity, kind, problem: Problem, out):
+        """A P×P curvature written by Julia straight into ``out`` (or a new NumPy array), panel by
+        panel (``FluxHess.curvature!``): no copy, and no second P×P (the result is symmetric,
+        so either memory order is the same matrix)."""
         p = problem
-        out = np.empty((p.params.shape[0],) * 2, dtype=p.dtype)
-        with self._lock:
-            fh = self._start()
-            jm = self._model(p.model, p.dtype)
-            fh.curvature_b(out, self._kind(kind), jm, p.params, p.X, p.Y, p.loss, p.agg)
+        if out is None:
+            out = np.empty((p.params.shape[0],) * 2, dtype=p.dtype)
+        self._call("curvature_b", p, p.Y, p.loss, p.agg, _Kind(kind), into=out, convert=lambda _: None, named=quantity, workspace=WORK_BYTES)
         return out
 
-    def hessian(self, problem: Problem):
-        return self._matrix("hessian", problem)
+    def hessian(self, problem: Problem, out=None):
+        return self._matrix("hessian", "hessian", problem, out)
 
-    def ggn(self, problem: Problem):
-        return self._matrix("ggn", problem)
+    def ggn(self, problem: Problem, out=None):
+        return self._matrix("ggn", "ggn", problem, out)
 
-    def empirical_fisher(self, problem: Problem):
-        return self._matrix("ef", problem)
+    def empirical_fisher(self, problem: Problem, out=None):
+        return self._matrix("empirical_fisher", "ef", problem, out)
 
     def hvp(self, problem: Problem, V, kind):
-        return self._call("hvp", problem, problem.Y, V, problem.loss, problem.agg, _Kind(kind))
+        """``M @ V`` in chunks of columns of ``V``: each chunk's copy of ``V``, Julia's result and
+        its copy here within :data:`fluxhess._memory.CHUNK_BYTES`."""
+        P, k = V.shape
+        out = np.empty((P, k), dtype=problem.dtype)
+        step = memory.chunk_size(3 * P * problem.dtype.itemsize, k, memory.CHUNK_BYTES)
+        for a in range(0, k, step):
+            cols = slice(a, min(a + step, k))
+            out[:, cols] = self._call("hvp", problem, problem.Y, V[:, cols], problem.loss, problem.agg, _Kind(kind))
+        return out
 
     def diagonal(self, problem: Problem, kind):
         return self._call("diagonal", problem, problem.Y, problem.loss, problem.agg, _Kind(kind))
@@ -500,7 +584,7 @@ class JuliaBackend:
 # --- installing ---------------------------------------------------------------
 
 
-def setup_julia(out=print) -> dict:
+def setup_julia(out=print, sysimage_too: bool = False) -> dict:
     """Install Julia (if none is found) and the Julia packages, online, showing progress.
 
     Uses juliapkg, the installer juliacall itself uses: it finds a Julia
@@ -510,6 +594,12 @@ def setup_julia(out=print) -> dict:
     them; Julia's and Pkg's own progress output is shown as it runs. Then it
     starts Julia in this process and loads FluxHess.jl, so the julia backend is
     ready. Returns (and prints) what went where.
+
+    ``sysimage_too``: also build fluxhess's system image (:mod:`.sysimage`), from which later
+    processes start Julia with FluxHess and their first calls already compiled.
+
+    Raises :class:`JuliaUnavailableError` saying what failed and what to do, e.g. without
+    network access.
     """
     global _ONLINE
     if os.environ.get("PYTHON_JULIACALL_EXE") and os.environ.get("PYTHON_JULIACALL_PROJECT"):
@@ -521,7 +611,9 @@ def setup_julia(out=print) -> dict:
             + os.environ["PYTHON_JULIACALL_EXE"]
             + " --project="
             + os.environ["PYTHON_JULIACALL_PROJECT"]
-            + ' -e \'import Pkg; Pkg.add(["Flux", "Zygote", "ForwardDiff", "PrecompileTools", "PythonCall"])\''
+            + " -e 'import Pkg; Pkg.add(["
+            + ", ".join(f'"{p}"' for p in (*PACKAGES[1:], "PythonCall"))
+            + "])'"
         )
         info = {"executable": os.environ["PYTHON_JULIACALL_EXE"], "project": os.environ["PYTHON_JULIACALL_PROJECT"]}
     else:
@@ -540,18 +632,16 @@ def setup_julia(out=print) -> dict:
         out(f"Resolving the Julia packages of fluxhess into {state['project']} (this downloads on first use)...")
         try:
             juliapkg.resolve()
-        except (OSError, subprocess.CalledProcessError) as e:  # URLError is an OSError
-            raise JuliaUnavailableError(
-                f"installing Julia or its packages failed ({type(e).__name__}: {e}). This needs network access "
-                "(julialang.org and the Julia package servers). Without it: point PYTHON_JULIAPKG_EXE at an "
-                "installed Julia (or PYTHON_JULIACALL_EXE and PYTHON_JULIACALL_PROJECT at a Julia and a project "
-                "that already has the packages, or PYTHON_JULIACALL_SYSIMAGE at a system image that holds "
-                "them), or run `fluxhess setup-julia` again where the network can be reached"
-            ) from e
+        except Exception as e:  # juliapkg raises plain Exceptions (a URLError offline)
+            raise JuliaUnavailableError(_resolve_failed(e, state["project"])) from e
         _ONLINE = True
         info = {"executable": juliapkg.executable(), "project": juliapkg.project()}
         out(f"Julia: {info['executable']}")
         out(f"Julia project: {info['project']}")
+    if sysimage_too:
+        image = sysimage.build(info["executable"], info["project"], package_path(), out)
+        info["sysimage"] = str(image)
+        out(f"System image: {image} (fluxhess starts Julia from it while the packages stay as they are)")
     out("Starting Julia and loading FluxHess (its first load precompiles it; this can take several minutes)...")
     JULIA.julia()
     version = JULIA.version()
@@ -559,6 +649,21 @@ def setup_julia(out=print) -> dict:
     info["module"] = str(package_path())
     out(f"Julia {version} is ready; FluxHess loaded from {info['module']}")
     return info
+
+
+def _resolve_failed(exc: BaseException, project: str) -> str:
+    """What to tell a user whose ``setup-julia`` failed while juliapkg installed (e.g. offline)."""
+    cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    return (
+        f"setting up Julia failed: juliapkg could not install Julia and the Julia packages into {project} "
+        f"({cause}). This step needs network access (Julia's downloads and the General registry). "
+        "Without it: run `fluxhess setup-julia` on a machine that has it and copy its Julia, depot "
+        "(JULIA_DEPOT_PATH) and project here; then point PYTHON_JULIACALL_EXE at that julia and "
+        "PYTHON_JULIACALL_PROJECT at that project (which must have "
+        + ", ".join(PACKAGES)
+        + " and PythonCall), or PYTHON_JULIAPKG_EXE at the julia when the project is juliapkg's; "
+        "a system image built there is used with PYTHON_JULIACALL_SYSIMAGE"
+    )
 
 
 #: The julia backend of this process (Julia runs once per process).

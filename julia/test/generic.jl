@@ -1,0 +1,39 @@
+# Any other Flux model: Conv layers, anonymous layers, a layer that mixes the samples.
+
+let  # this file's names stay its own
+
+    conv = Bridge.build_model("""
+        Chain(x -> reshape(x, 3, 3, 1, :), Conv((2, 2), 1 => 2, tanh),
+              Flux.flatten, Dense(8 => 3, softplus), Dense(3 => 2))"""; seed = 3)
+    anon = Bridge.build_model("Chain(Dense(3 => 4, tanh), x -> 2 .* x .+ 1, Dense(4 => 2), softmax)"; seed = 4)
+    pinn = Bridge.build_model("Chain(Dense(3 => 5, tanh), x -> x .^ 2, Dense(5 => 1))"; seed = 5)
+    for (model, d, loss, agg) in ((conv, 9, Flux.mse, sum), (anon, 3, Flux.crossentropy, mean),
+                                  (pinn, 3, Flux.mse, mean))
+        X = reshape(sin.(1:7d) ./ 2, d, 7)
+        C = size(model(X), 1)
+        Y = loss === Flux.mse ? reshape(cos.(1:7C), C, 7) : repeat([0.2, 0.8], 1, 7)
+        ref = per_sample_references(model, X, Y, loss, agg)
+        for (name, kind) in KINDS
+            M = curvature(kind, model, X, Y; loss, agg)
+            @test issymmetric(M)
+            @test M ≈ getproperty(ref, Symbol(MATRIX[name])) rtol = 1e-9 atol = 1e-12
+            @test diagonal(kind, model, X, Y; loss, agg) ≈ diag(M) rtol = 1e-9 atol = 1e-12
+        end
+        @test param_jacobian(model, X) ≈ ref.param_jacobian rtol = 1e-10
+        inputs = per_sample_input_references(model, X)
+        @test input_jacobian(model, X) ≈ inputs.input_jacobian rtol = 1e-10
+        @test input_hessian(model, X) ≈ inputs.input_hessian rtol = 1e-9 atol = 1e-12
+        @test laplacian(model, X) ≈ inputs.laplacian rtol = 1e-9 atol = 1e-12
+    end
+
+    # Centring over the batch couples the samples: the Jacobian rows must come from the whole
+    # batch (layer-by-layer rows assume each layer acts on each sample alone).
+    mixing = Bridge.build_model("Chain(Dense(2 => 3, tanh), x -> x .- sum(x; dims = 2) ./ size(x, 2), Dense(3 => 1))")
+    X = reshape(sin.(1:10), 2, 5)
+    Y = reshape(cos.(1:5), 1, 5)
+    θ, re = Flux.destructure(mixing)
+    J = Zygote.jacobian(ϑ -> vec(re(ϑ)(X)), θ)[1]                        # (N, P): one output
+    @test param_jacobian(mixing, X) ≈ permutedims(reshape(J, 1, 5, :), (1, 3, 2)) rtol = 1e-12
+    @test curvature(GGN(), mixing, X, Y; agg = sum) ≈ 2 .* transpose(J) * J rtol = 1e-10   # mse: Λ = 2I
+
+end
