@@ -3,6 +3,8 @@ follows Flux's destructure order, and what has no twin is refused by name."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -177,7 +179,9 @@ def test_from_flax_maps_a_cnn_with_nhwc_turned_nchw():
     np.testing.assert_allclose(fh.forward(model, theta, X.transpose(0, 3, 1, 2), backend="jax"), expected, rtol=1e-12, atol=1e-13)
 
 
-def test_from_flax_refuses_a_residual_add_naming_the_layers():
+def test_from_flax_maps_a_residual_add_to_a_jax_function_naming_the_layers():
+    """A Flax residual add has no Chain mapping: from_flax gives a JaxFunction (the same
+    function of the params), and says which layers stopped the Chain."""
     import jax
     import jax.numpy as jnp
 
@@ -192,5 +196,9 @@ def test_from_flax_refuses_a_residual_add_naming_the_layers():
 
     with jax.enable_x64(True):
         v = Res().init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))
-        with pytest.raises(fh.UnsupportedModelError, match="between Conv_1 .*Residual adds"):
-            fh.from_flax(Res(), v, input_shape=(4, 4, 2))
+        model, theta = fh.from_flax(Res(), v, input_shape=(4, 4, 2))
+        X = np.random.default_rng(0).normal(size=(3, 4, 4, 2))
+        expected = np.asarray(Res().apply(v, jnp.asarray(X)))
+    assert model.model_kind == "jax_function"
+    assert re.search("between Conv_1 .*Residual adds", model.why_not_chain, re.S)
+    np.testing.assert_allclose(fh.forward(model, theta, X.reshape(3, -1), backend="jax"), expected, rtol=1e-12)
