@@ -8,7 +8,7 @@ carry a leading underscore (``_backends``, ``_problem``, ``_validate``, ``_memor
 ``_progress``, ``_activations``) and may change without notice.
 """
 
-from . import jax  # the JAX-native transforms: fluxhess.jax.laplacian(model) etc.
+from . import jax  # noqa: F401 (the JAX-native transforms: fluxhess.jax.laplacian(model) etc.)
 from .api import (
     KronFactors,
     diagonal,

@@ -18,13 +18,14 @@ kernel's rows are permuted accordingly.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 
 from . import _activations as A
 from .errors import InputError, UnsupportedModelError
 from .layers import BatchNorm, Conv, CrossCor, GlobalMeanPool, LayerNorm, MaxPool, MeanPool
-from .model import Activation, Dense, Flatten
+from .model import Activation, Dense, Flatten, Layer
 
 
 def _nchw(shape) -> tuple[int, ...]:
@@ -80,7 +81,7 @@ def _batchnorm(m, variables, x):
     if m.use_scale != m.use_bias:
         raise UnsupportedModelError("nn.BatchNorm with a scale but no bias (or the reverse) has no Flux twin")
     stats, params = variables["batch_stats"], variables.get("params", {})
-    layer = BatchNorm(x.shape[-1], mean=np.asarray(stats["mean"]), var=np.asarray(stats["var"]), eps=m.epsilon, affine=m.use_scale)
+    layer = BatchNorm(x.shape[-1], mean=tuple(np.asarray(stats["mean"])), var=tuple(np.asarray(stats["var"])), eps=m.epsilon, affine=m.use_scale)
     arrays = [np.asarray(params["bias"], np.float64), np.asarray(params["scale"], np.float64)] if m.use_scale else []
     return layer, arrays
 
@@ -137,7 +138,8 @@ def _pool(fn, z, window):
     for n, k in zip(z.shape[1:-1], window):
         split += [n // k, k]
     split.append(z.shape[-1])
-    r = z[(slice(None), *[slice(0, (n // k) * k) for n, k in zip(z.shape[1:-1], window)], slice(None))].reshape(split)
+    crop = (slice(None), *[slice(0, (n // k) * k) for n, k in zip(z.shape[1:-1], window)], slice(None))
+    r = z[crop].reshape(split)
     return fn(r, axis=tuple(range(2, 2 * len(window) + 1, 2)))
 
 
@@ -148,9 +150,9 @@ def _candidates(z, out_shape):
     acts = list(A.ELEMENTWISE) + (list(A.COLUMNWISE) if z.ndim == 2 else [])
     spatial_axes = tuple(range(1, z.ndim - 1))
     for name in acts:
-        act = [] if name == "identity" else [Activation(name)]
+        act: list[Layer] = [] if name == "identity" else [Activation(name)]
         az = np.asarray(A.function(name)(z))
-        steps = [(act, az)]
+        steps: list[tuple[list[Layer], np.ndarray]] = [(act, az)]
         if z.ndim > 2:
             if len(out_shape) == 2 and out_shape[1] == z.shape[-1]:
                 yield act + [GlobalMeanPool(), Flatten()], az.mean(axis=spatial_axes), None
@@ -209,7 +211,7 @@ def flax_cnn_chain(module, variables, shape, probe):
     import flax.linen as nn
 
     table = FLAX_LAYERS()
-    calls = []
+    calls: list[tuple[Any, ...]] = []  # (module, input, variables, output) per layer call
 
     def record(next_fun, a, kw, context):
         m = context.module

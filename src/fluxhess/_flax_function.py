@@ -11,6 +11,8 @@ linen module's samples, read from the module itself.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 from .errors import InputError, UnsupportedModelError
@@ -109,8 +111,10 @@ def nnx_function(module, *, input_shape=None, inputs=None):
     import jax.numpy as jnp
     from flax import nnx
 
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    # two filters give exactly (graphdef, state, state); flax types the states after the first as *State
+    graphdef, params, rest = cast("tuple[nnx.GraphDef[Any], nnx.State, nnx.State]", nnx.split(module, nnx.Param, ...))
     signature = examples = None
+    shape: tuple[int, ...]
     if inputs is not None:
         from .convert import _call_signature
 

@@ -100,7 +100,7 @@ def _own_cgroups(proc_cgroup: Path) -> dict[str, str]:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
         return {}
-    paths = {}
+    paths: dict[str, str] = {}
     for line in lines:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         for hierarchy in _HIERARCHIES:

@@ -156,7 +156,7 @@ def inputs_array(X, in_features: int | None, flattens: bool, dtype: np.dtype, si
             )
         a = a.reshape(a.shape[0], -1)
     if a.ndim == 1:
-        hint = f"; for one sample use X[None, :], for N samples of one feature X[:, None]"
+        hint = "; for one sample use X[None, :], for N samples of one feature X[:, None]"
         raise InputError(f"X must be 2-D (N, d); got shape {a.shape}{hint}")
     if in_features is not None and a.shape[1] != in_features:
         raise InputError(

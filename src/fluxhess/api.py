@@ -858,7 +858,7 @@ def kron(
     """
     check.choice("kind", kind, KRON_KINDS)
     convolutional = isinstance(model, Chain) and not model.is_mlp
-    factored = kron_layers(model) if convolutional else None  # refuses layers KFAC does not factor
+    factored = kron_layers(model) if convolutional and isinstance(model, Chain) else None  # refuses layers KFAC does not factor
     call = _prepare("kron", model, params, X, y, loss=loss, agg=agg, backend=backend, dtype=dtype)
     if convolutional and not getattr(call.backend, "kron_convolutions", False):  # a capability: absent = Dense only
         raise UnsupportedModelError(

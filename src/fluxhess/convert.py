@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -245,7 +245,7 @@ def _torch_batchnorm(module, nn):
     if module.running_mean is None:
         raise UnsupportedModelError(f"{type(module).__name__} has no running statistics (track_running_stats=False)")
     layer = BatchNorm(
-        module.num_features, mean=_torch_numpy(module.running_mean), var=_torch_numpy(module.running_var),
+        module.num_features, mean=tuple(_torch_numpy(module.running_mean)), var=tuple(_torch_numpy(module.running_var)),
         eps=module.eps, affine=module.affine,
     )
     return layer, ([_torch_numpy(module.bias), _torch_numpy(module.weight)] if module.affine else [])
@@ -606,7 +606,7 @@ def from_flax(
         why = str(e)
     if inputs is not None:
         signature = tuple(_call_signature(module, inputs).items())
-        shape = (sum(w for _, w in signature),)
+        shape: tuple[int, ...] = (sum(w for _, w in signature),)
     else:
         signature, shape = None, _flax_input_shape(module, variables, input_shape)
     return linen_function(module, variables, input_shape=shape, signature=signature, examples=inputs, why_not_chain=why)
@@ -657,8 +657,8 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
             shape = (sum(signature.values()),)
         _check_flax_variables(module, variables, args)
         if inputs is None and _flax_cnn.uses_cnn_layers(module, variables, args):
-            layers, arrays, chain_shape, output = _flax_cnn.flax_cnn_chain(module, variables, shape, args[0])
-            model, theta = _chain_blocks(layers, arrays, "the Flax module", None, chain_shape)
+            cnn_layers, cnn_arrays, chain_shape, output = _flax_cnn.flax_cnn_chain(module, variables, shape, args[0])
+            model, theta = _chain_blocks(cnn_layers, cnn_arrays, "the Flax module", None, chain_shape)
             X = args[0].transpose(0, args[0].ndim - 1, *range(1, args[0].ndim - 1)) if args[0].ndim > 2 else args[0]
             _check_same_output(model, theta, X, output, "the Flax module's")
             return model, theta, []
@@ -871,7 +871,7 @@ def _logsoftmax(z):
 #: NNlib's formulas of :mod:`fluxhess._activations` in NumPy, for the probe: evaluating the JAX
 #: functions eagerly compiled each of them for each grid shape, seconds per conversion (a test
 #: checks the two agree).
-NUMPY_ACTIVATIONS = {
+NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
     "relu": lambda x: np.where(x < 0, 0.0, x),
     "tanh": np.tanh,

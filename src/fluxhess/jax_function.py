@@ -49,7 +49,9 @@ def _path_name(path) -> str:
 def _layout(paths, shapes) -> ParamLayout:
     """Blocks in flatten order; a block's ``layer`` numbers its parent path (the leaves of one
     tree node, e.g. a Dense layer's kernel and bias, share one), in order of first appearance."""
-    blocks, offset, layers = [], 0, {}
+    blocks: list[Block] = []
+    layers: dict[str, int] = {}
+    offset = 0
     for path, shape in zip(paths, shapes):
         if path and getattr(path[-1], "name", None) == "value":  # a flax.nnx Variable's array
             path = path[:-1]
@@ -161,7 +163,8 @@ class JaxFunction:
         """θ ``(P,)`` of a parameter pytree of this model's structure: a float64 NumPy array, or a
         ``jax.Array`` (differentiable) when any leaf is one."""
         leaves, treedef = jax.tree.flatten(params)
-        if treedef != self._treedef:
+        # jax's PyTreeDef is an alias of jaxlib's compiled (stub-less) class, which mypy cannot compare
+        if treedef != self._treedef:  # type: ignore[operator]
             raise InputError(f"params must have this model's tree structure {self._treedef}; got {treedef}")
         for leaf, b in zip(leaves, self.layout):
             if tuple(np.shape(leaf)) != b.shape:

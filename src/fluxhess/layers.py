@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from . import _validate as check
 from ._activations import COLUMNWISE, NAMES as ACTIVATIONS
 from .errors import InputError, UnknownNameError
 
 Shape = tuple[int, ...]
+_Pads = tuple[tuple[int, int], ...]
 
 
 def check_activation(name) -> str:
@@ -181,7 +183,8 @@ class Conv:
     @property
     def pads(self) -> tuple[tuple[int, int], ...]:
         """``(lo, hi)`` per spatial axis, ``"same"`` resolved as Flux does."""
-        return same_padding(self.kernel_size, self.dilation) if self.padding == "same" else self.padding
+        # __post_init__ normalised dilation to a tuple and padding to "same" or (lo, hi) pairs
+        return same_padding(self.kernel_size, cast(Shape, self.dilation)) if self.padding == "same" else cast(_Pads, self.padding)
 
     @property
     def weight_shape(self) -> Shape:
@@ -286,7 +289,8 @@ class MeanPool:
 
     @property
     def pads(self) -> tuple[tuple[int, int], ...]:
-        return same_padding(self.window, (1,) * self.rank) if self.padding == "same" else self.padding
+        # __post_init__ normalised padding to "same" or (lo, hi) pairs
+        return same_padding(self.window, (1,) * self.rank) if self.padding == "same" else cast(_Pads, self.padding)
 
     def param_blocks(self) -> list:
         return []
@@ -305,7 +309,7 @@ class MeanPool:
         if self.padding != ((0, 0),) * self.rank:
             opts.append(f"pad={_jl_pad(self.padding, self.rank)}")
         if self.stride != self.window:
-            opts.append(f"stride={_jl(reversed(self.stride))}")
+            opts.append(f"stride={_jl(reversed(cast(Shape, self.stride)))}")  # a tuple after __post_init__
         kw = "; " + ", ".join(opts) if opts else ""
         return f"{self.flux_name}({_jl(reversed(self.window))}{kw})"
 

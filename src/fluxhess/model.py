@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, cast
+from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence, cast, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -79,7 +79,7 @@ class Dense:
         return self.in_features * self.out_features + (self.out_features if self.bias else 0)
 
     def param_blocks(self) -> list[tuple[str, Shape]]:
-        blocks = [("weight", (self.out_features, self.in_features))]
+        blocks: list[tuple[str, Shape]] = [("weight", (self.out_features, self.in_features))]
         return blocks + [("bias", (self.out_features,))] if self.bias else blocks
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -331,7 +331,7 @@ class Chain:
         self.layout = ParamLayout(blocks)
         self.inputs: tuple[tuple[str, int], ...] | None = _signature(inputs, self)
 
-    def input_columns(self, wrt: str | Sequence[str]) -> list[int]:
+    def input_columns(self: _Signed, wrt: str | Sequence[str]) -> list[int]:
         """The columns of `X` `(N, d)` that the inputs named in `wrt` (a name or a list) occupy.
 
         Raises `InputError` for a Chain without an input signature, `UnknownNameError` for
@@ -435,9 +435,9 @@ class Chain:
         (it is built in float64, one layer's draw beside it, then cast to ``dtype``).
         """
         rng = np.random.default_rng(check.seed("seed", seed))
-        dtype = check.float_dtype(dtype)
+        out_dtype = check.float_dtype(dtype)
         largest = max((b.size for b in self.layout), default=0)
-        memory.require("init", 8 * (self.num_params + largest) + dtype.itemsize * self.num_params, (self.num_params,))
+        memory.require("init", 8 * (self.num_params + largest) + out_dtype.itemsize * self.num_params, (self.num_params,))
         theta = np.zeros(self.num_params, dtype=np.float64)
         for block in self.layout:
             field = block.name.rsplit(".", 1)[1]
@@ -451,7 +451,7 @@ class Chain:
                 theta[block.slice] = rng.uniform(-limit, limit, size=block.size)
             elif field == "scale":
                 theta[block.slice] = 1.0
-        return theta.astype(dtype)
+        return theta.astype(out_dtype)
 
     def unflatten(self, params: ArrayLike) -> dict[str, np.ndarray]:
         """Split θ ``(P,)`` into ``{block name: array}``; weights ``(out, in)``."""
@@ -525,6 +525,10 @@ def _walk(layers, prefix: str = ""):
             yield from _walk(_layers.children(layer), path + ".")
 
 
+@overload
+def _input_shape(layers, given, required: Literal[True] = ...) -> Shape: ...
+@overload
+def _input_shape(layers, given, required: bool) -> Shape | None: ...
 def _input_shape(layers, given, required: bool = True) -> Shape | None:
     """One sample's shape: ``given`` (NumPy order), or ``(in,)`` of the first Dense layer when
     only Flatten, Activation and Dropout layers come before it."""
@@ -547,7 +551,24 @@ def _input_shape(layers, given, required: bool = True) -> Shape | None:
     )
 
 
-def _signature(inputs, chain: Chain) -> tuple[tuple[str, int], ...] | None:
+class _InputWidth(Protocol):
+    """What :func:`_signature` reads of a model: a :class:`Chain` or a :class:`~fluxhess.JaxFunction`."""
+
+    @property
+    def in_features(self) -> int: ...
+
+    @property
+    def flattens_input(self) -> bool: ...
+
+
+class _Signed(_InputWidth, Protocol):
+    """A model with an input signature (:meth:`Chain.input_columns`, shared by ``JaxFunction``)."""
+
+    @property
+    def inputs(self) -> tuple[tuple[str, int], ...] | None: ...
+
+
+def _signature(inputs, chain: _InputWidth) -> tuple[tuple[str, int], ...] | None:
     """``inputs`` (``{name: width}`` or ``[(name, width), ...]``) as a tuple of pairs, checked."""
     if inputs is None:
         return None
