@@ -135,6 +135,7 @@ def test_input_derivatives_match_torch_func():
 
 
 def test_kron_is_refused_with_the_reason():
+    """KFAC factors Conv and Dense weights; this model's BatchNorm has γ, β: refused, naming it."""
     theta, X, y = _data("mse")
-    with pytest.raises(fh.UnsupportedModelError, match="CrossCor"):
+    with pytest.raises(fh.UnsupportedModelError, match=r"layer 1 \(BatchNorm.*not a Dense or Conv weight"):
         fh.kron(MODEL, theta, X, y, backend="jax")

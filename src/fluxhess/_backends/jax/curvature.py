@@ -41,7 +41,7 @@ def generic(problem: Problem, kind: Kind, out: np.ndarray | None = None) -> np.n
     if kind.per_sample_terms:
         return _gram(problem, kind, out)
     if P <= SMALL:
-        M = to_numpy(compiled(model, loss, "hessian")(problem.params, problem.X, problem.Y, problem.scale))
+        M = np.array(compiled(model, loss, "hessian")(problem.params, problem.X, problem.Y, problem.scale))  # writable: symmetrized in place
     else:
         M = over_parameters(problem, compiled(model, loss, "columns", kind), np.empty((P, P), problem.dtype), f"{kind.name} columns")
     return _into(out, _symmetrize(M))

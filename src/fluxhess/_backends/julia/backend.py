@@ -28,7 +28,7 @@ workload of every quantity), hands arrays over and copies results back.
 - The curvature kind reaches Julia as a type (``FluxHess.Hessian()``, ``GGN()``,
   ``EmpiricalFisher()``); Julia dispatches on it.
 - ``out=`` of the P×P quantities: Julia writes into the caller's array itself, panel by
-  panel, within :data:`WORK_BYTES` of working memory (:meth:`JuliaBackend.panel_working_bytes`);
+  panel, within :data:`WORK_BYTES` of working memory (:meth:`JuliaBackend.matrix_bytes`);
   ``hvp`` runs in chunks of columns of ``V``, each within :data:`fluxhess._memory.CHUNK_BYTES`.
 - One lock serialises every call into Julia. A Julia exception becomes a fluxhess error
   in one place (:func:`julia_error`): :class:`InputError` for Julia's ``ArgumentError`` and
@@ -521,10 +521,13 @@ class JuliaBackend:
     def gradient(self, problem: Problem):
         return self._call("gradient", problem, problem.Y, problem.loss, problem.agg)
 
-    def panel_working_bytes(self, model, P: int, itemsize: int) -> int:
-        """Bytes beside the result when a P×P quantity is written into ``out=``: every route of
-        FluxHess.jl writes into the given array within :data:`WORK_BYTES`."""
-        return WORK_BYTES
+    #: Every P×P route of FluxHess.jl writes into the array it is given (``out=`` or the result).
+    writes_out = True
+
+    def matrix_bytes(self, model, P: int, itemsize: int, into_out: bool) -> int:
+        """Peak memory of a P×P quantity: the result (unless it is written into ``out=``,
+        ``into_out``) and the :data:`WORK_BYTES` of working memory FluxHess.jl writes it within."""
+        return (0 if into_out else P * P * itemsize) + WORK_BYTES
 
     def _matrix(self, quantity, kind, problem: Problem, out):
         """A P×P curvature written by Julia straight into ``out`` (or a new NumPy array), panel by
