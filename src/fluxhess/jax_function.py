@@ -19,7 +19,7 @@ this on a probe and refuses a function that mixes them.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +84,8 @@ class JaxFunction:
 
     model_kind = "jax_function"
 
-    def __init__(self, apply: Callable, params, input_shape, *, batched: bool = True, inputs=None,
+    def __init__(self, apply: Callable, params: Any, input_shape: int | Sequence[int], *, batched: bool = True,
+                 inputs: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
                  source: str | None = None, why_not_chain: str | None = None):
         if not callable(apply):
             raise InputError(f"apply must be a function apply(params, X); got {type(apply).__name__}")
@@ -149,7 +150,7 @@ class JaxFunction:
     input_columns = Chain.input_columns
 
     # -- θ and the pytree ---------------------------------------------------------
-    def unflatten(self, theta):
+    def unflatten(self, theta: Any) -> Any:
         """The parameter pytree of θ ``(P,)``: NumPy copies for a NumPy θ, JAX arrays (differentiable,
         jittable) for a ``jax.Array`` θ."""
         xp = jnp if isinstance(theta, jax.Array) else np
@@ -159,7 +160,7 @@ class JaxFunction:
         leaves = [xp.reshape(theta[b.slice], b.shape) for b in self.layout]
         return jax.tree.unflatten(self._treedef, [np.array(a) for a in leaves] if xp is np else leaves)
 
-    def flatten(self, params):
+    def flatten(self, params: Any) -> Any:
         """θ ``(P,)`` of a parameter pytree of this model's structure: a float64 NumPy array, or a
         ``jax.Array`` (differentiable) when any leaf is one."""
         leaves, treedef = jax.tree.flatten(params)
@@ -174,7 +175,7 @@ class JaxFunction:
         return np.concatenate([np.asarray(leaf, dtype=np.float64).ravel() for leaf in leaves])
 
     # -- the function of (θ, x) ---------------------------------------------------
-    def function(self, theta, x):
+    def function(self, theta: Any, x: Any) -> Any:
         """``f(θ, x)``: ``(C,)`` for one sample ``x`` ``(d,)``, ``(N, C)`` for ``X`` ``(N, d)``; in θ's dtype."""
         params = jax.tree.unflatten(self._treedef, [theta[b.slice].reshape(b.shape) for b in self.layout])
         X = x.reshape((-1,) + self.input_shape)
@@ -182,7 +183,7 @@ class JaxFunction:
         out = jnp.reshape(out, (X.shape[0], self.out_features))
         return out[0] if x.ndim == 1 else out
 
-    def split(self, start: int):
+    def split(self, start: int) -> tuple[None, JaxFunction]:
         """``(None, self)``: a function has no layers to split at (:mod:`fluxhess.laplace.subset`)."""
         if start != 0:
             raise InputError(f"a JaxFunction cannot be split at layer {start}; it is one function")
@@ -282,7 +283,10 @@ def check_independent(model: JaxFunction, theta) -> None:
         )
 
 
-def from_jax(apply: Callable, params: Any, input_shape, *, batched: bool = True, inputs=None) -> tuple[JaxFunction, np.ndarray]:
+def from_jax(
+    apply: Callable, params: Any, input_shape: int | Sequence[int], *, batched: bool = True,
+    inputs: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
+) -> tuple[JaxFunction, np.ndarray]:
     """Any JAX function as ``(model, θ)``.
 
     ``apply(params, X)``: pure, ``X`` ``(N, *input_shape)`` → ``(N, C)`` or ``(N,)``; with
@@ -298,13 +302,18 @@ def from_jax(apply: Callable, params: Any, input_shape, *, batched: bool = True,
     gives the pytree back. A batched ``apply`` is probed first: one that mixes samples
     raises :class:`fluxhess.UnsupportedModelError`.
 
-    >>> import jax.numpy as jnp, numpy as np, fluxhess as fh
-    >>> def apply(p, X): return jnp.tanh(X @ p["w"]) @ p["v"]
-    >>> model, theta = fh.from_jax(apply, {"w": np.ones((2, 3)), "v": np.ones(3)}, 2)
-    >>> model.layout.names, theta.shape
-    (['v', 'w'], (9,))
-
     Returns: ``(model, params)``: a :class:`JaxFunction` and θ ``(P,)`` float64.
+
+    Raises: :class:`fluxhess.InputError` for an ``apply`` that is not callable, ``params``
+    that are not float arrays or an ``input_shape`` that ``apply`` does not take;
+    :class:`fluxhess.UnsupportedModelError` for a function that mixes samples.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np, fluxhess as fh
+        >>> def apply(p, X): return jnp.tanh(X @ p["w"]) @ p["v"]
+        >>> model, theta = fh.from_jax(apply, {"w": np.ones((2, 3)), "v": np.ones(3)}, 2)
+        >>> model.layout.names, theta.shape
+        (['v', 'w'], (9,))
     """
     model = JaxFunction(apply, params, input_shape, batched=batched, inputs=inputs)
     theta = model.flatten(jax.tree.map(lambda a: np.asarray(a, dtype=np.float64), params))

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, Sequence, cast
 
 from . import _validate as check
 from ._activations import COLUMNWISE, NAMES as ACTIVATIONS
 from .errors import InputError, UnknownNameError
+
+if TYPE_CHECKING:
+    from .model import Layer
 
 Shape = tuple[int, ...]
 _Pads = tuple[tuple[int, int], ...]
@@ -568,7 +571,7 @@ class SkipConnection:
 
     layers: tuple
 
-    def __init__(self, *layers):
+    def __init__(self, *layers: Layer) -> None:
         if not layers:
             raise InputError("SkipConnection needs at least one layer")
         object.__setattr__(self, "layers", tuple(layers))
@@ -601,7 +604,7 @@ class Parallel:
 
     branches: tuple
 
-    def __init__(self, *branches):
+    def __init__(self, *branches: Layer | Sequence[Layer]) -> None:
         if len(branches) < 2:
             raise InputError(f"Parallel needs at least two branches; got {len(branches)}")
         seqs = tuple(tuple(br) if isinstance(br, (list, tuple)) else (br,) for br in branches)
