@@ -166,9 +166,11 @@ def test_from_flax_maps_a_cnn_with_nhwc_turned_nchw():
         v = module.init(jax.random.PRNGKey(0), jnp.ones((1, 10, 9, 2)))
         stats = {k: {"mean": jnp.asarray(rng.normal(size=4)), "var": jnp.asarray(rng.uniform(0.5, 2, 4))} for k in v["batch_stats"]}
         variables = {"params": v["params"], "batch_stats": stats}
-        model, theta = fh.from_flax(module, variables, input_shape=(10, 9, 2))
+        as_function, _ = fh.from_flax(module, variables, input_shape=(10, 9, 2))  # Flax's own layout by default
+        model, theta = fh.from_flax(module, variables, input_shape=(10, 9, 2), channels_first=True)
         X = rng.normal(size=(4, 10, 9, 2))
         expected = np.asarray(module.apply(variables, jnp.asarray(X)))
+    assert as_function.model_kind == "jax_function" and "channels_first=True" in as_function.why_not_chain
     assert model.input_shape == (2, 10, 9)
     assert [type(l).__name__ for l in model.layers] == [
         "CrossCor", "BatchNorm", "Activation", "MeanPool", "Conv", "Activation", "MaxPool", "Flatten",
@@ -196,7 +198,7 @@ def test_from_flax_maps_a_residual_add_to_a_jax_function_naming_the_layers():
 
     with jax.enable_x64(True):
         v = Res().init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))
-        model, theta = fh.from_flax(Res(), v, input_shape=(4, 4, 2))
+        model, theta = fh.from_flax(Res(), v, input_shape=(4, 4, 2), channels_first=True)
         X = np.random.default_rng(0).normal(size=(3, 4, 4, 2))
         expected = np.asarray(Res().apply(v, jnp.asarray(X)))
     assert model.model_kind == "jax_function"

@@ -541,7 +541,7 @@ def _probe_inputs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def from_flax(
     module: Any, variables: Any = None, *, input_shape: tuple[int, ...] | None = None,
-    inputs: Sequence[Any] | None = None,
+    inputs: Sequence[Any] | None = None, channels_first: bool = False,
 ) -> tuple[Chain | JaxFunction, np.ndarray]:
     """Any Flax module as ``(model, θ)`` with the same weights: a :class:`fluxhess.Chain` where
     every layer maps onto the Chain's, else a :class:`fluxhess.JaxFunction`.
@@ -575,6 +575,13 @@ def from_flax(
     named after the ``__call__`` parameters (see :class:`fluxhess.Chain`), and ``X`` may be
     the tuple ``(x, t)``; ``wrt=`` takes those names.
 
+    ``channels_first``: a convolutional module's samples are ``(H, W, C)`` in Flax, and by
+    default it comes back as a JaxFunction on exactly those samples. With
+    ``channels_first=True`` a module whose layers all map (``nn.Conv``, pools, BatchNorm in
+    inference mode, LayerNorm, Dense) comes back as a Chain on **channels-first** samples
+    ``(C, H, W)`` — Flux's and PyTorch's layout, pass ``X.transpose(0, 3, 1, 2)`` — with a
+    Julia twin and the structured convolution routes. Never a silent change of layout.
+
     A Chain prints as Flax layers; θ ↔ variables: :func:`fluxhess.jax.flax_params`.
 
     Returns: ``(model, params)``, params ``(P,)`` float64.
@@ -600,7 +607,7 @@ def from_flax(
         return nnx_function(module, input_shape=input_shape, inputs=inputs)
     _check_linen(module, variables, input_shape, inputs)
     try:
-        model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs)
+        model, theta, _ = flax_chain(module, variables, input_shape=input_shape, inputs=inputs, channels_first=channels_first)
         return model.with_origin(Origin("flax", type(module).__name__)), theta
     except UnsupportedModelError as e:
         why = str(e)
@@ -640,9 +647,10 @@ def _check_linen(module, variables, input_shape, inputs) -> None:
         raise InputError("pass input_shape= (one input array) or inputs= (several), not both")
 
 
-def flax_chain(module, variables, *, input_shape=None, inputs=None):
+def flax_chain(module, variables, *, input_shape=None, inputs=None, channels_first=False):
     """:func:`from_flax`'s ``(model, params)`` and the Flax path of each Dense layer's parameters
-    (``(model layer index, path tuple)`` in Chain order)."""
+    (``(model layer index, path tuple)`` in Chain order). A convolutional module maps only with
+    ``channels_first`` (its Chain takes ``(C, H, W)`` samples, not Flax's ``(H, W, C)``)."""
     import flax.linen as nn
     import jax
 
@@ -657,6 +665,12 @@ def flax_chain(module, variables, *, input_shape=None, inputs=None):
             shape = (sum(signature.values()),)
         _check_flax_variables(module, variables, args)
         if inputs is None and _flax_cnn.uses_cnn_layers(module, variables, args):
+            if not channels_first:
+                raise UnsupportedModelError(
+                    f"{type(module).__name__} is convolutional: its samples are Flax's (H, W, C), which a Chain "
+                    "takes channels-first; from_flax(..., channels_first=True) gives that Chain (pass "
+                    "X.transpose(0, 3, 1, 2)), with a Julia twin and the structured convolution routes"
+                )
             cnn_layers, cnn_arrays, chain_shape, output = _flax_cnn.flax_cnn_chain(module, variables, shape, args[0])
             model, theta = _chain_blocks(cnn_layers, cnn_arrays, "the Flax module", None, chain_shape)
             X = args[0].transpose(0, args[0].ndim - 1, *range(1, args[0].ndim - 1)) if args[0].ndim > 2 else args[0]
