@@ -14,8 +14,11 @@ PY=${PYTHON:-python}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 pip() { "$PY" -m pip "$@"; }
 
-if pip install --quiet --no-index "torch==${TORCH_VERSION}" 2>/dev/null; then
+# --no-index finds the wheel at hand but not torch's own dependencies: install torch alone
+# from it first, then let pip add the dependencies (torch itself is then already satisfied).
+if pip install --quiet --no-index --no-deps "torch==${TORCH_VERSION}" 2>/dev/null; then
     echo "torch ${TORCH_VERSION}: the wheel at hand"
+    pip install --quiet "torch==${TORCH_VERSION}"
 else
     echo "torch ${TORCH_VERSION}: from the PyTorch CPU index"
     pip install --quiet "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
