@@ -182,6 +182,7 @@ UUIDS = {  # the General registry's UUIDs
     "PrecompileTools": "aea7be01-6a6a-4083-8856-8a6e6704d82a",
     "Compat": "34da2185-b29b-5c13-b0c7-acf172513d20",
     "Statistics": "10745b16-79ce-11e8-11f9-7d13ad32a3b2",
+    "NNlib": "872c559c-99b0-510c-b3b7-b6c96a88d5cd",
 }
 
 

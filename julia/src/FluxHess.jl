@@ -30,10 +30,14 @@ Conventions, as Flux has them:
   the model's eltype (`f64(model)` for Float64). The model is used in test mode
   (`Flux.testmode!` on a rebuilt copy; the caller's model is never changed).
 
-Each quantity has two routes, chosen from the model: Chains of `Dense` layers and
-elementwise functions (a softmax after the last Dense layer allowed) get per-sample
-factors and every block of the P × P matrix by BLAS; any other Flux model is batched
-over the samples, its Jacobians by forward mode, its Hessian by ForwardDiff over Zygote.
+Each quantity has one of three routes, chosen from the model: Chains of `Dense` layers
+and elementwise functions (a softmax after the last Dense layer allowed) get per-sample
+factors and every block of the P × P matrix by BLAS; Chains of `Conv`, `CrossCor` and
+`Dense` layers with pools, `Flux.flatten` and elementwise functions between them get
+per-sample rows on unfolded patches (`NNlib.unfold`) and the GGN, the empirical Fisher,
+their diagonals, KFAC and `param_jacobian` from them by BLAS; any other Flux model (and
+the exact Hessian of a convolutional chain) is batched over the samples, its Jacobians
+by forward mode, its Hessian by ForwardDiff over Zygote.
 Second derivatives with respect to θ are never reverse over reverse.
 
 Threads: the work is BLAS (`LinearAlgebra.BLAS.set_num_threads`, or
@@ -56,6 +60,7 @@ using Compat: @compat
 
 import Flux
 import ForwardDiff
+import NNlib
 import Random
 import Zygote
 using LinearAlgebra: LinearAlgebra, mul!, tr
@@ -66,6 +71,7 @@ include("problem.jl")      # kinds, losses, the Problem of a call
 include("columnwise.jl")   # per-sample Jacobians of batched maps by seeded Duals
 include("routes.jl")       # DenseChain or Generic: what the model is
 include("structured.jl")   # Dense chains: per-sample factors, blocks by BLAS
+include("conv.jl")         # convolutional chains: per-sample rows on unfolded patches
 include("generic.jl")      # any Flux model, batched over samples
 include("quantities.jl")   # each quantity on a Problem, dispatching on kind and route
 include("inputs.jl")       # derivatives with respect to the inputs

@@ -150,14 +150,19 @@ end
 """
     FluxHess.kron(kind, model, X, Y; loss = Flux.mse, agg = mean, params = nothing) -> Vector of (A, G)
 
-KFAC factors, one `(A, G)` per Dense layer in Chain order, for a Chain whose other
-layers have no parameters; `kind` is `GGN()` or `EmpiricalFisher()` (an
-`ArgumentError` for `Hessian()`). For a layer with input `a_n` and pre-activation `z_n`:
+KFAC factors, one `(A, G)` per Dense, Conv or CrossCor layer in Chain order, for a
+Chain whose other layers have no parameters; `kind` is `GGN()` or `EmpiricalFisher()`
+(an `ArgumentError` for `Hessian()`, or for a grouped convolution). For a layer with
+input `a_n` and pre-activation `z_n`:
 `A = (1/N) Σ_n ā_n ā_nᵀ`, `ā = [a; 1]` with a bias, else `a`;
 `EmpiricalFisher()`: `G = s Σ_n δ_n δ_nᵀ`, `δ_n = ∂ℓ_n/∂z_n`;
 `GGN()`: `G = s Σ_n B_nᵀ Λ_n B_n`, `B_n = ∂f(x_n)/∂z_n` (C × out).
 `LinearAlgebra.kron(A, G)` approximates the layer's `[vec(W); b]` block (exactly when
-N == 1). Not exported (`LinearAlgebra.kron` has the name).
+N == 1). A Conv or CrossCor layer follows the KFC "expand" convention: `ā` is the
+patch of the input at each of the `S` output positions (`(k…, cin)` in the kernel's
+own order, then 1 for a bias), `A = (1/(N·S)) Σ_n Σ_s ā ā ᵀ`, and `G` sums over the
+positions too; the weight block (output channel slowest in θ) is `≈ kron(G, A)`.
+Not exported (`LinearAlgebra.kron` has the name).
 """
 function kron(kind::Kind, model, X, Y; loss = Flux.mse, agg = mean, params = nothing)
     p = _problem(model, X, Y, loss, agg, params)

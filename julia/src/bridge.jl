@@ -112,7 +112,7 @@ function diagonal(model, θ, X, Y, lossname, agg, kind::Kind)
     return diagonal_of(kind, p.route, p)
 end
 
-"""KFAC factors `[(A, G)]`, one pair per Dense layer (see `FluxHess.kron`)."""
+"""KFAC factors `[(A, G)]`, one pair per Dense, Conv or CrossCor layer (see `FluxHess.kron`)."""
 function kron(model, θ, X, Y, lossname, agg, kind::Kind)
     p = problem(model, θ, X, Y, lossname, agg)
     return kron_of(kind, p.route, p)

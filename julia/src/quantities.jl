@@ -4,7 +4,7 @@
 
 # `curvature_into!(H, kind, route, p, workspace)`, `diagonal_of(kind, route, p)`,
 # `kron_of(kind, route, p)` and `gradient_of(route, p)` have one method per route in
-# structured.jl and generic.jl.
+# structured.jl, conv.jl and generic.jl.
 
 # KFAC factors exist for the GGN and the empirical Fisher only.
 kron_of(::Hessian, r, p::Problem) = throw(ArgumentError(

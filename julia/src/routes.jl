@@ -41,23 +41,29 @@ _hasbias(d::Flux.Dense) = d.bias isa AbstractArray
 _nparams(d::Flux.Dense) = length(d.weight) + (_hasbias(d) ? length(d.bias) : 0)
 
 """
-    route(model) -> DenseChain or Generic()
+    route(model) -> DenseChain, ConvChain or Generic()
 
-The structured route when `model` is a Chain (or a Dense layer) whose parameters are
+The Dense-chain route when `model` is a Chain (or a Dense layer) whose parameters are
 exactly its Dense layers' weights and biases, with only elementwise layers between
-them and only columnwise layers (elementwise, softmax, logsoftmax) after the last.
+them and only columnwise layers (elementwise, softmax, logsoftmax) after the last;
+else the convolutional route when its parameters are its Conv, CrossCor and Dense
+layers' own, with only pools, `Flux.flatten` and columnwise layers between them
+(`src/conv.jl`); else the generic one.
 """
-function route(model)
+route(model) = something(_dense_route(model), _conv_route(model), Generic())
+
+# The DenseChain of `model`, or nothing.
+function _dense_route(model)
     layers = _flatlayers(model)
     θ = first(Flux.destructure(model))
     before, dense, after, tail = Any[], Any[], Vector{Any}[], Any[]
     for l in layers
         if l isa Flux.Dense
-            isempty(tail) || return Generic()
+            isempty(tail) || return nothing
             push!(dense, l)
             push!(after, Any[])
         elseif !isempty(Flux.trainables(l))
-            return Generic()
+            return nothing
         elseif isempty(dense)
             push!(before, l)
         elseif isempty(tail) && _elementwise(l) !== nothing
@@ -65,16 +71,16 @@ function route(model)
         elseif _columnwise(l)
             push!(tail, l)
         else
-            return Generic()
+            return nothing
         end
     end
-    isempty(dense) && return Generic()
+    isempty(dense) && return nothing
     # θ must be the Dense layers' arrays, each once (no tied weights), in Chain order.
     T = eltype(θ)
     arrays = [a for d in dense for a in (d.weight, d.bias) if a isa AbstractArray]
-    all(a -> a isa Array{T}, arrays) || return Generic()
-    length(unique(objectid, arrays)) == length(arrays) || return Generic()
-    sum(_nparams, dense) == length(θ) || return Generic()
+    all(a -> a isa Array{T}, arrays) || return nothing
+    length(unique(objectid, arrays)) == length(arrays) || return nothing
+    sum(_nparams, dense) == length(θ) || return nothing
     φ = Any[foldl((g, f) -> f ∘ g, after[l]; init = dense[l].σ) for l in 1:length(dense)-1]
     head = _Head(foldl((g, f) -> f ∘ g, after[end]; init = dense[end].σ), Tuple(tail))
     offsets = cumsum([0; [_nparams(d) for d in dense[1:end-1]]])

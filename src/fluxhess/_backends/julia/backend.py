@@ -291,6 +291,8 @@ class JuliaBackend:
     """Every quantity from FluxHess.jl (Flux + Zygote + ForwardDiff) through juliacall."""
 
     name = "julia"
+    #: KFAC of Chains with Conv layers (FluxHess's convolutional route, julia/src/conv.jl).
+    kron_convolutions = True
 
     def __init__(self):
         self._lock = threading.Lock()

@@ -1,0 +1,473 @@
+#############################################################################
+#     Convolutional chains: per-sample rows on unfolded patches, by BLAS     #
+#############################################################################
+#
+# Every layer with parameters is a *tap*, linear in them through its unfolded input:
+# `z = W ⋆ a + b` (Conv, CrossCor) or `z = W a + b` (Dense). Unfold the tap's input of
+# one sample into its patches U (`S × K` for a convolution: one row per output position
+# s, K = kernel × input channels in the order of the weight's own entries, what
+# `NNlib.unfold` gives; a Dense layer has `U = a`, one position per column beyond the
+# first dimension). For a per-sample derivative D = ∂(·)/∂z (`S × O`), the weight part
+# of ∂(·)/∂θ is `Uᵀ D` (`K × O`, θ's order for a kernel `(k…, cin, cout)`; a Dense
+# weight `(out, in)` is `D Uᵀ`) and the bias part `Σ_s D[s, :]`. One batched forward
+# pass and one backward pass in z, `R` cotangents per sample at once, give R rows
+# `r_{n,i} = ∂(e_iᵀ f_n)/∂θ` per sample n:
+#
+# - GGN: seeds the columns of `L_n`, `s·Λ_n = L_n L_nᵀ` (R = C): GGN = Σ r rᵀ;
+# - empirical Fisher: the seed `∇_f ℓ_n` (R = 1): EF = s·Σ r rᵀ;
+# - param_jacobian: seeds `e_c` (R = C).
+#
+# The P × P matrices are the Gram matrices of the rows (one SYRK per chunk of samples),
+# the diagonals the sums of the rows' squares, KFAC the factors of the KFC "expand"
+# convention. The exact Hessian stays with the generic route. The JAX engine's twin is
+# `fluxhess._backends.jax.conv`.
+
+"""
+    ConvChain
+
+A Chain seen as `before` (parameter-free layers that only transform the data), then
+its taps: `taps[m]` is a Conv, CrossCor or Dense layer (θ offset `offsets[m]`) and
+`after[m]` the stages up to the next tap (its activation, then parameter-free layers
+that act on each sample alone: elementwise functions, pools, `Flux.flatten`, softmax),
+the last tap's ending in the `C × N` output.
+"""
+struct ConvChain
+    before::Vector{Any}
+    taps::Vector{Any}
+    after::Vector{Vector{Any}}
+    offsets::Vector{Int}
+end
+
+const _ConvLayer = Union{Flux.Conv,Flux.CrossCor}
+const _PoolLayer = Union{Flux.MaxPool,Flux.MeanPool,Flux.AdaptiveMaxPool,Flux.AdaptiveMeanPool,
+                         Flux.GlobalMaxPool,Flux.GlobalMeanPool}
+
+# The taps: layers linear in their parameters through their unfolded inputs.
+_istap(l) = false
+_istap(::Union{_ConvLayer,Flux.Dense}) = true
+
+_hasbias(l::_ConvLayer) = l.bias isa AbstractArray
+_tapsize(l) = length(l.weight) + (_hasbias(l) ? length(l.bias) : 0)
+
+"""An elementwise function as a stage: `φ.(a)`, its backward `D .* φ'.(a)`."""
+struct _Act{F}
+    φ::F
+end
+
+"""A parameter-free layer that acts on each sample alone, its backward by its own pullback."""
+struct _Layer{L}
+    layer::L
+end
+
+# The stage of a parameter-free layer, or nothing when the route does not know it.
+_stage(l) = nothing
+_stage(l::Base.Fix1{typeof(broadcast)}) = _Act(l.x)
+_stage(l::_PoolLayer) = _Layer(l)
+_stage(l::Union{typeof(Flux.flatten),typeof(Flux.softmax),typeof(Flux.logsoftmax),typeof(identity)}) = _Layer(l)
+_stage(l::Flux.Dropout) = l.active === false ? _Layer(identity) : nothing   # test mode: the identity
+
+# A tap's activation as its first stage.
+_activation_stages(::typeof(identity)) = Any[]
+_activation_stages(σ) = Any[_Act(σ)]
+
+"""
+    _conv_route(model) -> ConvChain or nothing
+
+The convolutional route when `model`'s parameters are exactly its taps' weights and
+biases (each once, in Chain order) and every layer after the first tap is a tap or a
+stage the route knows.
+"""
+function _conv_route(model)
+    before, taps, after = Any[], Any[], Vector{Any}[]
+    for l in _flatlayers(model)
+        if _istap(l)
+            push!(taps, l)
+            push!(after, _activation_stages(l.σ))
+        elseif !isempty(Flux.trainables(l))
+            return nothing
+        elseif isempty(taps)
+            push!(before, l)
+        else
+            st = _stage(l)
+            st === nothing && return nothing
+            push!(after[end], st)
+        end
+    end
+    isempty(taps) && return nothing
+    θ = first(Flux.destructure(model))
+    T = eltype(θ)
+    arrays = [a for l in taps for a in (l.weight, l.bias) if a isa AbstractArray]
+    all(a -> a isa Array{T}, arrays) || return nothing
+    length(unique(objectid, arrays)) == length(arrays) || return nothing
+    sum(_tapsize, taps) == length(θ) || return nothing
+    offsets = cumsum([0; [_tapsize(l) for l in taps[1:end-1]]])
+    return ConvChain(before, taps, after, offsets)
+end
+
+runner(::ConvChain, m) = m
+
+_nparams(cc::ConvChain) = cc.offsets[end] + _tapsize(cc.taps[end])
+
+#------------------------------ the forward pass ----------------------------#
+
+# The layer's convolution dimensions: Flux's `conv_dims`/`crosscor_dims`, for the batch `a`.
+_cdims(l::Flux.Conv, a) = NNlib.DenseConvDims(a, l.weight; stride = l.stride, padding = l.pad,
+                                              dilation = l.dilation, groups = l.groups)
+_cdims(l::Flux.CrossCor, a) = NNlib.DenseConvDims(a, l.weight; stride = l.stride, padding = l.pad,
+                                                  dilation = l.dilation, flipkernel = true)
+
+_groups(l::Flux.Conv) = l.groups
+_groups(::Flux.CrossCor) = 1
+
+_bias_shape(l::_ConvLayer, N) = (ntuple(_ -> 1, N - 2)..., length(l.bias), 1)
+
+# z of a tap for the batch a.
+function _affine(l::_ConvLayer, a::AbstractArray{T}) where {T}
+    z = NNlib.conv(a, l.weight, _cdims(l, a))
+    _hasbias(l) && (z .+= reshape(l.bias, _bias_shape(l, ndims(z))))
+    return z
+end
+function _affine(l::Flux.Dense, a::AbstractArray{T}) where {T}
+    z = reshape(l.weight * reshape(a, size(a, 1), :), :, size(a)[2:end]...)
+    _hasbias(l) && (z .+= l.bias)
+    return z
+end
+
+# Derivatives flowing back through a stage, for `R` cotangents per sample: `D` holds
+# them along its last dimension, sample j's i-th at `j + (i - 1)·n`.
+struct _ActBack{A}
+    d1::A
+end
+struct _PullBack{B}
+    back::B
+    insize::Tuple
+end
+
+_stage_forward(st::_Act, a) = map(st.φ, a), _ActBack(map(x -> _derivative(st.φ, x), a))
+function _stage_forward(st::_Layer, a)
+    out, back = Zygote.pullback(st.layer, a)
+    return out, _PullBack(back, size(a))
+end
+
+function _backward(b::_ActBack, D)
+    n = size(b.d1, ndims(b.d1))
+    return reshape(reshape(D, :, n, size(D, ndims(D)) ÷ n) .* reshape(b.d1, :, n, 1), size(D))
+end
+
+function _backward(b::_PullBack, D::AbstractArray{T}) where {T}
+    n = b.insize[end]
+    R = size(D, ndims(D)) ÷ n
+    out = Array{T}(undef, b.insize[1:end-1]..., n * R)
+    for i in 1:R
+        cols = (i-1)*n+1:i*n
+        dx = b.back(selectdim(D, ndims(D), cols))[1]
+        selectdim(out, ndims(out), cols) .= something(dx, zero(T))
+    end
+    return out
+end
+
+# The cotangent of a tap's input from that of its z.
+_input_cotangent(l::_ConvLayer, a, D) = NNlib.∇conv_data(D, l.weight, _cdims(l, a))
+function _input_cotangent(l::Flux.Dense, a, D)
+    return reshape(transpose(l.weight) * reshape(D, size(D, 1), :), size(a)[1:end-1]..., size(D, ndims(D)))
+end
+
+"""The forward pass of a chunk of `n` samples: each tap's input, its stages' backward data, the `C × n` output."""
+struct _ConvForward{T}
+    inputs::Vector{Any}
+    backs::Vector{Vector{Any}}
+    out::Matrix{T}
+end
+
+function _forward(cc::ConvChain, X::Matrix{T}) where {T}
+    a = foldl((a, l) -> l(a), cc.before; init = X)
+    inputs, backs = Any[], Vector{Any}[]
+    for (l, stages) in zip(cc.taps, cc.after)
+        push!(inputs, a)
+        a = _affine(l, a)
+        bs = Any[]
+        for st in stages
+            a, b = _stage_forward(st, a)
+            push!(bs, b)
+        end
+        push!(backs, bs)
+    end
+    a isa AbstractMatrix && size(a, 2) == size(X, 2) || throw(DimensionMismatch(
+        "the model must map a d × N batch to a C × N matrix; got $(summary(a))"))
+    return _ConvForward{T}(inputs, backs, Matrix{T}(a))
+end
+
+"""
+    _derivatives(cc, fw, E) -> [D_m]
+
+`D_m = ∂(E-weighted outputs)/∂z_m` for every tap, from the cotangents `E` (`C × n·R`,
+sample j's i-th at column `j + (i - 1)·n`) at the output, by one backward pass.
+"""
+function _derivatives(cc::ConvChain, fw::_ConvForward, E::Matrix)
+    Ds = Vector{Any}(undef, length(cc.taps))
+    D = E
+    for m in reverse(eachindex(cc.taps))
+        for b in reverse(fw.backs[m])
+            D = _backward(b, D)
+        end
+        Ds[m] = D
+        m > 1 && (D = _input_cotangent(cc.taps[m], fw.inputs[m], D))
+    end
+    return Ds
+end
+
+#---------------------------- per-sample rows in θ --------------------------#
+
+# U: a convolution's patches `(S, K, n)` over all input channels, in the kernel's own order
+# (`NNlib.unfold`, the layer's flip); a Dense layer's input as `(K, S, n)`.
+_patches(l::_ConvLayer, a) = NNlib.unfold(a, NNlib.DenseConvDims(_cdims(l, a); G = 1))
+_patches(l::Flux.Dense, a) = reshape(a, size(a, 1), :, size(a, ndims(a)))
+
+# D in z as `(S, O, n·R)` (convolution) or `(O, S, n·R)` (Dense).
+_flat_derivative(l::_ConvLayer, D) = reshape(D, :, size(D, ndims(D) - 1), size(D, ndims(D)))
+_flat_derivative(l::Flux.Dense, D) = reshape(D, size(D, 1), :, size(D, ndims(D)))
+
+"""
+    _tap_gradient!(g, layer, U, D, j, b)
+
+`g` (`|θ_tap|`, θ's order) = the tap's part of row `b` (a column of `D`), sample `j`:
+the weight block `Uⱼᵀ D_b` per group (Dense: `D_b Uⱼᵀ`), then `Σ_s D_b` for the bias.
+"""
+function _tap_gradient!(g, l::_ConvLayer, U, D, j, b)
+    K, O, G = size(U, 2), size(D, 2), _groups(l)
+    Kg, Og = K ÷ G, O ÷ G
+    Uj, Db = view(U, :, :, j), view(D, :, :, b)
+    for gi in 1:G
+        block = reshape(view(g, (gi-1)*Kg*Og+1:gi*Kg*Og), Kg, Og)
+        mul!(block, transpose(view(Uj, :, (gi-1)*Kg+1:gi*Kg)), view(Db, :, (gi-1)*Og+1:gi*Og))
+    end
+    _bias_part!(g, l, K * O ÷ G, Db)
+    return g
+end
+
+function _tap_gradient!(g, l::Flux.Dense, U, D, j, b)
+    K, O = size(U, 1), size(D, 1)
+    Db = view(D, :, :, b)
+    mul!(reshape(view(g, 1:O*K), O, K), Db, transpose(view(U, :, :, j)))
+    _bias_part!(g, l, O * K, Db)
+    return g
+end
+
+# g[w+1:w+O] = Db summed over the positions (its rows for a convolution, columns for
+# Dense), when the layer has a bias.
+function _bias_part!(g, l::_ConvLayer, w, Db)
+    _hasbias(l) && sum!(reshape(view(g, w+1:w+size(Db, 2)), 1, :), Db)
+end
+function _bias_part!(g, l::Flux.Dense, w, Db)
+    _hasbias(l) && sum!(view(g, w+1:w+size(Db, 1)), Db)
+end
+
+# Each tap's patches and flattened derivatives of a chunk.
+function _tap_data(cc::ConvChain, fw, Ds)
+    return [(l, cc.offsets[m], _patches(l, fw.inputs[m]), _flat_derivative(l, Ds[m]))
+            for (m, l) in enumerate(cc.taps)]
+end
+
+"""
+    _rows(cc, fw, E) -> Gt (P × n·R)
+
+Column `j + (i - 1)·n` is `∂(E[:, j + (i - 1)·n]ᵀ f_j)/∂θ`.
+"""
+function _rows(cc::ConvChain, fw::_ConvForward{T}, E::Matrix{T}) where {T}
+    n, nR = size(fw.out, 2), size(E, 2)
+    Gt = Matrix{T}(undef, _nparams(cc), nR)
+    for (l, off, U, D) in _tap_data(cc, fw, _derivatives(cc, fw, E))
+        k = _tapsize(l)
+        for b in 1:nR
+            _tap_gradient!(view(Gt, off+1:off+k, b), l, U, D, mod1(b, n), b)
+        end
+    end
+    return Gt
+end
+
+#---------------------------------- seeds -----------------------------------#
+
+# The per-sample losses of the chunk (a 1 × n row) as a function of the outputs.
+_output_loss(ℓ, Y) = F -> ℓ(F, Y; agg = _columns)
+
+"""`E` (`C × n·C`): sample j's columns are `L_j`, `s·Λ_j = L_j L_jᵀ` (Λ is positive semi-definite: rounding clipped)."""
+function _loss_roots(F::Matrix{T}, Y, ℓ, s) where {T}
+    C, n = size(F)
+    Λ = columnwise_hessian(_output_loss(ℓ, Y), F)
+    E = Matrix{T}(undef, C, n * C)
+    for j in 1:n
+        λ, Q = LinearAlgebra.eigen(LinearAlgebra.Symmetric(view(Λ, :, :, j)))
+        for i in 1:C
+            view(E, :, j + (i - 1) * n) .= view(Q, :, i) .* sqrt(max(s * λ[i], zero(T)))
+        end
+    end
+    return E
+end
+
+"""`E` (`C × n·C`): the unit vectors, sample j's i-th column `e_i`."""
+function _unit_seeds(::Type{T}, C, n) where {T}
+    E = zeros(T, C, n * C)
+    for i in 1:C, j in 1:n
+        E[i, j + (i - 1) * n] = one(T)
+    end
+    return E
+end
+
+# Per kind: the seeds of a chunk, and the factor the Gram matrix of its rows carries.
+_seeds(::GGN, fw, Y, ℓ, s) = _loss_roots(fw.out, Y, ℓ, s)
+_seeds(::EmpiricalFisher, fw, Y, ℓ, s) = columnwise_gradient(_output_loss(ℓ, Y), fw.out)
+_gram_scale(::GGN, s) = one(s)
+_gram_scale(::EmpiricalFisher, s) = s
+
+_seeds_per_sample(::GGN, C) = C
+_seeds_per_sample(::EmpiricalFisher, C) = 1
+
+#------------------------- memory: chunks of samples -------------------------#
+
+"""
+    _conv_bytes_per_sample(cc, X, R) -> bytes
+
+One sample's working memory with `R` seeds: its `R` rows of θ, and per tap its input,
+patches and `R + 2` arrays the size of z (the stages' data and the derivatives), the
+sizes read from a forward pass of the first sample.
+"""
+function _conv_bytes_per_sample(cc::ConvChain, X::Matrix{T}, R) where {T}
+    fw = _forward(cc, X[:, 1:1])
+    floats = _nparams(cc) * R
+    for (m, l) in enumerate(cc.taps)
+        a = fw.inputs[m]
+        floats += 2 * length(a) + length(_patches(l, a)) + (R + 2) * length(_affine(l, a))
+    end
+    return sizeof(T) * floats
+end
+
+function _conv_chunks(cc::ConvChain, p::Problem{T}, R, budget) where {T}
+    return _sample_chunks(size(p.X, 2), _conv_bytes_per_sample(cc, p.X, R), budget)
+end
+
+#-------------------------------- the quantities -----------------------------#
+
+"""
+    curvature_into!(H, kind, cc::ConvChain, p, workspace) -> H
+
+GGN and empirical Fisher: per chunk of samples (its rows within `workspace` bytes) the
+lower triangle of `H (+)= c·Gt Gtᵀ` by one SYRK into `H`, mirrored at the end.
+"""
+function curvature_into!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain,
+                         p::Problem{T}, workspace) where {T}
+    R = _seeds_per_sample(kind, size(p.Y, 1))
+    for (c, cols) in enumerate(_conv_chunks(cc, p, R, workspace))
+        fw = _forward(cc, p.X[:, cols])
+        Gt = _rows(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
+        LinearAlgebra.BLAS.syrk!('L', 'N', _gram_scale(kind, p.s), Gt, T(c > 1), H)
+    end
+    return _mirror_lower!(H)
+end
+
+# The exact Hessian of a convolutional chain: the generic route's.
+curvature_into!(H::AbstractMatrix{T}, kind::Hessian, ::ConvChain, p::Problem{T}, workspace) where {T} =
+    curvature_into!(H, kind, Generic(), p, workspace)
+diagonal_of(kind::Hessian, ::ConvChain, p::Problem) = diagonal_of(kind, Generic(), p)
+gradient_of(::ConvChain, p::Problem) = gradient_of(Generic(), p)
+
+"""
+    diagonal_of(kind, cc::ConvChain, p) -> (P,)
+
+The sums over samples and seeds of the rows' squares, one tap's part of a row at a time
+(no P-long rows are kept).
+"""
+function diagonal_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T}) where {T}
+    d = zeros(T, _nparams(cc))
+    R = _seeds_per_sample(kind, size(p.Y, 1))
+    for cols in _conv_chunks(cc, p, R, 64 * 2^20)
+        fw = _forward(cc, p.X[:, cols])
+        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
+        n = length(cols)
+        for (l, off, U, D) in _tap_data(cc, fw, Ds)
+            g = Vector{T}(undef, _tapsize(l))
+            dl = view(d, off+1:off+length(g))
+            for b in axes(D, 3)
+                dl .+= abs2.(_tap_gradient!(g, l, U, D, mod1(b, n), b))
+            end
+        end
+    end
+    return d .*= _gram_scale(kind, p.s)
+end
+
+# Σ over samples and positions of ū ūᵀ, `ū` the patch with a 1 appended for a bias.
+function _input_factor!(A, l::_ConvLayer, U::Array{T}) where {T}
+    S, K, n = size(U)
+    Ū = _hasbias(l) ? cat(U, ones(T, S, 1, n); dims = 2) : U
+    for j in 1:n
+        mul!(A, transpose(view(Ū, :, :, j)), view(Ū, :, :, j), one(T), one(T))
+    end
+    return A
+end
+function _input_factor!(A, l::Flux.Dense, U::AbstractArray{T}) where {T}
+    K, S, n = size(U)
+    Ū = reshape(_hasbias(l) ? cat(U, ones(T, 1, S, n); dims = 1) : U, size(A, 1), :)
+    return mul!(A, Ū, transpose(Ū), one(T), one(T))
+end
+
+# Σ over seeds, samples and positions of D_s D_sᵀ.
+function _output_factor!(G, l::_ConvLayer, D::AbstractArray{T}) where {T}
+    Dp = reshape(permutedims(D, (2, 1, 3)), size(D, 2), :)
+    return mul!(G, Dp, transpose(Dp), one(T), one(T))
+end
+function _output_factor!(G, l::Flux.Dense, D::AbstractArray{T}) where {T}
+    Df = reshape(D, size(D, 1), :)
+    return mul!(G, Df, transpose(Df), one(T), one(T))
+end
+
+_positions(l::_ConvLayer, U) = size(U, 1)
+_positions(l::Flux.Dense, U) = size(U, 2)
+
+_patch_width(l::_ConvLayer) = prod(size(l.weight)[1:end-2]) * size(l.weight, ndims(l.weight) - 1)
+_patch_width(l::Flux.Dense) = size(l.weight, 2)
+_out_channels(l::_ConvLayer) = size(l.weight, ndims(l.weight))
+_out_channels(l::Flux.Dense) = size(l.weight, 1)
+
+_check_factored(l) = nothing
+_check_factored(l::Flux.Conv) = l.groups == 1 || throw(ArgumentError(
+    "KFAC has no single input factor A for a grouped convolution; got $(summary(l)) with groups = $(l.groups)"))
+
+"""
+    kron_of(kind, cc::ConvChain, p) -> [(A, G)]
+
+KFAC per tap, the KFC "expand" convention: `A = Σ_n Σ_s ū ūᵀ / (N·S)` (`(K+1, K+1)`,
+the patch in the kernel's θ order, `[u; 1]` with a bias) and `G = Σ_n Σ_s Σ_i D D ᵀ`
+over the positions and seeds (`s·δδᵀ` for the EF, `Bᵀ (sΛ) B` for the GGN).
+"""
+function kron_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T}) where {T}
+    foreach(_check_factored, cc.taps)
+    N = size(p.X, 2)
+    A = [zeros(T, _patch_width(l) + _hasbias(l), _patch_width(l) + _hasbias(l)) for l in cc.taps]
+    G = [zeros(T, _out_channels(l), _out_channels(l)) for l in cc.taps]
+    positions = zeros(Int, length(cc.taps))
+    R = _seeds_per_sample(kind, size(p.Y, 1))
+    for cols in _conv_chunks(cc, p, R, 64 * 2^20)
+        fw = _forward(cc, p.X[:, cols])
+        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
+        for (m, (l, _, U, D)) in enumerate(_tap_data(cc, fw, Ds))
+            _input_factor!(A[m], l, U)
+            _output_factor!(G[m], l, D)
+            positions[m] = _positions(l, U)
+        end
+    end
+    c = _gram_scale(kind, p.s)
+    return [(a ./ (N * S), c .* (g .+ transpose(g)) ./ 2) for (a, g, S) in zip(A, G, positions)]
+end
+
+param_jacobian_of(cc::ConvChain, at::ModelAt, X) = _param_jacobian(cc, X)
+
+"""
+    _param_jacobian(cc::ConvChain, X) -> (N, C, P)
+
+The rows of the unit seeds: `J_n[c, :] = ∂f_c(x_n)/∂θ`.
+"""
+function _param_jacobian(cc::ConvChain, X::Matrix{T}) where {T}
+    fw = _forward(cc, X)
+    C, N = size(fw.out)
+    Gt = _rows(cc, fw, _unit_seeds(T, C, N))
+    return permutedims(reshape(Gt, :, N, C), (2, 3, 1))
+end
