@@ -14,6 +14,7 @@ include("testutils.jl")
     @testset "Julia API: conventions" begin include("api.jl") end
     @testset "against the JAX fixtures" begin include("fixtures.jl") end
     @testset "structured route" begin include("structured.jl") end
+    @testset "convolutional route" begin include("conv.jl") end
     @testset "generic route" begin include("generic.jl") end
     @testset "identities" begin include("identities.jl") end
     @testset "layers identified by what they do" begin include("spec.jl") end
