@@ -801,7 +801,7 @@ def kron(
     `A ⊗ G` approximates the layer's `[vec(W); b]` block of the curvature, exactly for a
     single sample.
 
-    Conv/CrossCor layers (`groups=1`, `backend="jax"`) follow the KFC "expand" convention
+    Conv/CrossCor layers (`groups=1`) follow the KFC "expand" convention
     (curvlinops' `KFACLinearOperator`): with `ū_{n,s}` the patch of the input at output
     position `s` of `S` (`[u; 1]` with a bias, in θ's kernel order),
     `A = (1/(N·S))·Σ_{n,s} ū ūᵀ` `(cin·k+1, cin·k+1)` and `G` sums the above over the
