@@ -60,15 +60,19 @@ def _fluxhess_on(backend: str):
         kw = dict(loss="mse", backend=backend, dtype=dt)
         if quantity == "laplacian":
             return lambda: fh.laplacian(m, t, X, backend=backend, dtype=dt)
+        # Compile on two samples first where the first call compiles for the model's type (a Flux
+        # model, or the CNN spec on julia's convolutional route): the timed calls then do not.
+        warm = problem.flux or problem.spec is not None
         if quantity in MATRICES:
             fn = {"hessian": fh.hessian, "ggn": fh.ggn, "ef": fh.empirical_fisher}[quantity]
-            if problem.flux:  # compile on two samples first: a Flux model's first call compiles for its type
+            if warm:
                 fn(m, t, X[:2], Y[:2], **kw)
             return lambda: fn(m, t, X, Y, **kw)
         what, kind = quantity.split("-")
-        if what == "diag":
-            return lambda: fh.diagonal(m, t, X, Y, kind=kind, **kw)
-        return lambda: fh.kron(m, t, X, Y, kind=kind, **kw)
+        call = fh.diagonal if what == "diag" else fh.kron
+        if warm:
+            call(m, t, X[:2], Y[:2], kind=kind, **kw)
+        return lambda: call(m, t, X, Y, kind=kind, **kw)
 
     return build
 
