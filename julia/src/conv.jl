@@ -122,12 +122,12 @@ _groups(::Flux.CrossCor) = 1
 _bias_shape(l::_ConvLayer, N) = (ntuple(_ -> 1, N - 2)..., length(l.bias), 1)
 
 # z of a tap for the batch a.
-function _affine(l::_ConvLayer, a::AbstractArray{T}) where {T}
+function _affine(l::_ConvLayer, a)
     z = NNlib.conv(a, l.weight, _cdims(l, a))
     _hasbias(l) && (z .+= reshape(l.bias, _bias_shape(l, ndims(z))))
     return z
 end
-function _affine(l::Flux.Dense, a::AbstractArray{T}) where {T}
+function _affine(l::Flux.Dense, a)
     z = reshape(l.weight * reshape(a, size(a, 1), :), :, size(a)[2:end]...)
     _hasbias(l) && (z .+= l.bias)
     return z

@@ -91,8 +91,11 @@ let  # this file's names stay its own
          "Dense(3 => 3), softmax)", (5, 7, 1), 3),
         ("Chain(Conv((2, 2), 2 => 2, relu), AdaptiveMaxPool((2, 2)), Base.Fix1(broadcast, tanh), Conv((2, 2), 2 => 3), Flux.flatten)",
          (5, 5, 2), 3),
+        # A Dense layer on a convolution's (width, channels) output: the channels are its positions.
+        ("Chain(Conv((3,), 2 => 4, tanh; pad = 1), Dense(6 => 3, relu), Flux.flatten, Dense(12 => 2))", (6, 2), 2),
     ]
-    losses = [(Flux.mse, sum), (Flux.logitcrossentropy, mean), (Flux.crossentropy, sum), (Flux.mse, mean)]
+    losses = [(Flux.mse, sum), (Flux.logitcrossentropy, mean), (Flux.crossentropy, sum), (Flux.mse, mean),
+              (Flux.mse, sum)]
     for (k, ((source, dims, C), (loss, agg))) in enumerate(zip(models, losses))
         net = Bridge.build_model(source; seed = k)
         model = FluxHess.with_input_shape(net, dims)
