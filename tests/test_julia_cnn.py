@@ -118,6 +118,7 @@ def test_the_spec_twin_of_a_flux_cnn_computes_what_flux_does(name):
         _close(got["jax"][q], want, q)
 
 
+@pytest.mark.slow  # the julia backend's Jacobian of P = 44426 parameters by forward mode
 def test_the_model_zoo_lenet5_on_28x28_images():
     model = flux_model(LENET5)
     spec, theta = model.to_spec(input_shape=(1, 28, 28))
