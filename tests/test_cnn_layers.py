@@ -264,7 +264,7 @@ def test_flux_source_of_every_layer():
     )
     assert model.to_flux() == (
         "Chain(Conv((3, 5), 1 => 2, relu; stride=(1, 2), pad=(0, 1, 1, 2), dilation=(2, 1)), "
-        "let l = Flux.f64(BatchNorm(2; eps=1e-05)); copyto!(l.μ, [0.5, -1.0]); copyto!(l.σ², [2.0, 0.25]); l end, "
+        "let l = Flux.f64(BatchNorm(2; eps=1e-05, momentum=0.1)); copyto!(l.μ, [0.5, -1.0]); copyto!(l.σ², [2.0, 0.25]); l end, "
         "SkipConnection(Chain(CrossCor((3, 3), 2 => 2; pad=SamePad()), Dropout(0.25)), +), "
         "Parallel(+, Conv((1, 1), 2 => 2; groups=2), identity), "
         "MaxPool((2, 2); stride=(1, 1)), MeanPool((1, 2); pad=SamePad()), AdaptiveMeanPool((2, 2)), "

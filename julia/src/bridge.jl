@@ -19,7 +19,7 @@ using ..FluxHess: FluxHess, Flux, Random, Kind, Hessian, GGN, EmpiricalFisher,
                   ModelAt, model_at, prepare, route, runner, _outputs, _into!, _products,
                   gradient_of, diagonal_of, kron_of, param_jacobian_of, input_jacobian_of,
                   input_hessian_of, laplacian_of, divergence_of,
-                  layout, to_spec, sublayers, with_input_shape
+                  layout, to_spec, with_spec_layernorms, sublayers, with_input_shape
 using Statistics: mean
 
 const LOSSES = Dict{String,Function}(
@@ -61,14 +61,17 @@ Evaluate Julia `source` (whose last expression is the model, e.g. the text of
 Python's `Chain.to_flux()`) in a fresh anonymous module that has `using Flux`,
 after `Random.seed!(seed)`; convert it with `f64`/`f32` per `T` (before any
 `destructure`, which would otherwise narrow θ silently) and call `testmode!`.
+`spec = true`: the source is a spec Chain's `to_flux()`, whose LayerNorms mean the
+spec's `sqrt(var + eps)`, which the loaded Flux is made to compute
+([`with_spec_layernorms`](@ref FluxHess.with_spec_layernorms)).
 """
 function build_model(source::AbstractString; seed::Integer = 0,
-                     T::Type = Float64, filename::AbstractString = "model source")
+                     T::Type = Float64, filename::AbstractString = "model source", spec::Bool = false)
     sandbox = Module(:FluxHessModel)
     Core.eval(sandbox, :(using Flux))
     Random.seed!(seed)
     model = Base.include_string(sandbox, String(source), String(filename))
-    return prepare(model, T)
+    return prepare(spec ? with_spec_layernorms(model) : model, T)
 end
 
 """

@@ -73,11 +73,17 @@ function model_at(model, θ = nothing)
     length(θ) == length(flat) || throw(DimensionMismatch(
         "θ has length $(length(θ)) but the model has $(length(flat)) parameters"))
     θ = Vector{eltype(flat)}(θ)
-    m = Flux.testmode!(re(θ))
+    m = _without_dropout(Flux.testmode!(re(θ)))
     # The rebuilder of the test-mode copy: `re` would rebuild the caller's layers, whose
     # Dropout and BatchNorm are active inside derivatives (for Duals too).
     return ModelAt(m, last(Flux.destructure(m)), θ)
 end
+
+# A Dropout in test mode is the identity, and is put as such into the copy: as a layer it
+# breaks Zygote over Duals (NNlib's rrule of dropout draws a mask of the input's eltype even
+# at p = 0).
+_without_dropout(m) = Flux.fmap(l -> l isa Flux.Dropout ? identity : l, m;
+                                exclude = l -> l isa Flux.Dropout || Flux.Functors.isleaf(l))
 
 function _outputs(model, X)
     Ŷ = model(X)

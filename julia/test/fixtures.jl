@@ -32,6 +32,7 @@ let  # this file's names stay its own
             check("diagonal_$name", Bridge.diagonal(model, θ, X, Y, lossname, agg, kind), want("diagonal_$name"))
         end
         for (name, kind) in KINDS[2:3]
+            haskey(fx, "input_shape") && continue  # KFAC covers Dense chains: no kron in the CNN fixtures
             got = Bridge.kron(model, θ, X, Y, lossname, agg, kind)
             expected = fx["expected"]["kron_$name"]
             @test length(got) == length(expected)
@@ -72,20 +73,31 @@ let  # this file's names stay its own
         check("generic_laplacian", laplacian(generic, Xj; params = θ), permutedims(want("laplacian")))
     end
 
-    files = sort(filter(endswith(".toml"), readdir(joinpath(@__DIR__, "fixtures"); join = true)))
-    @test !isempty(files)
-    for file in files
+    # The fixtures of Dense chains, then those of CNNs (cnn/: one sample's `input_shape` in
+    # NumPy order, X holding the samples flattened in C order, which is the model's
+    # Julia input of shape reverse(input_shape) column by column).
+    tomls(dir) = sort(filter(endswith(".toml"), readdir(dir; join = true)))
+    files = tomls(joinpath(@__DIR__, "fixtures"))
+    cnn_files = tomls(joinpath(@__DIR__, "fixtures", "cnn"))
+    @test !isempty(files) && !isempty(cnn_files)
+    SPEC_KINDS = ("dense", "activation", "flatten")
+    CNN_KINDS = (SPEC_KINDS..., "conv", "crosscor", "meanpool", "maxpool", "adaptivemeanpool", "globalmeanpool",
+                 "batchnorm", "layernorm", "dropout", "skip", "parallel")
+    for file in [files; cnn_files]
         fx = TOML.parsefile(file)
         @testset "$(fx["name"])" begin
-            model = Bridge.build_model(fx["source"]; T = Float64)
+            shape = reverse(Int.(get(fx, "input_shape", Int[])))
+            # The JAX spec's LayerNorm is sqrt(var + eps), whatever Flux computes for the same source.
+            written = Bridge.build_model(fx["source"]; T = Float64, spec = true)
+            model = isempty(shape) ? written : Bridge.with_input_shape(written, shape)
             θ, X, Y, V = array(fx["theta"]), array(fx["X"]), array(fx["Y"]), array(fx["V"])
             want(q) = array(fx["expected"][q])
             bridge_fixture(fx, model, θ, X, Y, V, want)
             julia_api_fixture(fx, model, θ, X, Y, V, want)
             # The spec comes back from the Flux model, with its weights.
-            spec = Bridge.to_spec(model)
+            spec = isempty(shape) ? Bridge.to_spec(written) : Bridge.to_spec(written; input_shape = shape)
             @test !isempty(spec)
-            @test all(l -> l["kind"] in ("dense", "activation", "flatten"), spec)
+            @test all(l -> l["kind"] in (isempty(shape) ? SPEC_KINDS : CNN_KINDS), spec)
         end
     end
 

@@ -459,7 +459,8 @@ class BatchNorm:
     def to_flux(self) -> str:
         act = "" if self.activation == "identity" else f", {self.activation}"
         affine = "" if self.affine else ", affine=false"
-        layer = f"BatchNorm({self.channels}{act}; eps={_float_literal(self.eps)}{affine})"
+        # momentum only so that both are Float64: Flux 0.16.10's BatchNorm wants eps and momentum of one type
+        layer = f"BatchNorm({self.channels}{act}; eps={_float_literal(self.eps)}, momentum=0.1{affine})"
         if self.mean == (0.0,) * self.channels and self.var == (1.0,) * self.channels:
             return layer
         # Running statistics in Float64 (f64 first), so that none is rounded to Float32.

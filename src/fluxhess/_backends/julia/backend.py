@@ -227,6 +227,10 @@ class _Kind:
         self.name = name
 
 
+#: The file name a spec Chain's Flux source is built under.
+_SPEC_SOURCE = "fluxhess.Chain"
+
+
 def _spec_layer(d: dict):
     """A parameter-free layer's spec twin from Julia's description (``"kind"``, ``"activation"``)."""
     return Flatten() if str(d["kind"]) == "flatten" else Activation(str(d["activation"]))
@@ -392,7 +396,7 @@ class JuliaBackend:
         self._start()
         dtype = np.dtype(dtype).name
         if isinstance(model, Chain):
-            jm = self._built((model.to_flux(), 0, "fluxhess.Chain"), dtype)
+            jm = self._built((model.to_flux(), 0, _SPEC_SOURCE), dtype)
             if len(model.input_shape) == 1:
                 return jm
             key = (model.to_flux(), model.input_shape, dtype)  # samples (N, d) reshaped to Flux's (…, N)
@@ -421,7 +425,8 @@ class JuliaBackend:
             source, seed, filename = source_key
             T = self._jl.Float64 if dtype == "float64" else self._jl.Float32
             with self._julia_errors(f"building the Flux model from source {source[:200]!r} on backend 'julia' failed"):
-                jm = fh.build_model(source, seed=seed, T=T, filename=filename)
+                # a spec Chain's LayerNorms mean sqrt(var + eps) on whichever Flux is loaded
+                jm = fh.build_model(source, seed=seed, T=T, filename=filename, spec=filename == _SPEC_SOURCE)
             self._models[(source_key, dtype)] = jm
         return jm
 

@@ -4,9 +4,10 @@ A :class:`FluxModel` holds Julia source whose last expression is a Flux model
 (for example ``"Chain(Dense(2 => 5, tanh), Dense(5 => 1))"``), exactly as its user
 wrote it: anonymous functions, reshapes, Conv layers, weights loaded with
 ``Flux.loadmodel!``. It runs on the julia backend; when its layers have spec twins
-(Dense layers, and parameter-free layers identified by what they do),
-:meth:`FluxModel.to_spec` turns it into a :class:`fluxhess.Chain` with the same
-weights, which every backend runs.
+(Dense, Conv, CrossCor, the pools, BatchNorm and LayerNorm in test mode, Dropout,
+``SkipConnection(…, +)``, ``Parallel(+, …)``, and parameter-free layers identified by
+what they do), :meth:`FluxModel.to_spec` turns it into a :class:`fluxhess.Chain` with
+the same weights, which every backend runs.
 
 The model is built in Julia by evaluating the source in a fresh module that has
 ``using Flux``, after ``Random.seed!(seed)``, then converted with ``f64``/``f32``
@@ -131,9 +132,17 @@ class FluxModel:
     def to_spec(self, input_shape: tuple[int, ...] | None = None) -> tuple[Chain, np.ndarray]:
         """``(fluxhess.Chain, θ)`` with the same layers and weights, so any backend can run it.
 
+        ``input_shape``: one sample's shape, NumPy order (``(1, 28, 28)`` for LeNet-5);
+        by default this model's own (:meth:`with_input_shape`), if any; a model that
+        starts with a Conv or a pool needs one. Flux's layers map onto the spec's
+        (``fluxhess.layers``): Conv (a true convolution) and CrossCor with their stride,
+        padding, dilation and groups, MeanPool, MaxPool, AdaptiveMeanPool,
+        GlobalMeanPool, BatchNorm with its running statistics, LayerNorm (its ϵ as the
+        loaded Flux applies it: Flux before 0.16.11 adds ϵ² to the variance), Dropout (the
+        identity), ``SkipConnection(layer, +)`` and ``Parallel(+, …)`` with their layers.
         Parameter-free layers are identified by what they do: a function that maps a
-        probe batch to ``reshape(x, :, N)`` is a ``Flatten`` (on samples of
-        ``input_shape``, NumPy order, when given); an elementwise function is an
+        probe batch to ``reshape(x, :, N)`` is a ``Flatten`` (on the samples it gets, when
+        ``input_shape`` is known); an elementwise function is an
         ``Activation`` when it equals an NNlib activation on inputs from -1e8 to 1e8
         (so relu6, a clipped tanh or a scaled sigmoid are refused). Raises
         :class:`fluxhess.UnsupportedModelError` naming the first layer without a spec
@@ -141,7 +150,7 @@ class FluxModel:
         """
         from ..._origin import Origin
 
-        chain, theta = JULIA.to_spec(self, input_shape)
+        chain, theta = JULIA.to_spec(self, self.input_shape if input_shape is None else input_shape)
         return chain.with_origin(Origin("flux")), theta
 
     def __repr__(self) -> str:
