@@ -81,7 +81,23 @@ def mean_pool(pool: MeanPool, a):
 
 
 def _max_pool(pool: MaxPool, theta, offset, a):
+    if pool.stride == pool.window and not any(any(p) for p in pool.pads):
+        return _tiled_max_pool(pool.window, a)
     return lax.reduce_window(a, np.array(-np.inf, a.dtype), lax.max, **_window(pool))
+
+
+def _tiled_max_pool(window: tuple[int, ...], a):
+    """A max pool whose windows tile the input (stride = window, no padding) as a masked sum over
+    each window, the mask marking its first largest entry (Flux's choice): the same values as
+    ``reduce_window``, and derivatives that are elementwise products with the fixed mask, where
+    ``reduce_window``'s go through a select-and-scatter per (co)tangent (slow on CPUs)."""
+    lead, k = a.shape[:2], len(window)
+    out = [n // w for n, w in zip(a.shape[2:], window)]
+    a = a[(..., *(slice(0, o * w) for o, w in zip(out, window)))]
+    a = a.reshape(*lead, *(d for o, w in zip(out, window) for d in (o, w)))
+    a = a.transpose(0, 1, *range(2, 2 + 2 * k, 2), *range(3, 3 + 2 * k, 2)).reshape(*lead, *out, -1)
+    first = jnp.arange(a.shape[-1]) == jnp.argmax(lax.stop_gradient(a), axis=-1)[..., None]
+    return jnp.sum(jnp.where(first, a, 0), axis=-1)
 
 
 def _batch_norm(layer: BatchNorm, theta, offset, a):
