@@ -387,17 +387,6 @@ def jacobian_function(st: Structure):
     return jax.jit(functools.partial(_jacobian, st))
 
 
-@functools.lru_cache(maxsize=STRUCTURES_KEPT)
-def delta_function(st: Structure, loss: str):
-    """The jitted ``(θ, X, Y) ↦ [δ_m (n, O, S)]``."""
-
-    def fn(theta, X, Y):
-        _, delta = gradients_in_z(st, loss, theta, X, Y)
-        return [_flat(t, d) for t, d in zip(st.taps, delta)]
-
-    return jax.jit(fn)
-
-
 def _in_reverse(st: Structure, m: int) -> bool:
     """Whether :func:`pre_activation_jacobian` for tap m takes reverse mode: one pullback per entry
     of a sample of the tap's input, when there are no more of them than of the earlier
@@ -461,40 +450,43 @@ def unfolded_against(tap: Tap, J, delta):
     return jnp.swapaxes(W.reshape(tap.outputs, p, tap.patch_width), 0, 1)
 
 
-def _cross(st: Structure, m: int, theta, X, delta):
-    """``T_{m,<m}`` ``(off, |W_m|)``: ``Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` for one chunk.
+def _cross(st: Structure, m: int, loss: str, theta, X, Y, s):
+    """``T_{m,<m}`` ``(off, |W_m|)``: ``s·Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` for one chunk.
 
     ``∂a_m/∂θ_l`` is :func:`tap_parts` of tap l's patches with ``∂a_m/∂z_l``
     (:func:`pre_activation_jacobian`): batched GEMMs over the positions of ``z_l``; it is then
     unfolded by tap m and contracted with ``δ_m`` (:func:`unfolded_against`), one part of θ at a time."""
-    _, inputs = run(st, theta, X)
-    D = pre_activation_jacobian(st, m, theta, X)
     tap = st.taps[m]
+    U, delta = gradients_in_z(st, loss, theta, X, Y)
+    delta = s * _flat(tap, delta[m])
+    D = pre_activation_jacobian(st, m, theta, X)
     T = [
         unfolded_against(tap, part, delta)
-        for t, a, d in zip(st.taps[:m], inputs, D) for part in tap_parts(t, patches(t, a), d)
+        for t, u, d in zip(st.taps[:m], U, D) for part in tap_parts(t, u, d)
     ]
     return theta_order(tap, jnp.concatenate(T))
 
 
 @functools.lru_cache(maxsize=STRUCTURES_KEPT * 4)
-def cross_function(st: Structure, m: int):
-    """The jitted ``(θ, X, δ_m) ↦ T_{m,<m}`` of one chunk (:func:`_cross`)."""
-    return jax.jit(functools.partial(_cross, st, m))
+def cross_function(st: Structure, loss: str, m: int):
+    """The jitted ``(θ, X, Y, s) ↦ T_{m,<m}`` of one chunk (:func:`_cross`)."""
+    return jax.jit(functools.partial(_cross, st, m, loss))
 
 
 def cross_bytes_per_sample(st: Structure, m: int, itemsize: int) -> int:
-    """Bytes per sample of :func:`_cross`'s arrays (twice, for XLA's temporaries): the pass that
-    makes ``∂a_m/∂z_{<m}``, which carries one copy of the earlier layers' activations per unit
-    (co)tangent, that Jacobian (and its transpose in forward mode), the earlier taps' patches,
-    and ``∂a_m/∂θ_{<m}`` (and, for a Conv tap, its copy as images)."""
+    """Bytes per sample of :func:`_cross`'s arrays: the pass that makes ``∂a_m/∂z_{<m}``, which
+    carries one copy of the earlier layers' activations per unit (co)tangent, that Jacobian (and
+    its transpose in forward mode), the earlier taps' patches, and ``∂a_m/∂θ_{<m}`` (and, for a
+    Conv tap, its copy as images). Measured (the peak RSS of one chunk of 50 and 100 samples
+    of benchmarks/problems.py's CNN): 0.7× this for its Conv tap, 0.8–0.9× for its Dense tap."""
     tap = st.taps[m]
     off, width = tap.offset, math.prod(tap.in_shape)
     earlier = sum(math.prod(t.out_shape) for t in st.taps[:m])
     activations = sum(math.prod(t.in_shape) + 2 * math.prod(t.out_shape) for t in st.taps[:m])
     patches_before = sum(t.patch_width * t.positions for t in st.taps[:m])
-    floats = min(width, earlier) * activations + 2 * width * (earlier + off) + patches_before
-    return 2 * itemsize * floats
+    copies = (1 + (not _in_reverse(st, m)), 1 + isinstance(tap.layer, Conv))
+    floats = min(width, earlier) * activations + width * (copies[0] * earlier + copies[1] * off) + patches_before
+    return itemsize * floats
 
 
 def rows_bytes_per_sample(st: Structure, rows: int, itemsize: int) -> int:
