@@ -428,13 +428,14 @@ def pre_activation_jacobian(st: Structure, m: int, theta, X):
 
 
 def unfolded_against(tap: Tap, J, delta):
-    """``Σ_n Σ_s δ[n, o, s] U(J[n, :, p])[k, s]`` ``(p, O, K)``: the columns ``J`` ``(n, |a|, p)`` of
+    """``Σ_n Σ_s δ[n, o, s] U(J[n, :, p])[k, s]`` ``(O, K, p)``: the columns ``J`` ``(n, |a|, p)`` of
     derivatives of the tap's input, unfolded by the tap (:func:`patches`) and contracted with
     ``δ`` ``(n, O, S)`` over samples and positions. For a Conv this is the weight gradient of a
-    convolution of all ``p·cin`` channels (no patches are made); a Dense tap is one GEMM."""
+    convolution of all ``p·cin`` channels (no patches are made); a Dense tap is one GEMM, whose
+    natural layout ``(O, K, p)`` this is (XLA's other layouts cost a pass over the result each)."""
     layer = tap.layer
     if not isinstance(layer, Conv):
-        return jnp.moveaxis(jnp.einsum("no,nkp->okp", delta[..., 0], J), -1, 0)  # faster than "->pok" in XLA
+        return jnp.einsum("no,nkp->okp", delta[..., 0], J)
     n, p = J.shape[0], J.shape[-1]
     cin, spatial = tap.in_shape[0], tap.in_shape[1:]
     images = jnp.moveaxis(J.reshape(n, cin, -1, p), -1, 1).reshape(n, p * cin, *spatial)
@@ -447,7 +448,7 @@ def unfolded_against(tap: Tap, J, delta):
     w = jnp.zeros((tap.outputs, p * cin, *layer.kernel_size), J.dtype)
     _, vjp = jax.vjp(convolve, w)
     (W,) = vjp(delta.reshape(n, tap.outputs, *tap.out_shape[1:]))  # (O, p·cin, *kernel)
-    return jnp.swapaxes(W.reshape(tap.outputs, p, tap.patch_width), 0, 1)
+    return jnp.swapaxes(W.reshape(tap.outputs, p, tap.patch_width), 1, 2)
 
 
 def _cross(st: Structure, m: int, loss: str, theta, X, Y, s):
@@ -464,7 +465,7 @@ def _cross(st: Structure, m: int, loss: str, theta, X, Y, s):
         unfolded_against(tap, part, delta)
         for t, u, d in zip(st.taps[:m], U, D) for part in tap_parts(t, u, d)
     ]
-    return theta_order(tap, jnp.concatenate(T))
+    return theta_order(tap, jnp.moveaxis(jnp.concatenate(T, axis=-1), -1, 0))
 
 
 @functools.lru_cache(maxsize=STRUCTURES_KEPT * 4)
