@@ -18,8 +18,11 @@ The exact Hessian is ``GGN + T`` when every layer is piecewise linear in its inp
 (:attr:`Structure.second_order_free`: activations ``identity``, ``relu``, ``leakyrelu``,
 max and mean pools, inference BatchNorm without affine parameters …): then ``∂²f/∂ε²`` is
 zero, and the only second-order term left is the one of ``z_m = W_m ⋆ a_m(θ_{<m})`` being
-bilinear, ``T_{m,<m} = Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` (:func:`cross_function`), from the
-per-sample Jacobian of the tap's input ``a_m`` in the earlier parameters, unfolded.
+bilinear, ``T_{m,<m} = Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` (:func:`cross_function`). Its
+``∂a_m/∂θ_l`` is again a derivative in ``z_l`` times tap l's patches: the Jacobian
+``∂a_m/∂z_l`` (:func:`pre_activation_jacobian`, derivatives of activations only) times ``U_l``,
+batched GEMMs; unfolded by tap m and contracted with ``δ_m`` (:func:`unfolded_against`), one
+GEMM (Dense) or weight-gradient convolution (Conv). No per-sample weight gradients are made.
 
 Which layers the route knows is a table on layer classes (:data:`KNOWN`); anything else
 (a normalisation with parameters, a Dense layer on N-d samples …) leaves the model to the
