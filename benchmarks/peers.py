@@ -20,6 +20,7 @@ import numpy as np
 import fluxhess as fh
 import problems
 from fluxhess._backends.jax import JaxBackend
+from fluxhess._backends.jax.chunked import activation_floats
 from fluxhess._problem import Problem
 from fluxhess.layers import CrossCor, MaxPool
 from fluxhess.model import Dense, Flatten
@@ -261,12 +262,18 @@ def _tensors(problem):
     return torch.from_numpy(problem.X.reshape(-1, *problem.model.input_shape)), torch.from_numpy(problem.Y)
 
 
+#: Memory of one chunk of samples of torch.func's Hessian: P tangents of each sample's forward
+#: and backward passes (four numbers per activation, as fluxhess estimates its own).
+TORCH_HESSIAN_BYTES = 2**31
+
+
 def _torch_func(problem, quantity):
-    """torch.func: reverse-over-reverse Hessian (chunked), vmapped per-sample Jacobians and gradients."""
+    """torch.func: ``jacfwd(jacrev(loss))`` (forward over reverse, all P tangents at once) summed
+    over chunks of samples, vmapped per-sample Jacobians and gradients."""
     if quantity not in MATRICES:
         return None
     import torch
-    from torch.func import functional_call, grad, jacrev, vmap
+    from torch.func import functional_call, grad, jacfwd, jacrev, vmap
 
     model = _torch_model(problem)
     X, Y = _tensors(problem)
@@ -279,9 +286,19 @@ def _torch_func(problem, quantity):
         parts = torch.split(flat, sizes)
         return functional_call(model, {n: p.reshape(s) for n, p, s in zip(names, parts, shapes)}, (x,))
 
-    if quantity == "hessian":
-        loss = lambda flat: ((f(flat, X) - Y) ** 2).sum()  # noqa: E731
-        return lambda: jacrev(jacrev(loss), chunk_size=64)(flat0)
+    if quantity == "hessian":  # forward over reverse, summed over chunks of samples that fit TORCH_HESSIAN_BYTES
+        loss = lambda flat, x, y: ((f(flat, x) - y) ** 2).sum()  # noqa: E731
+        hessian = jacfwd(jacrev(loss))
+        per_sample = 4 * flat0.numel() * activation_floats(problem.model) * flat0.element_size()
+        step = max(1, TORCH_HESSIAN_BYTES // per_sample)
+
+        def summed():
+            H = hessian(flat0, X[:step], Y[:step])
+            for i in range(step, X.shape[0], step):
+                H += hessian(flat0, X[i : i + step], Y[i : i + step])
+            return H
+
+        return summed
     if quantity == "ggn":  # mse: Λ = 2I, so GGN = 2 JᵀJ
 
         def ggn():

@@ -104,20 +104,29 @@ CNN = fh.Chain(
 )
 
 
+#: The CNN problem's number of samples (``run.py --cnn-n`` adds others).
+CNN_SAMPLES = 500
+
+
 #: ``--quick``'s CNN: the same kinds of layers, small enough for a smoke test of every peer.
 CNN_QUICK = fh.Chain(
     fh.CrossCor((3, 3), 1, 2, "relu", padding=1), fh.MaxPool((2, 2)), fh.Flatten(), fh.Dense(8, 3), input_shape=(1, 4, 4),
 )
 
 
-def cnn_problem(quick: bool, dtype: str, seed: int = 0) -> Problem:
-    """:data:`CNN` on N = 500 images 8×8 (``quick``: :data:`CNN_QUICK` on 16 images 4×4), targets
-    normal, ``mse`` summed."""
-    model, n, name = (CNN_QUICK, 16, "cnn quick") if quick else (CNN, 500, f"cnn P={CNN.num_params}")
+def cnn_problem(quick: bool, dtype: str, seed: int = 0, n: int = CNN_SAMPLES) -> Problem:
+    """:data:`CNN` on ``n`` images 8×8 (``quick``: :data:`CNN_QUICK` on 16 images 4×4), targets
+    normal, ``mse`` summed. The images of a smaller ``n`` are the first ``n`` of the default
+    :data:`CNN_SAMPLES`; its name says ``n`` where it is not the default."""
+    model, name = (CNN_QUICK, "cnn quick") if quick else (CNN, f"cnn P={CNN.num_params}")
+    total = 16 if quick else max(n, CNN_SAMPLES)
+    n = 16 if quick else n
+    if not quick and n != CNN_SAMPLES:
+        name += f" N={n}"
     rng = np.random.default_rng(seed)
     theta = (model.init(seed) + 0.01 * rng.normal(size=model.num_params)).astype(dtype)
-    X = rng.normal(size=(n, model.in_features)).astype(dtype)
-    Y = rng.normal(size=(n, model.out_features)).astype(dtype)
+    X = rng.normal(size=(total, model.in_features)).astype(dtype)[:n]
+    Y = rng.normal(size=(total, model.out_features)).astype(dtype)[:n]
     return Problem(name, [model.in_features, model.out_features], n, dtype, theta, X, Y, spec=model)
 
 

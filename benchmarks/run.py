@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # tiny sizes: a smoke test of every library, seconds
     python benchmarks/run.py --dtype float32 --only hessian,ggn
     python benchmarks/run.py --problems "cnn P=6090"   # the CNN alone (problems.cnn_problem)
+    python benchmarks/run.py --problems "cnn P=6090 N=16,cnn P=6090" --cnn-n 16,500   # and on its first 16 samples
 
 Where a Julia runtime exists, the julia backend runs as a library beside the JAX one
 ("fluxhess julia"), and the Conv and anonymous-layer Flux models (problems.GENERIC)
@@ -136,10 +137,11 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
             continue
         key = (impl.library, quantity, problem.dtype)
         if key in first_seconds and not impl.library.startswith("fluxhess"):
-            smaller_P, seconds = first_seconds[key]
-            predicted = seconds * (problem.P / smaller_P) ** 2
+            smaller_P, smaller_N, seconds = first_seconds[key]
+            predicted = seconds * (problem.P / smaller_P) ** 2 * (problem.n / smaller_N)
             if predicted > args.limit:
-                row.note = f"skipped: predicted {predicted:.0f} s (> --limit {args.limit:.0f} s) from {seconds:.1f} s at P={smaller_P}"
+                row.note = (f"skipped: predicted {predicted:.0f} s (> --limit {args.limit:.0f} s) from {seconds:.1f} s "
+                            f"at P={smaller_P}, N={smaller_N}")
                 rows.append(row)
                 continue
         print(f"  {problem.name} {problem.dtype} {quantity:<13} {impl.library:<26}", end="", flush=True)
@@ -154,7 +156,7 @@ def compare(problem, quantity, args, first_seconds: dict) -> list[Row]:
             rows.append(row)
             continue
         print(f" first call {warm.seconds:.2f} s")
-        first_seconds[key] = (problem.P, warm.seconds)
+        first_seconds[key] = (problem.P, problem.n, warm.seconds)
         sample = probe.sample(warm.value, impl.layout)
         del warm.value
         if reference is None:  # the first library of the table: fluxhess's JAX backend where it runs
@@ -190,7 +192,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated quantities (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up (default 3)")
     parser.add_argument("--limit", type=float, default=180.0,
-                        help="skip a library whose time, extrapolated ∝ P² from the smaller problem, exceeds this (s)")
+                        help="skip a library whose time, extrapolated ∝ N·P² from an earlier problem, exceeds this (s)")
+    parser.add_argument("--cnn-n", default=str(problems.CNN_SAMPLES),
+                        help="comma-separated sample counts of the CNN problem, in this order (e.g. '16,500': a peer too "
+                        "slow at 500 is then skipped with its time extrapolated from 16)")
     parser.add_argument("--long", type=float, default=20.0,
                         help="a first call longer than this (s) is the only run (not for JAX libraries, whose first call compiles)")
     parser.add_argument("--problems", default="", help="comma-separated curvature problems, e.g. 'P=5k' (default: all)")
@@ -217,7 +222,8 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     first_seconds: dict = {}
     for dt in dtypes:
-        for problem in problems.curvature_problems(args.quick, dt) + [problems.cnn_problem(args.quick, dt)]:
+        cnns = [problems.cnn_problem(args.quick, dt, n=int(n)) for n in ([16] if args.quick else args.cnn_n.split(","))]
+        for problem in problems.curvature_problems(args.quick, dt) + cnns:
             if args.problems and problem.name not in args.problems.split(","):
                 continue
             for q in quantities:

@@ -115,6 +115,26 @@ def test_pools_match_torch(pool, shape, reference):
     np.testing.assert_allclose(_forward(model, theta, X), expected, rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize("window, shape", [((2, 2), (2, 5, 7)), ((3,), (3, 9)), ((2, 2), (1, 4, 4))])
+def test_tiled_max_pool_pullback_matches_torch(window, shape):
+    """A max pool whose windows tile the input takes a masked sum (not ``reduce_window``): its pullback
+    equals PyTorch's, ties (a window of zeros, as after a relu) sent to the first largest entry."""
+    import jax
+
+    from fluxhess._backends.jax.layers import APPLY
+
+    pool = fh.MaxPool(window)
+    X = RNG.normal(size=(3, *shape)).astype(np.float32)  # JAX's default precision; both pick entries exactly
+    X[0, 0, : window[0]] = 0.0  # a window of ties
+    G = RNG.normal(size=(3, *pool.output_shape(shape))).astype(np.float32)
+    ours, pullback = jax.vjp(lambda a: APPLY[fh.MaxPool](pool, None, 0, a), X)
+    x = torch.from_numpy(X).requires_grad_()
+    pooled = (F.max_pool1d if len(window) == 1 else F.max_pool2d)(x, window)
+    pooled.backward(torch.from_numpy(G))
+    np.testing.assert_array_equal(np.asarray(ours), pooled.detach().numpy())
+    np.testing.assert_array_equal(np.asarray(pullback(G)[0]), x.grad.numpy())
+
+
 def test_batchnorm_inference_matches_torch_and_theta_is_beta_then_gamma():
     C = 3
     mean, var = RNG.normal(size=C), RNG.uniform(0.5, 2, size=C)

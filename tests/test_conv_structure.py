@@ -43,6 +43,13 @@ CASES = [
         ),
         "mse", "sum", 4,
     ),
+    Case(  # a padded pool widens the Dense tap's input past the conv's output: the cross term in
+        # forward mode (conv._in_reverse is False); an overlapping max pool (reduce_window)
+        "widening-pool",
+        fh.Chain(fh.Conv((2,), 1, 2, "relu"), fh.MaxPool((2,), stride=1), fh.MeanPool((1,), stride=1, padding=2),
+                 fh.Flatten(), fh.Dense(12, 2, "relu"), fh.Dense(2, 2), input_shape=(1, 4)),
+        "mse", "sum", 4,
+    ),
     Case(  # smooth activations: second-order terms, so the Hessian takes the generic route
         "tanh-meanpool",
         fh.Chain(fh.Conv((3, 3), 1, 3, "tanh", padding=1), fh.MeanPool((2, 2)), fh.Flatten(), fh.Dense(12, 2, "softplus"),
@@ -80,6 +87,12 @@ def test_matrix_equals_generic(case, kind):
     ours = MATRIX[kind](case.model, theta, X, Y, loss=case.loss, agg=case.agg)
     assert_close(ours, GENERIC_MATRIX[kind](_problem(case)), **TOL, what=kind)
     np.testing.assert_array_equal(ours, ours.T)
+
+
+def test_cross_terms_take_both_modes():
+    """The cross terms' Jacobian in the earlier pre-activations: reverse and forward mode are both covered."""
+    modes = {conv._in_reverse(st, m) for st in map(conv.split, (c.model for c in CASES)) for m in range(1, len(st.taps))}
+    assert modes == {True, False}
 
 
 def test_route_taken_where_it_is_exact(case):

@@ -24,7 +24,6 @@ import numpy as np
 
 from ..._memory import CHUNK_BYTES, chunk_size
 from ..._problem import Problem
-from ..._progress import chunks
 from . import conv, curvature, diagonal as generic_diagonal
 from .chunked import sum_over_samples
 from .dense_matrix import _budget, gram, slices
@@ -79,19 +78,13 @@ def matrix(st: conv.Structure, problem: Problem, kind: Kind, out: np.ndarray | N
 
 def _add_cross_terms(st: conv.Structure, problem: Problem, H: np.ndarray, budget: int) -> None:
     """``H[W_m, <m] += T_{m,<m}ᵀ`` and its mirror, for every tap after the first."""
-    theta, X, Y, s = problem.params, problem.X, problem.Y, problem.scale
-    N, itemsize = X.shape[0], theta.dtype.itemsize
-    deltas = conv.delta_function(st, problem.loss)
+    itemsize = problem.dtype.itemsize
     for m, tap in enumerate(st.taps):
         if tap.offset == 0:
             continue
-        fn = conv.cross_function(st, m)
+        fn = conv.cross_function(st, problem.loss, m)
         per_sample = conv.cross_bytes_per_sample(st, m, itemsize)
-        T = None
-        for sl in chunks(N, chunk_size(per_sample, N, budget), f"hessian cross terms ({tap.name})"):
-            delta = s * deltas(theta, X[sl], Y[sl])[m]
-            part = to_numpy(fn(theta, X[sl], delta))
-            T = part if T is None else T + part
+        T = sum_over_samples(problem, fn, per_sample, f"hessian cross terms ({tap.name})", budget, on_host=True)
         rows = slice(tap.offset, tap.offset + T.shape[1])
         H[rows, : tap.offset] += T.T
         H[: tap.offset, rows] += T
