@@ -9,6 +9,7 @@ import os
 import sys
 import types
 import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -179,7 +180,7 @@ def test_a_packagecompiler_on_the_load_path_is_used_without_installing(project, 
 def test_a_built_image_is_stamped_and_then_used(project, monkeypatch):
     def run(command, env, **kw):
         if command[-2].endswith(".partial"):  # the build: write the image where it was asked for
-            open(command[-2], "wb").write(b"image")
+            Path(command[-2]).write_bytes(b"image")
         return types.SimpleNamespace(returncode=0)
 
     monkeypatch.setattr(sysimage.subprocess, "run", run)

@@ -94,7 +94,7 @@ def usable(project: str | os.PathLike, package: str | os.PathLike) -> Path | Non
 
 def _has_packagecompiler(julia_tools: list[str], env: dict) -> bool:
     """Whether ``using PackageCompiler`` (version 2) works in the build's environment without installing it."""
-    return subprocess.run([*julia_tools, "-e", _HAS_PACKAGECOMPILER], env=env, capture_output=True).returncode == 0
+    return subprocess.run([*julia_tools, "-e", _HAS_PACKAGECOMPILER], env=env, capture_output=True, check=False).returncode == 0
 
 
 def build(julia: str, project: str | os.PathLike, package: str | os.PathLike, out=print) -> Path:
