@@ -168,3 +168,60 @@ def test_hvp_in_chunks_of_columns_equals_the_matrix_times_v(monkeypatch):
     monkeypatch.setattr(memory, "CHUNK_BYTES", 3 * m.num_params * 8 * 3)  # three columns per call into Julia
     for kind, fn in (("hessian", fh.hessian), ("ggn", fh.ggn), ("ef", fh.empirical_fisher)):
         _close(fh.hvp(m, theta, X, y, V, kind=kind, backend="julia"), fn(m, theta, X, y, backend="julia") @ V)
+
+
+#: The child: a P×P curvature of a Dense chain written by Julia into a memmap whose result is
+#: twice the working memory FluxHess.jl is given; prints the peak growth of the process's
+#: anonymous RSS (the memmap's pages are file-backed) and what the memory guard was asked for.
+_MEMMAP_CHILD = r"""
+import json, os, sys, threading, time
+import numpy as np
+import fluxhess as fh
+from fluxhess import _memory as memory
+
+quantity, path = sys.argv[1], sys.argv[2]
+model = fh.Chain.mlp([16, 80, 80, 3], "tanh")  # P = 8,083: a 523 MB float64 result
+rng = np.random.default_rng(0)
+theta, X, y = model.init(0), rng.normal(size=(1000, 16)), rng.normal(size=(1000, 3))
+small = fh.Chain.mlp([2, 3, 1], "tanh")
+getattr(fh, quantity)(small, small.init(0), X[:3, :2], y[:3, :1], backend="julia")  # compiled
+asked, require = [], memory.require
+def spy(q, nbytes, shape, **kw):
+    asked.append(nbytes)
+    return require(q, nbytes, shape, **kw)
+memory.require = spy
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon:"))
+out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(model.num_params,) * 2)
+before, peak, done = anon(), [0], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.002)
+watcher = threading.Thread(target=sample)
+watcher.start()
+getattr(fh, quantity)(model, theta, X, y, backend="julia", out=out)
+done.set()
+watcher.join()
+print(json.dumps(dict(grown=max(peak[0], anon()) - before, asked=asked)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc (RssAnon)")
+@pytest.mark.parametrize("quantity", ["hessian", "ggn", "empirical_fisher"])
+def test_out_memmap_peaks_within_the_working_memory_the_guard_checked(quantity, tmp_path):
+    """Before: the Hessian of a P = 8,083 chain into a memmap grew the anonymous RSS by 333 MB
+    where the guard was asked for 256 MB (two chunks' factors and their temporaries at once)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TQDM_DISABLE="1")
+    done = subprocess.run([sys.executable, "-c", _MEMMAP_CHILD, quantity, str(tmp_path / "M.npy")],
+                          capture_output=True, text=True, timeout=900, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["asked"]) == 1 and 0 < result["grown"] <= result["asked"][0], result

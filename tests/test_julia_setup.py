@@ -9,6 +9,7 @@ import os
 import sys
 import types
 import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -150,23 +151,36 @@ def test_the_cli_reports_it_in_one_line(project, monkeypatch, capsys):
 def test_a_failed_image_build_leaves_no_image_and_says_which_step(project, monkeypatch, tmp_path):
     calls = []
 
-    def run(command, env):
+    def run(command, env, **kw):  # PackageCompiler is not on the load path, installs, then the build fails
         calls.append((command, env))
-        return types.SimpleNamespace(returncode=0 if len(calls) == 1 else 1)
+        return types.SimpleNamespace(returncode=0 if len(calls) == 2 else 1)
 
     monkeypatch.setattr(sysimage.subprocess, "run", run)
     with pytest.raises(fh.JuliaUnavailableError, match="building the system image .* failed .*C compiler"):
         sysimage.build("/opt/julia/bin/julia", project, package_path(), out=lambda *a: None)
     assert not sysimage.image_path(project).exists() and sysimage.usable(project, package_path()) is None
-    (install, build), env = [c for c, _ in calls], calls[1][1]
-    assert "PackageCompiler" in install[-1] and str(project) in build
+    (probe, install, build), env = [c for c, _ in calls], calls[2][1]
+    assert "PackageCompiler" in probe[-1] and "Pkg.add" in install[-1] and str(project) in build
     assert env["JULIA_PYTHONCALL_EXE"] == sys.executable and env["PYTHON_JULIACALL_PROJECT"] == str(project)
 
 
+def test_a_packagecompiler_on_the_load_path_is_used_without_installing(project, monkeypatch):
+    commands = []
+
+    def run(command, env, **kw):
+        commands.append(command)
+        return types.SimpleNamespace(returncode=0 if len(commands) == 1 else 1)
+
+    monkeypatch.setattr(sysimage.subprocess, "run", run)
+    with pytest.raises(fh.JuliaUnavailableError, match="building the system image"):
+        sysimage.build("/opt/julia/bin/julia", project, package_path(), out=lambda *a: None)
+    assert len(commands) == 2 and not any("Pkg.add" in part for part in commands[1])
+
+
 def test_a_built_image_is_stamped_and_then_used(project, monkeypatch):
-    def run(command, env):
-        if len(command) > 4:  # the build: write the image where it was asked for
-            open(command[-2], "wb").write(b"image")
+    def run(command, env, **kw):
+        if command[-2].endswith(".partial"):  # the build: write the image where it was asked for
+            Path(command[-2]).write_bytes(b"image")
         return types.SimpleNamespace(returncode=0)
 
     monkeypatch.setattr(sysimage.subprocess, "run", run)

@@ -334,8 +334,10 @@ function _bytes_per_sample(kind::Kind, dc::DenseChain, C, ::Type{T}) where {T}
     return sizeof(T) * (sum(n̄) + 3 * sum(o) + _factor_floats(kind, dc, o, n̄, C))
 end
 
-# Floats per sample of a kind's own factors (and of one block of them).
-_factor_floats(::Hessian, dc, o, n̄, C) = sum(abs2, o) + 2 * maximum(o)^2 + maximum(n̄) * maximum(o)
+# Floats per sample of a kind's own factors (and of one block of them). The Hessian's: K_l,
+# and beside them the larger of what the recursion for K_l holds (Wᵀ K, K W, Wᵀ K W) and
+# what a block holds (K_ml and its transpose; T̄_ml and the product it is made from).
+_factor_floats(::Hessian, dc, o, n̄, C) = sum(abs2, o) + max(3 * maximum(o)^2, 2 * maximum(o)^2 + 2 * maximum(n̄) * maximum(o))
 _factor_floats(::GGN, dc, o, n̄, C) = 2 * C * sum(o) + maximum(o)^2 + C * C
 _factor_floats(::EmpiricalFisher, dc, o, n̄, C) = _nparams(dc)
 
@@ -355,11 +357,22 @@ more), an eighth each panel's temporaries (three buffers).
 function curvature_into!(H::AbstractMatrix{T}, kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
     scr = _Scratch(T)
-    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2))
+    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2)) do cols, add
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
-        _assemble!(H, F, dc, c > 1, workspace ÷ 8, scr)
+        _assemble!(H, F, dc, add, workspace ÷ 8, scr)
     end
     return _mirror_lower!(H)
+end
+
+# `f(cols, add)` for each chunk of samples (`add`: not the first). A chunk's factors are
+# garbage once its blocks are in H: a quick collection frees them before the next chunk's
+# are made, so that two chunks' factors do not sit in memory together (the workspace
+# holds one).
+function _each_chunk(f, chunks)
+    for (c, cols) in enumerate(chunks)
+        f(cols, c > 1)
+        c < length(chunks) && GC.gc(false)
+    end
 end
 
 # Rows per panel of the empirical Fisher's Gram matrix.
@@ -367,9 +380,9 @@ const GRAM_PANEL = 512
 
 function curvature_into!(H::AbstractMatrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
-    for (c, cols) in enumerate(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace))
+    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace)) do cols, add
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
-        _gram!(H, _sample_gradient_rows(dc, F), p.s, c > 1)
+        _gram!(H, _sample_gradient_rows(dc, F), p.s, add)
     end
     return _mirror_lower!(H)
 end

@@ -1,8 +1,10 @@
 """A system image for the julia backend: Julia starts with FluxHess, PythonCall and the code
 of a user's first calls already compiled (``fluxhess setup-julia --sysimage``).
 
-- :func:`build` runs PackageCompiler.jl (a build-time tool: it is installed into a
-  temporary Julia environment of its own, never into fluxhess's project) to build
+- :func:`build` runs PackageCompiler.jl (a build-time tool, never added to fluxhess's project:
+  the one Julia's load path has, e.g. installed in the default environment ``@v#.#`` or
+  found through ``JULIA_LOAD_PATH`` where there is no network, else installed into a
+  temporary Julia environment of its own) to build
   ``FluxHess`` and ``PythonCall`` of the Julia project into :func:`image_path`. Its
   precompile workload is Python: Julia runs :mod:`.sysimage_workload` through
   PythonCall, whose fluxhess computes every quantity on backend ``"julia"`` through
@@ -35,6 +37,13 @@ using PackageCompiler
 project, image, workload = ARGS
 create_sysimage(["FluxHess", "PythonCall"]; project, sysimage_path = image,
                 precompile_execution_file = workload)
+"""
+
+#: Exits 0 when ``using PackageCompiler`` works without installing it: PackageCompiler 2 in an
+#: environment of Julia's load path (the default ``@v#.#``, or a ``JULIA_LOAD_PATH`` entry).
+_HAS_PACKAGECOMPILER = """
+id = Base.identify_package("PackageCompiler")
+exit(id !== nothing && pkgversion(Base.require(id)).major == 2 ? 0 : 1)
 """
 
 #: The precompile workload PackageCompiler runs in the project: Python through PythonCall.
@@ -83,13 +92,20 @@ def usable(project: str | os.PathLike, package: str | os.PathLike) -> Path | Non
     return image
 
 
+def _has_packagecompiler(julia_tools: list[str], env: dict) -> bool:
+    """Whether ``using PackageCompiler`` (version 2) works in the build's environment without installing it."""
+    return subprocess.run([*julia_tools, "-e", _HAS_PACKAGECOMPILER], env=env, capture_output=True, check=False).returncode == 0
+
+
 def build(julia: str, project: str | os.PathLike, package: str | os.PathLike, out=print) -> Path:
     """Build the image of ``project`` with the Julia executable ``julia`` (its output shown as it
     runs) and return its path.
 
-    Needs network access (or a Julia depot that has PackageCompiler) and a C compiler, as
-    PackageCompiler does. Raises :class:`fluxhess.JuliaUnavailableError` saying which step
-    failed; the julia backend then still works, only its first calls are slower.
+    PackageCompiler 2 is used as found on Julia's load path (installed in the default
+    environment ``@v#.#``, or in an environment or package folder of ``JULIA_LOAD_PATH``);
+    otherwise it is installed into a temporary environment, which needs network access.
+    Needs a C compiler, as PackageCompiler does. Raises :class:`fluxhess.JuliaUnavailableError`
+    saying which step failed; the julia backend then still works, only its first calls are slower.
     """
     from ...errors import JuliaUnavailableError
 
@@ -105,17 +121,20 @@ def build(julia: str, project: str | os.PathLike, package: str | os.PathLike, ou
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH")])),
     }
     env.pop("PYTHON_JULIACALL_SYSIMAGE", None)
+    built_from = stamp(project, package)  # what the build reads: sources changed meanwhile make the image stale
     with tempfile.TemporaryDirectory(prefix="fluxhess-sysimage-") as tmp:
         tools, build_jl, workload = Path(tmp, "tools"), Path(tmp, "build.jl"), Path(tmp, "workload.jl")
         build_jl.write_text(_BUILD, encoding="utf-8")
         workload.write_text(_WORKLOAD, encoding="utf-8")
         partial = image.with_name(image.name + ".partial")  # beside the image: the rename is atomic
-        steps = [
-            ("installing PackageCompiler.jl into a temporary environment",
-             [julia, f"--project={tools}", "--startup-file=no", "-e", 'import Pkg; Pkg.add(name="PackageCompiler", version="2")']),
-            ("building the system image (this takes 5 to 20 minutes)",
-             [julia, f"--project={tools}", "--startup-file=no", str(build_jl), str(project), str(partial), str(workload)]),
-        ]
+        julia_tools = [julia, f"--project={tools}", "--startup-file=no"]
+        steps = [("building the system image (this takes 5 to 20 minutes)",
+                  [*julia_tools, str(build_jl), str(project), str(partial), str(workload)])]
+        if _has_packagecompiler(julia_tools, env):
+            out("Using the PackageCompiler.jl that Julia's load path has")
+        else:
+            steps.insert(0, ("installing PackageCompiler.jl into a temporary environment",
+                             [*julia_tools, "-e", 'import Pkg; Pkg.add(name="PackageCompiler", version="2")']))
         for what, command in steps:
             out(f"{what[0].upper()}{what[1:]}...")
             proc = subprocess.run(command, env=env)
@@ -126,7 +145,6 @@ def build(julia: str, project: str | os.PathLike, package: str | os.PathLike, ou
                     "output is above). PackageCompiler needs network access to install it, and a C compiler "
                     "(gcc or clang). The julia backend works without the image; only its first calls are slower"
                 )
-        built_from = stamp(project, package)
         os.replace(partial, image)
     stamp_file = _stamp_path(image)
     tmp_stamp = stamp_file.with_name(stamp_file.name + ".tmp")
