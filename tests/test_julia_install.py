@@ -28,6 +28,7 @@ empty depot (tens of minutes on a few cores).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,11 +39,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
-from local_registry import build_registry
+from local_registry import build_registry, registry_compat
 
 import fluxhess as fh
-
-pytestmark = pytest.mark.slow
 
 SOURCES = "FLUXHESS_TEST_PACKAGE_SOURCES"
 OVERRIDES = "FLUXHESS_TEST_ARTIFACT_OVERRIDES"
@@ -146,6 +145,23 @@ def _run(argv, env, log: Path, cwd: Path) -> None:
     assert done.returncode == 0, f"{argv[:3]} exited with {done.returncode}; the end of {log}:\n{tail}"
 
 
+def test_the_registry_holds_the_ranges_pkg_reads_from_each_compat_bound(tmp_path, julia, sources):
+    """Every compat specifier of the sources (and of FluxHess) turned into registry ranges here
+    is the version set Pkg's own parser (``semver_spec``) gives."""
+    projects = [tree / "Project.toml" for folder in sources for tree in folder.iterdir()]
+    projects.append(Path(fh.__file__).resolve().parent / "julia" / "Project.toml")
+    specs = {s for p in projects if p.is_file() for s in tomllib.loads(p.read_text(encoding="utf-8")).get("compat", {}).values()}
+    table = tmp_path / "ranges.toml"
+    table.write_text("".join(f'"{s}" = {json.dumps(registry_compat(s))}\n' for s in sorted(specs)), encoding="utf-8")
+    check = (
+        "import Pkg; using Pkg.Versions: semver_spec, VersionSpec; "
+        f'for (s, r) in Pkg.TOML.parsefile(raw"{table}"); semver_spec(s) == VersionSpec(r) || println(repr(s), " ", r); end'
+    )
+    done = subprocess.run([julia, "--startup-file=no", "-e", check], check=True, capture_output=True, text=True)
+    assert len(specs) > 10 and done.stdout == "", f"specifiers whose ranges differ from Pkg's:\n{done.stdout}"
+
+
+@pytest.mark.slow
 def test_setup_julia_into_an_empty_depot_gives_the_jax_hessian(install):
     env, where, depot = install
     _run([sys.executable, "-c", SETUP], env, where / "setup-julia.log", where)
