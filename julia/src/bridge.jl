@@ -61,11 +61,16 @@ Evaluate Julia `source` (whose last expression is the model, e.g. the text of
 Python's `Chain.to_flux()`) in a fresh anonymous module that has `using Flux`,
 after `Random.seed!(seed)`; convert it with `f64`/`f32` per `T` (before any
 `destructure`, which would otherwise narrow θ silently) and call `testmode!`.
+
+The module is handed FluxHess's own Flux (`using .Flux`), not Flux looked up by
+name: the active Julia project (juliapkg's, after `fluxhess setup-julia`) has
+FluxHess, not Flux, as a direct dependency, so `using Flux` there is not found.
 """
 function build_model(source::AbstractString; seed::Integer = 0,
                      T::Type = Float64, filename::AbstractString = "model source")
     sandbox = Module(:FluxHessModel)
-    Core.eval(sandbox, :(using Flux))
+    Core.eval(sandbox, :(const Flux = $Flux))
+    Core.eval(sandbox, :(using .Flux))
     Random.seed!(seed)
     model = Base.include_string(sandbox, String(source), String(filename))
     return prepare(model, T)
