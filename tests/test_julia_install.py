@@ -60,8 +60,7 @@ FIRST_HESSIAN = textwrap.dedent(
     X, y = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
     H = fh.hessian(model, model.init(seed=1), X, y, loss="mse", backend="julia")
     import juliacall  # Julia runs, started by the call above
-    np.save(sys.argv[1], H)
-    print(juliacall.Main.seval("pathof(FluxHess.Flux)"))
+    np.savez(sys.argv[1], H=H, flux=str(juliacall.Main.seval("pathof(FluxHess.Flux)")))
     """
 )
 
@@ -165,13 +164,14 @@ def test_the_registry_holds_the_ranges_pkg_reads_from_each_compat_bound(tmp_path
 def test_setup_julia_into_an_empty_depot_gives_the_jax_hessian(install):
     env, where, depot = install
     _run([sys.executable, "-c", SETUP], env, where / "setup-julia.log", where)
-    result = where / "hessian.npy"
+    result = where / "hessian.npz"
     _run([sys.executable, "-c", FIRST_HESSIAN, str(result)], env, where / "hessian.log", where)
-    flux_path = Path((where / "hessian.log").read_text().strip().splitlines()[-1])
+    got = np.load(result)
+    flux_path = Path(str(got["flux"]))
     assert depot / "packages" in flux_path.parents, f"Flux was loaded from {flux_path}, not the new depot"
 
     model = fh.Chain(fh.Dense(2, 3, "tanh"), fh.Dense(3, 2))
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
     expected = fh.hessian(model, model.init(seed=1), X, y, loss="mse", backend="jax")  # FIRST_HESSIAN's problem
-    np.testing.assert_allclose(np.load(result), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["H"], expected, rtol=0, atol=1e-12)
