@@ -136,6 +136,34 @@ def test_setup_julia_offline_says_what_failed_and_what_to_do(project, monkeypatc
     assert isinstance(info.value.__cause__, urllib.error.URLError)
 
 
+def test_setup_julia_names_a_failed_package_install_by_its_status(project, monkeypatch):
+    """Offline, juliapkg's Julia child fails (no General registry); the message gives its exit
+    status and what to do, not juliapkg's command line (the whole Julia script)."""
+    import subprocess
+
+    import juliapkg
+
+    monkeypatch.setitem(juliapkg.state.STATE, "offline", juliapkg.state.STATE.get("offline"))
+    monkeypatch.setitem(juliapkg.state.STATE, "resolved", juliapkg.state.STATE.get("resolved"))
+    monkeypatch.setattr(julia_backend, "_ONLINE", False)
+    monkeypatch.delenv("PYTHON_JULIAPKG_OFFLINE", raising=False)
+    if "juliacall" in sys.modules:
+        pytest.skip("juliacall is imported in this process")
+    script = "import Pkg\nPkg.Registry.update()\nPkg.precompile()"
+
+    def fails(*args, **kwargs):
+        raise subprocess.CalledProcessError(1, ["/opt/julia/bin/julia", f"--project={project}", "-e", script])
+
+    monkeypatch.setattr(juliapkg, "resolve", fails)
+    with pytest.raises(fh.JuliaUnavailableError) as info:
+        julia_backend.setup_julia(out=lambda *a: None)
+    text = str(info.value)
+    for part in ("setting up Julia failed", str(project), "package manager exited with status 1",
+                 "printed above", "network access", "PYTHON_JULIACALL_EXE", "PYTHON_JULIAPKG_EXE"):
+        assert part in text, part
+    assert "Pkg.Registry" not in text and "\n" not in text
+
+
 def test_the_cli_reports_it_in_one_line(project, monkeypatch, capsys):
     from fluxhess import cli
 

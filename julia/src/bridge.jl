@@ -55,7 +55,7 @@ function _runner(model, θ, X)
 end
 
 """
-    build_model(source; seed = 0, T = Float64, filename = "model source") -> model
+    build_model(source; seed = 0, T = Float64, filename = "model source", spec = false) -> model
 
 Evaluate Julia `source` (whose last expression is the model, e.g. the text of
 Python's `Chain.to_flux()`) in a fresh anonymous module that has `using Flux`,
@@ -64,11 +64,16 @@ after `Random.seed!(seed)`; convert it with `f64`/`f32` per `T` (before any
 `spec = true`: the source is a spec Chain's `to_flux()`, whose LayerNorms mean the
 spec's `sqrt(var + eps)`, which the loaded Flux is made to compute
 ([`with_spec_layernorms`](@ref FluxHess.with_spec_layernorms)).
+
+The module is handed FluxHess's own Flux (`using .Flux`), not Flux looked up by
+name: the active Julia project (juliapkg's, after `fluxhess setup-julia`) has
+FluxHess, not Flux, as a direct dependency, so `using Flux` there is not found.
 """
 function build_model(source::AbstractString; seed::Integer = 0,
                      T::Type = Float64, filename::AbstractString = "model source", spec::Bool = false)
     sandbox = Module(:FluxHessModel)
-    Core.eval(sandbox, :(using Flux))
+    Core.eval(sandbox, :(const Flux = $Flux))
+    Core.eval(sandbox, :(using .Flux))
     Random.seed!(seed)
     model = Base.include_string(sandbox, String(source), String(filename))
     return prepare(spec ? with_spec_layernorms(model) : model, T)

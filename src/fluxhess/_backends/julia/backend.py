@@ -44,6 +44,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 from importlib import resources
@@ -662,8 +663,15 @@ def setup_julia(out=print, sysimage_too: bool = False) -> dict:
 
 
 def _resolve_failed(exc: BaseException, project: str) -> str:
-    """What to tell a user whose ``setup-julia`` failed while juliapkg installed (e.g. offline)."""
-    cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    """What to tell a user whose ``setup-julia`` failed while juliapkg installed (e.g. offline).
+
+    Where Julia's package manager failed (juliapkg runs it in a child process whose output the
+    user has just seen), the cause is its exit status, not juliapkg's command line (the whole
+    Julia script it ran)."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        cause = f"Julia's package manager exited with status {exc.returncode}; its error is printed above"
+    else:
+        cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
     return (
         f"setting up Julia failed: juliapkg could not install Julia and the Julia packages into {project} "
         f"({cause}). This step needs network access (Julia's downloads and the General registry). "
