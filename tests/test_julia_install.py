@@ -60,7 +60,13 @@ FIRST_HESSIAN = textwrap.dedent(
     X, y = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
     H = fh.hessian(model, model.init(seed=1), X, y, loss="mse", backend="julia")
     import juliacall  # Julia runs, started by the call above
-    np.savez(sys.argv[1], H=H, flux=str(juliacall.Main.seval("pathof(FluxHess.Flux)")))
+    # A model written as the docs show it: its source says `using Flux`.
+    flux_model = fh.flux_model("using Flux\nChain(Dense(2 => 3, tanh), Dense(3 => 2))")
+    spec, theta = flux_model.to_spec()
+    H_source = fh.hessian(flux_model, theta, X, y, loss="mse", backend="julia")
+    H_source_jax = fh.hessian(spec, theta, X, y, loss="mse", backend="jax")
+    flux = str(juliacall.Main.seval("pathof(FluxHess.Flux)"))
+    np.savez(sys.argv[1], H=H, H_source=H_source, H_source_jax=H_source_jax, flux=flux)
     """
 )
 
@@ -175,3 +181,4 @@ def test_setup_julia_into_an_empty_depot_gives_the_jax_hessian(install):
     X, y = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
     expected = fh.hessian(model, model.init(seed=1), X, y, loss="mse", backend="jax")  # FIRST_HESSIAN's problem
     np.testing.assert_allclose(got["H"], expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["H_source"], got["H_source_jax"], rtol=0, atol=1e-12)

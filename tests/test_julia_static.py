@@ -142,7 +142,11 @@ def test_juliapkg_json_develops_the_bundled_package():
 
     project, pkg = _project_toml(), _juliapkg_json()
     assert project["name"] == "FluxHess" and project["version"]
-    assert pkg["packages"] == {"FluxHess": {"uuid": project["uuid"], "path": "julia", "dev": True}}
+    assert pkg["packages"]["FluxHess"] == {"uuid": project["uuid"], "path": "julia", "dev": True}
+    # Flux too, at FluxHess's own bound: a user's model source says `using Flux`, which
+    # finds only the active project's direct dependencies.
+    flux = {"uuid": project["deps"]["Flux"], "version": project["compat"]["Flux"]}
+    assert pkg["packages"]["Flux"] == flux and set(pkg["packages"]) == {"FluxHess", "Flux"}
     folder = ROOT / "src" / "fluxhess" / pkg["packages"]["FluxHess"]["path"]
     assert folder.joinpath("Project.toml").read_bytes() == ROOT.joinpath("julia", "Project.toml").read_bytes()
     assert str(Compat.parse(project["compat"]["julia"])) == str(Compat.parse(pkg["julia"]))
