@@ -33,7 +33,8 @@ Conventions, as Flux has them:
 Each quantity has two routes, chosen from the model: Chains of `Dense` layers and
 elementwise functions (a softmax after the last Dense layer allowed) get per-sample
 factors and every block of the P × P matrix by BLAS; any other Flux model is batched
-over the samples, its Jacobians by forward mode, its Hessian by ForwardDiff over Zygote.
+over the samples, its Jacobians by forward mode, its Hessian by ForwardDiff over Zygote
+layer by layer (products of its Duals by BLAS).
 Second derivatives with respect to θ are never reverse over reverse.
 
 Threads: the work is BLAS (`LinearAlgebra.BLAS.set_num_threads`, or
@@ -66,6 +67,7 @@ include("problem.jl")      # kinds, losses, the Problem of a call
 include("columnwise.jl")   # per-sample Jacobians of batched maps by seeded Duals
 include("routes.jl")       # DenseChain or Generic: what the model is
 include("structured.jl")   # Dense chains: per-sample factors, blocks by BLAS
+include("dualgemm.jl")     # the generic Hessian's Dual matrix products, by BLAS
 include("generic.jl")      # any Flux model, batched over samples
 include("quantities.jl")   # each quantity on a Problem, dispatching on kind and route
 include("inputs.jl")       # derivatives with respect to the inputs

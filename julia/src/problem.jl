@@ -73,11 +73,16 @@ function model_at(model, θ = nothing)
     length(θ) == length(flat) || throw(DimensionMismatch(
         "θ has length $(length(θ)) but the model has $(length(flat)) parameters"))
     θ = Vector{eltype(flat)}(θ)
-    m = Flux.testmode!(re(θ))
+    m = _without_dropout(Flux.testmode!(re(θ)))
     # The rebuilder of the test-mode copy: `re` would rebuild the caller's layers, whose
     # Dropout and BatchNorm are active inside derivatives (for Duals too).
     return ModelAt(m, last(Flux.destructure(m)), θ)
 end
+
+# Inactive Dropout layers as `identity`: what they compute in test mode, and NNlib's rule
+# for `dropout` draws its mask even at p = 0 (random Duals have no sampler).
+_without_dropout(m) = Flux.fmap(l -> l isa Flux.Dropout ? identity : l, m;
+                                exclude = l -> l isa Flux.Dropout || Flux.Functors.isleaf(l))
 
 function _outputs(model, X)
     Ŷ = model(X)

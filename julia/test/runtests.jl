@@ -15,6 +15,7 @@ include("testutils.jl")
     @testset "against the JAX fixtures" begin include("fixtures.jl") end
     @testset "structured route" begin include("structured.jl") end
     @testset "generic route" begin include("generic.jl") end
+    @testset "generic Hessian, layer by layer" begin include("hessian.jl") end
     @testset "identities" begin include("identities.jl") end
     @testset "layers identified by what they do" begin include("spec.jl") end
 end
