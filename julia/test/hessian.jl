@@ -51,7 +51,7 @@ let  # this file's names stay its own
     # values and partials multiplied out.
     w = 3
     D = FluxHess.HDual{Float64,w}
-    dual(V, Ps) = [D(V[i], ForwardDiff.Partials(ntuple(t -> Ps[t][i], w))) for i in eachindex(V)]
+    dual(V, Ps) = [D(V[i], ForwardDiff.Partials(ntuple(t -> Ps[t][i], w))) for i in CartesianIndices(V)]
     parts(M) = (ForwardDiff.value.(M), [ForwardDiff.partials.(M, t) for t in 1:w])
     A0, As = reshape(sin.(1:12), 4, 3), [reshape(cos.(t:t+11), 4, 3) for t in 1:w]
     B0, Bs = reshape(cos.(1:15), 3, 5), [reshape(sin.(2t:2t+14), 3, 5) for t in 1:w]
@@ -59,7 +59,7 @@ let  # this file's names stay its own
     for (a, b, v, ps) in ((A, B, A0 * B0, [As[t] * B0 + A0 * Bs[t] for t in 1:w]),
                           (A, B0, A0 * B0, [As[t] * B0 for t in 1:w]),
                           (A0, B, A0 * B0, [A0 * Bs[t] for t in 1:w]),
-                          (transpose(permutedims(A)), B0', A0 * B0, [As[t] * B0 for t in 1:w]),
+                          (transpose(permutedims(A)), permutedims(B0)', A0 * B0, [As[t] * B0 for t in 1:w]),
                           (A0, permutedims(B)', A0 * B0, [A0 * Bs[t] for t in 1:w]))
         value, partials = parts(a * b)
         @test value ≈ v rtol = 1e-14
