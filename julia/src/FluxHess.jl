@@ -37,7 +37,8 @@ factors and every block of the P × P matrix by BLAS; Chains of `Conv`, `CrossCo
 per-sample rows on unfolded patches (`NNlib.unfold`) and the GGN, the empirical Fisher,
 their diagonals, KFAC and `param_jacobian` from them by BLAS; any other Flux model (and
 the exact Hessian of a convolutional chain) is batched over the samples, its Jacobians
-by forward mode, its Hessian by ForwardDiff over Zygote.
+by forward mode, its Hessian by ForwardDiff over Zygote layer by layer (products of
+its Duals by BLAS).
 Second derivatives with respect to θ are never reverse over reverse.
 
 Threads: the work is BLAS (`LinearAlgebra.BLAS.set_num_threads`, or
@@ -72,6 +73,7 @@ include("columnwise.jl")   # per-sample Jacobians of batched maps by seeded Dual
 include("routes.jl")       # DenseChain or Generic: what the model is
 include("structured.jl")   # Dense chains: per-sample factors, blocks by BLAS
 include("conv.jl")         # convolutional chains: per-sample rows on unfolded patches
+include("dualgemm.jl")     # the generic Hessian's Dual matrix products, by BLAS
 include("generic.jl")      # any Flux model, batched over samples
 include("quantities.jl")   # each quantity on a Problem, dispatching on kind and route
 include("inputs.jl")       # derivatives with respect to the inputs

@@ -96,8 +96,9 @@ end
     FluxHess.hessian(model, X, Y; loss = Flux.mse, agg = mean, params = nothing) -> (P, P)
 
 `∇²_θ L`: [`curvature`](@ref) with `Hessian()`. Dense chains: `Σ_n ā_m ā_lᵀ ⊗ ∂δ_m/∂z_l`
-plus the cross term, block by block; other models: ForwardDiff over Zygote (⌈P/12⌉
-gradient passes of the batch). Not exported (`Zygote.hessian` has the name).
+plus the cross term, block by block; other models: ForwardDiff over Zygote, layer by
+layer for a Chain (the Duals of a layer's columns pass through it and the layers after
+it only). Not exported (`Zygote.hessian` has the name).
 """
 hessian(model, X, Y; kw...) = curvature(Hessian(), model, X, Y; kw...)
 

@@ -186,25 +186,93 @@ function curvature_into!(H::AbstractMatrix{T}, ::EmpiricalFisher, ::Generic, p::
     return _mirror_lower!(H)
 end
 
-# ForwardDiff over Zygote on the whole batch: ⌈P/12⌉ gradient passes, each writing 12
-# columns of H (no P × P beside H).
+"""
+    curvature_into!(H, ::Hessian, ::Generic, p, workspace) -> H
+
+Forward over reverse (Duals of [`HessianTag`](@ref) through a Zygote gradient), in
+chunks of up to `CHUNK` columns (the widths of [`_width`](@ref), which compile once). A
+Chain whose parameters are its layers' own ([`LayerChain`](@ref)) goes layer by layer
+([`_hessian_blocks!`](@ref)); any other model as one block, the whole batch at once.
+"""
 function curvature_into!(H::AbstractMatrix{T}, ::Hessian, ::Generic, p::Problem{T}, workspace) where {T}
-    return _symmetrized!(_hessian_columns!(H, objective(p), p.θ, Val(min(length(p.θ), CHUNK))))
+    lc = _layer_chain(p.model, p.θ)
+    lc === nothing || return _hessian_blocks!(H, lc, p, workspace)
+    _hessian_block!(H, objective(p), p.θ, 0, length(p.θ), false, Val(_width(length(p.θ))))
+    return _symmetrized!(H)
 end
 
-function _hessian_columns!(H, L, θ::Vector{T}, ::Val{w}) where {T,w}
-    P = length(θ)
-    tag = ForwardDiff.Tag(L, T)
-    D = ForwardDiff.Dual{typeof(tag),T,w}
-    θd = Vector{D}(undef, P)
-    for c0 in 1:w:P
-        for i in 1:P
+"""
+    _hessian_blocks!(H, lc::LayerChain, p, workspace) -> H
+
+The Hessian layer by layer: the columns of layer k's parameters θ_k are the derivatives,
+along each of θ_k's directions, of the gradient of `L_k(θ_k, θ_k+1, …) = L(layers_k…(a_k))`
+with respect to θ_k, θ_k+1, …, where `a_k` is the input of layer k, computed once on
+floats. Duals pass through layers k, k+1, … only, and each column block gets the rows of
+its own layer and those after it (the lower block triangle); the upper one is its mirror.
+When every layer acts on each sample alone, the batch goes in chunks of samples whose
+Dual tape fits `workspace` bytes (`L = s · Σ_n ℓ_n` adds over samples); else at once.
+"""
+function _hessian_blocks!(H::AbstractMatrix{T}, lc::LayerChain, p::Problem{T}, workspace) where {T}
+    ks = filter(k -> lc.sizes[k] > 0, eachindex(lc.layers))
+    for (c, cols) in enumerate(_hessian_chunks(lc, p, workspace))
+        a, Y = p.X[:, cols], p.Y[:, cols]
+        for k in eachindex(lc.layers)
+            if lc.sizes[k] > 0
+                θk, rek = Flux.destructure(Flux.Chain(lc.layers[k:end]...))   # θ_k, θ_k+1, …
+                _hessian_block!(H, _tail_loss(p, rek, a, Y), θk, lc.offsets[k], lc.sizes[k], c > 1,
+                                Val(_width(lc.sizes[k])))
+            end
+            a = lc.layers[k](a)
+        end
+    end
+    for k in ks
+        r = lc.offsets[k]+1:lc.offsets[k]+lc.sizes[k]
+        _symmetrized!(view(H, r, r))
+    end
+    return _mirror_lower!(H)
+end
+
+# θ_k… ↦ s · Σ_n ℓ_n over the chunk, from the input `a` of layer k on.
+_tail_loss(p::Problem, rek, a, Y) = ϑ -> p.s * p.ℓ(rek(ϑ)(a), Y; agg = sum)
+
+# Chunks of samples whose Dual tape fits `workspace`: probed on two samples, each layer's
+# output per sample (its Dual, its pullback's cotangent and the BLAS copies of both, at
+# most 4 × (CHUNK + 1) numbers per entry); the whole batch when a layer mixes samples.
+function _hessian_chunks(lc::LayerChain, p::Problem{T}, workspace) where {T}
+    N = size(p.X, 2)
+    a, entries = p.X[:, unique((1, N))], 0
+    for l in lc.layers
+        out = l(a)
+        _acts_per_sample(l, a, out) || return [1:N]
+        entries += length(out) ÷ size(out, ndims(out))
+        a = out
+    end
+    return _sample_chunks(N, 4 * (CHUNK + 1) * sizeof(T) * entries, workspace)
+end
+
+"""
+    _hessian_block!(H, L, θ, offset, n, add, ::Val{w}) -> H
+
+Columns `offset .+ (1:n)` of the Hessian of `L` (rows `offset .+ eachindex(θ)`), for the
+first n entries of θ: ⌈n/w⌉ Zygote gradients of `L` at Duals of width w seeded along w of
+those entries at a time; written into H, or added to it when `add`.
+"""
+function _hessian_block!(H, L, θ::Vector{T}, offset, n, add::Bool, ::Val{w}) where {T,w}
+    D = HDual{T,w}
+    θd = D.(θ)
+    for c0 in 1:w:n
+        for i in max(1, c0 - w):min(n, c0 + w - 1)      # the last chunk's seeds off, this one's on
             θd[i] = D(θ[i], ForwardDiff.Partials{w,T}(ntuple(t -> T(c0 + t - 1 == i), Val(w))))
         end
-        g = _gradient(L, θd)
-        for t in 1:min(w, P - c0 + 1), r in 1:P
-            H[r, c0+t-1] = ForwardDiff.partials(typeof(tag), g[r], t)
-        end
+        _add_partials!(H, _gradient(L, θd), offset, c0 - 1, min(w, n - c0 + 1), add)
+    end
+    return H
+end
+
+function _add_partials!(H, g::AbstractVector{<:ForwardDiff.Dual}, offset, c, m, add::Bool)
+    @inbounds for t in 1:m, r in eachindex(g)
+        h = ForwardDiff.partials(g[r], t)
+        H[offset+r, offset+c+t] = add ? H[offset+r, offset+c+t] + h : h
     end
     return H
 end

@@ -16,6 +16,7 @@ include("testutils.jl")
     @testset "structured route" begin include("structured.jl") end
     @testset "convolutional route" begin include("conv.jl") end
     @testset "generic route" begin include("generic.jl") end
+    @testset "generic Hessian, layer by layer" begin include("hessian.jl") end
     @testset "identities" begin include("identities.jl") end
     @testset "layers identified by what they do" begin include("spec.jl") end
 end
