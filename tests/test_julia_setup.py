@@ -112,7 +112,9 @@ def test_the_options_apply_to_the_import_only(project, monkeypatch):
     assert "PYTHON_JULIACALL_SYSIMAGE" not in os.environ
 
 
-def test_setup_julia_offline_says_what_failed_and_what_to_do(project, monkeypatch, capsys):
+@pytest.fixture
+def offline_juliapkg(project, monkeypatch):
+    """juliapkg as it is without network: the test sets what its ``resolve`` raises."""
     import juliapkg
 
     monkeypatch.setitem(juliapkg.state.STATE, "offline", juliapkg.state.STATE.get("offline"))
@@ -121,11 +123,14 @@ def test_setup_julia_offline_says_what_failed_and_what_to_do(project, monkeypatc
     monkeypatch.delenv("PYTHON_JULIAPKG_OFFLINE", raising=False)
     if "juliacall" in sys.modules:
         pytest.skip("juliacall is imported in this process")
+    return juliapkg
 
+
+def test_setup_julia_offline_says_what_failed_and_what_to_do(project, offline_juliapkg, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(juliapkg, "resolve", offline)
+    monkeypatch.setattr(offline_juliapkg, "resolve", offline)
     with pytest.raises(fh.JuliaUnavailableError) as info:
         julia_backend.setup_julia(out=lambda *a: None)
     text = str(info.value)
@@ -136,25 +141,17 @@ def test_setup_julia_offline_says_what_failed_and_what_to_do(project, monkeypatc
     assert isinstance(info.value.__cause__, urllib.error.URLError)
 
 
-def test_setup_julia_names_a_failed_package_install_by_its_status(project, monkeypatch):
+def test_setup_julia_names_a_failed_package_install_by_its_status(project, offline_juliapkg, monkeypatch):
     """Offline, juliapkg's Julia child fails (no General registry); the message gives its exit
     status and what to do, not juliapkg's command line (the whole Julia script)."""
     import subprocess
 
-    import juliapkg
-
-    monkeypatch.setitem(juliapkg.state.STATE, "offline", juliapkg.state.STATE.get("offline"))
-    monkeypatch.setitem(juliapkg.state.STATE, "resolved", juliapkg.state.STATE.get("resolved"))
-    monkeypatch.setattr(julia_backend, "_ONLINE", False)
-    monkeypatch.delenv("PYTHON_JULIAPKG_OFFLINE", raising=False)
-    if "juliacall" in sys.modules:
-        pytest.skip("juliacall is imported in this process")
     script = "import Pkg\nPkg.Registry.update()\nPkg.precompile()"
 
     def fails(*args, **kwargs):
         raise subprocess.CalledProcessError(1, ["/opt/julia/bin/julia", f"--project={project}", "-e", script])
 
-    monkeypatch.setattr(juliapkg, "resolve", fails)
+    monkeypatch.setattr(offline_juliapkg, "resolve", fails)
     with pytest.raises(fh.JuliaUnavailableError) as info:
         julia_backend.setup_julia(out=lambda *a: None)
     text = str(info.value)
