@@ -146,8 +146,6 @@ function _inference(l, at)
     return nothing
 end
 
-_groups(l::Flux.Conv) = l.groups
-_groups(::Flux.CrossCor) = 1
 _conv_kind(::Flux.Conv) = "conv"
 _conv_kind(::Flux.CrossCor) = "crosscor"
 
