@@ -109,7 +109,7 @@ class FakeJulia:
     def __init__(self, error):
         self.error = error
 
-    def build_model(self, source, seed, T, filename):
+    def build_model(self, source, seed, T, filename, spec=False):
         return ("model", source)
 
     def gradient(self, jm, params, X, Y, loss, agg):

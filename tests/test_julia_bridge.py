@@ -182,7 +182,7 @@ class FakeJulia:
         self.hvp_columns = []  # the columns of V per hvp call
         self.raises = None  # the Julia exception type the Hessian fails with
 
-    def build_model(self, source, seed, T, filename):
+    def build_model(self, source, seed, T, filename, spec=False):
         self.built.append((source, seed, T, filename))
         return ("julia model", source)
 

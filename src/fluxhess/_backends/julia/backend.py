@@ -62,7 +62,7 @@ from ..._problem import Problem
 from . import sysimage
 
 #: The Julia packages the julia backend needs: FluxHess and what it loads (julia/Project.toml).
-PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "PrecompileTools", "Compat", "Statistics")
+PACKAGES = ("FluxHess", "Flux", "Zygote", "ForwardDiff", "NNlib", "PrecompileTools", "Compat", "Statistics")
 
 #: The Julia type of each curvature kind.
 _KINDS = {"hessian": "Hessian", "ggn": "GGN", "ef": "EmpiricalFisher"}
