@@ -23,6 +23,10 @@ param_jacobian_of(r::Generic, at::ModelAt, X) = _param_jacobian(r, at.model, at.
 # - GGN: `s · Jᵀ(Λ (J v))`, a ForwardDiff JVP, per-sample `Λ_n`, one Zygote pullback;
 # - EmpiricalFisher: `s · Σ_n g_n (g_nᵀ v)`, a ForwardDiff JVP of the per-sample losses,
 #   then one Zygote pullback.
+# Each column takes its own pullback: Zygote keeps the cotangents of a mutable layer's
+# fields (BatchNorm's γ and β) in the pullback's context, so a second call of one pullback
+# adds the first call's cotangent to its own (Zygote's `lib.jl`: "captured mutables +
+# multiple calls to `back`").
 function _hvp(::Hessian, p::Problem{T}, V) where {T}
     L = objective(p)
     HV = similar(V)
@@ -35,7 +39,7 @@ end
 
 function _hvp(::GGN, p::Problem{T}, V) where {T}
     f = ϑ -> p.re(ϑ)(p.X)
-    Ŷ, back = Zygote.pullback(f, p.θ)
+    Ŷ = f(p.θ)
     Λ = columnwise_hessian(G -> p.ℓ(G, p.Y; agg = _columns), Ŷ)
     GV = similar(V)
     U = similar(Ŷ)
@@ -45,6 +49,7 @@ function _hvp(::GGN, p::Problem{T}, V) where {T}
         for n in axes(U, 2)
             U[:, n] = view(Λ, :, :, n) * view(Jv, :, n)
         end
+        _, back = Zygote.pullback(f, p.θ)
         GV[:, j] = p.s .* something(back(U)[1], zero(p.θ))
     end
     return GV
@@ -55,11 +60,11 @@ _persample(x) = vec(sum(x; dims = 1))
 
 function _hvp(::EmpiricalFisher, p::Problem{T}, V) where {T}
     ℓs = ϑ -> p.ℓ(p.re(ϑ)(p.X), p.Y; agg = _persample)  # (N,) per-sample losses
-    _, back = Zygote.pullback(ℓs, p.θ)
     FV = similar(V)
     for j in axes(V, 2)
         v = V[:, j]
         w = ForwardDiff.derivative(t -> ℓs(p.θ .+ t .* v), zero(T))  # g_nᵀ v
+        _, back = Zygote.pullback(ℓs, p.θ)
         FV[:, j] = p.s .* something(back(w)[1], zero(p.θ))
     end
     return FV

@@ -36,4 +36,16 @@ let  # this file's names stay its own
     @test param_jacobian(mixing, X) ≈ permutedims(reshape(J, 1, 5, :), (1, 3, 2)) rtol = 1e-12
     @test curvature(GGN(), mixing, X, Y; agg = sum) ≈ 2 .* transpose(J) * J rtol = 1e-10   # mse: Λ = 2I
 
+    # Products with several columns through a mutable layer (BatchNorm): each column's own
+    # cotangent, not the sum of those before it.
+    normed = Bridge.build_model("""
+        let bn = BatchNorm(3, tanh); bn.μ .= [0.1, -0.2, 0.3]; bn.σ² .= [1.5, 0.7, 2.0]
+            Chain(Dense(2 => 3), bn, Dense(3 => 2)) end"""; seed = 6)
+    X = reshape(sin.(1:12), 2, 6)
+    Y = reshape(cos.(1:12), 2, 6)
+    V = reshape(cos.(1:3length(Bridge.parameters(normed))), :, 3)
+    for (name, kind) in KINDS
+        @test hvp(kind, normed, X, Y, V) ≈ curvature(kind, normed, X, Y) * V rtol = 1e-10
+    end
+
 end
