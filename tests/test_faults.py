@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import fluxhess as fh
+import fake_bridge
 from conftest import assert_close
 from fluxhess import _memory as memory, _progress as progress
 from fluxhess.api import Call
@@ -105,6 +106,7 @@ class FakeJulia:
     """Stands in for the FluxHess Julia module: ``gradient`` fails once with ``error``."""
 
     Float64, Float32 = "Float64", "Float32"
+    numpy_view = staticmethod(fake_bridge.numpy_view)
 
     def __init__(self, error):
         self.error = error

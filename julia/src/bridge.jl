@@ -6,10 +6,10 @@
     FluxHess.Bridge
 
 What the Python package `fluxhess` calls through juliacall: the same quantities in
-NumPy's conventions. Arrays arrive in NumPy index order as juliacall hands a C-ordered
-array over (`X` `(N, d)`, `Y` `(N, C)`, `V` `(P, k)`, any `AbstractArray`, a strided
-`PyArray` included) and results leave as plain `Array`s in NumPy index order, so that
-Python only copies; θ is always given; the loss and `agg` come by name (`"mse"`, …;
+NumPy's conventions. Arrays arrive in NumPy index order (`X` `(N, d)`, `Y` `(N, C)`, `V`
+`(P, k)`): Python hands its C-ordered arrays over as [`numpy_view`](@ref)s of their
+memory, and any other `AbstractArray` works too (a strided `PyArray` included). Results
+leave as plain `Array`s in NumPy index order, so that Python only copies; θ is always given; the loss and `agg` come by name (`"mse"`, …;
 `"sum"`, `"mean"`); the kind comes last. Each function checks, converts and calls the
 Julia API's internals once.
 """
@@ -78,6 +78,20 @@ function build_model(source::AbstractString; seed::Integer = 0,
     model = Base.include_string(sandbox, String(source), String(filename))
     return prepare(spec ? with_spec_layernorms(model) : model, T)
 end
+
+"""
+    numpy_view(address, T, shape...) -> Vector{T} or Transpose{T, Matrix{T}}
+
+The C-ordered NumPy array of element type `T` and NumPy `shape` (one or two dimensions)
+at memory `address`, without a copy and in NumPy's index order. This is how Python passes
+its float arrays: juliacall's own conversion (a `PyArray` per argument type) compiles
+code of its own in each fresh process, and a view of plain Julia arrays calls what the
+precompile workload compiled. The caller keeps the NumPy array alive and unchanged for
+the call, and nothing of the view is kept after it.
+"""
+numpy_view(address::Integer, ::Type{T}, n::Integer) where {T} = unsafe_wrap(Array, Ptr{T}(UInt(address)), n)
+numpy_view(address::Integer, ::Type{T}, rows::Integer, cols::Integer) where {T} =
+    transpose(unsafe_wrap(Array, Ptr{T}(UInt(address)), (cols, rows)))
 
 """
     parameters(model) -> θ::Vector

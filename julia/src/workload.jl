@@ -4,19 +4,25 @@
 #
 # Every quantity, through the Bridge the Python package calls, on small Chains of Dense
 # layers with each activation of the spec, in Float64 and Float32, with each loss and the
-# usual heads, and 1, 2 and 10 outputs (the Dual widths), so that a fresh process calls
-# compiled code; and the curvatures through the Julia API. The Dense-chain route holds
-# the layers type-erased (see `DenseChain`, `Problem`), so this code serves Dense chains
-# of any depth and width; what goes through Zygote (hvp, the generic route) compiles
-# once per model type. Turn it off while developing with the
+# usual heads, and 1, 2 and 10 outputs (the Dual widths), and on a small CNN (Float64),
+# so that a fresh process calls compiled code; and the curvatures through the Julia API.
+# The Dense-chain route holds the layers type-erased (see `DenseChain`, `Problem`), so
+# this code serves Dense chains of any depth and width; what goes through Zygote (hvp,
+# the generic route) compiles once per model type. Turn it off while developing with the
 # preference `Preferences.set_preferences!(FluxHess, "precompile_workload" => false)`.
+
+# A matrix as the Python package passes one (`Bridge.numpy_view`): NumPy index order over
+# C-ordered memory.
+_as_numpy(A::Matrix) = transpose(permutedims(A))
 
 # Every quantity through the Bridge, as the Python package calls it (NumPy index order).
 function _workload(model, X, Y, lossname, agg)
     B = Bridge
     θ = B.parameters(model)
-    V = reshape(collect(range(-1, 1; length = 2 * length(θ))), :, 2)
-    H = Matrix{eltype(θ)}(undef, length(θ), length(θ))
+    T, P = eltype(θ), length(θ)
+    X, Y = _as_numpy(X), _as_numpy(Y)
+    V = _as_numpy(reshape(collect(range(-one(T), one(T); length = 2P)), P, 2))
+    H = _as_numpy(Matrix{T}(undef, P, P))
     B.forward(model, θ, X)
     B.loss(model, θ, X, Y, lossname, agg)
     B.gradient(model, θ, X, Y, lossname, agg)
@@ -59,6 +65,14 @@ end
             Y10 = repeat(T.(0.1:0.1:1.0)' ./ 5.5, 3)
             model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 10)), T)
             _workload(model, Xt, Y10, "logitcrossentropy", "mean")
+            # A CNN as a spec Chain writes one (4×4 images, one channel): the convolutional
+            # route, in the default Float64 only (it compiles for about four times as long
+            # as a Dense chain).
+            if T === Float64
+                cnn = with_input_shape(prepare(Flux.Chain(Flux.CrossCor((3, 3), 1 => 2, Flux.relu; pad = (1, 1, 1, 1)),
+                                                          Flux.MaxPool((2, 2)), Flux.flatten, Flux.Dense(8 => 2)), T), (4, 4, 1))
+                _workload(cnn, T.(reshape(sin.(1:48), 3, 16)), Yt, "logitcrossentropy", "mean")
+            end
             # The Julia API, features × batch, with Flux's loss functions.
             model = prepare(Flux.Chain(Flux.Dense(2 => 3, tanh), Flux.Dense(3 => 2)), T)
             for kind in (Hessian(), GGN(), EmpiricalFisher())

@@ -18,8 +18,11 @@ let  # this file's names stay its own
         P = length(θ)
         @test length(Bridge.parameters(model)) == P
         check("forward", Bridge.forward(model, θ, X), want("forward"))
-        # Any AbstractMatrix in NumPy index order works, not only an Array (juliacall passes a strided PyArray).
-        check("forward", Bridge.forward(model, θ, transpose(permutedims(X))), want("forward"))
+        # Any AbstractMatrix in NumPy index order works, not only an Array: Python passes a
+        # numpy_view of C-ordered memory.
+        C_order = permutedims(X)
+        GC.@preserve C_order check("forward", Bridge.forward(model, θ, Bridge.numpy_view(
+            UInt(pointer(C_order)), Float64, size(X)...)), want("forward"))
         got_loss = Bridge.loss(model, θ, X, Y, lossname, agg)
         WORST["loss"] = max(get(WORST, "loss", 0.0), abs(got_loss - fx["expected"]["loss"]) / abs(fx["expected"]["loss"]))
         @test got_loss ≈ fx["expected"]["loss"] rtol = RTOL

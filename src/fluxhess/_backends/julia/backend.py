@@ -71,6 +71,9 @@ _KINDS = {"hessian": "Hessian", "ggn": "GGN", "ef": "EmpiricalFisher"}
 #: of samples and panels of rows (``FluxHess.curvature!``'s ``workspace``).
 WORK_BYTES = memory.CHUNK_BYTES
 
+#: The NumPy dtypes passed to Julia as views of their memory, and their Julia element types.
+_ELTYPES = {"float64": "Float64", "float32": "Float32"}
+
 #: How ``FluxHess.Bridge.error_class`` names a Julia exception -> the fluxhess error raised.
 _ERRORS = {"input": InputError, "backend": BackendError}
 
@@ -510,14 +513,32 @@ class JuliaBackend:
 
     def _call(self, quantity, problem: Problem, *rest, convert=_to_numpy, into=None, named=None, **keywords):
         """``FluxHess.Bridge.<quantity>([into,] model, θ, X, rest...; keywords...)`` in Julia, its
-        result converted; an error names the call ``named`` (default: ``quantity``)."""
+        result converted; an error names the call ``named`` (default: ``quantity``). ``into``
+        (C-contiguous, as ``out=`` is checked to be) is written in place."""
         with self._lock:
             fh = self._start()
             jm = self._model(problem.model, problem.dtype)
-            rest = [self._kind(a.name) if isinstance(a, _Kind) else a for a in rest]
-            first = () if into is None else (into,)
+            keep: list[np.ndarray] = []  # the arrays Julia's views are of, alive for the call
+            rest = [self._kind(a.name) if isinstance(a, _Kind) else self._view(a, keep) for a in rest]
+            first = () if into is None else (self._view(into, keep, copy=False),)  # written in place
+            args = (*first, jm, self._view(problem.params, keep), self._view(problem.X, keep), *rest)
             with self._julia_errors(f"{named or quantity} on backend 'julia' failed for {problem.shapes}"):
-                return convert(getattr(fh, quantity)(*first, jm, problem.params, problem.X, *rest, **keywords))
+                return convert(getattr(fh, quantity)(*args, **keywords))
+
+    def _view(self, value, keep: list, copy: bool = True):
+        """A float64/float32 NumPy array of one or two dimensions as the Julia array over its
+        memory (``FluxHess.Bridge.numpy_view``), made C-contiguous first (a copy, unless
+        ``copy`` is False: then a non-contiguous array goes as it is); the NumPy array is
+        appended to ``keep``, which the caller holds until Julia returns. Anything else goes
+        as it is. Lock held."""
+        if not (isinstance(value, np.ndarray) and value.ndim in (1, 2) and value.dtype.name in _ELTYPES):
+            return value
+        if not value.flags.c_contiguous:
+            if not copy:
+                return value
+            value = np.ascontiguousarray(value)
+        keep.append(value)
+        return self._fh.numpy_view(value.ctypes.data, getattr(self._jl, _ELTYPES[value.dtype.name]), *value.shape)
 
     # -- the quantities -----------------------------------------------------
     def forward(self, problem: Problem):
