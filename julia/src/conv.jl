@@ -172,19 +172,20 @@ function _input_cotangent(l::Flux.Dense, a, D)
     return reshape(transpose(l.weight) * reshape(D, size(D, 1), :), size(a)[1:end-1]..., size(D, ndims(D)))
 end
 
-"""The forward pass of a chunk of `n` samples: each tap's input, its stages' backward data, the `C × n` output."""
+"""The forward pass of a chunk of `n` samples: each tap's input, its stages' backward data,
+the `C × n` output (each tap's z by `affine(layer, input)`, default [`_affine`](@ref))."""
 struct _ConvForward{T}
     inputs::Vector{Any}
     backs::Vector{Vector{Any}}
     out::Matrix{T}
 end
 
-function _forward(cc::ConvChain, X::Matrix{T}) where {T}
+function _forward(cc::ConvChain, X::Matrix{T}, affine = _affine) where {T}
     a = foldl((a, l) -> l(a), cc.before; init = X)
     inputs, backs = Any[], Vector{Any}[]
     for (l, stages) in zip(cc.taps, cc.after)
         push!(inputs, a)
-        a = _affine(l, a)
+        a = affine(l, a)
         bs = Any[]
         for st in stages
             a, b = _stage_forward(st, a)
@@ -394,19 +395,47 @@ function diagonal_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem
     return d .*= _gram_scale(kind, p.s)
 end
 
-# Σ over samples and positions of ū ūᵀ, `ū` the patch with a 1 appended for a bias.
-function _input_factor!(A, l::_ConvLayer, U::Array{T}) where {T}
+# The rows of a tap's input, one per position and sample: a convolution's patches
+# (`S·n × K`, in the kernel's θ order), a Dense layer's inputs (`K × S·n`, transposed).
+function _patch_rows(l::_ConvLayer, a)
+    U = _patches(l, a)                                        # (S, K, n)
     S, K, n = size(U)
-    Ū = _hasbias(l) ? cat(U, ones(T, S, 1, n); dims = 2) : U
-    for j in 1:n
-        mul!(A, transpose(view(Ū, :, :, j)), view(Ū, :, :, j), one(T), one(T))
-    end
-    return A
+    return reshape(permutedims(U, (1, 3, 2)), S * n, K)
 end
-function _input_factor!(A, l::Flux.Dense, U::AbstractArray{T}) where {T}
-    K, S, n = size(U)
-    Ū = reshape(_hasbias(l) ? cat(U, ones(T, 1, S, n); dims = 1) : U, size(A, 1), :)
-    return mul!(A, Ū, transpose(Ū), one(T), one(T))
+_patch_rows(l::Flux.Dense, a) = reshape(a, size(a, 1), :)
+
+# z of a tap from its rows `Ū` (`_patch_rows`): `Ū W` for a convolution (groups = 1), as
+# `_affine` makes it by convolving.
+function _affine_from_rows(l::_ConvLayer, Ū, a)
+    O, n = _out_channels(l), size(a, ndims(a))
+    z = permutedims(reshape(Ū * reshape(l.weight, :, O), :, n, O), (1, 3, 2))
+    z = reshape(z, NNlib.output_size(_cdims(l, a))..., O, n)
+    _hasbias(l) && (z .+= reshape(l.bias, _bias_shape(l, ndims(z))))
+    return z
+end
+_affine_from_rows(l::Flux.Dense, Ū, a) = _affine(l, a)
+
+# Σ over samples and positions of ū ūᵀ, `ū` a row (`_patch_rows`) with a 1 appended for
+# a bias: one SYRK, the bias row and column from the rows' sum.
+function _input_factor!(A, l::_ConvLayer, Ū::AbstractMatrix{T}) where {T}
+    K = size(Ū, 2)
+    mul!(view(A, 1:K, 1:K), transpose(Ū), Ū, one(T), one(T))
+    return _bias_factor!(A, l, vec(sum(Ū; dims = 1)), size(Ū, 1))
+end
+function _input_factor!(A, l::Flux.Dense, Ū::AbstractMatrix{T}) where {T}
+    K = size(Ū, 1)
+    mul!(view(A, 1:K, 1:K), Ū, transpose(Ū), one(T), one(T))
+    return _bias_factor!(A, l, vec(sum(Ū; dims = 2)), size(Ū, 2))
+end
+
+# The bias row and column of A: `u` the sum of the rows, `count` how many there are.
+function _bias_factor!(A, l, u, count)
+    _hasbias(l) || return A
+    K = length(u)
+    view(A, 1:K, K + 1) .+= u
+    view(A, K + 1, 1:K) .+= u
+    A[K+1, K+1] += count
+    return A
 end
 
 # Σ over seeds, samples and positions of D_s D_sᵀ.
@@ -419,8 +448,9 @@ function _output_factor!(G, l::Flux.Dense, D::AbstractArray{T}) where {T}
     return mul!(G, Df, transpose(Df), one(T), one(T))
 end
 
-_positions(l::_ConvLayer, U) = size(U, 1)
-_positions(l::Flux.Dense, U) = size(U, 2)
+# Positions of a tap per sample, from its rows for `n` samples.
+_positions(l::_ConvLayer, Ū, n) = size(Ū, 1) ÷ n
+_positions(l::Flux.Dense, Ū, n) = size(Ū, 2) ÷ n
 
 _patch_width(l::_ConvLayer) = prod(size(l.weight)[1:end-2]) * size(l.weight, ndims(l.weight) - 1)
 _patch_width(l::Flux.Dense) = size(l.weight, 2)
@@ -446,12 +476,13 @@ function kron_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T})
     positions = zeros(Int, length(cc.taps))
     R = _seeds_per_sample(kind, size(p.Y, 1))
     for cols in _conv_chunks(cc, p, R, 64 * 2^20)
-        fw = _forward(cc, p.X[:, cols])
+        rows = Any[]                                          # each tap's, one unfolding
+        fw = _forward(cc, p.X[:, cols], (l, a) -> _affine_from_rows(l, push!(rows, _patch_rows(l, a))[end], a))
         Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
-        for (m, (l, _, U, D)) in enumerate(_tap_data(cc, fw, Ds))
-            _input_factor!(A[m], l, U)
-            _output_factor!(G[m], l, D)
-            positions[m] = _positions(l, U)
+        for (m, l) in enumerate(cc.taps)
+            _input_factor!(A[m], l, rows[m])
+            _output_factor!(G[m], l, _flat_derivative(l, Ds[m]))
+            positions[m] = _positions(l, rows[m], length(cols))
         end
     end
     c = _gram_scale(kind, p.s)

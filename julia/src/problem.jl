@@ -118,16 +118,21 @@ end
     problem(at::ModelAt, X, Y, ℓ, agg) -> Problem
 
 Checks a call's data: `X` (`d × N`, converted to a `Matrix` of the model's eltype) and
-`Y` (`C × N`) against the model's outputs, the loss and `agg`.
+`Y` (`C × N`) against the model's outputs for the first two samples (the shapes; every
+route runs the whole batch itself), the loss and `agg`.
 """
 function problem(at::ModelAt{T}, X::AbstractMatrix, Y::AbstractMatrix, ℓ, agg) where {T}
     _check_loss(ℓ)
     Xt, Yt = Matrix{T}(X), Matrix{T}(Y)
     r = route(at.model)
-    Ŷ = _outputs(runner(r, at.model), Xt)
-    size(Ŷ) == size(Yt) || throw(DimensionMismatch(
-        "the model gives outputs of size $(size(Ŷ)) (C × N) but the targets are $(size(Yt))"))
-    C, N = size(Ŷ)
+    N = size(Xt, 2)
+    n = min(N, 2)
+    Ŷ = _outputs(runner(r, at.model), Xt[:, 1:n])
+    size(Ŷ, 2) == n || throw(DimensionMismatch(
+        "the model must map a d × N batch to a C × N matrix; got $(summary(Ŷ)) for $n samples"))
+    C = size(Ŷ, 1)
+    size(Yt) == (C, N) || throw(DimensionMismatch(
+        "the model gives outputs of size $((C, N)) (C × N) but the targets are $(size(Yt))"))
     s = _scale(ℓ, agg, N, C, T)
     return Problem(at.model, r, at.re, at.θ, Xt, Yt, ℓ, (Ŷ, Y) -> ℓ(Ŷ, Y; agg), s)
 end

@@ -49,6 +49,11 @@ let  # this file's names stay its own
     # Errors name what went wrong; the Bridge classes them for Python.
     @test_throws DimensionMismatch FluxHess.gradient(mlp, X, Y; params = θ[1:end-1])
     @test_throws DimensionMismatch curvature(GGN(), mlp, X, Y[1:1, :])
+    # The shapes are checked on two samples: a model that mixes the batch is caught, as is
+    # one whose outputs do not fit the targets.
+    pooled = Bridge.build_model("Chain(Dense(2 => 2), x -> sum(x; dims = 2))")
+    @test_throws DimensionMismatch curvature(GGN(), pooled, X, Y)
+    @test_throws DimensionMismatch curvature(GGN(), mlp, X, Y[:, 1:2])
     @test_throws ArgumentError curvature(GGN(), mlp, X, Y; loss = Flux.Losses.huber_loss)
     @test_throws ArgumentError curvature(GGN(), mlp, X, Y; agg = identity)
     @test_throws ArgumentError FluxHess.kron(Hessian(), mlp, X, Y)
