@@ -538,17 +538,14 @@ function _sample_rows(l::_ConvLayer, U::AbstractArray{T}, D, r) where {T}
     S, O = size(D, 1), size(D, 2)
     n = size(D, 3) ÷ r
     Kg, Og = size(U, 2) ÷ _groups(l), O ÷ _groups(l)
-    Dp = permutedims(reshape(D, S, O, n, r), (4, 1, 2, 3))                   # (r, S, O, n)
+    D4 = reshape(D, S, O, n, r)
     J = Array{T}(undef, r, _tapsize(l), n)
+    ones_S = ones(T, S)
     for j in 1:n, o in 1:O
+        Djo = transpose(view(D4, :, o, j, :))                                 # (r, S), strided: no copy
         k0 = ((o - 1) ÷ Og) * Kg                                              # its group's channels
-        mul!(view(J, :, (o-1)*Kg+1:o*Kg, j), view(Dp, :, :, o, j), view(U, :, k0+1:k0+Kg, j))
-    end
-    if _hasbias(l)
-        w = Kg * O
-        for j in 1:n
-            sum!(reshape(view(J, :, w+1:w+O, j), r, 1, O), view(Dp, :, :, :, j))
-        end
+        mul!(view(J, :, (o-1)*Kg+1:o*Kg, j), Djo, view(U, :, k0+1:k0+Kg, j))
+        _hasbias(l) && mul!(view(J, :, Kg*O+o, j), Djo, ones_S)
     end
     return J
 end
