@@ -352,18 +352,27 @@ end
 """
     curvature_into!(H, kind, cc::ConvChain, p, workspace) -> H
 
-GGN and empirical Fisher: per chunk of samples (its rows within `workspace` bytes) the
-lower triangle of `H (+)= c·Gt Gtᵀ` by one SYRK into `H`, mirrored at the end.
+GGN and empirical Fisher: the lower triangle of the Gram matrix of the rows
+(`_gram_lower!`), mirrored.
 """
-function curvature_into!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain,
-                         p::Problem{T}, workspace) where {T}
+curvature_into!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T}, workspace) where {T} =
+    _mirror_lower!(_gram_lower!(H, kind, cc, p, workspace))
+
+"""
+    _gram_lower!(H, kind, cc, p, workspace) -> H
+
+Per chunk of samples (its rows within `workspace` bytes) the lower triangle of
+`H (+)= c·Gt Gtᵀ` by one SYRK into `H` (`P × P`); the upper triangle is left as it was.
+"""
+function _gram_lower!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain,
+                      p::Problem{T}, workspace) where {T}
     R = _seeds_per_sample(kind, size(p.Y, 1))
     for (c, cols) in enumerate(_conv_chunks(cc, p, R, workspace))
         fw = _forward(cc, p.X[:, cols])
         Gt = _rows(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
         LinearAlgebra.BLAS.syrk!('L', 'N', _gram_scale(kind, p.s), Gt, T(c > 1), H)
     end
-    return _mirror_lower!(H)
+    return H
 end
 
 gradient_of(::ConvChain, p::Problem) = gradient_of(Generic(), p)
@@ -495,16 +504,16 @@ _piecewise_linear(cc::ConvChain) = all(_piecewise_linear, Iterators.flatten(cc.a
 """
     curvature_into!(H, ::Hessian, cc::ConvChain, p, workspace) -> H
 
-The GGN, then `T_ml` and its transpose added for every pair of taps l < m, when every
-stage is piecewise linear; the generic route's otherwise.
+The GGN's lower triangle, then `T_ml` added below the diagonal for every pair of taps
+l < m, mirrored, when every stage is piecewise linear; the generic route's otherwise.
 """
 function curvature_into!(H::AbstractMatrix{T}, kind::Hessian, cc::ConvChain, p::Problem{T}, workspace) where {T}
     _piecewise_linear(cc) || return curvature_into!(H, kind, Generic(), p, workspace)
-    curvature_into!(H, GGN(), cc, p, workspace)
+    _gram_lower!(H, GGN(), cc, p, workspace)
     for m in 2:length(cc.taps)
         _add_cross_terms!(H, cc, m, p, workspace)
     end
-    return H
+    return _mirror_lower!(H)
 end
 
 diagonal_of(kind::Hessian, cc::ConvChain, p::Problem) =
@@ -616,7 +625,7 @@ end
 """
     _add_cross_terms!(H, cc, m, p, workspace)
 
-`H[W_m, θ_l] += T_ml` and `H[θ_l, W_m] += T_mlᵀ` for every tap l < m, over chunks of
+`H[W_m, θ_l] += T_ml` (below the diagonal) for every tap l < m, over chunks of
 samples within `workspace` bytes less the blocks `T_ml` (three of the largest: the
 weight gradient, its reordering and the result).
 """
@@ -632,9 +641,7 @@ function _add_cross_terms!(H::AbstractMatrix{T}, cc::ConvChain, m, p::Problem{T}
         Ds = _derivatives(cc, fw, _unit_cotangents(a), m - 1)
         for (l, off, U, D) in _tap_data(cc, fw, Ds)
             Tml = _unfolded_against(tap, a, _sample_rows(l, U, D, r), δ)
-            block = off .+ (1:_tapsize(l))
-            view(H, rows, block) .+= Tml
-            view(H, block, rows) .+= transpose(Tml)
+            view(H, rows, off .+ (1:_tapsize(l))) .+= Tml
         end
     end
 end
