@@ -19,8 +19,8 @@
 #
 # The P × P matrices are the Gram matrices of the rows (one SYRK per chunk of samples),
 # the diagonals the sums of the rows' squares, KFAC the factors of the KFC "expand"
-# convention. The exact Hessian stays with the generic route. The JAX engine's twin is
-# `fluxhess._backends.jax.conv`.
+# convention. The exact Hessian adds to the GGN the cross terms of the taps (below), when
+# every stage is piecewise linear. The JAX engine's twin is `fluxhess._backends.jax.conv`.
 
 """
     ConvChain
@@ -199,15 +199,17 @@ function _forward(cc::ConvChain, X::Matrix{T}, affine = _affine) where {T}
 end
 
 """
-    _derivatives(cc, fw, E) -> [D_m]
+    _derivatives(cc, fw, E, last = length(cc.taps)) -> [D_m for m in 1:last]
 
-`D_m = ∂(E-weighted outputs)/∂z_m` for every tap, from the cotangents `E` (`C × n·R`,
-sample j's i-th at column `j + (i - 1)·n`) at the output, by one backward pass.
+`D_m = ∂(E-weighted outputs)/∂z_m` for the taps up to `last`, from the cotangents `E` of
+the output of tap `last`'s stages (the model's output `C × n·R` by default; else the
+next tap's input, its shape with `n·R` samples), sample j's i-th at `j + (i - 1)·n` of the
+last dimension, by one backward pass.
 """
-function _derivatives(cc::ConvChain, fw::_ConvForward, E::Matrix)
-    Ds = Vector{Any}(undef, length(cc.taps))
+function _derivatives(cc::ConvChain, fw::_ConvForward, E::AbstractArray, last = length(cc.taps))
+    Ds = Vector{Any}(undef, last)
     D = E
-    for m in reverse(eachindex(cc.taps))
+    for m in last:-1:1
         for b in reverse(fw.backs[m])
             D = _backward(b, D)
         end
@@ -263,10 +265,10 @@ function _bias_part!(g, l::Flux.Dense, w, Db)
     _hasbias(l) && sum!(view(g, w+1:w+size(Db, 1)), Db)
 end
 
-# Each tap's patches and flattened derivatives of a chunk.
+# Each tap's patches and flattened derivatives of a chunk (the taps `Ds` reaches).
 function _tap_data(cc::ConvChain, fw, Ds)
-    return [(l, cc.offsets[m], _patches(l, fw.inputs[m]), _flat_derivative(l, Ds[m]))
-            for (m, l) in enumerate(cc.taps)]
+    return [(l, cc.offsets[m], _patches(l, fw.inputs[m]), _flat_derivative(l, D))
+            for (m, (l, D)) in enumerate(zip(cc.taps, Ds))]
 end
 
 """
@@ -351,24 +353,29 @@ end
 """
     curvature_into!(H, kind, cc::ConvChain, p, workspace) -> H
 
-GGN and empirical Fisher: per chunk of samples (its rows within `workspace` bytes) the
-lower triangle of `H (+)= c·Gt Gtᵀ` by one SYRK into `H`, mirrored at the end.
+GGN and empirical Fisher: the lower triangle of the Gram matrix of the rows
+(`_gram_lower!`), mirrored.
 """
-function curvature_into!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain,
-                         p::Problem{T}, workspace) where {T}
+curvature_into!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T}, workspace) where {T} =
+    _mirror_lower!(_gram_lower!(H, kind, cc, p, workspace))
+
+"""
+    _gram_lower!(H, kind, cc, p, workspace) -> H
+
+Per chunk of samples (its rows within `workspace` bytes) the lower triangle of
+`H (+)= c·Gt Gtᵀ` by one SYRK into `H` (`P × P`); the upper triangle is left as it was.
+"""
+function _gram_lower!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain,
+                      p::Problem{T}, workspace) where {T}
     R = _seeds_per_sample(kind, size(p.Y, 1))
     for (c, cols) in enumerate(_conv_chunks(cc, p, R, workspace))
         fw = _forward(cc, p.X[:, cols])
         Gt = _rows(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
         LinearAlgebra.BLAS.syrk!('L', 'N', _gram_scale(kind, p.s), Gt, T(c > 1), H)
     end
-    return _mirror_lower!(H)
+    return H
 end
 
-# The exact Hessian of a convolutional chain: the generic route's.
-curvature_into!(H::AbstractMatrix{T}, kind::Hessian, ::ConvChain, p::Problem{T}, workspace) where {T} =
-    curvature_into!(H, kind, Generic(), p, workspace)
-diagonal_of(kind::Hessian, ::ConvChain, p::Problem) = diagonal_of(kind, Generic(), p)
 gradient_of(::ConvChain, p::Problem) = gradient_of(Generic(), p)
 
 """
@@ -501,4 +508,171 @@ function _param_jacobian(cc::ConvChain, X::Matrix{T}) where {T}
     C, N = size(fw.out)
     Gt = _rows(cc, fw, _unit_seeds(T, C, N))
     return permutedims(reshape(Gt, :, N, C), (2, 3, 1))
+end
+
+#------------------- the exact Hessian: the GGN and the cross terms -------------------#
+#
+# When every stage is piecewise linear in its input (its second derivative zero where it
+# has one), the network's only second-order terms are those of each tap being bilinear in
+# its weight and its input, `z_m = W_m ⋆ a_m(θ_{<m})`: for taps l < m the block
+#
+#     H[W_m, θ_l] = GGN[W_m, θ_l] + T_ml,   T_ml[(k, o), q] = Σ_n Σ_s δ_m[s, o] ∂U_m[s, k]/∂θ_l[q]
+#
+# with δ_m = ∂(sℓ)/∂z_m (U_m tap m's patches). `∂a_m/∂θ_l` is the Jacobian `∂a_m/∂z_l`
+# (the unit cotangents of a sample of a_m, pulled back, all samples at once) times tap
+# l's patches, batched GEMMs; unfolding it by tap m and contracting with δ_m is one GEMM
+# (Dense) or one weight gradient of a convolution (`NNlib.∇conv_filter`, the `|θ_l|`
+# columns as channels). T has no entries on the diagonal blocks, so the Hessian's
+# diagonal is the GGN's. Other chains (tanh, softmax stages …) keep the generic route.
+# The JAX engine's twin is `fluxhess._backends.jax.conv._cross`.
+
+# Whether a stage is piecewise linear in its input.
+_piecewise_linear(st) = false
+_piecewise_linear(::_Act{<:Union{typeof(identity),typeof(NNlib.relu),typeof(NNlib.leakyrelu)}}) = true
+_piecewise_linear(::_Layer{<:Union{_PoolLayer,typeof(Flux.flatten),typeof(identity)}}) = true
+_piecewise_linear(cc::ConvChain) = all(_piecewise_linear, Iterators.flatten(cc.after))
+
+"""
+    curvature_into!(H, ::Hessian, cc::ConvChain, p, workspace) -> H
+
+The GGN's lower triangle, then `T_ml` added below the diagonal for every pair of taps
+l < m, mirrored, when every stage is piecewise linear; the generic route's otherwise.
+"""
+function curvature_into!(H::AbstractMatrix{T}, kind::Hessian, cc::ConvChain, p::Problem{T}, workspace) where {T}
+    _piecewise_linear(cc) || return curvature_into!(H, kind, Generic(), p, workspace)
+    _gram_lower!(H, GGN(), cc, p, workspace)
+    for m in 2:length(cc.taps)
+        _add_cross_terms!(H, cc, m, p, workspace)
+    end
+    return _mirror_lower!(H)
+end
+
+diagonal_of(kind::Hessian, cc::ConvChain, p::Problem) =
+    _piecewise_linear(cc) ? diagonal_of(GGN(), cc, p) : diagonal_of(kind, Generic(), p)
+
+"""
+    _unit_cotangents(a) -> E
+
+The unit cotangents of the entries of each sample of the batch `a` (`…, n`), `r` =
+`length(a) ÷ n` per sample: `E` (`…, n·r`), sample j's i-th `e_i` at `j + (i - 1)·n`.
+"""
+function _unit_cotangents(a::AbstractArray{T}) where {T}
+    n = size(a, ndims(a))
+    r = length(a) ÷ n
+    E = zeros(T, r, n, r)
+    for i in 1:r, j in 1:n
+        E[i, j, i] = one(T)
+    end
+    return reshape(E, size(a)[1:end-1]..., n * r)
+end
+
+"""
+    _sample_rows(l, U, D, r) -> J (r, |θ_l|, n)
+
+`J[i, :, j] = ∂(·)/∂θ_l` of sample j's i-th derivative: `D` in tap l's z (`(S, O, n·r)`
+for a convolution, `(O, S, n·r)` for Dense, sample j's i-th at `j + (i - 1)·n`) and its
+patches `U` (`_patches`), θ_l's order (`_tap_gradient!`), one GEMM per sample and output
+channel (convolution) or per sample (Dense).
+"""
+function _sample_rows(l::_ConvLayer, U::AbstractArray{T}, D, r) where {T}
+    S, O = size(D, 1), size(D, 2)
+    n = size(D, 3) ÷ r
+    Kg, Og = size(U, 2) ÷ _groups(l), O ÷ _groups(l)
+    D4 = reshape(D, S, O, n, r)
+    J = Array{T}(undef, r, _tapsize(l), n)
+    ones_S = ones(T, S)
+    for j in 1:n, o in 1:O
+        Djo = transpose(view(D4, :, o, j, :))                                 # (r, S), strided: no copy
+        k0 = ((o - 1) ÷ Og) * Kg                                              # its group's channels
+        mul!(view(J, :, (o-1)*Kg+1:o*Kg, j), Djo, view(U, :, k0+1:k0+Kg, j))
+        _hasbias(l) && mul!(view(J, :, Kg*O+o, j), Djo, ones_S)
+    end
+    return J
+end
+
+function _sample_rows(l::Flux.Dense, U::AbstractArray{T}, D, r) where {T}
+    O, S = size(D, 1), size(D, 2)
+    n = size(D, 3) ÷ r
+    K = size(U, 1)
+    Dp = permutedims(reshape(D, O, S, n, r), (4, 1, 2, 3))                   # (r, O, S, n)
+    J = Array{T}(undef, r, _tapsize(l), n)
+    for j in 1:n
+        Dj = reshape(view(Dp, :, :, :, j), r * O, S)
+        mul!(reshape(view(J, :, 1:O*K, j), r * O, K), Dj, transpose(view(U, :, :, j)))
+        _hasbias(l) && sum!(reshape(view(J, :, O*K+1:O*K+O, j), r * O, 1), Dj)
+    end
+    return J
+end
+
+"""
+    _unfolded_against(m, a, J, δ) -> T (|W_m|, q)
+
+`T[(k, o), c] = Σ_n Σ_s δ[s, o, n] U(J[:, c, n])[s, k]`: the columns of `J` (`(r, q, n)`,
+derivatives of tap m's input `a`, `r` = a sample's entries) unfolded by tap m and
+contracted with `δ = ∂(sℓ)/∂z_m` (z_m's shape), rows in W_m's θ order. A Dense tap is
+one GEMM; a convolution the weight gradient of the convolution of `J`'s `q·cin` channels
+(a grouped one keeps each output's own group of channels).
+"""
+function _unfolded_against(l::Flux.Dense, a, J, δ)
+    K, n, q = size(a, 1), size(a, ndims(a)), size(J, 2)
+    S, O = size(J, 1) ÷ K, size(l.weight, 1)
+    Jk = S == 1 ? reshape(J, K * q, n) :
+        reshape(permutedims(reshape(J, K, S, q, n), (1, 3, 2, 4)), K * q, S * n)
+    return reshape(reshape(δ, O, S * n) * transpose(Jk), O * K, q)
+end
+
+function _unfolded_against(l::_ConvLayer, a, J::AbstractArray{T}, δ) where {T}
+    cin, q = size(a, ndims(a) - 1), size(J, 2)
+    images = reshape(J, size(a)[1:end-2]..., cin * q, size(a, ndims(a)))
+    cdims = NNlib.DenseConvDims(_cdims(l, a); C_in = cin * q, G = 1)
+    k, O, G = prod(size(l.weight)[1:end-2]), size(l.weight, ndims(l.weight)), _groups(l)
+    dW = reshape(NNlib.∇conv_filter(images, δ, cdims), k, cin, q, O)
+    cg, og = cin ÷ G, O ÷ G
+    Tm = Array{T}(undef, k, cg, O, q)
+    for g in 0:G-1
+        Tm[:, :, g*og+1:(g+1)*og, :] .= permutedims(view(dW, :, g*cg+1:(g+1)*cg, :, g*og+1:(g+1)*og), (1, 2, 4, 3))
+    end
+    return reshape(Tm, k * cg * O, q)
+end
+
+"""
+    _cross_bytes_per_sample(cc, X, m) -> bytes
+
+One sample's working memory for tap m's cross terms, `r` = a sample's entries of tap m's
+input: the `r` unit cotangents, per earlier tap their derivatives (its input's and
+z's size, three times) and its rows `J` (twice), the sizes read from a forward pass of
+the first sample.
+"""
+function _cross_bytes_per_sample(cc::ConvChain, X::Matrix{T}, m) where {T}
+    fw = _forward(cc, X[:, 1:1])
+    r = length(fw.inputs[m])
+    floats = r * r + length(fw.inputs[m])
+    for (l, a) in zip(cc.taps[1:m-1], fw.inputs)
+        floats += r * (2 * length(a) + 3 * length(_affine(l, a)) + 2 * _tapsize(l)) + length(_patches(l, a))
+    end
+    return sizeof(T) * floats
+end
+
+"""
+    _add_cross_terms!(H, cc, m, p, workspace)
+
+`H[W_m, θ_l] += T_ml` (below the diagonal) for every tap l < m, over chunks of
+samples within `workspace` bytes less the blocks `T_ml` (three of the largest: the
+weight gradient, its reordering and the result).
+"""
+function _add_cross_terms!(H::AbstractMatrix{T}, cc::ConvChain, m, p::Problem{T}, workspace) where {T}
+    tap = cc.taps[m]
+    rows = cc.offsets[m] .+ (1:length(tap.weight))
+    blocks = 3 * sizeof(T) * length(tap.weight) * maximum(_tapsize, cc.taps[1:m-1])
+    for cols in _sample_chunks(size(p.X, 2), _cross_bytes_per_sample(cc, p.X, m), max(workspace - blocks, 0))
+        fw = _forward(cc, p.X[:, cols])
+        δ = _derivatives(cc, fw, p.s .* _seeds(EmpiricalFisher(), fw, p.Y[:, cols], p.ℓ, p.s))[m]
+        a = fw.inputs[m]
+        r = length(a) ÷ length(cols)
+        Ds = _derivatives(cc, fw, _unit_cotangents(a), m - 1)
+        for (l, off, U, D) in _tap_data(cc, fw, Ds)
+            Tml = _unfolded_against(tap, a, _sample_rows(l, U, D, r), δ)
+            view(H, rows, off .+ (1:_tapsize(l))) .+= Tml
+        end
+    end
 end

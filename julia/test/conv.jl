@@ -1,6 +1,6 @@
-# Convolutional chains (src/conv.jl): GGN, EF, their diagonals, param_jacobian and KFAC
-# against per-sample Zygote/ForwardDiff references, on 1-d and 2-d CNNs with stride,
-# padding, dilation, groups, pools, relu/tanh, Conv and CrossCor.
+# Convolutional chains (src/conv.jl): GGN, EF, the Hessian, their diagonals,
+# param_jacobian and KFAC against per-sample Zygote/ForwardDiff references, on 1-d and 2-d
+# CNNs with stride, padding, dilation, groups, pools, relu/leakyrelu/tanh, Conv and CrossCor.
 
 let  # this file's names stay its own
 
@@ -126,6 +126,38 @@ let  # this file's names stay its own
                 @test G ≈ Gw rtol = 1e-10
             end
         end
+    end
+
+    # Piecewise-linear chains (relu, leakyrelu, pools, flatten, test-mode Dropout): the
+    # Hessian as the GGN plus the taps' cross terms, against ForwardDiff.hessian of the loss.
+    piecewise = [
+        ("Chain(CrossCor((3, 3), 2 => 3, relu; pad = (1, 0, 0, 1)), MaxPool((2, 2)), " *
+         "Conv((2, 2), 3 => 4, leakyrelu; stride = 2), Flux.flatten, Dense(4 => 3))", (6, 6, 2), 3),
+        ("Chain(Conv((3,), 2 => 4, relu; dilation = 2, pad = 2), MeanPool((2,)), " *
+         "Conv((3,), 4 => 4, relu; groups = 2, bias = false), Flux.flatten, Dense(8 => 5, relu), Dropout(0.5), Dense(5 => 2))",
+         (8, 2), 2),
+        ("Chain(CrossCor((2, 3), 1 => 3; stride = (1, 2), pad = (1, 0, 0, 1)), AdaptiveMaxPool((2, 2)), " *
+         "Base.Fix1(broadcast, relu), Conv((2, 2), 3 => 3, relu), Flux.flatten, Dense(3 => 3))", (5, 7, 1), 3),
+        ("Chain(Conv((3,), 2 => 4, relu; pad = 1), Dense(6 => 3, relu), Flux.flatten, Dense(12 => 2))", (6, 2), 2),
+        ("Chain(Conv((2, 2), 2 => 3, relu; dilation = 2), MeanPool((2, 2); stride = 1), Conv((2, 2), 3 => 2, groups = 1), " *
+         "GlobalMaxPool(), Flux.flatten, Dense(2 => 3, relu), Dense(3 => 2))", (6, 6, 2), 2),
+    ]
+    pl_losses = [(Flux.mse, sum), (Flux.logitcrossentropy, mean), (Flux.logitcrossentropy, sum), (Flux.mse, mean),
+                 (Flux.mse, sum)]
+    for (k, ((source, dims, C), (loss, agg))) in enumerate(zip(piecewise, pl_losses))
+        model = FluxHess.with_input_shape(Bridge.build_model(source; seed = 10 + k), dims)
+        N = 5
+        X = reshape(sin.(1:prod(dims)*N) ./ 2, :, N)
+        Y = loss === Flux.logitcrossentropy ?
+            Matrix(Flux.onehotbatch(mod1.(1:N, C), 1:C)) .* 0.8 .+ 0.2 / C : reshape(cos.(1:C*N), C, N)
+        r = FluxHess.route(model)
+        @test r isa FluxHess.ConvChain && FluxHess._piecewise_linear(r)
+        θ, re = Flux.destructure(model)
+        want = ForwardDiff.hessian(ϑ -> loss(re(ϑ)(X), Y; agg), θ)
+        kw = (; loss, agg)
+        @test curvature(Hessian(), model, X, Y; kw...) ≈ want rtol = 1e-10
+        @test curvature(Hessian(), model, X, Y; kw..., workspace = 1) ≈ want rtol = 1e-10
+        @test diagonal(Hessian(), model, X, Y; kw...) ≈ diag(want) rtol = 1e-10
     end
 
     grouped = FluxHess.with_input_shape(Bridge.build_model("Chain(Conv((3,), 2 => 4; groups = 2), Flux.flatten)"), (5, 2))
