@@ -160,6 +160,20 @@ let  # this file's names stay its own
         @test diagonal(Hessian(), model, X, Y; kw...) ≈ diag(want) rtol = 1e-10
     end
 
+    # Max-pool windows with tied maxima (a constant image through a convolution): the route
+    # must pick the entry Flux's own gradient picks, so it is checked against ForwardDiff
+    # over Zygote's gradient, which goes through the same max-pool pullback.
+    tied = FluxHess.with_input_shape(Bridge.build_model(
+        "Chain(CrossCor((2, 2), 1 => 2, relu), MaxPool((2, 2)), Flux.flatten, Dense(8 => 2))"; seed = 3), (5, 5, 1))
+    Xt = ones(25, 2) .* [1.0 -0.5]
+    Yt = reshape(cos.(1:4), 2, 2)
+    θt, ret = Flux.destructure(tied)
+    total(ϑ) = Flux.mse(ret(ϑ)(Xt), Yt; agg = sum)
+    want = ForwardDiff.jacobian(ϑ -> Zygote.gradient(total, ϑ)[1], θt)
+    @test FluxHess.route(tied) isa FluxHess.ConvChain
+    @test curvature(Hessian(), tied, Xt, Yt; loss = Flux.mse, agg = sum) ≈ want rtol = 1e-10
+    @test diagonal(Hessian(), tied, Xt, Yt; loss = Flux.mse, agg = sum) ≈ diag(want) rtol = 1e-10
+
     grouped = FluxHess.with_input_shape(Bridge.build_model("Chain(Conv((3,), 2 => 4; groups = 2), Flux.flatten)"), (5, 2))
     @test_throws ArgumentError FluxHess.kron(GGN(), grouped, randn(10, 3), randn(12, 3))
 
