@@ -39,8 +39,8 @@ struct ConvChain
 end
 
 const _ConvLayer = Union{Flux.Conv,Flux.CrossCor}
-const _PoolLayer = Union{Flux.MaxPool,Flux.MeanPool,Flux.AdaptiveMaxPool,Flux.AdaptiveMeanPool,
-                         Flux.GlobalMaxPool,Flux.GlobalMeanPool}
+const _MaxPoolLayer = Union{Flux.MaxPool,Flux.AdaptiveMaxPool,Flux.GlobalMaxPool}
+const _PoolLayer = Union{_MaxPoolLayer,Flux.MeanPool,Flux.AdaptiveMeanPool,Flux.GlobalMeanPool}
 
 # The taps: layers linear in their parameters through their unfolded inputs.
 _istap(l) = false
@@ -147,6 +147,56 @@ _stage_forward(st::_Act, a) = map(st.φ, a), _ActBack(map(x -> _derivative(st.φ
 function _stage_forward(st::_Layer, a)
     out, back = Zygote.pullback(st.layer, a)
     return out, _PullBack(back, size(a))
+end
+
+"""
+A max pool's backward pass for a chunk: input entry `x` of sample `j` takes the
+cotangent of output entry `source[x, j]` (0: of none), the entry whose window chose it.
+"""
+struct _SelectBack
+    source::Matrix{Int32}
+    insize::Tuple
+end
+
+# A max pool's choices, read off its own pullback (NNlib's choice at ties): the pullback of
+# the outputs' labels `1:per` names at each input entry the window that chose it. Where
+# windows share a chosen entry (its label a sum, some window's label then missing) or
+# `per` is past the integers `T` holds, the stage keeps its pullback.
+function _stage_forward(st::_Layer{<:_MaxPoolLayer}, a::AbstractArray{T}) where {T}
+    out, back = Zygote.pullback(st.layer, a)
+    n = size(a, ndims(a))
+    per = length(out) ÷ n
+    per < min(maxintfloat(T), typemax(Int32)) || return out, _PullBack(back, size(a))
+    labels = back(repeat(reshape(T.(1:per), size(out)[1:end-1]..., 1), ntuple(_ -> 1, ndims(out) - 1)..., n))[1]
+    source = reshape(Int32.(min.(labels, per + 1)), :, n)
+    _chooses_each_window_once(source, per) || return out, _PullBack(back, size(a))
+    return out, _SelectBack(source, size(a))
+end
+
+function _chooses_each_window_once(source, per)
+    seen = zeros(Int, per + 1)
+    for j in axes(source, 2)
+        fill!(seen, 0)
+        for o in view(source, :, j)
+            o > 0 && (seen[o] += 1)
+        end
+        all(isone, view(seen, 1:per)) && seen[per+1] == 0 || return false
+    end
+    return true
+end
+
+function _backward(b::_SelectBack, D::AbstractArray{T}) where {T}
+    n = size(b.source, 2)
+    Dm = reshape(D, :, size(D, ndims(D)))
+    out = Array{T}(undef, size(b.source, 1), size(Dm, 2))
+    @inbounds for c in axes(Dm, 2)
+        j = mod1(c, n)
+        for x in axes(b.source, 1)
+            o = b.source[x, j]
+            out[x, c] = o == 0 ? zero(T) : Dm[o, c]
+        end
+    end
+    return reshape(out, b.insize[1:end-1]..., size(Dm, 2))
 end
 
 function _backward(b::_ActBack, D)
@@ -331,15 +381,15 @@ _seeds_per_sample(::EmpiricalFisher, C) = 1
     _conv_bytes_per_sample(cc, X, R) -> bytes
 
 One sample's working memory with `R` seeds: its `R` rows of θ, and per tap its input,
-patches and `R + 2` arrays the size of z (the stages' data and the derivatives), the
-sizes read from a forward pass of the first sample.
+patches and `R + 3` arrays the size of z (the stages' data, a max pool's choices and
+the derivatives), the sizes read from a forward pass of the first sample.
 """
 function _conv_bytes_per_sample(cc::ConvChain, X::Matrix{T}, R) where {T}
     fw = _forward(cc, X[:, 1:1])
     floats = _nparams(cc) * R
     for (m, l) in enumerate(cc.taps)
         a = fw.inputs[m]
-        floats += 2 * length(a) + length(_patches(l, a)) + (R + 2) * length(_affine(l, a))
+        floats += 2 * length(a) + length(_patches(l, a)) + (R + 3) * length(_affine(l, a))
     end
     return sizeof(T) * floats
 end
