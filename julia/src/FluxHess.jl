@@ -73,7 +73,7 @@ include("columnwise.jl")   # per-sample Jacobians of batched maps by seeded Dual
 include("routes.jl")       # DenseChain or Generic: what the model is
 include("structured.jl")   # Dense chains: per-sample factors, blocks by BLAS
 include("conv.jl")         # convolutional chains: per-sample rows on unfolded patches
-include("dualgemm.jl")     # the generic Hessian's Dual matrix products, by BLAS
+include("dualgemm.jl")     # the generic Hessian's Duals: matrix products by BLAS, pool pullbacks
 include("generic.jl")      # any Flux model, batched over samples
 include("quantities.jl")   # each quantity on a Problem, dispatching on kind and route
 include("inputs.jl")       # derivatives with respect to the inputs

@@ -1,5 +1,5 @@
 #############################################################################
-#     Matrix products of the generic Hessian's Duals, by BLAS               #
+#     The generic Hessian's Duals: matrix products by BLAS, pool pullbacks  #
 #############################################################################
 
 """
@@ -64,4 +64,17 @@ function LinearAlgebra.mul!(C::StridedMatrix{HDual{T,w}}, A::_StridedOp{<:Union{
         C[i, j] = iszero(β) ? α * AB : α * AB + β * C[i, j]
     end
     return C
+end
+
+# A pool's pullback is linear in its cotangent, its choices made on the floats. The
+# layer-by-layer Hessian hands a pool inside a branch (`Parallel`, `SkipConnection`) the
+# layer's input as floats and a Dual cotangent; NNlib's own pullback allocates the result
+# like its float input, so it runs here on the cotangent's value and each of its partials.
+for ∇pool in (:∇maxpool, :∇meanpool)
+    @eval function NNlib.$∇pool(dy::AbstractArray{HDual{T,w},N}, y::AbstractArray{T,N}, x::AbstractArray{T,N},
+                                pdims::NNlib.PoolDims; kw...) where {T<:Real,w,N}
+        value = NNlib.$∇pool(ForwardDiff.value.(dy), y, x, pdims; kw...)
+        partials = ntuple(t -> NNlib.$∇pool(ForwardDiff.partials.(dy, t), y, x, pdims; kw...), Val(w))
+        return map((v, ps...) -> HDual{T,w}(v, ForwardDiff.Partials{w,T}(ps)), value, partials...)
+    end
 end

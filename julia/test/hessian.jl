@@ -20,6 +20,13 @@ let  # this file's names stay its own
          Flux.f64(Chain(Dense(3 => 4, tanh), SkipConnection(Dense(4 => 4, softplus), +), BatchNorm(4),
                         Dropout(0.3), Dense(4 => 2))),
          reshape(cos.(1:18), 3, 6)),
+        # The branches' pools see the layer's input as floats and a Dual cotangent.
+        ("pools in branches of Parallel and SkipConnection",
+         Flux.f64(Chain(CrossCor((3,), 2 => 3, relu; pad = 1),
+                        Parallel(+, CrossCor((1,), 3 => 3; bias = false), MeanPool((3,); pad = 1, stride = 1)),
+                        SkipConnection(MaxPool((3,); pad = 1, stride = 1), +), Conv((2,), 3 => 2, tanh),
+                        Flux.flatten, Dense(10 => 2))),
+         reshape(sin.(1:48) ./ 2, 6, 2, 4)),
     ]
     for (name, model, X) in models
         @testset "$name" begin
