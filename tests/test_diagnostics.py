@@ -59,9 +59,9 @@ def test_printed_tables():
 def test_estimate_sizes_are_closed_forms():
     model = fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 2, bias=False))
     P, N, d, C = 3 * 4 + 4 + 4 * 2, 10, 3, 2
-    est = fh.estimate(model, np.zeros((N, d)))
+    est = fh.estimate(model, np.zeros((N, d)), backend="jax")
     assert est["hessian"].shape == (P, P) and est["hessian"].result_bytes == 8 * P * P
-    # the Dense-chain route: the result and its bounded working set (2 × 16 MiB at least)
+    # the JAX Dense-chain route: the result and its bounded working set (2 × 16 MiB at least)
     assert est["hessian"].needs_bytes == 8 * P * P + 2 * 16 * 2**20
     assert est["param_jacobian"].result_bytes == 8 * N * C * P
     assert est["input_hessian"].shape == (N, C, d, d)
@@ -71,6 +71,8 @@ def test_estimate_sizes_are_closed_forms():
     assert "hessian" in str(est) and est._repr_html_().count("<table>") == 1
     with pytest.raises(fh.InputError, match="no estimate for 'hesian'"):
         est["hesian"]
+    with pytest.raises(fh.UnknownNameError, match="backend must be 'auto' or one of jax, julia; got 'jx'"):
+        fh.estimate(model, N, backend="jx")
 
 
 def test_estimate_agrees_with_the_memory_guard():
@@ -92,11 +94,11 @@ WITHOUT_TARGETS = ("forward", "param_jacobian", "input_jacobian", "input_hessian
 
 
 @pytest.mark.parametrize("quantity", WITH_TARGETS + WITHOUT_TARGETS)
-def test_estimate_needs_what_the_api_guard_asks_for(quantity, monkeypatch):
+def test_estimate_needs_what_the_api_guard_asks_for(quantity, backend, monkeypatch):
     """The bytes each public function hands the memory guard are the bytes estimate reports."""
     model = fh.Chain(fh.Dense(3, 4, "tanh"), fh.Dense(4, 2))
     theta, X, Y = _case(model, "mse", n=5)
-    expected = fh.estimate(model, X)[quantity].needs_bytes
+    expected = fh.estimate(model, X, backend=backend)[quantity].needs_bytes
     asked = []
 
     def record(q, nbytes, shape, **kw):
@@ -108,7 +110,7 @@ def test_estimate_needs_what_the_api_guard_asks_for(quantity, monkeypatch):
     if quantity == "hvp":
         args += (np.ones(model.num_params),)
     with pytest.raises(_Stop):
-        getattr(fh, quantity)(*args, backend="jax")
+        getattr(fh, quantity)(*args, backend=backend)
     assert asked == [(quantity, expected)]
 
 

@@ -192,7 +192,7 @@ class MemoryEstimate:
         return f"<p><b>{html.escape(self.setup)}</b></p>" + html_table(*self._table()) + f"<p>{html.escape(self._note())}</p>"
 
 
-def estimate(model: Chain, X: ArrayLike | int, *, dtype: str = "float64") -> MemoryEstimate:
+def estimate(model: Chain, X: ArrayLike | int, *, dtype: str = "float64", backend: str = "auto") -> MemoryEstimate:
     """How much memory each quantity's result takes for `model` and a batch, before computing it.
 
     `needs_bytes` is what the memory guard checks before the computation: for the P×P
@@ -204,6 +204,8 @@ def estimate(model: Chain, X: ArrayLike | int, *, dtype: str = "float64") -> Mem
         model: a `fluxhess.Chain` (for a FluxModel: `model.to_spec()[0]`).
         X: the inputs `(N, d)`, or the number of samples N.
         dtype: `"float64"` or `"float32"`.
+        backend: the backend whose routes are estimated: `"auto"` (the one the public
+            functions pick for `model` by default), `"jax"` or `"julia"`.
 
     Returns:
         A `MemoryEstimate`, one row per quantity (`shape`, `result_bytes`, `needs_bytes`,
@@ -213,6 +215,7 @@ def estimate(model: Chain, X: ArrayLike | int, *, dtype: str = "float64") -> Mem
     Raises:
         InputError: `model` is not a Chain; `X` is neither an array nor a positive number
             of samples.
+        UnknownNameError: `backend` is not `"auto"`, `"jax"` or `"julia"`.
 
     Example:
         >>> import fluxhess as fh
@@ -242,7 +245,7 @@ def estimate(model: Chain, X: ArrayLike | int, *, dtype: str = "float64") -> Mem
     rows = []
     for quantity, shape in shapes.items():
         nbytes = _elements(shape) * itemsize
-        needs = _square_bytes(model, P, itemsize) if quantity in _SQUARE else memory.needed_bytes(quantity, _elements(shape), itemsize)
+        needs = _square_bytes(model, P, itemsize, backend) if quantity in _SQUARE else memory.needed_bytes(quantity, _elements(shape), itemsize)
         try:
             memory.require(quantity, needs, shape)
             fits = True
@@ -264,11 +267,11 @@ def _elements(shape) -> int:
 _SQUARE = ("hessian", "ggn", "empirical_fisher")
 
 
-def _square_bytes(model, P: int, itemsize: int) -> int:
-    """What the guard checks for a P×P result of ``model`` on the backend ``"auto"`` picks."""
+def _square_bytes(model, P: int, itemsize: int, backend: str) -> int:
+    """What the guard checks for a P×P result of ``model`` on ``backend`` (a name, or ``"auto"``)."""
     from ._backends import get as get_backend
 
-    estimate = getattr(get_backend("auto", model), "matrix_bytes", None)
+    estimate = getattr(get_backend(backend, model), "matrix_bytes", None)
     if estimate is None:
         return memory.needed_bytes("hessian", P * P, itemsize)
     return estimate(model, P, itemsize, False)
