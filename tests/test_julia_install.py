@@ -28,6 +28,7 @@ empty depot (tens of minutes on a few cores).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -61,7 +62,7 @@ FIRST_HESSIAN = textwrap.dedent(
     H = fh.hessian(model, model.init(seed=1), X, y, loss="mse", backend="julia")
     import juliacall  # Julia runs, started by the call above
     # A model written as the docs show it: its source says `using Flux`.
-    flux_model = fh.flux_model("using Flux\nChain(Dense(2 => 3, tanh), Dense(3 => 2))")
+    flux_model = fh.flux_model("using Flux\\nChain(Dense(2 => 3, tanh), Dense(3 => 2))")
     spec, theta = flux_model.to_spec()
     H_source = fh.hessian(flux_model, theta, X, y, loss="mse", backend="julia")
     H_source_jax = fh.hessian(spec, theta, X, y, loss="mse", backend="jax")
@@ -80,6 +81,14 @@ def _julia_executable() -> str | None:
 
 def _folders(name: str) -> list[Path]:
     return [Path(p) for p in os.environ.get(name, "").split(os.pathsep) if p]
+
+
+def test_the_child_script_is_python():
+    """The slow test's child process runs this text: a syntax error there would only show
+    after tens of minutes of installing."""
+    tree = ast.parse(FIRST_HESSIAN)
+    calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert {"hessian", "flux_model", "to_spec", "savez"} <= calls
 
 
 @pytest.fixture(scope="module")
