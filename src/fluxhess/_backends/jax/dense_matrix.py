@@ -277,8 +277,10 @@ def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, out: np.ndarra
     panels are written into, one at a time, instead of a new array; it is returned.
 
     Beside the result, within :func:`_budget` ``B``: a chunk's factors (with one block's
-    ``K_ml`` and ``T̄_ml``) take at most ``B/4``; each panel's three arrays of its size
+    ``K_ml`` and ``T̄_ml``) take at most ``B/2``; each panel's three arrays of its size
     ``3·B/8``; the sub-chunks' scratch ``B/8`` (:func:`working_bytes` adds XLA's temporaries).
+    Each chunk of samples after the first adds every panel into H once more, so the chunks
+    take all the budget the panels leave.
     """
     P, N = theta.shape[0], X.shape[0]
     itemsize = theta.dtype.itemsize
@@ -293,7 +295,7 @@ def matrix(st: Structure, loss: str, kind, theta, X, Y, s: float, out: np.ndarra
     per_sample += max(a.outputs * b.outputs for a in st.segments for b in st.segments) * itemsize
     if kind.second_term:
         per_sample += max(a.rows * b.outputs for a in st.segments for b in st.segments) * itemsize
-    n = chunk_size(per_sample, N, budget // 4)
+    n = chunk_size(per_sample, N, budget // 2)
     return _blocks(st, kind, fn, theta, X, Y, s, slices(N, n), budget, H)
 
 
