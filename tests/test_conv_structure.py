@@ -95,6 +95,24 @@ def test_cross_terms_take_both_modes():
     assert modes == {True, False}
 
 
+@pytest.mark.parametrize("index, kind, factored", [(3, "ggn", (1,)), (0, "hessian", (2,))])
+def test_factored_panels_in_small_pieces(monkeypatch, index, kind, factored):
+    """A Dense tap's rows of the GGN from its factors (``conv_matrix.FactoredPanel``): one followed
+    by a Dense tap that is not factored, and a CNN's head under the Hessian's cross terms, with
+    panels of a few rows of ``ā`` and one sample per chunk: the generic route's matrix."""
+    case = CASES[index]
+    st = conv.split(case.model)
+    assert conv_matrix.factored_taps(st, case.model.out_features) == factored
+    monkeypatch.setattr(conv_matrix, "_budget", lambda P, itemsize: 64 * P * itemsize)
+    monkeypatch.setattr(conv_matrix, "_sample_budget", lambda P, itemsize: 1)
+    panels = conv_matrix._panels(st, factored, st.model.num_params, 8, conv_matrix._budget(st.model.num_params, 8))
+    assert sum(isinstance(p, conv_matrix.FactoredPanel) for p in panels) > 1
+    theta, X, Y = _data(case)
+    ours = MATRIX[kind](case.model, theta, X, Y, loss=case.loss, agg=case.agg)
+    assert_close(ours, GENERIC_MATRIX[kind](_problem(case)), **TOL, what=kind)
+    np.testing.assert_array_equal(ours, ours.T)
+
+
 def test_route_taken_where_it_is_exact(case):
     """The Hessian's structured route only without second-order terms; the GGN and EF always."""
     st = conv.split(case.model)

@@ -216,26 +216,55 @@ def gram(fn, theta, X, Y, s, sample_chunks: list[slice], budget: int, H: np.ndar
     """``Σ_n g_n g_nᵀ`` from the rows ``√s·g_n``: the lower triangle by row panels, one GEMM each.
 
     Not SYRK: OpenBLAS 0.3.31's (in NumPy's and SciPy's wheels) writes out of bounds at
-    P ≈ 19k here. Panels cost ``N·P²·(1 + 1/panels)`` flops; the first chunk of samples is
-    written straight into H, later ones are added through a panel-sized temporary. Each
-    panel is mirrored onto the upper triangle as soon as it is complete.
+    P ≈ 19k here. Panels cost ``N·P²·(1 + 1/panels)`` flops (:func:`gram_panels`).
     """
     P = theta.shape[0]
-    step = min(EF_PANEL_ROWS, chunk_size(P * theta.dtype.itemsize, P, budget // 4))
-    work = [(c, slice(r, min(r + step, P))) for c in range(len(sample_chunks)) for r in range(0, P, step)]
-    current, G, last = None, None, len(sample_chunks) - 1
-    for task in chunks(len(work), 1, label):
-        c, rows = work[task.start]
-        if c != current:
-            current, G = c, None
-            sl = sample_chunks[c]
-            G = np.asarray(fn(theta, X[sl], Y[sl], s))
-        if c == 0:
-            np.matmul(G[:, rows].T, G[:, : rows.stop], out=H[rows, : rows.stop])
-        else:
+    panels = row_panels(0, P, gram_step(P, theta.dtype.itemsize, budget))
+    return gram_panels(lambda *args: (fn(*args), ()), panels, theta, X, Y, s, sample_chunks, H, label)
+
+
+def gram_step(P: int, itemsize: int, budget: int) -> int:
+    """Rows per panel of a Gram matrix whose panels' products take a quarter of ``budget``."""
+    return min(EF_PANEL_ROWS, chunk_size(P * itemsize, P, budget // 4))
+
+
+@dataclass(frozen=True)
+class RowsPanel:
+    """Rows of a Gram matrix ``Σ GᵀG``, left of the diagonal and the square on it, from the rows ``G``."""
+
+    rows: slice
+
+    def fill(self, H: np.ndarray, G: np.ndarray, factors, accumulate: bool) -> None:
+        rows = self.rows
+        if accumulate:
             H[rows, : rows.stop] += G[:, rows].T @ G[:, : rows.stop]
+        else:
+            np.matmul(G[:, rows].T, G[:, : rows.stop], out=H[rows, : rows.stop])
+
+
+def row_panels(start: int, stop: int, step: int) -> list[RowsPanel]:
+    return [RowsPanel(slice(r, min(r + step, stop))) for r in range(start, stop, step)]
+
+
+def gram_panels(fn, panels, theta, X, Y, s, sample_chunks: list[slice], H: np.ndarray, label: str) -> np.ndarray:
+    """The lower triangle of a Gram matrix ``Σ GᵀG`` over chunks of samples, panel by panel.
+
+    ``fn(θ, X, Y, s)`` gives a chunk's rows ``G`` and the factors the panels may use beside them;
+    each panel (``rows``, ``fill(H, G, factors, accumulate)``) writes ``H[rows, :rows.stop]``.
+    The first chunk of samples is written straight into H, later ones are added; each panel
+    is mirrored onto the upper triangle as soon as it is complete.
+    """
+    work = [(c, panel) for c in range(len(sample_chunks)) for panel in panels]
+    current, G, factors, last = None, None, None, len(sample_chunks) - 1
+    for task in chunks(len(work), 1, label):
+        c, panel = work[task.start]
+        if c != current:
+            current, G, factors = c, None, None
+            sl = sample_chunks[c]
+            G, factors = _numpy(fn(theta, X[sl], Y[sl], s))
+        panel.fill(H, G, factors, accumulate=c > 0)
         if c == last:
-            mirror_panel(H, rows, slice(0, rows.start), square=True)
+            mirror_panel(H, panel.rows, slice(0, panel.rows.start), square=True)
     return H
 
 
