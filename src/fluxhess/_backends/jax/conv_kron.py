@@ -60,14 +60,16 @@ def _ef_sides(st, loss, theta, X, Y, s):
 _SIDES = {"ggn": _ggn_sides, "ef": _ef_sides}
 
 
+def _output_factor(tap: conv.Tap, D):
+    """``Σ_r Σ_n Σ_s D_s D_sᵀ`` ``(O, O)`` of ``D`` ``(r, n, *out_shape)``: channels moved last, then
+    one GEMM (XLA's contraction over ``(r, n, s)`` with the channels between was ~1.6× slower)."""
+    rows = jnp.moveaxis(D.reshape(*D.shape[:2], tap.outputs, tap.positions), 2, 3).reshape(-1, tap.outputs)
+    return rows.T @ rows
+
+
 def _chunk(st, loss, kind_name, theta, X, Y, s):
     U, D = _SIDES[kind_name](st, loss, theta, X, Y, s)
-    A, G = [], []
-    for tap, u, d in zip(st.taps, U, D):
-        d = d.reshape(d.shape[0], d.shape[1], tap.outputs, tap.positions)
-        A.append(_input_factor(tap, u))
-        G.append(jnp.einsum("rnos,rnps->op", d, d))
-    return A, G
+    return [_input_factor(t, u) for t, u in zip(st.taps, U)], [_output_factor(t, d) for t, d in zip(st.taps, D)]
 
 
 @functools.lru_cache(maxsize=conv.STRUCTURES_KEPT * 2)
