@@ -591,10 +591,33 @@ l < m, mirrored, when every stage is piecewise linear; the generic route's other
 function curvature_into!(H::AbstractMatrix{T}, kind::Hessian, cc::ConvChain, p::Problem{T}, workspace) where {T}
     _piecewise_linear(cc) || return curvature_into!(H, kind, Generic(), p, workspace)
     _gram_lower!(H, GGN(), cc, p, workspace)
-    for m in 2:length(cc.taps)
-        _add_cross_terms!(H, cc, m, p, workspace)
+    _on_one_blas_thread() do
+        for m in 2:length(cc.taps)
+            _add_cross_terms!(H, cc, m, p, workspace)
+        end
     end
     return _mirror_lower!(H)
+end
+
+"""
+    _on_one_blas_thread(f)
+
+`f()` with BLAS on one thread, then its threads as they were. The cross terms are
+thousands of GEMMs per chunk of a few hundred thousand multiply-adds each (per sample
+and channel, and NNlib's per-sample convolutions), just above the size where OpenBLAS
+splits a GEMM among its threads: in Float32 the hand-off then costs more than the
+product (the benchmarks' CNN, N = 500, 2 cores: the Hessian 11.4 s on two threads,
+6.4 s with its cross terms on one; in Float64 the same either way).
+"""
+function _on_one_blas_thread(f)
+    threads = LinearAlgebra.BLAS.get_num_threads()
+    threads == 1 && return f()
+    LinearAlgebra.BLAS.set_num_threads(1)
+    try
+        return f()
+    finally
+        LinearAlgebra.BLAS.set_num_threads(threads)
+    end
 end
 
 diagonal_of(kind::Hessian, cc::ConvChain, p::Problem) =
