@@ -134,7 +134,8 @@ function _affine(l::Flux.Dense, a)
 end
 
 # Derivatives flowing back through a stage, for `R` cotangents per sample: `D` holds
-# them along its last dimension, sample j's i-th at `j + (i - 1)·n`.
+# them along its last dimension, sample j's i-th at `j + (i - 1)·n`. A stage's backward
+# pass (`_backward(b, D, scr, name)`) writes into `D` itself or into `scr`'s array `name`.
 struct _ActBack{A}
     d1::A
 end
@@ -185,10 +186,10 @@ function _chooses_each_window_once(source, per)
     return true
 end
 
-function _backward(b::_SelectBack, D::AbstractArray{T}) where {T}
+function _backward(b::_SelectBack, D::AbstractArray{T}, scr, name) where {T}
     n = size(b.source, 2)
     Dm = reshape(D, :, size(D, ndims(D)))
-    out = Array{T}(undef, size(b.source, 1), size(Dm, 2))
+    out = _take_array(scr, name, size(b.source, 1), size(Dm, 2))
     @inbounds for c in axes(Dm, 2)
         j = mod1(c, n)
         for x in axes(b.source, 1)
@@ -199,15 +200,16 @@ function _backward(b::_SelectBack, D::AbstractArray{T}) where {T}
     return reshape(out, b.insize[1:end-1]..., size(Dm, 2))
 end
 
-function _backward(b::_ActBack, D)
+function _backward(b::_ActBack, D, scr, name)
     n = size(b.d1, ndims(b.d1))
-    return reshape(reshape(D, :, n, size(D, ndims(D)) ÷ n) .* reshape(b.d1, :, n, 1), size(D))
+    reshape(D, :, n, size(D, ndims(D)) ÷ n) .*= reshape(b.d1, :, n, 1)
+    return D
 end
 
-function _backward(b::_PullBack, D::AbstractArray{T}) where {T}
+function _backward(b::_PullBack, D::AbstractArray{T}, scr, name) where {T}
     n = b.insize[end]
     R = size(D, ndims(D)) ÷ n
-    out = Array{T}(undef, b.insize[1:end-1]..., n * R)
+    out = _take_array(scr, name, b.insize[1:end-1]..., n * R)
     for i in 1:R
         cols = (i-1)*n+1:i*n
         dx = b.back(selectdim(D, ndims(D), cols))[1]
@@ -216,10 +218,15 @@ function _backward(b::_PullBack, D::AbstractArray{T}) where {T}
     return out
 end
 
-# The cotangent of a tap's input from that of its z.
-_input_cotangent(l::_ConvLayer, a, D) = NNlib.∇conv_data(D, l.weight, _cdims(l, a))
-function _input_cotangent(l::Flux.Dense, a, D)
-    return reshape(transpose(l.weight) * reshape(D, size(D, 1), :), size(a)[1:end-1]..., size(D, ndims(D)))
+# The cotangent of a tap's input from that of its z, in `scr`'s array `name`.
+function _input_cotangent(l::_ConvLayer, a, D, scr, name)
+    dx = _take_array(scr, name, size(a)[1:end-1]..., size(D, ndims(D)))
+    return NNlib.∇conv_data!(dx, D, l.weight, _cdims(l, a))
+end
+function _input_cotangent(l::Flux.Dense, a, D, scr, name)
+    dx = _take_array(scr, name, size(a)[1:end-1]..., size(D, ndims(D)))
+    mul!(reshape(dx, size(l.weight, 2), :), transpose(l.weight), reshape(D, size(D, 1), :))
+    return dx
 end
 
 """The forward pass of a chunk of `n` samples: each tap's input, its stages' backward data,
@@ -249,22 +256,26 @@ function _forward(cc::ConvChain, X::Matrix{T}, affine = _affine) where {T}
 end
 
 """
-    _derivatives(cc, fw, E, last = length(cc.taps)) -> [D_m for m in 1:last]
+    _derivatives(cc, fw, E, last = length(cc.taps), scr = _Scratch(T)) -> [D_m for m in 1:last]
 
 `D_m = ∂(E-weighted outputs)/∂z_m` for the taps up to `last`, from the cotangents `E` of
 the output of tap `last`'s stages (the model's output `C × n·R` by default; else the
 next tap's input, its shape with `n·R` samples), sample j's i-th at `j + (i - 1)·n` of the
-last dimension, by one backward pass.
+last dimension, by one backward pass. `E` is overwritten; the `D_m` are `E` or arrays of
+`scr`, valid until its next use (a loop over chunks of samples passes one `scr` to reuse
+their memory).
 """
-function _derivatives(cc::ConvChain, fw::_ConvForward, E::AbstractArray, last = length(cc.taps))
+function _derivatives(cc::ConvChain, fw::_ConvForward{T}, E::AbstractArray, last = length(cc.taps),
+                      scr = _Scratch(T)) where {T}
     Ds = Vector{Any}(undef, last)
     D = E
     for m in last:-1:1
-        for b in reverse(fw.backs[m])
-            D = _backward(b, D)
+        backs = fw.backs[m]
+        for i in reverse(eachindex(backs))
+            D = _backward(backs[i], D, scr, (:stage, m, i))
         end
         Ds[m] = D
-        m > 1 && (D = _input_cotangent(cc.taps[m], fw.inputs[m], D))
+        m > 1 && (D = _input_cotangent(cc.taps[m], fw.inputs[m], D, scr, (:cotangent, m)))
     end
     return Ds
 end
@@ -322,14 +333,15 @@ function _tap_data(cc::ConvChain, fw, Ds)
 end
 
 """
-    _rows(cc, fw, E) -> Gt (P × n·R)
+    _rows(cc, fw, E, scr = _Scratch(T)) -> Gt (P × n·R)
 
-Column `j + (i - 1)·n` is `∂(E[:, j + (i - 1)·n]ᵀ f_j)/∂θ`.
+Column `j + (i - 1)·n` is `∂(E[:, j + (i - 1)·n]ᵀ f_j)/∂θ` (`E` overwritten, `scr` as
+[`_derivatives`](@ref)'s).
 """
-function _rows(cc::ConvChain, fw::_ConvForward{T}, E::Matrix{T}) where {T}
+function _rows(cc::ConvChain, fw::_ConvForward{T}, E::Matrix{T}, scr = _Scratch(T)) where {T}
     n, nR = size(fw.out, 2), size(E, 2)
     Gt = Matrix{T}(undef, _nparams(cc), nR)
-    for (l, off, U, D) in _tap_data(cc, fw, _derivatives(cc, fw, E))
+    for (l, off, U, D) in _tap_data(cc, fw, _derivatives(cc, fw, E, length(cc.taps), scr))
         k = _tapsize(l)
         for b in 1:nR
             _tap_gradient!(view(Gt, off+1:off+k, b), l, U, D, mod1(b, n), b)
@@ -417,11 +429,11 @@ Per chunk of samples (its rows within `workspace` bytes) the lower triangle of
 """
 function _gram_lower!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain,
                       p::Problem{T}, workspace) where {T}
-    R = _seeds_per_sample(kind, size(p.Y, 1))
-    for (c, cols) in enumerate(_conv_chunks(cc, p, R, workspace))
+    R, scr = _seeds_per_sample(kind, size(p.Y, 1)), _Scratch(T)
+    _each_chunk(_conv_chunks(cc, p, R, workspace), workspace) do cols, add
         fw = _forward(cc, p.X[:, cols])
-        Gt = _rows(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
-        LinearAlgebra.BLAS.syrk!('L', 'N', _gram_scale(kind, p.s), Gt, T(c > 1), H)
+        Gt = _rows(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), scr)
+        LinearAlgebra.BLAS.syrk!('L', 'N', _gram_scale(kind, p.s), Gt, T(add), H)
     end
     return H
 end
@@ -436,10 +448,10 @@ The sums over samples and seeds of the rows' squares, one tap's part of a row at
 """
 function diagonal_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T}) where {T}
     d = zeros(T, _nparams(cc))
-    R = _seeds_per_sample(kind, size(p.Y, 1))
-    for cols in _conv_chunks(cc, p, R, 64 * 2^20)
+    R, scr = _seeds_per_sample(kind, size(p.Y, 1)), _Scratch(T)
+    _each_chunk(_conv_chunks(cc, p, R, FACTOR_CHUNK_BYTES), FACTOR_CHUNK_BYTES) do cols, _
         fw = _forward(cc, p.X[:, cols])
-        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
+        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), length(cc.taps), scr)
         n = length(cols)
         for (l, off, U, D) in _tap_data(cc, fw, Ds)
             g = Vector{T}(undef, _tapsize(l))
@@ -495,12 +507,13 @@ function _bias_factor!(A, l, u, count)
     return A
 end
 
-# Σ over seeds, samples and positions of D_s D_sᵀ.
-function _output_factor!(G, l::_ConvLayer, D::AbstractArray{T}) where {T}
-    Dp = reshape(permutedims(D, (2, 1, 3)), size(D, 2), :)
-    return mul!(G, Dp, transpose(Dp), one(T), one(T))
+# Σ over seeds, samples and positions of D_s D_sᵀ (a convolution's D channels first in
+# `scr`'s array `name`).
+function _output_factor!(G, l::_ConvLayer, D::AbstractArray{T}, scr, name) where {T}
+    Dp = permutedims!(_take_array(scr, name, size(D, 2), size(D, 1), size(D, 3)), D, (2, 1, 3))
+    return mul!(G, reshape(Dp, size(D, 2), :), transpose(reshape(Dp, size(D, 2), :)), one(T), one(T))
 end
-function _output_factor!(G, l::Flux.Dense, D::AbstractArray{T}) where {T}
+function _output_factor!(G, l::Flux.Dense, D::AbstractArray{T}, scr, name) where {T}
     Df = reshape(D, size(D, 1), :)
     return mul!(G, Df, transpose(Df), one(T), one(T))
 end
@@ -531,14 +544,14 @@ function kron_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T})
     A = [zeros(T, _patch_width(l) + _hasbias(l), _patch_width(l) + _hasbias(l)) for l in cc.taps]
     G = [zeros(T, _out_channels(l), _out_channels(l)) for l in cc.taps]
     positions = zeros(Int, length(cc.taps))
-    R = _seeds_per_sample(kind, size(p.Y, 1))
-    for cols in _conv_chunks(cc, p, R, 64 * 2^20)
+    R, scr = _seeds_per_sample(kind, size(p.Y, 1)), _Scratch(T)
+    _each_chunk(_conv_chunks(cc, p, R, FACTOR_CHUNK_BYTES), FACTOR_CHUNK_BYTES) do cols, _
         rows = Any[]                                          # each tap's, one unfolding
         fw = _forward(cc, p.X[:, cols], (l, a) -> _affine_from_rows(l, push!(rows, _patch_rows(l, a))[end], a))
-        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s))
+        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), length(cc.taps), scr)
         for (m, l) in enumerate(cc.taps)
             _input_factor!(A[m], l, rows[m])
-            _output_factor!(G[m], l, _flat_derivative(l, Ds[m]))
+            _output_factor!(G[m], l, _flat_derivative(l, Ds[m]), scr, (:channels_first, m))
             positions[m] = _positions(l, rows[m], length(cols))
         end
     end
@@ -737,12 +750,15 @@ function _add_cross_terms!(H::AbstractMatrix{T}, cc::ConvChain, m, p::Problem{T}
     tap = cc.taps[m]
     rows = cc.offsets[m] .+ (1:length(tap.weight))
     blocks = 3 * sizeof(T) * length(tap.weight) * maximum(_tapsize, cc.taps[1:m-1])
-    for cols in _sample_chunks(size(p.X, 2), _cross_bytes_per_sample(cc, p.X, m), max(workspace - blocks, 0))
+    scr_δ, scr = _Scratch(T), _Scratch(T)                     # δ is kept while Ds are made
+    budget = max(workspace - blocks, 0)
+    _each_chunk(_sample_chunks(size(p.X, 2), _cross_bytes_per_sample(cc, p.X, m), budget), budget) do cols, _
         fw = _forward(cc, p.X[:, cols])
-        δ = _derivatives(cc, fw, p.s .* _seeds(EmpiricalFisher(), fw, p.Y[:, cols], p.ℓ, p.s))[m]
+        E = p.s .* _seeds(EmpiricalFisher(), fw, p.Y[:, cols], p.ℓ, p.s)
+        δ = _derivatives(cc, fw, E, length(cc.taps), scr_δ)[m]
         a = fw.inputs[m]
         r = length(a) ÷ length(cols)
-        Ds = _derivatives(cc, fw, _unit_cotangents(a), m - 1)
+        Ds = _derivatives(cc, fw, _unit_cotangents(a), m - 1, scr)
         for (l, off, U, D) in _tap_data(cc, fw, Ds)
             Tml = _unfolded_against(tap, a, _sample_rows(l, U, D, r), δ)
             view(H, rows, off .+ (1:_tapsize(l))) .+= Tml

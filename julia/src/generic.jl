@@ -290,7 +290,7 @@ end
 
 function diagonal_of(::GGN, ::Generic, p::Problem{T}) where {T}
     d = zeros(T, length(p.θ))
-    _each_jacobian(p, 64 * 2^20) do c, J, F, Y
+    _each_jacobian(p, FACTOR_CHUNK_BYTES) do c, J, F, Y
         d .+= p.s .* vec(sum(J .* _times_output_hessians(p, J, F, Y); dims = 1))
     end
     return d
@@ -298,7 +298,7 @@ end
 
 function diagonal_of(::EmpiricalFisher, ::Generic, p::Problem{T}) where {T}
     d = zeros(T, length(p.θ))
-    _each_jacobian(p, 64 * 2^20) do c, J, F, Y
+    _each_jacobian(p, FACTOR_CHUNK_BYTES) do c, J, F, Y
         d .+= p.s .* vec(sum(abs2, _gradient_rows(p, J, F, Y); dims = 1))
     end
     return d

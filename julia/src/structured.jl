@@ -202,16 +202,29 @@ end
 
 #------------------------------- assembly ----------------------------------#
 
-# Work arrays reused from panel to panel (fresh memory for each cost as much as the GEMMs).
+# Work arrays reused from panel to panel, or chunk to chunk of samples, by name (fresh
+# memory for each cost as much as the GEMMs, and what a call allocates sets how often
+# Julia's full collections run: a few hundred ms each in a process with Flux loaded).
 struct _Scratch{T}
-    buffers::Dict{Symbol,Vector{T}}
+    buffers::Dict{Any,Vector{T}}
 end
-_Scratch(::Type{T}) where {T} = _Scratch{T}(Dict{Symbol,Vector{T}}())
+_Scratch(::Type{T}) where {T} = _Scratch{T}(Dict{Any,Vector{T}}())
+
+# An uninitialised view `dims` of `name`'s buffer, grown as needed.
 function _take(s::_Scratch{T}, name::Symbol, dims::Int...) where {T}
     n = prod(dims)
     v = get!(() -> Vector{T}(undef, n), s.buffers, name)
     length(v) < n && resize!(v, n)
     return reshape(view(v, 1:n), dims)
+end
+
+# An uninitialised `Array{T}` of `dims` (what NNlib's kernels take) over `name`'s buffer:
+# the last take's memory when that had as many entries, a new buffer otherwise.
+function _take_array(s::_Scratch{T}, name, dims::Int...) where {T}
+    n = prod(dims)
+    v = get(s.buffers, name, nothing)
+    (v === nothing || length(v) != n) && (v = s.buffers[name] = Vector{T}(undef, n))
+    return reshape(v, dims)
 end
 
 # H[row(p, j), col(q, i)] (+)= S[p, q, j, i]: rows (p, j) of layer m from row j0, columns (q, i) of layer l.
@@ -357,21 +370,45 @@ more), an eighth each panel's temporaries (three buffers).
 function curvature_into!(H::AbstractMatrix{T}, kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
     scr = _Scratch(T)
-    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2)) do cols, add
+    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2), workspace ÷ 2) do cols, add
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         _assemble!(H, F, dc, add, workspace ÷ 8, scr)
     end
     return _mirror_lower!(H)
 end
 
-# `f(cols, add)` for each chunk of samples (`add`: not the first). A chunk's factors are
-# garbage once its blocks are in H: a quick collection frees them before the next chunk's
-# are made, so that two chunks' factors do not sit in memory together (the workspace
-# holds one).
-function _each_chunk(f, chunks)
-    for (c, cols) in enumerate(chunks)
-        f(cols, c > 1)
-        c < length(chunks) && GC.gc(false)
+"""Working memory of a chunk of samples where no `P × P` result sets it (diagonals, KFAC)."""
+const FACTOR_CHUNK_BYTES = 64 * 2^20
+
+"""
+    _each_chunk(f, chunks, budget)
+
+`f(cols, add)` for each chunk of samples (`add`: not the first), the garbage collector
+paused while the chunks run: a quick collection runs between two chunks once they have
+allocated `budget` bytes since the last one, when all they made is garbage.
+
+A collection in the middle of a chunk finds its arrays alive and promotes them; they
+then die old, and only full collections free them: 0.3–0.4 s each in the Julia that
+Python starts, every few calls, more than a small call's own work (the benchmarks' CNN,
+N = 500, KFAC-GGN from Python, 15 calls in each of three processes: medians 0.27–0.50 s
+and calls up to 1.08 s; paused, 0.24–0.31 s and at most 0.35 s). Paused, the chunks'
+garbage waits for the next collection: at most `budget` bytes beyond a chunk's own.
+"""
+function _each_chunk(f, chunks, budget)
+    running = GC.enable(false)
+    try
+        since = Base.gc_bytes()
+        for (c, cols) in enumerate(chunks)
+            f(cols, c > 1)
+            if c < length(chunks) && Base.gc_bytes() - since > budget
+                GC.enable(true)
+                GC.gc(false)
+                GC.enable(false)
+                since = Base.gc_bytes()
+            end
+        end
+    finally
+        GC.enable(running)
     end
 end
 
@@ -380,7 +417,7 @@ const GRAM_PANEL = 512
 
 function curvature_into!(H::AbstractMatrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
-    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace)) do cols, add
+    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace), workspace) do cols, add
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         _gram!(H, _sample_gradient_rows(dc, F), p.s, add)
     end
@@ -443,7 +480,8 @@ Per layer `Σ_n diag(K_l) ⊗ ā_l²` (the Hessian's second term has no diagonal
 function diagonal_of(kind::Kind, dc::DenseChain, p::Problem{T}) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
     d = zeros(T, length(p.θ))
-    for cols in _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), 64 * 2^20)
+    chunks = _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), FACTOR_CHUNK_BYTES)
+    _each_chunk(chunks, FACTOR_CHUNK_BYTES) do cols, _
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         for (l, off) in enumerate(dc.offsets)
             block = _own_diagonal(F, l) * transpose(abs2.(F.fw.ā[l]))      # o_l × n̄_l
@@ -466,7 +504,8 @@ function kron_of(kind::Union{GGN,EmpiricalFisher}, dc::DenseChain, p::Problem{T}
     N, C = size(p.X, 2), size(p.Y, 1)
     A = [zeros(T, size(ā, 1), size(ā, 1)) for ā in _forward(dc, p.X[:, 1:1], false).ā]
     G = [zeros(T, size(W, 1), size(W, 1)) for W in dc.weights]
-    for cols in _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), 64 * 2^20)
+    chunks = _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), FACTOR_CHUNK_BYTES)
+    _each_chunk(chunks, FACTOR_CHUNK_BYTES) do cols, _
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         for l in _layers(dc)
             mul!(A[l], F.fw.ā[l], transpose(F.fw.ā[l]), one(T) / N, one(T))
