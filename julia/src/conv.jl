@@ -133,6 +133,24 @@ function _affine(l::Flux.Dense, a)
     return z
 end
 
+# z of a tap from its input `a` and its patches `U` (`_patches`): a convolution by one
+# GEMM per sample, `U_j W`, what NNlib's im2col convolution does after unfolding `a`
+# again (groups > 1: NNlib's convolution); Dense as above.
+function _affine(l::_ConvLayer, a, U::AbstractArray{T,3}) where {T}
+    _groups(l) == 1 || return _affine(l, a)
+    S, K, n = size(U)
+    O = _out_channels(l)
+    W = reshape(l.weight, K, O)
+    z = Array{T}(undef, S, O, n)
+    for j in 1:n
+        mul!(view(z, :, :, j), view(U, :, :, j), W)
+    end
+    z = reshape(z, NNlib.output_size(_cdims(l, a))..., O, n)
+    _hasbias(l) && (z .+= reshape(l.bias, _bias_shape(l, ndims(z))))
+    return z
+end
+_affine(l::Flux.Dense, a, U) = _affine(l, a)
+
 # Derivatives flowing back through a stage, for `R` cotangents per sample: `D` holds
 # them along its last dimension, sample j's i-th at `j + (i - 1)·n`. A stage's backward
 # pass (`_backward(b, D, scr, name)`) writes into `D` itself or into `scr`'s array `name`.
@@ -229,20 +247,23 @@ function _input_cotangent(l::Flux.Dense, a, D, scr, name)
     return dx
 end
 
-"""The forward pass of a chunk of `n` samples: each tap's input, its stages' backward data,
-the `C × n` output (each tap's z by `affine(layer, input)`, default [`_affine`](@ref))."""
+"""The forward pass of a chunk of `n` samples: each tap's input and its patches
+([`_patches`](@ref), z made from them), its stages' backward data, the `C × n` output."""
 struct _ConvForward{T}
     inputs::Vector{Any}
+    patches::Vector{Any}
     backs::Vector{Vector{Any}}
     out::Matrix{T}
 end
 
-function _forward(cc::ConvChain, X::Matrix{T}, affine = _affine) where {T}
+function _forward(cc::ConvChain, X::Matrix{T}) where {T}
     a = foldl((a, l) -> l(a), cc.before; init = X)
-    inputs, backs = Any[], Vector{Any}[]
+    inputs, patches, backs = Any[], Any[], Vector{Any}[]
     for (l, stages) in zip(cc.taps, cc.after)
+        U = _patches(l, a)
         push!(inputs, a)
-        a = affine(l, a)
+        push!(patches, U)
+        a = _affine(l, a, U)
         bs = Any[]
         for st in stages
             a, b = _stage_forward(st, a)
@@ -252,7 +273,7 @@ function _forward(cc::ConvChain, X::Matrix{T}, affine = _affine) where {T}
     end
     a isa AbstractMatrix && size(a, 2) == size(X, 2) || throw(DimensionMismatch(
         "the model must map a d × N batch to a C × N matrix; got $(summary(a))"))
-    return _ConvForward{T}(inputs, backs, Matrix{T}(a))
+    return _ConvForward{T}(inputs, patches, backs, Matrix{T}(a))
 end
 
 """
@@ -328,7 +349,7 @@ end
 
 # Each tap's patches and flattened derivatives of a chunk (the taps `Ds` reaches).
 function _tap_data(cc::ConvChain, fw, Ds)
-    return [(l, cc.offsets[m], _patches(l, fw.inputs[m]), _flat_derivative(l, D))
+    return [(l, cc.offsets[m], fw.patches[m], _flat_derivative(l, D))
             for (m, (l, D)) in enumerate(zip(cc.taps, Ds))]
 end
 
@@ -464,25 +485,14 @@ function diagonal_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem
     return d .*= _gram_scale(kind, p.s)
 end
 
-# The rows of a tap's input, one per position and sample: a convolution's patches
-# (`S·n × K`, in the kernel's θ order), a Dense layer's inputs (`K × S·n`, transposed).
-function _patch_rows(l::_ConvLayer, a)
-    U = _patches(l, a)                                        # (S, K, n)
+# The rows of a tap's input from its patches `U` (`_patches`), one per position and
+# sample: a convolution's (`S·n × K`, in the kernel's θ order), a Dense layer's
+# (`K × S·n`, transposed).
+function _patch_rows(l::_ConvLayer, U)
     S, K, n = size(U)
     return reshape(permutedims(U, (1, 3, 2)), S * n, K)
 end
-_patch_rows(l::Flux.Dense, a) = reshape(a, size(a, 1), :)
-
-# z of a tap from its rows `Ū` (`_patch_rows`): `Ū W` for a convolution (groups = 1), as
-# `_affine` makes it by convolving.
-function _affine_from_rows(l::_ConvLayer, Ū, a)
-    O, n = _out_channels(l), size(a, ndims(a))
-    z = permutedims(reshape(Ū * reshape(l.weight, :, O), :, n, O), (1, 3, 2))
-    z = reshape(z, NNlib.output_size(_cdims(l, a))..., O, n)
-    _hasbias(l) && (z .+= reshape(l.bias, _bias_shape(l, ndims(z))))
-    return z
-end
-_affine_from_rows(l::Flux.Dense, Ū, a) = _affine(l, a)
+_patch_rows(l::Flux.Dense, U) = reshape(U, size(U, 1), :)
 
 # Σ over samples and positions of ū ūᵀ, `ū` a row (`_patch_rows`) with a 1 appended for
 # a bias: one SYRK, the bias row and column from the rows' sum.
@@ -546,13 +556,13 @@ function kron_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T})
     positions = zeros(Int, length(cc.taps))
     R, scr = _seeds_per_sample(kind, size(p.Y, 1)), _Scratch(T)
     _each_chunk(_conv_chunks(cc, p, R, FACTOR_CHUNK_BYTES), FACTOR_CHUNK_BYTES) do cols, _
-        rows = Any[]                                          # each tap's, one unfolding
-        fw = _forward(cc, p.X[:, cols], (l, a) -> _affine_from_rows(l, push!(rows, _patch_rows(l, a))[end], a))
+        fw = _forward(cc, p.X[:, cols])
         Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), length(cc.taps), scr)
         for (m, l) in enumerate(cc.taps)
-            _input_factor!(A[m], l, rows[m])
+            rows = _patch_rows(l, fw.patches[m])
+            _input_factor!(A[m], l, rows)
             _output_factor!(G[m], l, _flat_derivative(l, Ds[m]), scr, (:channels_first, m))
-            positions[m] = _positions(l, rows[m], length(cols))
+            positions[m] = _positions(l, rows, length(cols))
         end
     end
     c = _gram_scale(kind, p.s)
@@ -726,15 +736,15 @@ end
 
 One sample's working memory for tap m's cross terms, `r` = a sample's entries of tap m's
 input: the `r` unit cotangents, per earlier tap their derivatives (its input's and
-z's size, three times) and its rows `J` (twice), the sizes read from a forward pass of
-the first sample.
+z's size, three times) and its rows `J` (twice), every tap's patches, the sizes read
+from a forward pass of the first sample.
 """
 function _cross_bytes_per_sample(cc::ConvChain, X::Matrix{T}, m) where {T}
     fw = _forward(cc, X[:, 1:1])
     r = length(fw.inputs[m])
-    floats = r * r + length(fw.inputs[m])
+    floats = r * r + length(fw.inputs[m]) + sum(length, fw.patches)
     for (l, a) in zip(cc.taps[1:m-1], fw.inputs)
-        floats += r * (2 * length(a) + 3 * length(_affine(l, a)) + 2 * _tapsize(l)) + length(_patches(l, a))
+        floats += r * (2 * length(a) + 3 * length(_affine(l, a)) + 2 * _tapsize(l))
     end
     return sizeof(T) * floats
 end
