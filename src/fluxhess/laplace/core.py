@@ -209,17 +209,17 @@ class Laplace:
         return sigma
 
     def _check_factor(self, sigma: float, temperature: float) -> None:
-        """Refuse a σ whose square, or a σ and T whose likelihood factor (``1/T``, ``1/(2σ²T)``),
-        overflows float64."""
+        """Refuse a σ whose square, or a σ and T whose likelihood factor
+        (:func:`~fluxhess.laplace.likelihood.curvature_factor`), overflows float64."""
         if not math.isfinite(sigma * sigma):
             raise InputError(f"sigma_noise={sigma:.6g} is too large: its square (the noise variance) overflows float64")
         with np.errstate(over="ignore", divide="ignore"):
-            c = lik.hessian_factor(self.likelihood, np.float64(sigma), np.float64(temperature))
+            c = lik.curvature_factor(self.likelihood, self.curvature, np.float64(sigma), np.float64(temperature))
         if not np.isfinite(c):
             raise InputError(self._factor_overflow(sigma, temperature))
 
     def _factor_overflow(self, sigma, temperature) -> str:
-        formula = "1/(2·sigma_noise²·temperature)" if self.likelihood == "regression" else "1/temperature"
+        formula = lik.factor_formula(self.likelihood, self.curvature)
         return (
             f"the likelihood factor {formula} overflows float64 at sigma_noise={sigma:.6g}, temperature="
             f"{temperature:.6g}: use a larger " + ("sigma_noise or temperature" if self.likelihood == "regression" else "temperature")
@@ -346,7 +346,7 @@ class Laplace:
     # -- the posterior ------------------------------------------------------------
 
     def _factor(self, h: Hyper, sigma=None):
-        return lik.hessian_factor(self.likelihood, h.sigma if sigma is None else sigma, h.temperature)
+        return lik.curvature_factor(self.likelihood, self.curvature, h.sigma if sigma is None else sigma, h.temperature)
 
     def _check_scale(self, state: Fitted, h: Hyper, sigma) -> None:
         """Refuse a posterior precision ``c·H + P₀`` that overflows float64: the factor ``c`` itself

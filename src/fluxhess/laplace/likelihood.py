@@ -10,7 +10,11 @@ A likelihood names the loss whose curvature is computed (always ``agg="sum"``):
 
 With a temperature T, every curvature of the loss and the loss itself enter the
 posterior times :func:`hessian_factor` ``= 1/T`` (classification) or ``1/(2σ²T)``
-(regression), exactly as laplace-torch's ``_H_factor`` times its ½-scaled MSE.
+(regression), exactly as laplace-torch's ``_H_factor`` times its ½-scaled MSE (the
+empirical Fisher, quadratic in the loss, that factor squared times T:
+:func:`curvature_factor`), and the
+log likelihood is the tempered one, ``(1/T)·log p(y | f)``, its Gaussian normalizer
+included (laplace-torch ≥ 0.5; its 0.3 and 0.4 left the normalizer untempered).
 This module is the only place that factor is written down.
 """
 
@@ -49,14 +53,35 @@ def hessian_factor(likelihood: str, sigma_noise, temperature):
     return 1.0 / temperature
 
 
-def log_likelihood(likelihood: str, summed_loss, sigma_noise, temperature, n_data: int, n_outputs: int):
-    """``log p(y | f)`` of the training data from its summed loss (laplace-torch's ``log_likelihood``).
+def curvature_factor(likelihood: str, curvature: str, sigma_noise, temperature):
+    """``c`` of the posterior precision ``c·H + P₀`` for the curvature ``H`` of the summed loss.
 
-    Classification: ``−L/T``. Regression: ``−L/(2σ²T) − N·C·log(σ√(2π))``.
+    The Hessian and the GGN are linear in the loss's scale: :func:`hessian_factor`. The
+    empirical Fisher, the sum of the per-sample gradients' squares, is quadratic in it: the
+    tempered NLL's is ``Σ_n g_n g_nᵀ / T`` with ``g_n`` the NLL's gradients, so ``1/T``
+    (classification) or ``1/(4σ⁴T)`` (regression), as laplace-torch ≥ 0.5 computes it (its 0.3
+    and 0.4 scaled the EF as the GGN).
+    """
+    c = hessian_factor(likelihood, sigma_noise, temperature)
+    return c * c * temperature if curvature == "ef" else c
+
+
+def factor_formula(likelihood: str, curvature: str) -> str:
+    """:func:`curvature_factor` in words, for error messages."""
+    if likelihood == "classification":
+        return "1/temperature"
+    return "1/(4·sigma_noise⁴·temperature)" if curvature == "ef" else "1/(2·sigma_noise²·temperature)"
+
+
+def log_likelihood(likelihood: str, summed_loss, sigma_noise, temperature, n_data: int, n_outputs: int):
+    """``(1/T)·log p(y | f)`` of the training data from its summed loss (laplace-torch's
+    ``log_likelihood``).
+
+    Classification: ``−L/T``. Regression: ``−(L/(2σ²) + N·C·log(σ√(2π)))/T``.
     """
     value = -hessian_factor(likelihood, sigma_noise, temperature) * summed_loss
     if likelihood == "regression":
-        value = value - n_data * n_outputs * jnp.log(sigma_noise * math.sqrt(2 * math.pi))
+        value = value - n_data * n_outputs * jnp.log(sigma_noise * math.sqrt(2 * math.pi)) / temperature
     return value
 
 

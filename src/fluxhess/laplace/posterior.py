@@ -1,7 +1,7 @@
 """The Gaussian posterior ``N(θ_MAP, P⁻¹)`` for each curvature structure, in JAX.
 
 The posterior precision is ``P = c·H + P₀``: ``H`` the summed-loss curvature of the
-subset, ``c`` the likelihood's :func:`~fluxhess.laplace.likelihood.hessian_factor` and
+subset, ``c`` the likelihood's :func:`~fluxhess.laplace.likelihood.curvature_factor` and
 ``P₀`` the prior precision — diagonal: one value, one per block, or one per parameter.
 Each structure keeps ``H`` in its own form and answers the same questions:
 
