@@ -370,7 +370,7 @@ more), an eighth each panel's temporaries (three buffers).
 function curvature_into!(H::AbstractMatrix{T}, kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
     scr = _Scratch(T)
-    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2), workspace ÷ 2) do cols, add
+    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2), workspace ÷ 2; paused = false) do cols, add
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         _assemble!(H, F, dc, add, workspace ÷ 8, scr)
     end
@@ -381,7 +381,7 @@ end
 const FACTOR_CHUNK_BYTES = 64 * 2^20
 
 """
-    _each_chunk(f, chunks, budget)
+    _each_chunk(f, chunks, budget; paused = true)
 
 `f(cols, add)` for each chunk of samples (`add`: not the first), the garbage collector
 paused while the chunks run: a quick collection runs between two chunks once they have
@@ -393,22 +393,26 @@ Python starts, every few calls, more than a small call's own work (the benchmark
 N = 500, KFAC-GGN from Python, 15 calls in each of three processes: medians 0.27–0.50 s
 and calls up to 1.08 s; paused, 0.24–0.31 s and at most 0.35 s). Paused, the chunks'
 garbage waits for the next collection: at most `budget` bytes beyond a chunk's own.
+
+`paused = false` (the Dense P × P routes, whose chunks are half the workspace and make
+temporaries of that order inside it): the collector runs as usual, and a quick
+collection between any two chunks frees a chunk's factors before the next one's are made.
 """
-function _each_chunk(f, chunks, budget)
-    running = GC.enable(false)
+function _each_chunk(f, chunks, budget; paused::Bool = true)
+    running = paused ? GC.enable(false) : true
     try
         since = Base.gc_bytes()
         for (c, cols) in enumerate(chunks)
             f(cols, c > 1)
-            if c < length(chunks) && Base.gc_bytes() - since > budget
-                GC.enable(true)
+            if c < length(chunks) && (!paused || Base.gc_bytes() - since > budget)
+                paused && GC.enable(true)
                 GC.gc(false)
-                GC.enable(false)
+                paused && GC.enable(false)
                 since = Base.gc_bytes()
             end
         end
     finally
-        GC.enable(running)
+        paused && GC.enable(running)
     end
 end
 
@@ -417,7 +421,7 @@ const GRAM_PANEL = 512
 
 function curvature_into!(H::AbstractMatrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
-    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace), workspace) do cols, add
+    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace), workspace; paused = false) do cols, add
         F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
         _gram!(H, _sample_gradient_rows(dc, F), p.s, add)
     end
