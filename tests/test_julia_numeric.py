@@ -170,21 +170,30 @@ def test_hvp_in_chunks_of_columns_equals_the_matrix_times_v(monkeypatch):
         _close(fh.hvp(m, theta, X, y, V, kind=kind, backend="julia"), fn(m, theta, X, y, backend="julia") @ V)
 
 
-#: The child: a P×P curvature of a Dense chain written by Julia into a memmap whose result is
-#: twice the working memory FluxHess.jl is given; prints the peak growth of the process's
-#: anonymous RSS (the memmap's pages are file-backed) and what the memory guard was asked for.
+#: The child: a P×P curvature of a Dense chain or a CNN written by Julia into a memmap whose
+#: result is about twice the working memory FluxHess.jl is given; prints the peak growth of the
+#: process's anonymous RSS (the memmap's pages are file-backed) and what the memory guard was
+#: asked for.
 _MEMMAP_CHILD = r"""
 import json, os, sys, threading, time
 import numpy as np
 import fluxhess as fh
 from fluxhess import _memory as memory
 
-quantity, path = sys.argv[1], sys.argv[2]
-model = fh.Chain.mlp([16, 80, 80, 3], "tanh")  # P = 8,083: a 523 MB float64 result
+quantity, path, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+if kind == "dense":
+    model = fh.Chain.mlp([16, 80, 80, 3], "tanh")  # P = 8,083: a 523 MB float64 result
+    small = fh.Chain.mlp([16, 3, 3], "tanh")
+else:  # P = 7,920: a 502 MB float64 result
+    model = fh.Chain(fh.CrossCor((3, 3), 1, 16, "relu", padding=1), fh.MaxPool((2, 2)),
+                     fh.CrossCor((3, 3), 16, 32, "relu", padding=1), fh.MaxPool((2, 2)), fh.Flatten(),
+                     fh.Dense(128, 24), input_shape=(1, 8, 8))
+    small = fh.Chain(fh.CrossCor((3, 3), 1, 2, "relu", padding=1), fh.MaxPool((2, 2)),
+                     fh.CrossCor((3, 3), 2, 2, "relu", padding=1), fh.MaxPool((2, 2)), fh.Flatten(),
+                     fh.Dense(8, 24), input_shape=(1, 8, 8))
 rng = np.random.default_rng(0)
-theta, X, y = model.init(0), rng.normal(size=(1000, 16)), rng.normal(size=(1000, 3))
-small = fh.Chain.mlp([2, 3, 1], "tanh")
-getattr(fh, quantity)(small, small.init(0), X[:3, :2], y[:3, :1], backend="julia")  # compiled
+theta, X, y = model.init(0), rng.normal(size=(1000, model.in_features)), rng.normal(size=(1000, model.out_features))
+getattr(fh, quantity)(small, small.init(0), X[:3], y[:3], backend="julia")  # compiled
 asked, require = [], memory.require
 def spy(q, nbytes, shape, **kw):
     asked.append(nbytes)
@@ -211,7 +220,8 @@ print(json.dumps(dict(grown=max(peak[0], anon()) - before, asked=asked)))
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc (RssAnon)")
 @pytest.mark.parametrize("quantity", ["hessian", "ggn", "empirical_fisher"])
-def test_out_memmap_peaks_within_the_working_memory_the_guard_checked(quantity, tmp_path):
+@pytest.mark.parametrize("kind", ["dense", "cnn"])
+def test_out_memmap_peaks_within_the_working_memory_the_guard_checked(quantity, kind, tmp_path):
     """Before: the Hessian of a P = 8,083 chain into a memmap grew the anonymous RSS by 333 MB
     where the guard was asked for 256 MB (two chunks' factors and their temporaries at once)."""
     import json
@@ -220,7 +230,7 @@ def test_out_memmap_peaks_within_the_working_memory_the_guard_checked(quantity, 
     import sys
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TQDM_DISABLE="1")
-    done = subprocess.run([sys.executable, "-c", _MEMMAP_CHILD, quantity, str(tmp_path / "M.npy")],
+    done = subprocess.run([sys.executable, "-c", _MEMMAP_CHILD, quantity, str(tmp_path / "M.npy"), kind],
                           capture_output=True, text=True, timeout=900, env=env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
