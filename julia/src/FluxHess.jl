@@ -71,6 +71,7 @@ using Statistics: mean
 include("problem.jl")      # kinds, losses, the Problem of a call
 include("columnwise.jl")   # per-sample Jacobians of batched maps by seeded Duals
 include("routes.jl")       # DenseChain or Generic: what the model is
+include("scratch.jl")      # work arrays outside the heap, reused by name, freed at a route's end
 include("structured.jl")   # Dense chains: per-sample factors, blocks by BLAS
 include("conv.jl")         # convolutional chains: per-sample rows on unfolded patches
 include("dualgemm.jl")     # the generic Hessian's Duals: matrix products by BLAS, pool pullbacks

@@ -207,7 +207,7 @@ end
 function _backward(b::_SelectBack, D::AbstractArray{T}, scr, name) where {T}
     n = size(b.source, 2)
     Dm = reshape(D, :, size(D, ndims(D)))
-    out = _take_array(scr, name, size(b.source, 1), size(Dm, 2))
+    out = _take(scr, name, size(b.source, 1), size(Dm, 2))
     @inbounds for c in axes(Dm, 2)
         j = mod1(c, n)
         for x in axes(b.source, 1)
@@ -227,7 +227,7 @@ end
 function _backward(b::_PullBack, D::AbstractArray{T}, scr, name) where {T}
     n = b.insize[end]
     R = size(D, ndims(D)) ÷ n
-    out = _take_array(scr, name, b.insize[1:end-1]..., n * R)
+    out = _take(scr, name, b.insize[1:end-1]..., n * R)
     for i in 1:R
         cols = (i-1)*n+1:i*n
         dx = b.back(selectdim(D, ndims(D), cols))[1]
@@ -238,11 +238,11 @@ end
 
 # The cotangent of a tap's input from that of its z, in `scr`'s array `name`.
 function _input_cotangent(l::_ConvLayer, a, D, scr, name)
-    dx = _take_array(scr, name, size(a)[1:end-1]..., size(D, ndims(D)))
+    dx = _take(scr, name, size(a)[1:end-1]..., size(D, ndims(D)))
     return NNlib.∇conv_data!(dx, D, l.weight, _cdims(l, a))
 end
 function _input_cotangent(l::Flux.Dense, a, D, scr, name)
-    dx = _take_array(scr, name, size(a)[1:end-1]..., size(D, ndims(D)))
+    dx = _take(scr, name, size(a)[1:end-1]..., size(D, ndims(D)))
     mul!(reshape(dx, size(l.weight, 2), :), transpose(l.weight), reshape(D, size(D, 1), :))
     return dx
 end
@@ -277,17 +277,16 @@ function _forward(cc::ConvChain, X::Matrix{T}) where {T}
 end
 
 """
-    _derivatives(cc, fw, E, last = length(cc.taps), scr = _Scratch(T)) -> [D_m for m in 1:last]
+    _derivatives(cc, fw, E, last, scr) -> [D_m for m in 1:last]
 
 `D_m = ∂(E-weighted outputs)/∂z_m` for the taps up to `last`, from the cotangents `E` of
 the output of tap `last`'s stages (the model's output `C × n·R` by default; else the
 next tap's input, its shape with `n·R` samples), sample j's i-th at `j + (i - 1)·n` of the
 last dimension, by one backward pass. `E` is overwritten; the `D_m` are `E` or arrays of
-`scr`, valid until its next use (a loop over chunks of samples passes one `scr` to reuse
-their memory).
+the [`_Scratch`](@ref) `scr`, valid until its next use (a loop over chunks of samples passes
+one `scr` to reuse their memory).
 """
-function _derivatives(cc::ConvChain, fw::_ConvForward{T}, E::AbstractArray, last = length(cc.taps),
-                      scr = _Scratch(T)) where {T}
+function _derivatives(cc::ConvChain, fw::_ConvForward{T}, E::AbstractArray, last, scr) where {T}
     Ds = Vector{Any}(undef, last)
     D = E
     for m in last:-1:1
@@ -354,14 +353,14 @@ function _tap_data(cc::ConvChain, fw, Ds)
 end
 
 """
-    _rows(cc, fw, E, scr = _Scratch(T)) -> Gt (P × n·R)
+    _rows(cc, fw, E, scr) -> Gt (P × n·R)
 
-Column `j + (i - 1)·n` is `∂(E[:, j + (i - 1)·n]ᵀ f_j)/∂θ` (`E` overwritten, `scr` as
-[`_derivatives`](@ref)'s).
+Column `j + (i - 1)·n` is `∂(E[:, j + (i - 1)·n]ᵀ f_j)/∂θ` (`E` overwritten), an array of
+`scr` as [`_derivatives`](@ref)'s are.
 """
-function _rows(cc::ConvChain, fw::_ConvForward{T}, E::Matrix{T}, scr = _Scratch(T)) where {T}
+function _rows(cc::ConvChain, fw::_ConvForward{T}, E::Matrix{T}, scr) where {T}
     n, nR = size(fw.out, 2), size(E, 2)
-    Gt = Matrix{T}(undef, _nparams(cc), nR)
+    Gt = _take(scr, :rows, _nparams(cc), nR)
     for (l, off, U, D) in _tap_data(cc, fw, _derivatives(cc, fw, E, length(cc.taps), scr))
         k = _tapsize(l)
         for b in 1:nR
@@ -450,11 +449,13 @@ Per chunk of samples (its rows within `workspace` bytes) the lower triangle of
 """
 function _gram_lower!(H::AbstractMatrix{T}, kind::Union{GGN,EmpiricalFisher}, cc::ConvChain,
                       p::Problem{T}, workspace) where {T}
-    R, scr = _seeds_per_sample(kind, size(p.Y, 1)), _Scratch(T)
-    _each_chunk(_conv_chunks(cc, p, R, workspace), workspace) do cols, add
-        fw = _forward(cc, p.X[:, cols])
-        Gt = _rows(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), scr)
-        LinearAlgebra.BLAS.syrk!('L', 'N', _gram_scale(kind, p.s), Gt, T(add), H)
+    R = _seeds_per_sample(kind, size(p.Y, 1))
+    _with_scratch(T) do scr
+        _each_chunk(_conv_chunks(cc, p, R, workspace), workspace) do cols, add
+            fw = _forward(cc, p.X[:, cols])
+            Gt = _rows(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), scr)
+            LinearAlgebra.BLAS.syrk!('L', 'N', _gram_scale(kind, p.s), Gt, T(add), H)
+        end
     end
     return H
 end
@@ -469,16 +470,18 @@ The sums over samples and seeds of the rows' squares, one tap's part of a row at
 """
 function diagonal_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T}) where {T}
     d = zeros(T, _nparams(cc))
-    R, scr = _seeds_per_sample(kind, size(p.Y, 1)), _Scratch(T)
-    _each_chunk(_conv_chunks(cc, p, R, FACTOR_CHUNK_BYTES), FACTOR_CHUNK_BYTES) do cols, _
-        fw = _forward(cc, p.X[:, cols])
-        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), length(cc.taps), scr)
-        n = length(cols)
-        for (l, off, U, D) in _tap_data(cc, fw, Ds)
-            g = Vector{T}(undef, _tapsize(l))
-            dl = view(d, off+1:off+length(g))
-            for b in axes(D, 3)
-                dl .+= abs2.(_tap_gradient!(g, l, U, D, mod1(b, n), b))
+    R = _seeds_per_sample(kind, size(p.Y, 1))
+    _with_scratch(T) do scr
+        _each_chunk(_conv_chunks(cc, p, R, FACTOR_CHUNK_BYTES), FACTOR_CHUNK_BYTES) do cols, _
+            fw = _forward(cc, p.X[:, cols])
+            Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), length(cc.taps), scr)
+            n = length(cols)
+            for (l, off, U, D) in _tap_data(cc, fw, Ds)
+                g = Vector{T}(undef, _tapsize(l))
+                dl = view(d, off+1:off+length(g))
+                for b in axes(D, 3)
+                    dl .+= abs2.(_tap_gradient!(g, l, U, D, mod1(b, n), b))
+                end
             end
         end
     end
@@ -486,13 +489,13 @@ function diagonal_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem
 end
 
 # The rows of a tap's input from its patches `U` (`_patches`), one per position and
-# sample: a convolution's (`S·n × K`, in the kernel's θ order), a Dense layer's
-# (`K × S·n`, transposed).
-function _patch_rows(l::_ConvLayer, U)
+# sample: a convolution's (`S·n × K`, in the kernel's θ order, in `scr`'s array `name`),
+# a Dense layer's (`K × S·n`, transposed).
+function _patch_rows(l::_ConvLayer, U, scr, name)
     S, K, n = size(U)
-    return reshape(permutedims(U, (1, 3, 2)), S * n, K)
+    return reshape(permutedims!(_take(scr, name, S, n, K), U, (1, 3, 2)), S * n, K)
 end
-_patch_rows(l::Flux.Dense, U) = reshape(U, size(U, 1), :)
+_patch_rows(l::Flux.Dense, U, scr, name) = reshape(U, size(U, 1), :)
 
 # Σ over samples and positions of ū ūᵀ, `ū` a row (`_patch_rows`) with a 1 appended for
 # a bias: one SYRK, the bias row and column from the rows' sum.
@@ -520,7 +523,7 @@ end
 # Σ over seeds, samples and positions of D_s D_sᵀ (a convolution's D channels first in
 # `scr`'s array `name`).
 function _output_factor!(G, l::_ConvLayer, D::AbstractArray{T}, scr, name) where {T}
-    Dp = permutedims!(_take_array(scr, name, size(D, 2), size(D, 1), size(D, 3)), D, (2, 1, 3))
+    Dp = permutedims!(_take(scr, name, size(D, 2), size(D, 1), size(D, 3)), D, (2, 1, 3))
     return mul!(G, reshape(Dp, size(D, 2), :), transpose(reshape(Dp, size(D, 2), :)), one(T), one(T))
 end
 function _output_factor!(G, l::Flux.Dense, D::AbstractArray{T}, scr, name) where {T}
@@ -554,15 +557,17 @@ function kron_of(kind::Union{GGN,EmpiricalFisher}, cc::ConvChain, p::Problem{T})
     A = [zeros(T, _patch_width(l) + _hasbias(l), _patch_width(l) + _hasbias(l)) for l in cc.taps]
     G = [zeros(T, _out_channels(l), _out_channels(l)) for l in cc.taps]
     positions = zeros(Int, length(cc.taps))
-    R, scr = _seeds_per_sample(kind, size(p.Y, 1)), _Scratch(T)
-    _each_chunk(_conv_chunks(cc, p, R, FACTOR_CHUNK_BYTES), FACTOR_CHUNK_BYTES) do cols, _
-        fw = _forward(cc, p.X[:, cols])
-        Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), length(cc.taps), scr)
-        for (m, l) in enumerate(cc.taps)
-            rows = _patch_rows(l, fw.patches[m])
-            _input_factor!(A[m], l, rows)
-            _output_factor!(G[m], l, _flat_derivative(l, Ds[m]), scr, (:channels_first, m))
-            positions[m] = _positions(l, rows, length(cols))
+    R = _seeds_per_sample(kind, size(p.Y, 1))
+    _with_scratch(T) do scr
+        _each_chunk(_conv_chunks(cc, p, R, FACTOR_CHUNK_BYTES), FACTOR_CHUNK_BYTES) do cols, _
+            fw = _forward(cc, p.X[:, cols])
+            Ds = _derivatives(cc, fw, _seeds(kind, fw, p.Y[:, cols], p.ℓ, p.s), length(cc.taps), scr)
+            for (m, l) in enumerate(cc.taps)
+                rows = _patch_rows(l, fw.patches[m], scr, (:patch_rows, m))
+                _input_factor!(A[m], l, rows)
+                _output_factor!(G[m], l, _flat_derivative(l, Ds[m]), scr, (:channels_first, m))
+                positions[m] = _positions(l, rows, length(cols))
+            end
         end
     end
     c = _gram_scale(kind, p.s)
@@ -579,8 +584,9 @@ The rows of the unit seeds: `J_n[c, :] = ∂f_c(x_n)/∂θ`.
 function _param_jacobian(cc::ConvChain, X::Matrix{T}) where {T}
     fw = _forward(cc, X)
     C, N = size(fw.out)
-    Gt = _rows(cc, fw, _unit_seeds(T, C, N))
-    return permutedims(reshape(Gt, :, N, C), (2, 3, 1))
+    return _with_scratch(T) do scr
+        permutedims(reshape(_rows(cc, fw, _unit_seeds(T, C, N), scr), :, N, C), (2, 3, 1))
+    end
 end
 
 #------------------- the exact Hessian: the GGN and the cross terms -------------------#
@@ -760,18 +766,22 @@ function _add_cross_terms!(H::AbstractMatrix{T}, cc::ConvChain, m, p::Problem{T}
     tap = cc.taps[m]
     rows = cc.offsets[m] .+ (1:length(tap.weight))
     blocks = 3 * sizeof(T) * length(tap.weight) * maximum(_tapsize, cc.taps[1:m-1])
-    scr_δ, scr = _Scratch(T), _Scratch(T)                     # δ is kept while Ds are made
     budget = max(workspace - blocks, 0)
-    _each_chunk(_sample_chunks(size(p.X, 2), _cross_bytes_per_sample(cc, p.X, m), budget), budget) do cols, _
-        fw = _forward(cc, p.X[:, cols])
-        E = p.s .* _seeds(EmpiricalFisher(), fw, p.Y[:, cols], p.ℓ, p.s)
-        δ = _derivatives(cc, fw, E, length(cc.taps), scr_δ)[m]
-        a = fw.inputs[m]
-        r = length(a) ÷ length(cols)
-        Ds = _derivatives(cc, fw, _unit_cotangents(a), m - 1, scr)
-        for (l, off, U, D) in _tap_data(cc, fw, Ds)
-            Tml = _unfolded_against(tap, a, _sample_rows(l, U, D, r), δ)
-            view(H, rows, off .+ (1:_tapsize(l))) .+= Tml
+    chunks = _sample_chunks(size(p.X, 2), _cross_bytes_per_sample(cc, p.X, m), budget)
+    _with_scratch(T) do scr_δ                                   # δ is kept while Ds are made
+        _with_scratch(T) do scr
+            _each_chunk(chunks, budget) do cols, _
+                fw = _forward(cc, p.X[:, cols])
+                E = p.s .* _seeds(EmpiricalFisher(), fw, p.Y[:, cols], p.ℓ, p.s)
+                δ = _derivatives(cc, fw, E, length(cc.taps), scr_δ)[m]
+                a = fw.inputs[m]
+                r = length(a) ÷ length(cols)
+                Ds = _derivatives(cc, fw, _unit_cotangents(a), m - 1, scr)
+                for (l, off, U, D) in _tap_data(cc, fw, Ds)
+                    Tml = _unfolded_against(tap, a, _sample_rows(l, U, D, r), δ)
+                    view(H, rows, off .+ (1:_tapsize(l))) .+= Tml
+                end
+            end
         end
     end
 end

@@ -67,20 +67,25 @@ function _forward(dc::DenseChain{T}, X::Matrix{T}, second::Bool) where {T}
     return _Forward(ā, d1, d2, _preactivation(dc, L, a))
 end
 
-# d1 .* (Wᵀ X) for X (o × r × n): one step of a backward recursion, for r columns per sample.
-function _back(W::AbstractMatrix, X::Array{T,3}, d1::AbstractMatrix) where {T}
+# Y = d1 .* (Wᵀ X) for X (o × r × n): one step of a backward recursion, for r columns per sample.
+function _back!(Y::Array{T,3}, W::AbstractMatrix, X::Array{T,3}, d1::AbstractMatrix) where {T}
     o, r, n = size(X)
-    Y = reshape(transpose(W) * reshape(X, o, r * n), size(W, 2), r, n)
+    mul!(reshape(Y, size(W, 2), r * n), transpose(W), reshape(X, o, r * n))
     Y .*= reshape(d1, size(d1, 1), 1, n)
     return Y
 end
+_back(W::AbstractMatrix, X::Array{T,3}, d1::AbstractMatrix) where {T} =
+    _back!(Array{T,3}(undef, size(W, 2), size(X, 2), size(X, 3)), W, X, d1)
 
 # The per-sample losses of the chunk (a 1 × n row) as a function of z_L.
 _head_loss(head, ℓ, Y) = Z -> ℓ(head(Z), Y; agg = _columns)
 
 #------------------------------- factors -----------------------------------#
 
-"""Per-sample factors of a chunk of samples, one type per kind; each holds the forward pass `fw`."""
+"""Per-sample factors of a chunk of samples, one type per kind; each holds the forward pass
+`fw`. `_factors(kind, dc, X, Y, ℓ, s, scr)` makes them; the Hessian's `K_l` are arrays of
+the [`_Scratch`](@ref) `scr`, valid until the next chunk's (the GGN and the EF take none:
+`scr` may be `nothing`)."""
 abstract type _Factors{T} end
 
 """The empirical Fisher's: `δ_l` (o_l × n)."""
@@ -103,7 +108,7 @@ struct HessianFactors{T} <: _Factors{T}
     K::Vector{Array{T,3}}
 end
 
-function _factors(::EmpiricalFisher, dc, X::Matrix{T}, Y, ℓ, s) where {T}
+function _factors(::EmpiricalFisher, dc, X::Matrix{T}, Y, ℓ, s, scr) where {T}
     fw = _forward(dc, X, false)
     return EFFactors{T}(fw, _deltas(dc, fw, columnwise_gradient(_head_loss(dc.head, ℓ, Y), fw.z)))
 end
@@ -117,7 +122,7 @@ function _deltas(dc, fw, δL)
     return δ
 end
 
-function _factors(::Hessian, dc, X::Matrix{T}, Y, ℓ, s) where {T}
+function _factors(::Hessian, dc, X::Matrix{T}, Y, ℓ, s, scr) where {T}
     fw = _forward(dc, X, true)
     u = _head_loss(dc.head, ℓ, Y)
     L, n = length(dc.weights), size(X, 2)
@@ -127,11 +132,13 @@ function _factors(::Hessian, dc, X::Matrix{T}, Y, ℓ, s) where {T}
     for l in L-1:-1:1
         W = dc.weights[l+1]
         o, m = size(W)
-        WK = reshape(transpose(W) * reshape(K[l+1], o, o * n), m, o, n)     # Wᵀ K_n
-        KW = permutedims(WK, (2, 1, 3))                                       # K_n W (K_n symmetric)
-        inner = reshape(transpose(W) * reshape(KW, o, m * n), m, m, n)        # Wᵀ K_n W
+        WK = _take(scr, :WK, m, o, n)
+        mul!(reshape(WK, m, o * n), transpose(W), reshape(K[l+1], o, o * n))   # Wᵀ K_n
+        KW = permutedims!(_take(scr, :KW, o, m, n), WK, (2, 1, 3))            # K_n W (K_n symmetric)
+        Kl = _take(scr, (:K, l), m, m, n)
+        mul!(reshape(Kl, m, m * n), transpose(W), reshape(KW, o, m * n))      # Wᵀ K_n W
         d1, g = fw.d1[l], transpose(W) * δ[l+1]                               # g = ∂(sℓ)/∂a_{l+1}
-        Kl = inner .* reshape(d1, m, 1, n) .* reshape(d1, 1, m, n)
+        Kl .*= reshape(d1, m, 1, n) .* reshape(d1, 1, m, n)
         for j in 1:n, i in 1:m
             Kl[i, i, j] += fw.d2[l][i, j] * g[i, j]
         end
@@ -150,7 +157,7 @@ function _output_jacobians(dc, fw::_Forward{T}) where {T}
     return B
 end
 
-function _factors(::GGN, dc, X::Matrix{T}, Y, ℓ, s) where {T}
+function _factors(::GGN, dc, X::Matrix{T}, Y, ℓ, s, scr) where {T}
     fw = _forward(dc, X, false)
     B = _output_jacobians(dc, fw)
     F = dc.head(fw.z)
@@ -166,66 +173,51 @@ function _factors(::GGN, dc, X::Matrix{T}, Y, ℓ, s) where {T}
     return GGNFactors{T}(fw, B, ΛB)
 end
 
-# The block factor K_ml (o_m × o_l × n) of layers m ≥ l.
-_block_factor(F::HessianFactors, dc, m, l) = m == l ? F.K[m] : permutedims(_cross(F, dc, m, l), (2, 1, 3))
+# The block factor K_ml (o_m × o_l × n) of layers m ≥ l (off the diagonal in `scr`).
+function _block_factor(F::HessianFactors, dc, m, l, scr)
+    m == l && return F.K[m]
+    C = _cross(F, dc, m, l, scr)
+    return permutedims!(_take(scr, :Kml, size(C, 2), size(C, 1), size(C, 3)), C, (2, 1, 3))
+end
 
-# K_mlᵀ = (K_m J_ml)ᵀ, J_ml = ∂z_m/∂z_l, right to left from K_m (symmetric).
-function _cross(F, dc, m, l)
-    Y = F.K[m]
+# K_mlᵀ = (K_m J_ml)ᵀ, J_ml = ∂z_m/∂z_l, right to left from K_m (symmetric), in `scr`.
+function _cross(F, dc, m, l, scr)
+    Y, which = F.K[m], false
     for k in m:-1:l+1
-        Y = _back(dc.weights[k], Y, F.fw.d1[k-1])
+        W = dc.weights[k]
+        Y = _back!(_take(scr, (:cross, which), size(W, 2), size(Y, 2), size(Y, 3)), W, Y, F.fw.d1[k-1])
+        which = !which
     end
     return Y
 end
 
-function _block_factor(F::GGNFactors{T}, dc, m, l) where {T}
+function _block_factor(F::GGNFactors{T}, dc, m, l, scr) where {T}
     Bm, ΛBl = F.B[m], F.ΛB[l]
-    K = Array{T,3}(undef, size(Bm, 1), size(ΛBl, 1), size(Bm, 3))
+    K = _take(scr, :Kml, size(Bm, 1), size(ΛBl, 1), size(Bm, 3))
     for j in axes(K, 3)
         mul!(view(K, :, :, j), view(Bm, :, :, j), transpose(view(ΛBl, :, :, j)))
     end
     return K
 end
 
-# T̄_ml without its zero bias row (n_m × o_l × n), for m > l + 1: ∂a_m/∂z_l.
-function _input_sensitivity(F, dc, m, l)
+# T̄_ml without its zero bias row (n_m × o_l × n), for m > l + 1: ∂a_m/∂z_l, in `scr`.
+function _input_sensitivity(F, dc, m, l, scr)
     d1 = F.fw.d1
-    n = size(d1[l], 2)
-    S = dc.weights[l+1] .* reshape(d1[l], 1, size(d1[l], 1), n)      # ∂z_{l+1}/∂z_l
+    n, W, which = size(d1[l], 2), dc.weights[l+1], false
+    S = _take(scr, (:sensitivity, which), size(W)..., n)
+    S .= W .* reshape(d1[l], 1, size(d1[l], 1), n)                  # ∂z_{l+1}/∂z_l
     for k in l+1:m-2
         o, r = size(S, 1), size(S, 2)
-        S = reshape(dc.weights[k+1] * reshape(reshape(d1[k], o, 1, n) .* S, o, r * n),
-                    :, r, n)
+        S .*= reshape(d1[k], o, 1, n)
+        which = !which
+        next = _take(scr, (:sensitivity, which), size(dc.weights[k+1], 1), r, n)
+        mul!(reshape(next, :, r * n), dc.weights[k+1], reshape(S, o, r * n))
+        S = next
     end
-    return reshape(d1[m-1], size(d1[m-1], 1), 1, n) .* S
+    return S .*= reshape(d1[m-1], size(d1[m-1], 1), 1, n)
 end
 
 #------------------------------- assembly ----------------------------------#
-
-# Work arrays reused from panel to panel, or chunk to chunk of samples, by name (fresh
-# memory for each cost as much as the GEMMs, and what a call allocates sets how often
-# Julia's full collections run: a few hundred ms each in a process with Flux loaded).
-struct _Scratch{T}
-    buffers::Dict{Any,Vector{T}}
-end
-_Scratch(::Type{T}) where {T} = _Scratch{T}(Dict{Any,Vector{T}}())
-
-# An uninitialised view `dims` of `name`'s buffer, grown as needed.
-function _take(s::_Scratch{T}, name::Symbol, dims::Int...) where {T}
-    n = prod(dims)
-    v = get!(() -> Vector{T}(undef, n), s.buffers, name)
-    length(v) < n && resize!(v, n)
-    return reshape(view(v, 1:n), dims)
-end
-
-# An uninitialised `Array{T}` of `dims` (what NNlib's kernels take) over `name`'s buffer:
-# the last take's memory when that had as many entries, a new buffer otherwise.
-function _take_array(s::_Scratch{T}, name, dims::Int...) where {T}
-    n = prod(dims)
-    v = get(s.buffers, name, nothing)
-    (v === nothing || length(v) != n) && (v = s.buffers[name] = Vector{T}(undef, n))
-    return reshape(v, dims)
-end
 
 # H[row(p, j), col(q, i)] (+)= S[p, q, j, i]: rows (p, j) of layer m from row j0, columns (q, i) of layer l.
 function _scatter!(H, S, offm, j0, offl, add::Bool)
@@ -247,6 +239,18 @@ function _scatter!(H, S, offm, j0, offl, add::Bool)
     end
 end
 
+# A[i, j, s] = x[i, s]·y[j, s]: per sample s the outer product of the columns (a loop: the
+# broadcast of reshaped views is 8× slower).
+function _outer!(A::AbstractArray{T,3}, x::AbstractMatrix, y::AbstractMatrix) where {T}
+    @inbounds for s in axes(A, 3), j in axes(A, 2)
+        b = y[j, s]
+        @simd for i in axes(A, 1)
+            A[i, j, s] = x[i, s] * b
+        end
+    end
+    return A
+end
+
 # Rows per panel of block (m, l) so that each panel's temporaries fit `budget`.
 _panel_rows(om, ol, n̄l, n, budget, ::Type{T}) where {T} =
     max(1, min(budget ÷ (sizeof(T) * om * ol * n̄l), budget ÷ (sizeof(T) * n̄l * n)))
@@ -257,8 +261,7 @@ function _first_term!(H, F, dc, K, m, l, j0, j1, add, scr)
     om, ol, n = size(K)
     cols = m == l ? j1 : size(āl, 1)
     jn = j1 - j0 + 1
-    A = _take(scr, :A, jn, cols, n)
-    A .= reshape(view(ām, j0:j1, :), jn, 1, n) .* reshape(view(āl, 1:cols, :), 1, cols, n)
+    A = _outer!(_take(scr, :A, jn, cols, n), view(ām, j0:j1, :), view(āl, 1:cols, :))
     S = _take(scr, :S, om * ol, jn * cols)
     mul!(S, reshape(K, om * ol, n), transpose(reshape(A, jn * cols, n)))
     _scatter!(H, reshape(S, om, ol, jn, cols), dc.offsets[m], j0, dc.offsets[l], add)
@@ -274,8 +277,7 @@ function _second_term!(H, F::HessianFactors, dc, Tml, m, l, j0, j1, scr)
     jn = j1 - j0 + 1
     offm, offl = dc.offsets[m], dc.offsets[l]
     if m == l + 1   # T̄_ml[j, q] = φ_l'[j] when q == j
-        D = _take(scr, :A, om, jn, n)
-        D .= reshape(δm, om, 1, n) .* reshape(view(F.fw.d1[l], j0:j1, :), 1, jn, n)
+        D = _outer!(_take(scr, :A, om, jn, n), δm, view(F.fw.d1[l], j0:j1, :))
         S = reshape(_take(scr, :S, om * jn, n̄l), om, jn, n̄l)
         mul!(reshape(S, om * jn, n̄l), reshape(D, om * jn, n), transpose(āl))
         @inbounds for i in 1:n̄l, j in 1:jn
@@ -286,8 +288,7 @@ function _second_term!(H, F::HessianFactors, dc, Tml, m, l, j0, j1, scr)
             end
         end
     else
-        R = _take(scr, :A, om, n̄l, n)
-        R .= reshape(δm, om, 1, n) .* reshape(āl, 1, n̄l, n)
+        R = _outer!(_take(scr, :A, om, n̄l, n), δm, āl)
         S = _take(scr, :S, om * n̄l, jn * ol)
         Tp = reshape(_take(scr, :T, jn, ol, n), jn * ol, n)
         copyto!(reshape(Tp, jn, ol, n), view(Tml, j0:j1, :, :))
@@ -313,8 +314,8 @@ _needs_sensitivity(F, m, l) = false
 function _assemble!(H::AbstractMatrix{T}, F::_Factors, dc::DenseChain, add::Bool, budget, scr) where {T}
     n = size(F.fw.z, 2)
     for m in _layers(dc), l in 1:m
-        K = _block_factor(F, dc, m, l)
-        Tml = _needs_sensitivity(F, m, l) ? _input_sensitivity(F, dc, m, l) : nothing
+        K = _block_factor(F, dc, m, l, scr)
+        Tml = _needs_sensitivity(F, m, l) ? _input_sensitivity(F, dc, m, l, scr) : nothing
         om, ol = size(K, 1), size(K, 2)
         n̄m, n̄l = size(F.fw.ā[m], 1), size(F.fw.ā[l], 1)
         step = _panel_rows(om, ol, n̄l, n, budget, T)
@@ -369,10 +370,11 @@ more), an eighth each panel's temporaries (three buffers).
 """
 function curvature_into!(H::AbstractMatrix{T}, kind::Union{Hessian,GGN}, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
-    scr = _Scratch(T)
-    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2), workspace ÷ 2; paused = false) do cols, add
-        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
-        _assemble!(H, F, dc, add, workspace ÷ 8, scr)
+    _with_scratch(T) do scr
+        _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace ÷ 2), workspace ÷ 2; paused = false) do cols, add
+            F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s, scr)
+            _assemble!(H, F, dc, add, workspace ÷ 8, scr)
+        end
     end
     return _mirror_lower!(H)
 end
@@ -421,17 +423,19 @@ const GRAM_PANEL = 512
 
 function curvature_into!(H::AbstractMatrix{T}, kind::EmpiricalFisher, dc::DenseChain, p::Problem{T}, workspace) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
-    _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace), workspace; paused = false) do cols, add
-        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
-        _gram!(H, _sample_gradient_rows(dc, F), p.s, add)
+    _with_scratch(T) do scr
+        _each_chunk(_sample_chunks(N, _bytes_per_sample(kind, dc, C, T), workspace), workspace; paused = false) do cols, add
+            F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s, scr)
+            _gram!(H, _sample_gradient_rows(dc, F, scr), p.s, add)
+        end
     end
     return _mirror_lower!(H)
 end
 
-# G (n × P): row n is sample n's gradient g_n, g_n's block of layer l is vec(δ_l ā_lᵀ).
-function _sample_gradient_rows(dc, F::EFFactors{T}) where {T}
+# G (n × P, in `scr`): row n is sample n's gradient g_n, g_n's block of layer l is vec(δ_l ā_lᵀ).
+function _sample_gradient_rows(dc, F::EFFactors{T}, scr) where {T}
     n = size(F.fw.z, 2)
-    G = Matrix{T}(undef, n, _nparams(dc))
+    G = _take(scr, :rows, n, _nparams(dc))
     for (l, off) in enumerate(dc.offsets)
         δt, āt = permutedims(F.δ[l]), permutedims(F.fw.ā[l])
         o = size(δt, 2)
@@ -457,7 +461,7 @@ end
 #----------------------- gradient, diagonals, KFAC, Jacobians -------------#
 
 function gradient_of(dc::DenseChain, p::Problem{T}) where {T}
-    F = _factors(EmpiricalFisher(), dc, p.X, p.Y, p.ℓ, p.s)
+    F = _factors(EmpiricalFisher(), dc, p.X, p.Y, p.ℓ, p.s, nothing)        # takes no scratch
     g = Vector{T}(undef, length(p.θ))
     for (l, off) in enumerate(dc.offsets)
         block = F.δ[l] * transpose(F.fw.ā[l])                                # o_l × n̄_l
@@ -485,12 +489,14 @@ function diagonal_of(kind::Kind, dc::DenseChain, p::Problem{T}) where {T}
     N, C = size(p.X, 2), size(p.Y, 1)
     d = zeros(T, length(p.θ))
     chunks = _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), FACTOR_CHUNK_BYTES)
-    _each_chunk(chunks, FACTOR_CHUNK_BYTES) do cols, _
-        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
-        for (l, off) in enumerate(dc.offsets)
-            block = _own_diagonal(F, l) * transpose(abs2.(F.fw.ā[l]))      # o_l × n̄_l
-            block .*= _own_scale(kind, p.s)
-            view(d, off+1:off+length(block)) .+= vec(block)
+    _with_scratch(T) do scr
+        _each_chunk(chunks, FACTOR_CHUNK_BYTES) do cols, _
+            F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s, scr)
+            for (l, off) in enumerate(dc.offsets)
+                block = _own_diagonal(F, l) * transpose(abs2.(F.fw.ā[l]))      # o_l × n̄_l
+                block .*= _own_scale(kind, p.s)
+                view(d, off+1:off+length(block)) .+= vec(block)
+            end
         end
     end
     return d
@@ -510,7 +516,7 @@ function kron_of(kind::Union{GGN,EmpiricalFisher}, dc::DenseChain, p::Problem{T}
     G = [zeros(T, size(W, 1), size(W, 1)) for W in dc.weights]
     chunks = _sample_chunks(N, 2 * _bytes_per_sample(kind, dc, C, T), FACTOR_CHUNK_BYTES)
     _each_chunk(chunks, FACTOR_CHUNK_BYTES) do cols, _
-        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s)
+        F = _factors(kind, dc, p.X[:, cols], p.Y[:, cols], p.ℓ, p.s, nothing)  # GGN, EF: no scratch
         for l in _layers(dc)
             mul!(A[l], F.fw.ā[l], transpose(F.fw.ā[l]), one(T) / N, one(T))
             G[l] .+= _own_sum(F, l)
