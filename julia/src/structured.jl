@@ -409,9 +409,10 @@ N = 500, KFAC-GGN from Python, 15 calls in each of three processes: medians 0.27
 and calls up to 1.08 s; paused, 0.24–0.31 s and at most 0.35 s). Paused, the chunks'
 garbage waits for the next collection: at most `budget` bytes beyond a chunk's own.
 
-`paused = false` (the Dense P × P routes, whose chunks are half the workspace and make
-temporaries of that order inside it): the collector runs as usual, and a quick
-collection between any two chunks frees a chunk's factors before the next one's are made.
+`paused = false` (the Dense P × P routes, whose chunks are half the workspace): the
+collector runs as usual, and a quick collection between any two chunks frees what a chunk
+left on the heap (its forward pass; its factors are in a [`_Scratch`](@ref)) before the
+next one runs.
 """
 function _each_chunk(f, chunks, budget; paused::Bool = true)
     running = paused ? GC.enable(false) : true
