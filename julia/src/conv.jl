@@ -219,8 +219,11 @@ function _backward(b::_SelectBack, D::AbstractArray{T}, scr, name) where {T}
 end
 
 function _backward(b::_ActBack, D, scr, name)
-    n = size(b.d1, ndims(b.d1))
-    reshape(D, :, n, size(D, ndims(D)) ÷ n) .*= reshape(b.d1, :, n, 1)
+    d1, Dv = vec(b.d1), vec(D)                 # sample j's i-th cotangent at j + (i - 1)·n
+    per = length(d1)
+    @inbounds for i in 0:length(Dv) ÷ per - 1, x in 1:per
+        Dv[i * per + x] *= d1[x]
+    end
     return D
 end
 
@@ -653,15 +656,16 @@ diagonal_of(kind::Hessian, cc::ConvChain, p::Problem) =
     _piecewise_linear(cc) ? diagonal_of(GGN(), cc, p) : diagonal_of(kind, Generic(), p)
 
 """
-    _unit_cotangents(a) -> E
+    _unit_cotangents(a, scr) -> E
 
 The unit cotangents of the entries of each sample of the batch `a` (`…, n`), `r` =
-`length(a) ÷ n` per sample: `E` (`…, n·r`), sample j's i-th `e_i` at `j + (i - 1)·n`.
+`length(a) ÷ n` per sample: `E` (`…, n·r`), sample j's i-th `e_i` at `j + (i - 1)·n`, an
+array of `scr`.
 """
-function _unit_cotangents(a::AbstractArray{T}) where {T}
+function _unit_cotangents(a::AbstractArray{T}, scr) where {T}
     n = size(a, ndims(a))
     r = length(a) ÷ n
-    E = zeros(T, r, n, r)
+    E = fill!(_take(scr, :unit_cotangents, r, n, r), zero(T))
     for i in 1:r, j in 1:n
         E[i, j, i] = one(T)
     end
@@ -737,20 +741,186 @@ function _unfolded_against(l::_ConvLayer, a, J::AbstractArray{T}, δ) where {T}
     return reshape(Tm, k * cg * O, q)
 end
 
+#------------- adjacent taps: each entry of a tap's input on one channel -------------#
+#
+# The stages between taps m - 1 and m (piecewise linear ones: relu, leakyrelu, pools,
+# `flatten`, the identity) act channel by channel, so entry i of a sample of tap m's input
+# depends on one channel c(i) of z_{m-1} only. Tap m - 1's rows for the cotangent of entry
+# i are then zero outside θ_{m-1}'s channel c(i), its `Kb` = kernel × input channels (+ a
+# bias) entries, and `T_{m,m-1}` is zero outside those columns: of each row the route
+# computes the `Kb` entries, a |θ_{m-1}| / Kb-th of the products and memory (1/16 and
+# 1/32 for the benchmarks' CNN).
+
 """
-    _cross_bytes_per_sample(cc, X, m) -> bytes
+    _ChannelBlocks
+
+For the entries of one sample of tap m's input, those on each channel c of z_{m-1}:
+`ranges[c]`, contiguous (entries on no channel are in none).
+"""
+struct _ChannelBlocks
+    ranges::Vector{UnitRange{Int}}
+end
+
+_apply(st::_Act, a) = st.φ.(a)
+_apply(st::_Layer, a) = st.layer(a)
+
+# The dimension of z that holds a tap's channels.
+_channel_dim(::_ConvLayer, z) = ndims(z) - 1
+_channel_dim(::Flux.Dense, z) = 1
+
+"""
+    _channel_blocks(cc, fw, m) -> _ChannelBlocks or nothing
+
+The channel of z_{m-1} each entry of tap m's input depends on, read off the stages between
+them applied to the indicator of each channel (one sample, `fw` a forward pass holding one);
+`nothing` where an entry depends on two channels, a channel's entries are not contiguous,
+or tap m cannot use them: a convolution whose input channel is not that channel, a Dense
+tap on more than a feature dimension.
+"""
+function _channel_blocks(cc::ConvChain, fw::_ConvForward{T}, m) where {T}
+    l, tap, a = cc.taps[m-1], cc.taps[m], fw.inputs[m]
+    z = _affine(l, fw.inputs[m-1])
+    d, O = _channel_dim(l, z), size(z, _channel_dim(l, z))
+    Z = zeros(T, size(z)[1:end-1]..., O)
+    for c in 1:O
+        selectdim(selectdim(Z, ndims(Z), c), d, c) .= one(T)
+    end
+    A = reshape(foldl((x, st) -> _apply(st, x), cc.after[m-1]; init = Z), :, O)
+    size(A, 1) == length(a) || return nothing
+    channel = zeros(Int, size(A, 1))
+    for i in axes(A, 1)
+        on = findall(!iszero, view(A, i, :))
+        length(on) > 1 && return nothing
+        channel[i] = isempty(on) ? 0 : only(on)
+    end
+    _takes_channels(tap, a, channel) || return nothing
+    ranges = UnitRange{Int}[]
+    for c in 1:O
+        at = findall(==(c), channel)
+        isempty(at) || at == first(at):last(at) || return nothing
+        push!(ranges, isempty(at) ? (1:0) : (first(at):last(at)))
+    end
+    return _ChannelBlocks(ranges)
+end
+
+# Whether tap m can take its input's entries by channel: a Dense tap on features alone, a
+# convolution whose input channel of each entry is the channel it depends on.
+_takes_channels(::Flux.Dense, a, channel) = ndims(a) == 2
+function _takes_channels(::_ConvLayer, a, channel)
+    per = length(a) ÷ size(a, ndims(a) - 1)
+    return all(i -> channel[i] in (0, (i - 1) ÷ per + 1), eachindex(channel))
+end
+
+# θ_l's entries of output channel c: the weights (kernel × the group's input channels, or a
+# Dense row), then the bias.
+_channel_width(l) = length(l.weight) ÷ _out_channels(l) + _hasbias(l)
+function _channel_column(l::_ConvLayer, c, k)
+    Kg = length(l.weight) ÷ _out_channels(l)
+    return k <= Kg ? (c - 1) * Kg + k : Kg * _out_channels(l) + c
+end
+function _channel_column(l::Flux.Dense, c, k)
+    O, K = size(l.weight)
+    return k <= K ? c + (k - 1) * O : O * K + c
+end
+
+"""
+    _channel_rows(l, U, D, r, blocks, scr) -> Jc (r, Kb, n)
+
+`Jc[i, k, j]` = the `k`-th entry of θ_l's channel c(i) ([`_channel_column`](@ref)) in the
+row of sample j's i-th derivative (`D`, `U` as for [`_sample_rows`](@ref)): one GEMM per
+sample and channel for a convolution, a loop for Dense. Entries on no channel have zero
+rows. An array of `scr`.
+"""
+function _channel_rows(l::_ConvLayer, U::AbstractArray{T}, D, r, blocks, scr) where {T}
+    S, O = size(D, 1), size(D, 2)
+    n = size(D, 3) ÷ r
+    Kg, Og = size(U, 2) ÷ _groups(l), O ÷ _groups(l)
+    D4 = reshape(D, S, O, n, r)
+    Jc = fill!(_take(scr, :channel_rows, r, _channel_width(l), n), zero(T))
+    ones_S = ones(T, S)
+    for j in 1:n, (o, I) in enumerate(blocks.ranges)
+        isempty(I) && continue
+        Djo = transpose(view(D4, :, o, j, I))                                 # (|I|, S)
+        k0 = ((o - 1) ÷ Og) * Kg
+        mul!(view(Jc, I, 1:Kg, j), Djo, view(U, :, k0+1:k0+Kg, j))
+        _hasbias(l) && mul!(view(Jc, I, Kg + 1, j), Djo, ones_S)
+    end
+    return Jc
+end
+
+function _channel_rows(l::Flux.Dense, U::AbstractArray{T}, D, r, blocks, scr) where {T}
+    O, S = size(D, 1), size(D, 2)
+    n = size(D, 3) ÷ r
+    K = size(U, 1)
+    D4 = reshape(D, O, S, n, r)
+    Jc = fill!(_take(scr, :channel_rows, r, _channel_width(l), n), zero(T))
+    @inbounds for j in 1:n, (c, I) in enumerate(blocks.ranges), i in I, s in 1:S
+        d = D4[c, s, j, i]
+        for k in 1:K
+            Jc[i, k, j] += d * U[k, s, j]
+        end
+        _hasbias(l) && (Jc[i, K + 1, j] += d)
+    end
+    return Jc
+end
+
+"""
+    _add_channel_cross!(H, tap, l, om, ol, a, Jc, δ, blocks)
+
+`H[W_m, θ_l] += T_ml` for `tap` m and the tap l = m - 1 before it (θ offsets `om`, `ol`)
+from l's rows by channel (`Jc`, [`_channel_rows`](@ref)) and `δ = ∂(sℓ)/∂z_m`, as
+[`_unfolded_against`](@ref) does for all of θ_l's columns: a Dense tap by one GEMM, a
+convolution by the weight gradient of a convolution of `Jc`'s `Kb·cin` channels.
+"""
+function _add_channel_cross!(H, tap::Flux.Dense, l, om, ol, a, Jc, δ, blocks)
+    r, Kb, n = size(Jc)
+    O = _out_channels(tap)
+    Tc = reshape(reshape(δ, O, n) * transpose(reshape(Jc, r * Kb, n)), O, r, Kb)
+    @inbounds for (c, I) in enumerate(blocks.ranges), k in 1:Kb
+        q = ol + _channel_column(l, c, k)
+        for i in I, o in 1:O
+            H[om + o + (i - 1) * O, q] += Tc[o, i, k]
+        end
+    end
+    return H
+end
+
+function _add_channel_cross!(H, tap::_ConvLayer, l, om, ol, a, Jc, δ, blocks)
+    r, Kb, n = size(Jc)
+    O, cin = _out_channels(tap), size(a, ndims(a) - 1)
+    images = reshape(permutedims(reshape(Jc, r ÷ cin, cin, Kb, n), (1, 3, 2, 4)), size(a)[1:end-2]..., Kb * cin, n)
+    cdims = NNlib.DenseConvDims(_cdims(tap, a); C_in = Kb * cin, G = 1)
+    ks = prod(size(tap.weight)[1:end-2])
+    dW = reshape(NNlib.∇conv_filter(images, δ, cdims), ks, Kb, cin, O)
+    cg, og = cin ÷ _groups(tap), O ÷ _groups(tap)
+    @inbounds for o in 1:O, c in 1:cin
+        cgi = c - ((o - 1) ÷ og) * cg                          # c within o's group of inputs
+        1 <= cgi <= cg || continue
+        for k in 1:Kb
+            q = ol + _channel_column(l, c, k)
+            for s in 1:ks
+                H[om + s + (cgi - 1) * ks + (o - 1) * ks * cg, q] += dW[s, k, c, o]
+            end
+        end
+    end
+    return H
+end
+
+"""
+    _cross_bytes_per_sample(cc, fw, m, blocks) -> bytes
 
 One sample's working memory for tap m's cross terms, `r` = a sample's entries of tap m's
 input: the `r` unit cotangents, per earlier tap their derivatives (its input's and
-z's size, three times) and its rows `J` (twice), every tap's patches, the sizes read
-from a forward pass of the first sample.
+z's size, three times) and its rows (twice: `|θ_l|` entries each, the channel's
+[`_channel_width`](@ref) for tap m - 1 when `blocks` are known), every tap's patches, the
+sizes read from `fw`, a forward pass of one sample.
 """
-function _cross_bytes_per_sample(cc::ConvChain, X::Matrix{T}, m) where {T}
-    fw = _forward(cc, X[:, 1:1])
+function _cross_bytes_per_sample(cc::ConvChain, fw::_ConvForward{T}, m, blocks) where {T}
     r = length(fw.inputs[m])
     floats = r * r + length(fw.inputs[m]) + sum(length, fw.patches)
-    for (l, a) in zip(cc.taps[1:m-1], fw.inputs)
-        floats += r * (2 * length(a) + 3 * length(_affine(l, a)) + 2 * _tapsize(l))
+    for (k, (l, a)) in enumerate(zip(cc.taps[1:m-1], fw.inputs))
+        width = k == m - 1 && blocks !== nothing ? _channel_width(l) : _tapsize(l)
+        floats += r * (2 * length(a) + 3 * length(_affine(l, a)) + 2 * width)
     end
     return sizeof(T) * floats
 end
@@ -760,14 +930,16 @@ end
 
 `H[W_m, θ_l] += T_ml` (below the diagonal) for every tap l < m, over chunks of
 samples within `workspace` bytes less the blocks `T_ml` (three of the largest: the
-weight gradient, its reordering and the result).
+weight gradient, its reordering and the result) and a convolution's unfolded input for
+its weight gradient.
 """
 function _add_cross_terms!(H::AbstractMatrix{T}, cc::ConvChain, m, p::Problem{T}, workspace) where {T}
     tap = cc.taps[m]
-    rows = cc.offsets[m] .+ (1:length(tap.weight))
-    blocks = 3 * sizeof(T) * length(tap.weight) * maximum(_tapsize, cc.taps[1:m-1])
-    budget = max(workspace - blocks, 0)
-    chunks = _sample_chunks(size(p.X, 2), _cross_bytes_per_sample(cc, p.X, m), budget)
+    fw1 = _forward(cc, p.X[:, 1:1])
+    blocks = _channel_blocks(cc, fw1, m)
+    widest = maximum(_tapsize, cc.taps[1:m-1])
+    budget = max(workspace - sizeof(T) * (3 * length(tap.weight) * widest + _unfolded_floats(tap, fw1.patches[m], widest)), 0)
+    chunks = _sample_chunks(size(p.X, 2), _cross_bytes_per_sample(cc, fw1, m, blocks), budget)
     _with_scratch(T) do scr_δ                                   # δ is kept while Ds are made
         _with_scratch(T) do scr
             _each_chunk(chunks, budget) do cols, _
@@ -776,12 +948,24 @@ function _add_cross_terms!(H::AbstractMatrix{T}, cc::ConvChain, m, p::Problem{T}
                 δ = _derivatives(cc, fw, E, length(cc.taps), scr_δ)[m]
                 a = fw.inputs[m]
                 r = length(a) ÷ length(cols)
-                Ds = _derivatives(cc, fw, _unit_cotangents(a), m - 1, scr)
-                for (l, off, U, D) in _tap_data(cc, fw, Ds)
-                    Tml = _unfolded_against(tap, a, _sample_rows(l, U, D, r), δ)
-                    view(H, rows, off .+ (1:_tapsize(l))) .+= Tml
+                Ds = _derivatives(cc, fw, _unit_cotangents(a, scr), m - 1, scr)
+                for (k, (l, off, U, D)) in enumerate(_tap_data(cc, fw, Ds))
+                    _add_tap_cross!(H, cc, m, k == m - 1 ? blocks : nothing, l, off, a, U, D, r, δ, scr)
                 end
             end
         end
     end
 end
+
+# The unfolded input of a convolution tap's weight gradient in `_unfolded_against`: its
+# one sample's patches `U` for each of `q` columns (NNlib's im2col buffer).
+_unfolded_floats(::_ConvLayer, U, q) = length(U) * q
+_unfolded_floats(::Flux.Dense, U, q) = 0
+
+# T_ml for one earlier tap l (θ offset `off`): by all of its columns, or by channel.
+function _add_tap_cross!(H, cc, m, ::Nothing, l, off, a, U, D, r, δ, scr)
+    rows = cc.offsets[m] .+ (1:length(cc.taps[m].weight))
+    view(H, rows, off .+ (1:_tapsize(l))) .+= _unfolded_against(cc.taps[m], a, _sample_rows(l, U, D, r), δ)
+end
+_add_tap_cross!(H, cc, m, blocks::_ChannelBlocks, l, off, a, U, D, r, δ, scr) =
+    _add_channel_cross!(H, cc.taps[m], l, cc.offsets[m], off, a, _channel_rows(l, U, D, r, blocks, scr), δ, blocks)

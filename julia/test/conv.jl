@@ -144,6 +144,10 @@ let  # this file's names stay its own
     ]
     pl_losses = [(Flux.mse, sum), (Flux.logitcrossentropy, mean), (Flux.logitcrossentropy, sum), (Flux.mse, mean),
                  (Flux.mse, sum)]
+    # Which taps m take tap m - 1's rows by channel (the rest by all of θ_{m-1}'s columns):
+    # a Dense layer on more than features (chain 4) cannot, nor the Dense tap after it,
+    # whose input's entries of one channel are not contiguous.
+    by_channel = [[true, true], [true, true, true], [true, true], [false, false], [true, true, true]]
     for (k, ((source, dims, C), (loss, agg))) in enumerate(zip(piecewise, pl_losses))
         model = FluxHess.with_input_shape(Bridge.build_model(source; seed = 10 + k), dims)
         N = 5
@@ -152,6 +156,8 @@ let  # this file's names stay its own
             Matrix(Flux.onehotbatch(mod1.(1:N, C), 1:C)) .* 0.8 .+ 0.2 / C : reshape(cos.(1:C*N), C, N)
         r = FluxHess.route(model)
         @test r isa FluxHess.ConvChain
+        fw = FluxHess._forward(r, X[:, 1:1])
+        @test [FluxHess._channel_blocks(r, fw, m) !== nothing for m in 2:length(r.taps)] == by_channel[k]
         θ, re = Flux.destructure(model)
         want = ForwardDiff.hessian(ϑ -> loss(re(ϑ)(X), Y; agg), θ)
         kw = (; loss, agg)
