@@ -84,8 +84,18 @@ end
 function _back!(Y::Array{T,3}, W::AbstractMatrix, X::Array{T,3}, d1::AbstractMatrix) where {T}
     o, r, n = size(X)
     mul!(reshape(Y, size(W, 2), r * n), transpose(W), reshape(X, o, r * n))
-    Y .*= reshape(d1, size(d1, 1), 1, n)
-    return Y
+    return _scale_rows!(Y, d1)
+end
+
+# A[i, k, s] *= d[i, s]: each sample's rows scaled (a loop: the broadcast of a reshaped
+# matrix is several times slower).
+function _scale_rows!(A::AbstractArray{T,3}, d::AbstractMatrix) where {T}
+    @inbounds for s in axes(A, 3), k in axes(A, 2)
+        @simd for i in axes(A, 1)
+            A[i, k, s] *= d[i, s]
+        end
+    end
+    return A
 end
 _back(W::AbstractMatrix, X::Array{T,3}, d1::AbstractMatrix) where {T} =
     _back!(Array{T,3}(undef, size(W, 2), size(X, 2), size(X, 3)), W, X, d1)
@@ -151,9 +161,13 @@ function _factors(::Hessian, dc, X::Matrix{T}, Y, ℓ, s, scr) where {T}
         Kl = _take(scr, (:K, l), m, m, n)
         mul!(reshape(Kl, m, m * n), transpose(W), reshape(KW, o, m * n))      # Wᵀ K_n W
         d1, g = fw.d1[l], transpose(W) * δ[l+1]                               # g = ∂(sℓ)/∂a_{l+1}
-        Kl .*= reshape(d1, m, 1, n) .* reshape(d1, 1, m, n)
-        for j in 1:n, i in 1:m
-            Kl[i, i, j] += fw.d2[l][i, j] * g[i, j]
+        d2 = fw.d2[l]
+        @inbounds for j in 1:n, b in 1:m                                    # φ' K φ' + diag(φ'' g)
+            db = d1[b, j]
+            @simd for a in 1:m
+                Kl[a, b, j] *= d1[a, j] * db
+            end
+            Kl[b, b, j] += d2[b, j] * g[b, j]
         end
         K[l] = Kl
     end
@@ -218,16 +232,21 @@ function _input_sensitivity(F, dc, m, l, scr)
     d1 = F.fw.d1
     n, W, which = size(d1[l], 2), dc.weights[l+1], false
     S = _take(scr, (:sensitivity, which), size(W)..., n)
-    S .= W .* reshape(d1[l], 1, size(d1[l], 1), n)                  # ∂z_{l+1}/∂z_l
+    @inbounds for s in 1:n, j in axes(W, 2)                            # ∂z_{l+1}/∂z_l
+        b = d1[l][j, s]
+        @simd for i in axes(W, 1)
+            S[i, j, s] = W[i, j] * b
+        end
+    end
     for k in l+1:m-2
         o, r = size(S, 1), size(S, 2)
-        S .*= reshape(d1[k], o, 1, n)
+        _scale_rows!(S, d1[k])
         which = !which
         next = _take(scr, (:sensitivity, which), size(dc.weights[k+1], 1), r, n)
         mul!(reshape(next, :, r * n), dc.weights[k+1], reshape(S, o, r * n))
         S = next
     end
-    return S .*= reshape(d1[m-1], size(d1[m-1], 1), 1, n)
+    return _scale_rows!(S, d1[m-1])
 end
 
 #------------------------------- assembly ----------------------------------#
@@ -345,8 +364,8 @@ function _mirror_lower!(H::AbstractMatrix)
     P = size(H, 1)
     b = 64
     @inbounds for c0 in 1:b:P, r0 in c0:b:P
-        for c in c0:min(c0 + b - 1, P)
-            for r in max(r0, c + 1):min(r0 + b - 1, P)
+        for r in r0:min(r0 + b - 1, P)                 # the writes down a column
+            for c in c0:min(c0 + b - 1, P, r - 1)
                 H[c, r] = H[r, c]
             end
         end
