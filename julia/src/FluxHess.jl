@@ -34,7 +34,7 @@ Each quantity has one of three routes, chosen from the model: Chains of `Dense` 
 and elementwise functions (a softmax after the last Dense layer allowed) get per-sample
 factors and every block of the P × P matrix by BLAS; Chains of `Conv`, `CrossCor` and
 `Dense` layers with pools, `Flux.flatten` and elementwise functions between them get
-per-sample rows on unfolded patches (`NNlib.unfold`) and the GGN, the empirical Fisher,
+per-sample rows on unfolded patches (what `NNlib.unfold` gives) and the GGN, the empirical Fisher,
 their diagonals, KFAC and `param_jacobian` from them by BLAS; any other Flux model (and
 the exact Hessian of a convolutional chain) is batched over the samples, its Jacobians
 by forward mode, its Hessian by ForwardDiff over Zygote layer by layer (products of

@@ -177,11 +177,24 @@ struct _SelectBack
     insize::Tuple
 end
 
+# A ConvDims tuple of the spatial dimensions as three (the missing ones `fill`).
+_three(t, fill) = ntuple(i -> i <= length(t) ? t[i] : fill, 3)
+
+# The windows of a convolution or pool (`NNlib.ConvDims`) in three spatial dimensions:
+# the input and output sizes, the kernel, stride, dilation and padding before each.
+function _windows(dims)
+    pad = NNlib.padding(dims)                                         # (w_lo, w_hi, h_lo, …)
+    return _three(NNlib.input_size(dims), 1), _three(NNlib.output_size(dims), 1), _three(NNlib.kernel_size(dims), 1),
+           _three(NNlib.stride(dims), 1), _three(NNlib.dilation(dims), 1), ntuple(i -> 2i - 1 <= length(pad) ? pad[2i-1] : 0, 3)
+end
+
 # A max pool's choices, read off its own pullback (NNlib's choice at ties): the pullback of
 # the outputs' labels `1:per` names at each input entry the window that chose it. Where
 # windows share a chosen entry (its label a sum, some window's label then missing) or
 # `per` is past the integers `T` holds, the stage keeps its pullback.
-function _stage_forward(st::_Layer{<:_MaxPoolLayer}, a::AbstractArray{T}) where {T}
+_stage_forward(st::_Layer{<:_MaxPoolLayer}, a::AbstractArray) = _pullback_choices(st, a)
+
+function _pullback_choices(st, a::AbstractArray{T}) where {T}
     out, back = Zygote.pullback(st.layer, a)
     n = size(a, ndims(a))
     per = length(out) ÷ n
@@ -190,6 +203,52 @@ function _stage_forward(st::_Layer{<:_MaxPoolLayer}, a::AbstractArray{T}) where 
     source = reshape(Int32.(min.(labels, per + 1)), :, n)
     _chooses_each_window_once(source, per) || return out, _PullBack(back, size(a))
     return out, _SelectBack(source, size(a))
+end
+
+# Flux's MaxPool, its windows scanned directly: the first entry of the maximum in NNlib's
+# order (its pullback's choice at ties); its pullback's way where two windows choose one
+# entry or a window lies in the padding.
+function _stage_forward(st::_Layer{<:Flux.MaxPool}, a::AbstractArray{T}) where {T}
+    l = st.layer
+    pdims = NNlib.PoolDims(a, l.k; padding = l.pad, stride = l.stride)
+    chosen = _max_choices(a, pdims)
+    chosen === nothing && return _pullback_choices(st, a)
+    out, source = chosen
+    return out, _SelectBack(source, size(a))
+end
+
+"""
+    _max_choices(a, pdims) -> (out, source) or nothing
+
+The max pool of `a` and its choices (as [`_SelectBack`](@ref)'s `source`), each window's
+first entry of its maximum in the order of NNlib's pullback (kernel width fastest);
+`nothing` where a window has no entry inside `a` or two windows choose one entry.
+"""
+function _max_choices(a::AbstractArray{T,N}, pdims) where {T,N}
+    Wi, Wo, Kk, st, dl, lo = _windows(pdims)
+    C, n = size(a, N - 1), size(a, N)
+    prod(Wo) * C < typemax(Int32) || return nothing
+    x = reshape(a, Wi..., C, n)
+    out = Array{T}(undef, Wo..., C, n)
+    source = zeros(Int32, prod(Wi) * C, n)
+    lin = LinearIndices((Wi..., C))
+    @inbounds for j in 1:n, c in 1:C, d in 1:Wo[3], h in 1:Wo[2], w in 1:Wo[1]
+        best, at = typemin(T), 0
+        for kd in 1:Kk[3], kh in 1:Kk[2], kw in 1:Kk[1]
+            id = (d - 1) * st[3] - lo[3] + 1 + (kd - 1) * dl[3]
+            ih = (h - 1) * st[2] - lo[2] + 1 + (kh - 1) * dl[2]
+            iw = (w - 1) * st[1] - lo[1] + 1 + (kw - 1) * dl[1]
+            (1 <= iw <= Wi[1] && 1 <= ih <= Wi[2] && 1 <= id <= Wi[3]) || continue
+            v = x[iw, ih, id, c, j]
+            if at == 0 || v > best
+                best, at = v, lin[iw, ih, id, c]
+            end
+        end
+        (at == 0 || source[at, j] != 0) && return nothing
+        out[w, h, d, c, j] = best
+        source[at, j] = w + (h - 1) * Wo[1] + (d - 1) * Wo[1] * Wo[2] + (c - 1) * prod(Wo)
+    end
+    return reshape(out, NNlib.output_size(pdims)..., C, n), source
 end
 
 function _chooses_each_window_once(source, per)
@@ -307,7 +366,38 @@ end
 
 # U: a convolution's patches `(S, K, n)` over all input channels, in the kernel's own order
 # (`NNlib.unfold`, the layer's flip); a Dense layer's input as `(K, S, n)`.
-_patches(l::_ConvLayer, a) = NNlib.unfold(a, NNlib.DenseConvDims(_cdims(l, a); G = 1))
+_patches(l::_ConvLayer, a) = _unfold(a, NNlib.DenseConvDims(_cdims(l, a); G = 1))
+
+"""
+    _unfold(a, cdims) -> U (S, K, n)
+
+`NNlib.unfold(a, cdims)`: each sample's patches, one row per output position, the
+columns in the kernel's order of `cdims`'s flip, by one loop over the batch. NNlib's
+unfolds each sample by a call of its own whose setup (the padded regions, a 3-d view
+of the sample and of `cdims`) costs more than the copy for the small images of a CNN's
+later layers.
+"""
+function _unfold(a::AbstractArray{T,N}, cdims::NNlib.DenseConvDims) where {T,N}
+    Wi, Wo, Kk, st, dl, lo = _windows(cdims)
+    C, n = size(a, N - 1), size(a, N)
+    x = reshape(a, Wi..., C, n)
+    flip = NNlib.flipkernel(cdims)
+    U = Array{T}(undef, prod(Wo), prod(Kk) * C, n)
+    U8 = reshape(U, Wo..., Kk..., C, n)
+    @inbounds for j in 1:n, c in 1:C, kd in 1:Kk[3], kh in 1:Kk[2], kw in 1:Kk[1]
+        fw, fh, fd = flip ? (kw, kh, kd) : (Kk[1] - kw + 1, Kk[2] - kh + 1, Kk[3] - kd + 1)
+        for d in 1:Wo[3], h in 1:Wo[2]
+            id = (d - 1) * st[3] - lo[3] + 1 + (kd - 1) * dl[3]
+            ih = (h - 1) * st[2] - lo[2] + 1 + (kh - 1) * dl[2]
+            inside = 1 <= id <= Wi[3] && 1 <= ih <= Wi[2]
+            for w in 1:Wo[1]
+                iw = (w - 1) * st[1] - lo[1] + 1 + (kw - 1) * dl[1]
+                U8[w, h, d, fw, fh, fd, c, j] = inside && 1 <= iw <= Wi[1] ? x[iw, ih, id, c, j] : zero(T)
+            end
+        end
+    end
+    return U
+end
 _patches(l::Flux.Dense, a) = reshape(a, size(a, 1), :, size(a, ndims(a)))
 
 # D in z as `(S, O, n·R)` (convolution) or `(O, S, n·R)` (Dense).

@@ -188,6 +188,30 @@ let  # this file's names stay its own
     @test curvature(Hessian(), tied, Xt, Yt; loss = Flux.mse, agg = sum) ≈ want rtol = 1e-10
     @test diagonal(Hessian(), tied, Xt, Yt; loss = Flux.mse, agg = sum) ≈ diag(want) rtol = 1e-10
 
+    # The route's own unfold and max-pool choices against NNlib's unfold and the pool's
+    # pullback (ties included: relu'd, rounded and constant inputs).
+    for (xs, ws, kw) in [((7, 3, 2), (3, 3, 4), (stride = 2, padding = (1, 0), flipkernel = false)),
+                         ((6, 5, 2, 3), (2, 3, 2, 4), (stride = (1, 2), padding = (1, 0, 0, 2), dilation = (2, 1), flipkernel = true)),
+                         ((5, 4, 3, 2, 2), (2, 2, 3, 2, 3), (padding = 1, flipkernel = false))]
+        x = randn(xs...)
+        cdims = Flux.NNlib.DenseConvDims(x, randn(ws...); kw...)
+        @test FluxHess._unfold(x, cdims) == Flux.NNlib.unfold(x, cdims)
+    end
+    for (pool, dims) in [(MaxPool((2, 2)), (8, 8, 3, 4)), (MaxPool((3,); stride = 2, pad = 1), (9, 2, 3)),
+                         (MaxPool((2, 2); pad = (1, 0, 0, 1)), (5, 6, 2, 3)), (MaxPool((2, 2, 2)), (4, 4, 4, 2, 2)),
+                         (MaxPool((2, 2); stride = 1), (5, 5, 2, 2))]
+        for x in (randn(dims...), relu.(randn(dims...)), round.(randn(dims...)), ones(dims...))
+            st = FluxHess._Layer(pool)
+            (out, b), (out_pb, b_pb) = FluxHess._stage_forward(st, x), FluxHess._pullback_choices(st, x)
+            @test out == out_pb == pool(x)
+            @test typeof(b) == typeof(b_pb)
+            b isa FluxHess._SelectBack && @test b.source == b_pb.source
+        end
+    end
+    @test FluxHess._stage_forward(FluxHess._Layer(MaxPool((2, 2))), randn(4, 4, 1, 1))[2] isa FluxHess._SelectBack
+    peak = zeros(3, 3, 1, 1); peak[2, 2] = 1                  # every window of the four chooses the centre
+    @test FluxHess._stage_forward(FluxHess._Layer(MaxPool((2, 2); stride = 1)), peak)[2] isa FluxHess._PullBack
+
     grouped = FluxHess.with_input_shape(Bridge.build_model("Chain(Conv((3,), 2 => 4; groups = 2), Flux.flatten)"), (5, 2))
     @test_throws ArgumentError FluxHess.kron(GGN(), grouped, randn(10, 3), randn(12, 3))
 
