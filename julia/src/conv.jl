@@ -367,6 +367,7 @@ end
 # U: a convolution's patches `(S, K, n)` over all input channels, in the kernel's own order
 # (`NNlib.unfold`, the layer's flip); a Dense layer's input as `(K, S, n)`.
 _patches(l::_ConvLayer, a) = _unfold(a, NNlib.DenseConvDims(_cdims(l, a); G = 1))
+_patches(l::Flux.Dense, a) = reshape(a, size(a, 1), :, size(a, ndims(a)))
 
 """
     _unfold(a, cdims) -> U (S, K, n)
@@ -398,7 +399,6 @@ function _unfold(a::AbstractArray{T,N}, cdims::NNlib.DenseConvDims) where {T,N}
     end
     return U
 end
-_patches(l::Flux.Dense, a) = reshape(a, size(a, 1), :, size(a, ndims(a)))
 
 # D in z as `(S, O, n·R)` (convolution) or `(O, S, n·R)` (Dense).
 _flat_derivative(l::_ConvLayer, D) = reshape(D, :, size(D, ndims(D) - 1), size(D, ndims(D)))
