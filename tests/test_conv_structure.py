@@ -50,13 +50,26 @@ CASES = [
                  fh.Flatten(), fh.Dense(12, 2, "relu"), fh.Dense(2, 2), input_shape=(1, 4)),
         "mse", "sum", 4,
     ),
-    Case(  # smooth activations: second-order terms, so the Hessian takes the generic route
+    Case(  # curved tap activations: each adds its own term to the Hessian
         "tanh-meanpool",
         fh.Chain(fh.Conv((3, 3), 1, 3, "tanh", padding=1), fh.MeanPool((2, 2)), fh.Flatten(), fh.Dense(12, 2, "softplus"),
                  fh.Dense(2, 3), input_shape=(1, 4, 4)),
         "logitcrossentropy", "sum", 4,
     ),
+    Case(  # curved activations in residual blocks, a grouped Conv, a CrossCor without bias
+        "curved-residual",
+        fh.Chain(
+            fh.Conv((3,), 2, 4, "sigmoid", padding=1),
+            fh.SkipConnection(fh.Conv((3,), 4, 4, "elu", padding="same", groups=2), fh.Dropout(0.2)),
+            fh.Parallel([fh.CrossCor((1,), 4, 2, "swish", bias=False)], [fh.CrossCor((3,), 4, 2, "tanh", padding=1)]),
+            fh.Flatten(), fh.Dense(10, 2, "tanh"), fh.Dense(2, 2), input_shape=(2, 5),
+        ),
+        "mse", "mean", 4,
+    ),
 ]
+
+#: The cases with a curved tap activation (second-order terms of their own).
+CURVED = {"tanh-meanpool", "curved-residual"}
 
 
 def _data(case: Case, seed=0):
@@ -114,11 +127,27 @@ def test_factored_panels_in_small_pieces(monkeypatch, index, kind, factored):
 
 
 def test_route_taken_where_it_is_exact(case):
-    """The Hessian's structured route only without second-order terms; the GGN and EF always."""
+    """The Hessian's structured route where its second-order terms are the taps' and their
+    activations'; the GGN and EF always."""
     st = conv.split(case.model)
-    assert st.second_order_free == (case.id != "tanh-meanpool")
-    assert conv_matrix.covers(st, KINDS["hessian"]) == st.second_order_free
-    assert conv_matrix.covers(st, KINDS["ggn"]) and conv_matrix.covers(st, KINDS["ef"])
+    assert st.second_order_free == (case.id not in CURVED)
+    assert bool(st.curved) == (case.id in CURVED) and st.exact_hessian
+    assert all(conv_matrix.covers(st, KINDS[k]) for k in ("hessian", "ggn", "ef"))
+
+
+def test_a_curved_activation_layer_leaves_the_hessian_to_the_generic_route():
+    """A curved function that is not a tap's own activation (here after a pool) has no term of
+    the route's: the Hessian and its diagonal are the generic route's, the GGN stays structured."""
+    model = fh.Chain(fh.Conv((2,), 1, 2, "tanh"), fh.MeanPool((2,)), fh.Activation("sigmoid"), fh.Flatten(),
+                     fh.Dense(8, 2), input_shape=(1, 9))
+    st = conv.split(model)
+    assert st.curved == (0,) and not st.exact_hessian
+    assert not conv_matrix.covers(st, KINDS["hessian"]) and conv_matrix.covers(st, KINDS["ggn"])
+    case = Case("activation-layer", model, "mse", "sum", 3)
+    theta, X, Y = _data(case)
+    want = GENERIC.hessian(_problem(case))
+    assert_close(fh.hessian(model, theta, X, Y), want, **TOL, what="hessian")
+    assert_close(fh.diagonal(model, theta, X, Y, kind="hessian"), np.diag(want), **TOL, what="diagonal")
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn", "ef"])

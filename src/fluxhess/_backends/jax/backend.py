@@ -75,7 +75,7 @@ class JaxBackend:
         if self.structured and dense.split(model) is not None:
             return result + dense_matrix.working_bytes(P, itemsize)
         cst = conv.split(model) if self.structured else None
-        if cst is not None and cst.second_order_free:  # else the Hessian is the generic route's
+        if cst is not None and cst.exact_hessian:  # else the Hessian is the generic route's
             return result + conv_matrix.working_bytes(cst, P, itemsize)
         return curvature.generic_bytes(P, itemsize)
 

@@ -16,9 +16,11 @@ pass with a zero ``ε`` added to each ``z`` and one batched backward pass in ``�
 
 The exact Hessian is ``GGN + T`` when every layer is piecewise linear in its input
 (:attr:`Structure.second_order_free`: activations ``identity``, ``relu``, ``leakyrelu``,
-max and mean pools, inference BatchNorm without affine parameters …): then ``∂²f/∂ε²`` is
-zero, and the only second-order term left is the one of ``z_m = W_m ⋆ a_m(θ_{<m})`` being
-bilinear, ``T_{m,<m} = Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` (:func:`cross_function`). Its
+max and mean pools, inference BatchNorm without affine parameters …), plus, for each tap
+whose own activation is curved (tanh, σ, softplus …), that activation's term (the weighted
+Gram matrix of the rows of its pre-activation, :func:`curvature_function`). Without those,
+``∂²f/∂ε²`` is zero, and the only second-order term left is the one of
+``z_m = W_m ⋆ a_m(θ_{<m})`` being bilinear, ``T_{m,<m} = Σ_n Σ_s δ_m[o, s] ∂U_m[s, k]/∂θ_{<m}`` (:func:`cross_function`). Its
 ``∂a_m/∂θ_l`` is again a derivative in ``z_l`` times tap l's patches: the Jacobian
 ``∂a_m/∂z_l`` (:func:`pre_activation_jacobian`, derivatives of activations only) times ``U_l``,
 batched GEMMs; unfolded by tap m and contracted with ``δ_m`` (:func:`unfolded_against`), one
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ... import _activations as A
@@ -98,11 +101,25 @@ class Tap:
 
 @dataclass(frozen=True)
 class Structure:
-    """A Chain as its taps, in θ order; ``second_order_free``: every layer piecewise linear in its input."""
+    """A Chain as its taps, in θ order; ``curved``: the taps whose own activation is curved (its
+    second derivative not zero); ``curved_elsewhere``: a layer other than those activations is
+    curved in its input (an activation layer, a curved BatchNorm activation, a LayerNorm)."""
 
     model: Chain
     taps: tuple[Tap, ...]
-    second_order_free: bool
+    curved: tuple[int, ...]
+    curved_elsewhere: bool
+
+    @property
+    def second_order_free(self) -> bool:
+        """Every layer piecewise linear in its input: the Hessian is ``GGN + T``."""
+        return not self.curved and not self.curved_elsewhere
+
+    @property
+    def exact_hessian(self) -> bool:
+        """Whether the route computes the Hessian: ``GGN + T`` plus each curved tap activation's
+        own term (:func:`curvature_function`)."""
+        return not self.curved_elsewhere
 
 
 # ---------------------------------------------------------------------------
@@ -151,25 +168,27 @@ def split(model: Chain) -> Structure | None:
         return None
     names = {b.slice.start: b.name.rsplit(".", 1)[0] for b in model.layout}
     taps: list[Tap] = []
+    curved: list[int] = []
     try:
-        pl, _, _ = _walk(model.layers, tuple(model.input_shape), 0, names, taps)
+        pl, _, _ = _walk(model.layers, tuple(model.input_shape), 0, names, taps, curved)
     except _Unknown:
         return None
-    return Structure(model, tuple(taps), pl)
+    return Structure(model, tuple(taps), tuple(curved), not pl)
 
 
 class _Unknown(Exception):
     """A layer the route does not cover."""
 
 
-def _walk(layers, shape: Shape, offset: int, names: dict, taps: list):
-    """``(all piecewise linear, output shape, offset after)`` of ``layers`` on samples of ``shape``,
-    appending their taps."""
+def _walk(layers, shape: Shape, offset: int, names: dict, taps: list, curved: list):
+    """``(every layer but the taps' activations piecewise linear, output shape, offset after)`` of
+    ``layers`` on samples of ``shape``, appending their taps, and to ``curved`` those whose
+    activation is curved."""
     pl = True
     for layer in layers:
         if type(layer) in _BRANCHES:
             for branch in _branches(layer):
-                branch_pl, _, offset = _walk(branch, shape, offset, names, taps)
+                branch_pl, _, offset = _walk(branch, shape, offset, names, taps, curved)
                 pl = pl and branch_pl
             shape = layer.output_shape(shape)
             continue
@@ -179,9 +198,12 @@ def _walk(layers, shape: Shape, offset: int, names: dict, taps: list):
         out = layer.output_shape(shape)
         if isinstance(layer, TAPS):
             taps.append(Tap(layer, offset, names[offset], shape, out))
+            if not entry[1](layer):
+                curved.append(len(taps) - 1)
         elif layer.num_params:
             raise _Unknown
-        pl = pl and entry[1](layer)
+        else:
+            pl = pl and entry[1](layer)
         shape, offset = out, offset + layer.num_params
     return pl, shape, offset
 
@@ -191,8 +213,17 @@ def _walk(layers, shape: Shape, offset: int, names: dict, taps: list):
 # ---------------------------------------------------------------------------
 
 
-def _tapped(layer, theta, offset, a, eps):
-    """``σ(z + ε)`` with ``z`` the layer's affine part on the batch ``a``."""
+def _tapped(layer, theta, offset, a, eps, eta):
+    """``σ(z + ε) + η`` with ``z`` the layer's affine part on the batch ``a``."""
+    z = _affine(layer, theta, offset, a)
+    if eps is not None:
+        z = z + eps
+    out = A.ELEMENTWISE[layer.activation](z)
+    return out if eta is None else out + eta
+
+
+def _affine(layer, theta, offset, a):
+    """``z = W ⋆ a + b`` of a tap on the batch ``a``."""
     if isinstance(layer, Conv):
         w, b = conv_kernel(layer, theta, offset)
         z = lax.conv_general_dilated(
@@ -204,35 +235,34 @@ def _tapped(layer, theta, offset, a, eps):
     else:
         w_t, b = dense_weights(layer, theta, offset)
         z = a @ w_t if b is None else a @ w_t + b
-    if eps is not None:
-        z = z + eps
-    return A.ELEMENTWISE[layer.activation](z)
+    return z
 
 
-def _run(layers, theta, offset, a, eps, inputs):
+def _run(layers, theta, offset, a, eps, eta, inputs):
     for layer in layers:
         if type(layer) in _BRANCHES:
             total = None
             for branch in _branches(layer):
-                out, offset = _run(branch, theta, offset, a, eps, inputs)
+                out, offset = _run(branch, theta, offset, a, eps, eta, inputs)
                 total = out if total is None else total + out
             a = total
             continue
         if isinstance(layer, TAPS):
             k = len(inputs)
             inputs.append(a)
-            a = _tapped(layer, theta, offset, a, None if eps is None else eps[k])
+            a = _tapped(layer, theta, offset, a, None if eps is None else eps[k], None if eta is None else eta[k])
         else:
             a = APPLY[type(layer)](layer, theta, offset, a)
         offset += layer.num_params
     return a, offset
 
 
-def run(st: Structure, theta, X, eps=None):
+def run(st: Structure, theta, X, eps=None, eta=None):
     """``(f(θ, X) (n, C), [a_m (n, *in_shape)])`` on a batch of flattened samples ``X`` ``(n, d)``,
-    with ``eps[m]`` ``(n, *out_shape)`` added to tap m's pre-activation."""
+    with ``eps[m]`` ``(n, *out_shape)`` added to tap m's pre-activation and ``eta[m]`` to its
+    activation's output."""
     inputs: list = []
-    out, _ = _run(st.model.layers, theta, 0, X.reshape((-1, *st.model.input_shape)), eps, inputs)
+    out, _ = _run(st.model.layers, theta, 0, X.reshape((-1, *st.model.input_shape)), eps, eta, inputs)
     return out, inputs
 
 
@@ -411,16 +441,18 @@ def jacobian_function(st: Structure):
     return jax.jit(functools.partial(_jacobian, st))
 
 
-def _in_reverse(st: Structure, m: int) -> bool:
+def _in_reverse(st: Structure, m: int, of_z: bool = False) -> bool:
     """Whether :func:`pre_activation_jacobian` for tap m takes reverse mode: one pullback per entry
-    of a sample of the tap's input, when there are no more of them than of the earlier
-    pre-activations (one pushforward each otherwise)."""
-    return math.prod(st.taps[m].in_shape) <= sum(math.prod(t.out_shape) for t in st.taps[:m])
+    of a sample of the tap's input (``of_z``: of its pre-activation), when there are no more of
+    them than of the earlier pre-activations (one pushforward each otherwise)."""
+    shape = st.taps[m].out_shape if of_z else st.taps[m].in_shape
+    return math.prod(shape) <= sum(math.prod(t.out_shape) for t in st.taps[:m])
 
 
-def pre_activation_jacobian(st: Structure, m: int, theta, X):
-    """``∂a_m/∂z_l`` of each sample for every tap ``l < m``, per tap ``(r, n, O_l, S_l)`` with
-    ``r = |a_m|`` (the entries of a sample of tap m's input, flattened).
+def pre_activation_jacobian(st: Structure, m: int, theta, X, of_z: bool = False):
+    """``∂a_m/∂z_l`` (``of_z``: ``∂z_m/∂z_l``) of each sample for every tap ``l < m``, per tap
+    ``(r, n, O_l, S_l)`` with ``r = |a_m|`` (``|z_m|``; the entries of a sample of tap m's
+    input or pre-activation, flattened).
 
     Derivatives in the pre-activations only (no weight gradients): the pullbacks of the ``r``
     unit cotangents of a sample, or the pushforwards of the ``Σ_l |z_l|`` unit tangents
@@ -428,21 +460,23 @@ def pre_activation_jacobian(st: Structure, m: int, theta, X):
     tap, earlier, n = st.taps[m], st.taps[:m], X.shape[0]
     later = [jnp.zeros((n, *t.out_shape), theta.dtype) for t in st.taps[m:]]
     eps = [jnp.zeros((n, *t.out_shape), theta.dtype) for t in earlier]
+    shape = tap.out_shape if of_z else tap.in_shape
 
     def a_m(eps):
-        return run(st, theta, X, list(eps) + later)[1][m]
+        a = run(st, theta, X, list(eps) + later)[1][m]
+        return _affine(tap.layer, theta, tap.offset, a) if of_z else a
 
-    r, sizes = math.prod(tap.in_shape), [math.prod(t.out_shape) for t in earlier]
+    r, sizes = math.prod(shape), [math.prod(t.out_shape) for t in earlier]
     cuts = list(itertools.accumulate(sizes))[:-1]
-    if _in_reverse(st, m):
+    if _in_reverse(st, m, of_z):
         _, vjp = jax.vjp(a_m, eps)
-        units = jnp.eye(r, dtype=theta.dtype).reshape(r, 1, *tap.in_shape)
-        D = jax.vmap(lambda u: vjp(jnp.broadcast_to(u, (n, *tap.in_shape)))[0])(units)  # per tap (r, n, *out_l)
+        units = jnp.eye(r, dtype=theta.dtype).reshape(r, 1, *shape)
+        D = jax.vmap(lambda u: vjp(jnp.broadcast_to(u, (n, *shape)))[0])(units)  # per tap (r, n, *out_l)
         D = [d.reshape(r, n, -1) for d in D]
     else:
         _, jvp = jax.linearize(a_m, eps)
 
-        def push(unit):  # (Σ_l |z_l|,) -> (n, *in_m)
+        def push(unit):  # (Σ_l |z_l|,) -> (n, *shape)
             parts = jnp.split(unit, cuts)
             return jvp([jnp.broadcast_to(u.reshape(t.out_shape), (n, *t.out_shape)) for t, u in zip(earlier, parts)])
 
@@ -521,3 +555,127 @@ def rows_bytes_per_sample(st: Structure, rows: int, itemsize: int) -> int:
     floats = rows * P + sum(t.patch_width * t.positions + (rows + 2) * math.prod(t.out_shape) for t in st.taps)
     floats += 3 * max(math.prod(t.in_shape) for t in st.taps)
     return 4 * itemsize * floats
+
+
+# ---------------------------------------------------------------------------
+# A curved tap activation's own second-order term
+# ---------------------------------------------------------------------------
+#
+# A tap m whose activation σ is curved adds to the Hessian
+#
+#     Σ_n Σ_i w_{n,i} ρ_{n,i} ρ_{n,i}ᵀ,   ρ_{n,i} = ∂z_m[n, i]/∂θ,   w = s·g ⊙ σ''(z_m),
+#
+# g = ∂ℓ_n/∂σ(z_m) the gradient at the activation's output: the Gram matrix of the rows of
+# z_m, weighted by entry (of either sign). They are nonzero in θ_{≤m} only: in θ_{<m} the
+# earlier taps' parts of ∂z_m/∂z_l (:func:`pre_activation_jacobian`), in θ_m entry (o, s)'s
+# patch U[:, s] in output o's weights and a 1 on its bias, so θ_m's block is block diagonal
+# by output. The julia backend's twin is `_add_curvature_term!` (julia/src/conv.jl).
+
+
+def _curved_weights(st: Structure, m: int, loss: str, theta, X, Y, s):
+    """``w = s·g ⊙ σ''(z_m)`` ``(n, O, S)`` of tap m, and the tap's input ``(n, *in_shape)``."""
+    tap = st.taps[m]
+    eta = [jnp.zeros((X.shape[0], *t.out_shape), theta.dtype) for t in st.taps]
+    f, vjp, inputs = jax.vjp(lambda e: run(st, theta, X, None, e), eta, has_aux=True)
+    g = vjp(jax.vmap(jax.grad(lambda yhat, y: L.per_sample(loss, yhat, y)))(f, Y))[0][m]
+    z = _affine(tap.layer, theta, tap.offset, inputs[m])
+    second = jnp.vectorize(jax.grad(jax.grad(A.ELEMENTWISE[tap.layer.activation])))
+    return _flat(tap, s * g * second(z)), inputs[m]
+
+
+def _earlier_rows(st: Structure, m: int, theta, X):
+    """``∂z_m/∂θ_{<m}`` ``(n, O, S, P_{<m})``: :func:`tap_parts` of each earlier tap's patches with
+    ``∂z_m/∂z_l``."""
+    tap = st.taps[m]
+    D = pre_activation_jacobian(st, m, theta, X, of_z=True)
+    _, inputs = run(st, theta, X)
+    parts = [part for t, a, d in zip(st.taps[:m], inputs, D) for part in tap_parts(t, patches(t, a), d)]
+    return jnp.concatenate(parts, axis=-1).reshape(X.shape[0], tap.outputs, tap.positions, -1)
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT * 4)
+def _weight_positions(tap: Tap) -> np.ndarray:
+    """``(O, K)``: the position in θ_tap of the weight of output o on patch entry k (``lax``'s
+    kernel order over all input channels), ``tap.size`` (none) where a grouped Conv's output
+    does not see that channel."""
+    O, K = tap.outputs, tap.patch_width
+    with jax.ensure_compile_time_eval():
+        order = np.asarray(theta_order(tap, jnp.arange(O * K).reshape(O, K)))  # θ position -> o·K + k
+    at = np.full(O * K, tap.size, dtype=np.int64)
+    at[order] = np.arange(order.size)
+    return at.reshape(O, K)
+
+
+def _own_block(tap: Tap, w, U):
+    """θ_m's block ``(|θ_m|, |θ_m|)`` of the weighted Gram matrix: per output o, ``Σ w U[:, s] U[:, s]ᵀ``
+    on its weights, ``Σ w U[:, s]`` against its bias and ``Σ w`` on the bias."""
+    at, size = _weight_positions(tap), tap.size
+    M = jnp.zeros((size, size), w.dtype)
+    M = M.at[at[:, :, None], at[:, None, :]].add(jnp.einsum("nos,nks,njs->okj", w, U, U), mode="drop")
+    if tap.layer.bias:
+        bias = (tap.weights + np.arange(tap.outputs))[:, None]
+        wU = jnp.einsum("nos,nks->ok", w, U)
+        M = M.at[bias, at].add(wU, mode="drop").at[at, bias].add(wU, mode="drop")
+        M = M.at[bias[:, 0], bias[:, 0]].add(jnp.einsum("nos->o", w))
+    return M
+
+
+def _own_against(tap: Tap, wR, U):
+    """θ_m's rows against the columns of ``wR`` ``(n, O, S, q)``: ``(|θ_m|, q)``, the weights'
+    ``Σ_n Σ_s U[k, s] wR[o, s]`` in θ order, then the bias's ``Σ_n Σ_s wR[o, s]``."""
+    parts = [theta_order(tap, jnp.moveaxis(jnp.einsum("nosq,nks->okq", wR, U), -1, 0)).T]
+    if tap.layer.bias:
+        parts.append(jnp.einsum("nosq->oq", wR))
+    return jnp.concatenate(parts, axis=0)
+
+
+def _curvature(st: Structure, m: int, loss: str, theta, X, Y, s):
+    """Tap m's curved activation's term on a chunk of samples: the ``(P_{≤m}, P_{≤m})`` block of
+    θ_{≤m}, exactly symmetric."""
+    tap = st.taps[m]
+    w, a = _curved_weights(st, m, loss, theta, X, Y, s)
+    U = patches(tap, a)
+    block = _own_block(tap, w, U)
+    if tap.offset:
+        R = _earlier_rows(st, m, theta, X)
+        wR = w[..., None] * R
+        cross = _own_against(tap, wR, U)
+        block = jnp.block([[jnp.einsum("nosp,nosq->pq", wR, R), cross.T], [cross, block]])
+    return (block + block.T) / 2
+
+
+def _curvature_diagonal(st: Structure, m: int, loss: str, theta, X, Y, s):
+    """The diagonal ``(P_{≤m},)`` of :func:`_curvature`."""
+    tap = st.taps[m]
+    w, a = _curved_weights(st, m, loss, theta, X, Y, s)
+    U = patches(tap, a)
+    parts = [theta_order(tap, jnp.einsum("nos,nks->ok", w, U * U))]
+    if tap.layer.bias:
+        parts.append(jnp.einsum("nos->o", w))
+    if tap.offset:
+        parts.insert(0, jnp.einsum("nosp,nos->p", _earlier_rows(st, m, theta, X) ** 2, w))
+    return jnp.concatenate(parts)
+
+
+_CURVATURE = {"matrix": _curvature, "diagonal": _curvature_diagonal}
+
+
+@functools.lru_cache(maxsize=STRUCTURES_KEPT * 4)
+def curvature_function(st: Structure, loss: str, m: int, part: str):
+    """The jitted ``(θ, X, Y, s) ↦`` tap m's curved activation's term on one chunk: its
+    ``"matrix"`` (:func:`_curvature`) or ``"diagonal"``."""
+    return jax.jit(functools.partial(_CURVATURE[part], st, m, loss))
+
+
+def curvature_bytes_per_sample(st: Structure, m: int, itemsize: int) -> int:
+    """Bytes per sample of :func:`_curvature`'s arrays: the forward and backward pass for ``w``, the
+    pass that makes ``∂z_m/∂z_{<m}`` (as :func:`cross_bytes_per_sample`'s), the rows ``R`` of
+    θ_{<m} with ``wR`` and their squares, and the patches of every tap up to m (twice)."""
+    tap = st.taps[m]
+    off, width = tap.offset, math.prod(tap.out_shape)
+    earlier = sum(math.prod(t.out_shape) for t in st.taps[:m])
+    activations = sum(math.prod(t.in_shape) + 2 * math.prod(t.out_shape) for t in st.taps[:m])
+    passes = sum(math.prod(t.in_shape) + 4 * math.prod(t.out_shape) for t in st.taps)
+    patches_upto = 2 * sum(t.patch_width * t.positions for t in st.taps[: m + 1])
+    floats = passes + min(width, earlier) * activations + width * (2 * earlier + 3 * off) + patches_upto
+    return itemsize * floats

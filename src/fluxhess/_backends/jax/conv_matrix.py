@@ -4,12 +4,13 @@ chain from per-sample rows built on unfolded patches (:mod:`.conv`).
 - GGN: the Gram matrix ``Σ_n Σ_k r_nk r_nkᵀ`` of the rows ``r_n = L_nᵀ J_n`` (``s·Λ_n = L_n L_nᵀ``,
   ``C`` rows per sample), ``N·C·P²`` flops for the lower triangle's panels;
 - empirical Fisher: the Gram matrix of the rows ``√s·g_n`` (``N·P²``);
-- exact Hessian, when every layer is piecewise linear in its input
-  (:attr:`.conv.Structure.second_order_free`): the GGN plus the bilinear cross terms
+- exact Hessian, when every layer but the taps' own activations is piecewise linear in its
+  input (:attr:`.conv.Structure.exact_hessian`): the GGN plus the bilinear cross terms
   ``T_{m,<m}`` of each tap against the parameters before it (:func:`.conv.cross_function`) and their
-  transposes. Otherwise the Hessian is left to the generic route (by columns).
-- diagonals: the sums of the rows' squares (the Hessian's is the GGN's: ``T`` has no
-  diagonal blocks);
+  transposes, plus the term of each curved tap activation (:func:`.conv.curvature_function`).
+  Otherwise the Hessian is left to the generic route (by columns).
+- diagonals: the sums of the rows' squares (``T`` has no diagonal blocks; the Hessian's adds
+  the curved activations' diagonals);
 - ``param_jacobian``: the rows with ``L = I``.
 
 The Gram matrices are built panel by panel into the result (or the caller's ``out``) by
@@ -51,8 +52,9 @@ def _rows_per_sample(kind_name: str, C: int) -> int:
 
 
 def covers(st: conv.Structure, kind: Kind) -> bool:
-    """Whether this route computes ``kind`` for ``st``: the Hessian only without second-order terms."""
-    return st.second_order_free or not kind.second_term
+    """Whether this route computes ``kind`` for ``st``: the Hessian only where its second-order
+    terms are the taps' and their activations' (:attr:`.conv.Structure.exact_hessian`)."""
+    return st.exact_hessian or not kind.second_term
 
 
 def _sample_budget(P: int, itemsize: int) -> int:
@@ -118,9 +120,11 @@ def _factors_bytes_per_sample(st: conv.Structure, factored: tuple[int, ...], ite
 
 def working_bytes(st: conv.Structure, P: int, itemsize: int) -> int:
     """Memory :func:`matrix` uses beside its ``(P, P)`` result: a chunk's rows, the panels' GEMM
-    outputs, and the largest cross-term block ``T_{m,<m}`` with its running sum."""
+    outputs, and the largest cross-term block ``T_{m,<m}`` with its running sum, or curved
+    activation's block of θ_{≤m} with its running sum and its own block's scatter."""
     cross = max(t.offset * t.weights for t in st.taps)
-    return _sample_budget(P, itemsize) + _budget(P, itemsize) + 2 * cross * itemsize
+    curved = max(((st.taps[m].offset + st.taps[m].size) ** 2 + st.taps[m].size ** 2 for m in st.curved), default=0)
+    return _sample_budget(P, itemsize) + _budget(P, itemsize) + 2 * max(cross, curved) * itemsize
 
 
 def matrix(st: conv.Structure, problem: Problem, kind: Kind, out: np.ndarray | None = None) -> np.ndarray:
@@ -144,6 +148,7 @@ def matrix(st: conv.Structure, problem: Problem, kind: Kind, out: np.ndarray | N
     gram_panels(fn, _panels(st, factored, P, itemsize, budget), theta, X, Y, s, sample_chunks, H, kind.name)
     if kind.second_term:
         _add_cross_terms(st, problem, H, samples)
+        _add_curvature_terms(st, problem, H, samples)
     return H
 
 
@@ -161,11 +166,28 @@ def _add_cross_terms(st: conv.Structure, problem: Problem, H: np.ndarray, budget
         H[: tap.offset, rows] += T
 
 
+def _add_curvature_terms(st: conv.Structure, problem: Problem, H: np.ndarray, budget: int | None = None) -> None:
+    """``H[:end, :end] += `` each curved tap activation's term (``H`` a matrix; a vector takes its
+    diagonal), ``end`` the tap's last parameter."""
+    part = "matrix" if H.ndim == 2 else "diagonal"
+    for m in st.curved:
+        tap = st.taps[m]
+        fn = conv.curvature_function(st, problem.loss, m, part)
+        per_sample = conv.curvature_bytes_per_sample(st, m, problem.dtype.itemsize)
+        term = sum_over_samples(problem, fn, per_sample, f"hessian curvature ({tap.name})", budget, on_host=True)
+        end = tap.offset + tap.size
+        H[(slice(0, end),) * H.ndim] += term
+
+
 def diagonal(st: conv.Structure, problem: Problem, kind: Kind) -> np.ndarray:
-    """``(P,)``: the sums over samples of the rows' squares."""
+    """``(P,)``: the sums over samples of the rows' squares (the Hessian's with its curved
+    activations' diagonals added)."""
     if not covers(st, kind):
         return generic_diagonal.generic(problem, kind)
     fn = conv.chunk_function(st, problem.loss, ROWS[kind.name], "diagonal")
     rows = _rows_per_sample(kind.name, problem.Y.shape[1])
     per_sample = conv.rows_bytes_per_sample(st, rows, problem.dtype.itemsize)
-    return to_numpy(sum_over_samples(problem, fn, per_sample, f"{kind.name} diagonal"))
+    d = np.array(to_numpy(sum_over_samples(problem, fn, per_sample, f"{kind.name} diagonal")))
+    if kind.second_term:
+        _add_curvature_terms(st, problem, d)
+    return d
