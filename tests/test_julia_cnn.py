@@ -26,6 +26,14 @@ CASES = {
         (1, 14, 14), "logitcrossentropy",
         ["Conv", "MaxPool", "Conv", "MaxPool", "Flatten", "Dense", "Dense", "Dense"],
     ),
+    # curved activations on the julia backend's convolutional route (each adds its own
+    # Hessian term there), against the JAX backend's generic Hessian
+    "curved": (
+        ("Chain(Conv((3, 3), 1 => 3, sigmoid; pad = 1), MeanPool((2, 2)), Conv((2, 2), 3 => 4, softplus), "
+         "Flux.flatten, Dense(16 => 5, tanh), Dense(5 => 3))"),
+        (1, 6, 6), "mse",
+        ["Conv", "MeanPool", "Conv", "Flatten", "Dense", "Dense"],
+    ),
     "conv1d": (
         ("Chain(Conv((3,), 2 => 4, tanh; pad = 1, stride = 2), CrossCor((2,), 4 => 2, swish; dilation = 2), "
          "x -> reshape(x, :, size(x, 3)), Dense(6 => 2))"),

@@ -19,8 +19,8 @@
 #
 # The P × P matrices are the Gram matrices of the rows (one SYRK per chunk of samples),
 # the diagonals the sums of the rows' squares, KFAC the factors of the KFC "expand"
-# convention. The exact Hessian adds to the GGN the cross terms of the taps (below), when
-# every stage is piecewise linear. The JAX engine's twin is `fluxhess._backends.jax.conv`.
+# convention. The exact Hessian adds to the GGN the cross terms of the taps and each curved
+# elementwise stage's own term (below). The JAX engine's twin is `fluxhess._backends.jax.conv`.
 
 """
     ConvChain
@@ -154,19 +154,30 @@ _affine(l::Flux.Dense, a, U) = _affine(l, a)
 # Derivatives flowing back through a stage, for `R` cotangents per sample: `D` holds
 # them along its last dimension, sample j's i-th at `j + (i - 1)·n`. A stage's backward
 # pass (`_backward(b, D, scr, name)`) writes into `D` itself or into `scr`'s array `name`.
-struct _ActBack{A}
+struct _ActBack{A,X}
     d1::A
+    input::X
 end
 struct _PullBack{B}
     back::B
     insize::Tuple
 end
 
-_stage_forward(st::_Act, a) = map(st.φ, a), _ActBack(map(x -> _derivative(st.φ, x), a))
+_stage_forward(st::_Act, a) = map(st.φ, a), _ActBack(map(x -> _derivative(st.φ, x), a), a)
 function _stage_forward(st::_Layer, a)
     out, back = Zygote.pullback(st.layer, a)
     return out, _PullBack(back, size(a))
 end
+
+"""`Flux.flatten`'s backward pass: the cotangents reshaped back (no copy: a pullback per
+cotangent of a sample took a tenth of the Hessian's cross terms of a Dense tap on a
+flattened convolution)."""
+struct _ReshapeBack
+    insize::Tuple
+end
+
+_stage_forward(::_Layer{typeof(Flux.flatten)}, a) = Flux.flatten(a), _ReshapeBack(size(a))
+_backward(b::_ReshapeBack, D, scr, name) = reshape(D, b.insize[1:end-1]..., size(D, ndims(D)))
 
 """
 A max pool's backward pass for a chunk: input entry `x` of sample `j` takes the
@@ -339,21 +350,25 @@ function _forward(cc::ConvChain, X::Matrix{T}) where {T}
 end
 
 """
-    _derivatives(cc, fw, E, last, scr) -> [D_m for m in 1:last]
+    _derivatives(cc, fw, E, last, scr; stages, seen) -> [D_m for m in 1:last]
 
 `D_m = ∂(E-weighted outputs)/∂z_m` for the taps up to `last`, from the cotangents `E` of
-the output of tap `last`'s stages (the model's output `C × n·R` by default; else the
-next tap's input, its shape with `n·R` samples), sample j's i-th at `j + (i - 1)·n` of the
-last dimension, by one backward pass. `E` is overwritten; the `D_m` are `E` or arrays of
-the [`_Scratch`](@ref) `scr`, valid until its next use (a loop over chunks of samples passes
+the output of tap `last`'s first `stages` stages (all of them by default: the model's
+output `C × n·R`, or the next tap's input, its shape with `n·R` samples), sample j's i-th
+at `j + (i - 1)·n` of the last dimension, by one backward pass. `seen(m, i, D)` is
+called with the cotangent `D` of the output of tap m's stage i before it is pulled back
+through it (and overwritten). `E` is overwritten; the `D_m` are `E` or arrays of the
+[`_Scratch`](@ref) `scr`, valid until its next use (a loop over chunks of samples passes
 one `scr` to reuse their memory).
 """
-function _derivatives(cc::ConvChain, fw::_ConvForward{T}, E::AbstractArray, last, scr) where {T}
+function _derivatives(cc::ConvChain, fw::_ConvForward{T}, E::AbstractArray, last, scr;
+                      stages = length(fw.backs[last]), seen = Returns(nothing)) where {T}
     Ds = Vector{Any}(undef, last)
     D = E
     for m in last:-1:1
         backs = fw.backs[m]
-        for i in reverse(eachindex(backs))
+        for i in (m == last ? stages : length(backs)):-1:1
+            seen(m, i, D)
             D = _backward(backs[i], D, scr, (:stage, m, i))
         end
         Ds[m] = D
@@ -682,11 +697,11 @@ function _param_jacobian(cc::ConvChain, X::Matrix{T}) where {T}
     end
 end
 
-#------------------- the exact Hessian: the GGN and the cross terms -------------------#
+#------------ the exact Hessian: the GGN, the cross terms, the curved stages ------------#
 #
-# When every stage is piecewise linear in its input (its second derivative zero where it
-# has one), the network's only second-order terms are those of each tap being bilinear in
-# its weight and its input, `z_m = W_m ⋆ a_m(θ_{<m})`: for taps l < m the block
+# Beside the loss's curvature (the GGN) and the curved stages' own (below), the network's
+# second-order terms are those of each tap being bilinear in its weight and its input,
+# `z_m = W_m ⋆ a_m(θ_{<m})`: for taps l < m the block
 #
 #     H[W_m, θ_l] = GGN[W_m, θ_l] + T_ml,   T_ml[(k, o), q] = Σ_n Σ_s δ_m[s, o] ∂U_m[s, k]/∂θ_l[q]
 #
@@ -694,29 +709,33 @@ end
 # (the unit cotangents of a sample of a_m, pulled back, all samples at once) times tap
 # l's patches, batched GEMMs; unfolding it by tap m and contracting with δ_m is one GEMM
 # (Dense) or one weight gradient of a convolution (`NNlib.∇conv_filter`, the `|θ_l|`
-# columns as channels). T has no entries on the diagonal blocks, so the Hessian's
-# diagonal is the GGN's. Other chains (tanh, softmax stages …) keep the generic route.
-# The JAX engine's twin is `fluxhess._backends.jax.conv._cross`.
+# columns as channels). T has no entries on the diagonal blocks: it adds nothing to the
+# Hessian's diagonal. A curved elementwise stage (tanh, σ, softplus …) adds a term of
+# its own (below); chains with other stages (softmax …) keep the generic route.
+# The JAX engine's twin of T is `fluxhess._backends.jax.conv._cross`.
 
 # Whether a stage is piecewise linear in its input.
 _piecewise_linear(st) = false
 _piecewise_linear(::_Act{<:Union{typeof(identity),typeof(NNlib.relu),typeof(NNlib.leakyrelu)}}) = true
 _piecewise_linear(::_Layer{<:Union{_PoolLayer,typeof(Flux.flatten),typeof(identity)}}) = true
-_piecewise_linear(cc::ConvChain) = all(_piecewise_linear, Iterators.flatten(cc.after))
 
 """
     curvature_into!(H, ::Hessian, cc::ConvChain, p, workspace) -> H
 
 The GGN's lower triangle, then `T_ml` added below the diagonal for every pair of taps
-l < m, mirrored, when every stage is piecewise linear; the generic route's otherwise.
+l < m and each curved stage's own term ([`_add_curvature_term!`](@ref)), mirrored, when
+every stage is piecewise linear or elementwise; the generic route's otherwise.
 """
 function curvature_into!(H::AbstractMatrix{T}, kind::Hessian, cc::ConvChain, p::Problem{T}, workspace) where {T}
-    _piecewise_linear(cc) || return curvature_into!(H, kind, Generic(), p, workspace)
+    _hessian_known(cc) || return curvature_into!(H, kind, Generic(), p, workspace)
     _gram_lower!(H, GGN(), cc, p, workspace)
     _on_one_blas_thread() do
         for m in 2:length(cc.taps)
             _add_cross_terms!(H, cc, m, p, workspace)
         end
+    end
+    for (k, j) in _curved_stages(cc)
+        _add_curvature_term!(H, cc, k, j, p, workspace)
     end
     return _mirror_lower!(H)
 end
@@ -742,8 +761,20 @@ function _on_one_blas_thread(f)
     end
 end
 
-diagonal_of(kind::Hessian, cc::ConvChain, p::Problem) =
-    _piecewise_linear(cc) ? diagonal_of(GGN(), cc, p) : diagonal_of(kind, Generic(), p)
+"""
+    diagonal_of(::Hessian, cc::ConvChain, p) -> (P,)
+
+The GGN's diagonal plus each curved stage's (`T_ml` has none), when every stage is
+piecewise linear or elementwise; the generic route's otherwise.
+"""
+function diagonal_of(kind::Hessian, cc::ConvChain, p::Problem)
+    _hessian_known(cc) || return diagonal_of(kind, Generic(), p)
+    d = diagonal_of(GGN(), cc, p)
+    for (k, j) in _curved_stages(cc)
+        _add_curvature_term!(d, cc, k, j, p, FACTOR_CHUNK_BYTES)
+    end
+    return d
+end
 
 """
     _unit_cotangents(a, scr) -> E
@@ -833,8 +864,8 @@ end
 
 #------------- adjacent taps: each entry of a tap's input on one channel -------------#
 #
-# The stages between taps m - 1 and m (piecewise linear ones: relu, leakyrelu, pools,
-# `flatten`, the identity) act channel by channel, so entry i of a sample of tap m's input
+# The stages between taps m - 1 and m (elementwise functions, pools, `flatten`, the
+# identity) act channel by channel, so entry i of a sample of tap m's input
 # depends on one channel c(i) of z_{m-1} only. Tap m - 1's rows for the cotangent of entry
 # i are then zero outside θ_{m-1}'s channel c(i), its `Kb` = kernel × input channels (+ a
 # bias) entries, and `T_{m,m-1}` is zero outside those columns: of each row the route
@@ -867,23 +898,43 @@ them applied to the indicator of each channel (one sample, `fw` a forward pass h
 or tap m cannot use them: a convolution whose input channel is not that channel, a Dense
 tap on more than a feature dimension.
 """
-function _channel_blocks(cc::ConvChain, fw::_ConvForward{T}, m) where {T}
-    l, tap, a = cc.taps[m-1], cc.taps[m], fw.inputs[m]
-    z = _affine(l, fw.inputs[m-1])
+function _channel_blocks(cc::ConvChain, fw::_ConvForward, m)
+    a = fw.inputs[m]
+    channel = _entry_channels(cc.taps[m-1], fw.inputs[m-1], cc.after[m-1])
+    channel === nothing && return nothing
+    length(channel) == length(a) && _takes_channels(cc.taps[m], a, channel) || return nothing
+    return _contiguous_blocks(channel, _out_channels(cc.taps[m-1]))
+end
+
+"""
+    _entry_channels(l, a, stages) -> channel or nothing
+
+For each entry of one sample of `stages` applied to tap l's z (`a` its input, one
+sample) the channel of z it depends on (0: none), read off the stages applied to the
+indicator of each channel, at two values (an elementwise φ may take the same value at 0
+and at one of them); `nothing` where an entry depends on two channels.
+"""
+function _entry_channels(l, a::AbstractArray{T}, stages) where {T}
+    z = _affine(l, a)
     d, O = _channel_dim(l, z), size(z, _channel_dim(l, z))
+    through(Z) = reshape(foldl((x, st) -> _apply(st, x), stages; init = Z), :, O)
     Z = zeros(T, size(z)[1:end-1]..., O)
     for c in 1:O
         selectdim(selectdim(Z, ndims(Z), c), d, c) .= one(T)
     end
-    A = reshape(foldl((x, st) -> _apply(st, x), cc.after[m-1]; init = Z), :, O)
-    size(A, 1) == length(a) || return nothing
-    channel = zeros(Int, size(A, 1))
-    for i in axes(A, 1)
-        on = findall(!iszero, view(A, i, :))
-        length(on) > 1 && return nothing
-        channel[i] = isempty(on) ? 0 : only(on)
+    at0 = through(zero(Z))
+    on = (through(Z) .!= at0) .| (through(T(-0.5) .* Z) .!= at0)
+    channel = zeros(Int, size(on, 1))
+    for i in axes(on, 1)
+        cs = findall(view(on, i, :))
+        length(cs) > 1 && return nothing
+        channel[i] = isempty(cs) ? 0 : only(cs)
     end
-    _takes_channels(tap, a, channel) || return nothing
+    return channel
+end
+
+# The entries of each of `O` channels as contiguous ranges, or nothing where they are not.
+function _contiguous_blocks(channel, O)
     ranges = UnitRange{Int}[]
     for c in 1:O
         at = findall(==(c), channel)
@@ -1059,3 +1110,187 @@ function _add_tap_cross!(H, cc, m, ::Nothing, l, off, a, U, D, r, δ, scr)
 end
 _add_tap_cross!(H, cc, m, blocks::_ChannelBlocks, l, off, a, U, D, r, δ, scr) =
     _add_channel_cross!(H, cc.taps[m], l, cc.offsets[m], off, a, _channel_rows(l, U, D, r, blocks, scr), δ, blocks)
+
+#------------- curved stages: the activations' own second derivatives -------------#
+#
+# A stage x ↦ φ.(x) with a curved φ (tanh, σ, softplus …) adds to the GGN and the taps'
+# cross terms a term of its own,
+#
+#     Σ_n Σ_i w_{n,i} ρ_{n,i} ρ_{n,i}ᵀ,   ρ_{n,i} = ∂x_{n,i}/∂θ,   w = g .* φ''.(x),
+#
+# g = ∂(sℓ)/∂φ.(x) the gradient at the stage's output: the Gram matrix of the rows of the
+# stage's input, weighted by entry (of either sign). For a stage of tap k the rows are
+# nonzero in θ_{≤k} only, and when each entry of x is on one channel of z_k
+# ([`_entry_channels`](@ref)) nonzero in θ_k only in that channel's `Kb` entries: θ_k's
+# block is then one `Kb × Kb` Gram matrix per channel and its block against θ_{<k} one
+# GEMM per channel, the rows of the earlier taps one SYRK per sign of w.
+
+_curved(st) = false
+_curved(st::_Act) = !_piecewise_linear(st)
+
+# Whether the Hessian route knows each stage's second derivative: piecewise linear or elementwise.
+_hessian_known(cc::ConvChain) = all(st -> _piecewise_linear(st) || st isa _Act, Iterators.flatten(cc.after))
+
+# (k, j) of each curved stage: the j-th stage of tap k.
+_curved_stages(cc::ConvChain) =
+    [(k, j) for (k, stages) in enumerate(cc.after) for (j, st) in enumerate(stages) if _curved(st)]
+
+"""
+    _stage_weights(cc, fw, p, cols, k, j, scr) -> w (r, n)
+
+`w = g .* φ''.(x)` of stage j of tap k for the chunk `cols` (`fw` its forward pass): `x`
+the stage's input, g = ∂(sℓ)/∂φ.(x) by one backward pass, a sample's `r` entries a column.
+"""
+function _stage_weights(cc::ConvChain, fw::_ConvForward{T}, p::Problem{T}, cols, k, j, scr) where {T}
+    x = fw.backs[k][j].input
+    φ = cc.after[k][j].φ
+    w = Matrix{T}(undef, length(x) ÷ length(cols), length(cols))
+    record(m, i, D) = (m, i) == (k, j) && (w .= reshape(D, size(w)) .* reshape(map(ξ -> last(_first_and_second(φ, ξ)), x), size(w)))
+    E = p.s .* _seeds(EmpiricalFisher(), fw, p.Y[:, cols], p.ℓ, p.s)
+    _derivatives(cc, fw, E, length(cc.taps), scr; seen = record)
+    return w
+end
+
+"""
+    _add_curvature_term!(H, cc, k, j, p, workspace) -> H
+
+`H += Σ_n Σ_i w_{n,i} ρ_{n,i} ρ_{n,i}ᵀ` for stage j of tap k (its lower triangle; a vector
+`H` takes the diagonal), over chunks of samples within `workspace` bytes less the blocks
+of a channel (`Kb` rows of θ_{≤k}).
+"""
+function _add_curvature_term!(H::AbstractArray{T}, cc::ConvChain, k, j, p::Problem{T}, workspace) where {T}
+    fw1 = _forward(cc, p.X[:, 1:1])
+    l = cc.taps[k]
+    channel = _entry_channels(l, fw1.inputs[k], cc.after[k][1:j-1])
+    blocks = channel === nothing ? nothing : _contiguous_blocks(channel, _out_channels(l))
+    whole = blocks === nothing ? k : k - 1                      # the taps whose rows are taken whole
+    budget = max(workspace - sizeof(T) * _channel_width(l) * (_nparams(cc) + _channel_width(l)), 0)
+    chunks = _sample_chunks(size(p.X, 2), _curvature_bytes_per_sample(cc, fw1, k, j, blocks), budget)
+    _with_scratch(T) do scr
+        _each_chunk(chunks, budget) do cols, _
+            fw = _forward(cc, p.X[:, cols])
+            w = vec(transpose(_stage_weights(cc, fw, p, cols, k, j, scr)))   # sample j's i-th at j + (i - 1)·n
+            n = length(cols)
+            r = length(w) ÷ n
+            Ds = _derivatives(cc, fw, _unit_cotangents(fw.backs[k][j].input, scr), k, scr; stages = j - 1)
+            data = _tap_data(cc, fw, Ds)
+            Q = _entry_rows(data[1:whole], r, n, scr)
+            _add_weighted_gram!(H, Q, w, scr)
+            if blocks !== nothing
+                _, off, U, D = data[k]
+                _add_channel_curvature!(H, l, off, _channel_rows(l, U, D, r, blocks, scr), Q, w, blocks)
+            end
+        end
+    end
+    return H
+end
+
+"""
+    _entry_rows(data, r, n, scr) -> Q (P_<, n·r)
+
+The whole rows of the taps of `data` ([`_tap_data`](@ref), from the first) for the `r`
+derivatives of each of `n` samples, sample j's i-th in column `j + (i - 1)·n`; an array of `scr`.
+"""
+function _entry_rows(data, r, n, scr::_Scratch{T}) where {T}
+    isempty(data) && return Matrix{T}(undef, 0, n * r)
+    P = data[end][2] + _tapsize(data[end][1])
+    Q = _take(scr, :entry_rows, P, n, r)
+    for (l, off, U, D) in data
+        permutedims!(view(Q, off+1:off+_tapsize(l), :, :), _sample_rows(l, U, D, r), (2, 3, 1))
+    end
+    return reshape(Q, P, n * r)
+end
+
+"""
+    _add_weighted_gram!(H, Q, w, scr)
+
+`H[1:P, 1:P] += Q diag(w) Qᵀ` (`Q` `P × b`), its lower triangle: one SYRK each for the
+columns of positive and of negative w, scaled by √|w|. A vector `H` takes the diagonal.
+"""
+function _add_weighted_gram!(H::AbstractMatrix{T}, Q, w, scr) where {T}
+    P = size(Q, 1)
+    P == 0 && return H
+    for sign in (one(T), -one(T))
+        at = findall(x -> sign * x > 0, w)
+        isempty(at) && continue
+        A = _take(scr, :weighted_rows, P, length(at))
+        @inbounds for (c, b) in enumerate(at)
+            f = sqrt(sign * w[b])
+            for q in 1:P
+                A[q, c] = f * Q[q, b]
+            end
+        end
+        LinearAlgebra.BLAS.syrk!('L', 'N', sign, A, one(T), view(H, 1:P, 1:P))
+    end
+    return H
+end
+
+function _add_weighted_gram!(d::AbstractVector{T}, Q, w, scr) where {T}
+    @inbounds for b in eachindex(w), q in axes(Q, 1)
+        d[q] += w[b] * Q[q, b]^2
+    end
+    return d
+end
+
+"""
+    _add_channel_curvature!(H, l, off, Jc, Q, w, blocks)
+
+Tap `l`'s (θ offset `off`) part of the weighted Gram matrix from its rows by channel
+(`Jc` `(r, Kb, n)`, [`_channel_rows`](@ref)): for each channel c, `Σ w Jc Jcᵀ` (`Kb × Kb`)
+and its block against the earlier taps' rows `Q` (`Σ w Jc Qᵀ`), into c's rows and
+columns ([`_channel_column`](@ref)); a vector `H` takes the diagonal.
+"""
+function _add_channel_curvature!(H::AbstractMatrix{T}, l, off, Jc, Q, w, blocks) where {T}
+    _, Kb, n = size(Jc)
+    P = size(Q, 1)
+    for (c, I) in enumerate(blocks.ranges)
+        isempty(I) && continue
+        b = (first(I) - 1) * n + 1:last(I) * n                             # the columns of I's entries
+        Cm = reshape(permutedims(view(Jc, I, :, :), (2, 3, 1)), Kb, :)     # (Kb, n·|I|)
+        Cw = Cm .* transpose(view(w, b))
+        B = Cw * transpose(Cm)
+        q = [off + _channel_column(l, c, k) for k in 1:Kb]
+        @inbounds for k2 in 1:Kb, k1 in 1:Kb
+            H[q[k1], q[k2]] += B[k1, k2]                   # the upper triangle's are mirrored over
+        end
+        P == 0 && continue
+        X = Cw * transpose(view(Q, :, b))                 # below θ_{<k}'s columns
+        @inbounds for c2 in 1:P, k1 in 1:Kb
+            H[q[k1], c2] += X[k1, c2]
+        end
+    end
+    return H
+end
+
+function _add_channel_curvature!(d::AbstractVector{T}, l, off, Jc, Q, w, blocks) where {T}
+    _, Kb, n = size(Jc)
+    @inbounds for (c, I) in enumerate(blocks.ranges), k in 1:Kb
+        q = off + _channel_column(l, c, k)
+        for i in I, j in 1:n
+            d[q] += w[j + (i - 1) * n] * Jc[i, k, j]^2
+        end
+    end
+    return d
+end
+
+"""
+    _curvature_bytes_per_sample(cc, fw, k, j, blocks) -> bytes
+
+One sample's working memory for stage j of tap k's term, `r` = a sample's entries of its
+input: the `r` unit cotangents and the weights; per tap its forward pass (input, patches,
+z four times) and, up to tap k, its derivatives (input and z size, three times) and rows
+(three times: made, reordered, weighted; the channel's [`_channel_width`](@ref) for tap k
+when `blocks` are known), the sizes read from `fw`, a forward pass of one sample.
+"""
+function _curvature_bytes_per_sample(cc::ConvChain, fw::_ConvForward{T}, k, j, blocks) where {T}
+    r = length(fw.backs[k][j].input)
+    floats = r * r + 2 * r
+    for (m, (l, a)) in enumerate(zip(cc.taps, fw.inputs))
+        z = length(_affine(l, a))
+        floats += length(fw.patches[m]) + 2 * length(a) + 4 * z
+        m <= k || continue
+        width = m == k && blocks !== nothing ? _channel_width(l) : _tapsize(l)
+        floats += r * (2 * length(a) + 3 * z + 3 * width)
+    end
+    return sizeof(T) * floats
+end
