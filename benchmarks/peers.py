@@ -80,19 +80,25 @@ def _fluxhess_on(backend: str):
 
 def _julia_per_sample_loop(problem, quantity):
     """The julia backend's GGN and EF before it had batched routes: one Zygote call per
-    sample (C pullbacks per sample for the GGN). Its Hessian was ``Zygote.hessian`` of the
-    batch loss, which the generic route still is, so it is not repeated here."""
+    sample (C pullbacks per sample for the GGN). Its Hessian is
+    :func:`_julia_forward_over_reverse`."""
     if quantity not in ("ggn", "ef") or not problem.flux:  # the generic route's problems only
         return None
+    return _julia_function(problem, _PER_SAMPLE_LOOP, quantity)
+
+
+def _julia_function(problem, source: str, *args):
+    """The Julia function ``source``, ``(FH, model, θ, X, Y, args...) -> array``, on ``problem``'s
+    Flux model: compiled on two samples first, then a call on all of them."""
     from fluxhess._backends import REGISTRY
 
     backend = REGISTRY["julia"]
     fh_jl = backend.julia()
-    loop = backend._jl.seval(_PER_SAMPLE_LOOP)
+    fn = backend._jl.seval(source)
     model = backend.model(problem.model, problem.dtype)
     t, X, Y = problem.theta, problem.X, problem.Y
-    loop(fh_jl, model, t, X[:2], Y[:2], quantity)  # compile on two samples first
-    return lambda: np.asarray(loop(fh_jl, model, t, X, Y, quantity))
+    fn(fh_jl, model, t, X[:2], Y[:2], *args)
+    return lambda: np.asarray(fn(fh_jl, model, t, X, Y, *args))
 
 
 _PER_SAMPLE_LOOP = """
@@ -112,6 +118,25 @@ function (FH, model, θ, X, Y, quantity)
         end
     end
     return M
+end
+"""
+
+
+def _julia_forward_over_reverse(problem, quantity):
+    """The julia backend's Hessian of a Flux model before its layer-by-layer routes:
+    ForwardDiff's Jacobian of Zygote's gradient of the batch loss, 12 directions a pass."""
+    if quantity != "hessian" or not problem.flux:
+        return None
+    return _julia_function(problem, _FORWARD_OVER_REVERSE)
+
+
+_FORWARD_OVER_REVERSE = """
+function (FH, model, θ, X, Y)
+    p = FH.problem(model, θ, X, Y, "mse", "sum")
+    L(ϑ) = p.ℓ(p.re(ϑ)(p.X), p.Y; agg = sum)
+    F = FH.FluxHess.ForwardDiff
+    config = F.JacobianConfig(nothing, p.θ, F.Chunk{12}())
+    return F.jacobian(ϑ -> FH.FluxHess.Zygote.gradient(L, ϑ)[1], p.θ, config)
 end
 """
 
@@ -505,6 +530,7 @@ IMPLS = [
     # call past --long (the generic route's Hessian) is then timed alone, compilation included.
     Impl("fluxhess julia", False, _fluxhess_on("julia"), backend="julia", any_model=True),
     Impl("julia per-sample loop", False, _julia_per_sample_loop, backend="julia", any_model=True),
+    Impl("julia ForwardDiff over Zygote", False, _julia_forward_over_reverse, backend="julia", any_model=True),
     Impl("jax generic route", False, _generic_jax, compiles=True),
     Impl("torch.func", True, _torch_func, "torch", ("torch",)),
     Impl("laplace-torch/ASDL", True, _laplace("Asdl"), "torch", ("laplace", "asdl")),

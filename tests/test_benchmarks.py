@@ -21,7 +21,7 @@ def test_quick_benchmark_runs_and_peers_agree_with_fluxhess(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert "## Targets (issues 6 and 13)" in out.read_text()
+    assert "## Targets (issues 6, 13 and 24)" in out.read_text()
     flux = [r for r in rows if r["library"] == "fluxhess"]
     assert {r["quantity"] for r in flux} == {"ggn", "diag-hessian"} and all(r["seconds"] for r in flux)
     compared = [r for r in rows if r["peer"] and r["residual"] is not None]
