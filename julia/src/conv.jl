@@ -170,8 +170,8 @@ function _stage_forward(st::_Layer, a)
 end
 
 """`Flux.flatten`'s backward pass: the cotangents reshaped back (no copy: a pullback per
-cotangent of a sample took a tenth of the Hessian's cross terms of a Dense tap on a
-flattened convolution)."""
+cotangent of a sample took half the Hessian's cross terms of a Dense tap on a flattened
+convolution)."""
 struct _ReshapeBack
     insize::Tuple
 end
@@ -521,15 +521,16 @@ _seeds_per_sample(::EmpiricalFisher, C) = 1
     _conv_bytes_per_sample(cc, X, R) -> bytes
 
 One sample's working memory with `R` seeds: its `R` rows of θ, and per tap its input,
-patches and `R + 3` arrays the size of z (the stages' data, a max pool's choices and
-the derivatives), the sizes read from a forward pass of the first sample.
+patches and `R + 4` arrays the size of z (the stages' data with an activation's input, a
+max pool's choices and the derivatives), the sizes read from a forward pass of the first
+sample.
 """
 function _conv_bytes_per_sample(cc::ConvChain, X::Matrix{T}, R) where {T}
     fw = _forward(cc, X[:, 1:1])
     floats = _nparams(cc) * R
     for (m, l) in enumerate(cc.taps)
         a = fw.inputs[m]
-        floats += 2 * length(a) + length(_patches(l, a)) + (R + 3) * length(_affine(l, a))
+        floats += 2 * length(a) + length(_patches(l, a)) + (R + 4) * length(_affine(l, a))
     end
     return sizeof(T) * floats
 end
