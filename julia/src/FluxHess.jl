@@ -31,7 +31,9 @@ Conventions, as Flux has them:
   (`Flux.testmode!` on a rebuilt copy; the caller's model is never changed).
 
 Each quantity has one of three routes, chosen from the model: Chains of `Dense` layers
-and elementwise functions (a softmax after the last Dense layer allowed) get per-sample
+and elementwise functions (a softmax after the last Dense layer allowed; for the
+curvatures and `param_jacobian`, any parameter-free layer that acts on the call's batch as
+one scalar function entry by entry, such as `x -> 2 .* x`) get per-sample
 factors and every block of the P × P matrix by BLAS; Chains of `Conv`, `CrossCor` and
 `Dense` layers with pools, `Flux.flatten` and elementwise functions between them get
 per-sample rows on unfolded patches (what `NNlib.unfold` gives) and the GGN, the empirical Fisher,

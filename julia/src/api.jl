@@ -178,7 +178,8 @@ end
 function param_jacobian(model, X; params = nothing)
     m, Xm = _batched(model, X)
     at = model_at(m, params)
-    J = param_jacobian_of(route(at.model), at, Matrix{eltype(at.θ)}(Xm))    # (N, C, P)
+    Xt = Matrix{eltype(at.θ)}(Xm)
+    J = param_jacobian_of(route(at.model, Xt), at, Xt)    # (N, C, P)
     return permutedims(J, (2, 3, 1))
 end
 

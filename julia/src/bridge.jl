@@ -143,7 +143,8 @@ end
 """`(N, C, P)`: `J[n, c, :] = ∂f_c(x_n)/∂θ`."""
 function param_jacobian(model, θ, X)
     at = model_at(model, θ)
-    return param_jacobian_of(route(at.model), at, Matrix{eltype(at.θ)}(_by_column(X)))
+    Xt = Matrix{eltype(at.θ)}(_by_column(X))
+    return param_jacobian_of(route(at.model, Xt), at, Xt)
 end
 
 """`(N, C, d)`: `∂f_c(x_n)/∂x_i`."""

@@ -124,7 +124,7 @@ route runs the whole batch itself), the loss and `agg`.
 function problem(at::ModelAt{T}, X::AbstractMatrix, Y::AbstractMatrix, ℓ, agg) where {T}
     _check_loss(ℓ)
     Xt, Yt = Matrix{T}(X), Matrix{T}(Y)
-    r = route(at.model)
+    r = route(at.model, Xt)
     N = size(Xt, 2)
     n = min(N, 2)
     Ŷ = _outputs(runner(r, at.model), Xt[:, 1:n])

@@ -52,8 +52,22 @@ layers' own, with only pools, `Flux.flatten` and columnwise layers between them
 """
 route(model) = something(_dense_route(model), _conv_route(model), Generic())
 
-# The DenseChain of `model`, or nothing.
-function _dense_route(model)
+"""
+    route(model, X) -> DenseChain, ConvChain or Generic()
+
+`route(model)` for a call on the batch `X` (`d × N`), with one more case before the
+generic route: a Chain of Dense layers with parameter-free layers of any kind after the
+first (a Julia function such as `x -> 2 .* x`) takes the Dense-chain route when each such
+layer acts on the input it gets from `X` as one scalar function entry by entry
+([`_acts_as_scalar`](@ref)). A curvature at `X` needs no more of a layer than its values
+and its first and second derivatives there.
+"""
+route(model, X::AbstractMatrix) =
+    something(_dense_route(model), _conv_route(model), _dense_route_on(model, X), Generic())
+
+# The DenseChain of `model`, or nothing; `scalar(l)` is the scalar function a parameter-free
+# layer after the first Dense layer applies entry by entry, or nothing.
+function _dense_route(model, scalar = _elementwise)
     layers = _flatlayers(model)
     θ = first(Flux.destructure(model))
     before, dense, after, tail = Any[], Any[], Vector{Any}[], Any[]
@@ -66,8 +80,8 @@ function _dense_route(model)
             return nothing
         elseif isempty(dense)
             push!(before, l)
-        elseif isempty(tail) && _elementwise(l) !== nothing
-            push!(after[end], _elementwise(l))
+        elseif isempty(tail) && scalar(l) !== nothing
+            push!(after[end], scalar(l))
         elseif _columnwise(l)
             push!(tail, l)
         else
@@ -87,6 +101,66 @@ function _dense_route(model)
     return DenseChain{T}(before, Matrix{T}[d.weight for d in dense],
                          Vector{T}[_hasbias(d) ? d.bias : T[] for d in dense],
                          Bool[_hasbias(d) for d in dense], φ, head, offsets)
+end
+
+# Parameter-free layers that neither the Dense-chain route nor the convolutional one knows.
+_unknown(l) = !(l isa Flux.Dense) && isempty(Flux.trainables(l)) && _elementwise(l) === nothing && !_columnwise(l)
+
+# The Dense-chain route of `model` on the batch `X`, each unknown layer after the first Dense
+# layer taken as `_AsScalar(l)` where it acts as that on its input from `X`; or nothing.
+function _dense_route_on(model, X::AbstractMatrix)
+    any(_unknown, _flatlayers(model)) || return nothing
+    dc = _dense_route(model, l -> _unknown(l) ? _AsScalar(l) : _elementwise(l))
+    dc === nothing && return nothing
+    a, dense = X, false
+    for l in _flatlayers(model)
+        out = l(a)
+        dense |= l isa Flux.Dense
+        dense && _unknown(l) && !_acts_as_scalar(l, a, out) && return nothing
+        a = out
+    end
+    return dc
+end
+
+"""
+    _AsScalar(layer)
+
+The scalar function `x ↦ layer([x;;])[1]` of a parameter-free layer: what the Dense-chain
+route applies entry by entry where [`_acts_as_scalar`](@ref) found the layer to act so.
+"""
+struct _AsScalar{L} <: Function
+    layer::L
+end
+(s::_AsScalar)(x::Number) = only(s.layer(fill(x, 1, 1)))
+
+"""
+    _acts_as_scalar(layer, a, out) -> Bool
+
+Whether `layer` (`out = layer(a)`) acts on the batch `a` as `φ = _AsScalar(layer)` entry by
+entry: its values are `φ.(a)`, and its first and second derivatives along a direction `V`
+(normal entries, a fixed seed) are `φ'.(a) .* V` and `φ''.(a) .* V.^2`, to rounding. A
+layer that mixes entries or samples at `a` fails this for all but a null set of `V`; one
+that takes no 1 × 1 input, gives no number for it or takes no Duals fails it too.
+"""
+function _acts_as_scalar(layer, a::AbstractMatrix{T}, out) where {T}
+    out isa AbstractMatrix && size(out) == size(a) || return false
+    V = randn(Random.Xoshiro(0), T, size(a))
+    checks = try
+        v, d1, d2 = _elementwise_derivatives(_AsScalar(layer), Matrix{T}(a), true)
+        D = ForwardDiff.derivative(t -> layer(a .+ t .* V), ForwardDiff.Dual{_SecondOrder}(zero(T), one(T)))
+        ((out, v), (ForwardDiff.value.(D), d1 .* V), (ForwardDiff.partials.(D, 1), d2 .* V .^ 2))
+    catch e
+        e isa InterruptException && rethrow()
+        return false
+    end
+    return all(((x, y),) -> _agree(x, y), checks)
+end
+
+# Equal entry by entry to rounding, relative to the larger's largest entry.
+function _agree(x::AbstractMatrix, y::AbstractMatrix{T}) where {T}
+    size(x) == size(y) && all(isfinite, x) && all(isfinite, y) || return false
+    tol = 1000 * eps(T) * max(maximum(abs, x), maximum(abs, y))
+    return all(i -> abs(x[i] - y[i]) <= tol, eachindex(x, y))
 end
 
 # What runs a batch: a Dense chain's type-erased layers, or the model itself.

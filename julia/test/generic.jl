@@ -7,8 +7,13 @@ let  # this file's names stay its own
               Flux.flatten, Dense(8 => 3, softplus), Dense(3 => 2))"""; seed = 3)
     anon = Bridge.build_model("Chain(Dense(3 => 4, tanh), x -> 2 .* x .+ 1, Dense(4 => 2), softmax)"; seed = 4)
     pinn = Bridge.build_model("Chain(Dense(3 => 5, tanh), x -> x .^ 2, Dense(5 => 1))"; seed = 5)
+    # Functions that act on each sample but not entry by entry, or not alike on every entry:
+    # no scalar function stands for them.
+    centred = Bridge.build_model("Chain(Dense(3 => 4, tanh), x -> x .- sum(x; dims = 1) ./ size(x, 1), Dense(4 => 2))"; seed = 7)
+    scaled = Bridge.build_model("Chain(Dense(3 => 4, tanh), x -> x .* [1.0, 2.0, 3.0, 4.0], Dense(4 => 2))"; seed = 8)
     for (model, d, loss, agg) in ((conv, 9, Flux.mse, sum), (anon, 3, Flux.crossentropy, mean),
-                                  (pinn, 3, Flux.mse, mean))
+                                  (pinn, 3, Flux.mse, mean), (centred, 3, Flux.mse, sum),
+                                  (scaled, 3, Flux.mse, mean))
         X = reshape(sin.(1:7d) ./ 2, d, 7)
         C = size(model(X), 1)
         Y = loss === Flux.mse ? reshape(cos.(1:7C), C, 7) : repeat([0.2, 0.8], 1, 7)
@@ -35,6 +40,8 @@ let  # this file's names stay its own
     J = Zygote.jacobian(ϑ -> vec(re(ϑ)(X)), θ)[1]                        # (N, P): one output
     @test param_jacobian(mixing, X) ≈ permutedims(reshape(J, 1, 5, :), (1, 3, 2)) rtol = 1e-12
     @test curvature(GGN(), mixing, X, Y; agg = sum) ≈ 2 .* transpose(J) * J rtol = 1e-10   # mse: Λ = 2I
+    @test curvature(Hessian(), mixing, X, Y; agg = sum) ≈
+          Zygote.hessian(ϑ -> Flux.mse(re(ϑ)(X), Y; agg = sum), θ) rtol = 1e-10
 
     # Products with several columns through a mutable layer (BatchNorm): each column's own
     # cotangent, not the sum of those before it.
