@@ -268,14 +268,24 @@ def run(st: Structure, theta, X, eps=None, eta=None):
 
 def patches(tap: Tap, a):
     """``U`` ``(n, K, S)``: the tap's input ``a`` ``(n, *in_shape)`` unfolded, in the order
-    ``(channel, *kernel)`` of ``lax``'s OIHW kernel (Dense: ``(n, in, 1)``)."""
+    ``(channel, *kernel)`` of ``lax``'s OIHW kernel (Dense: ``(n, in, 1)``), as
+    ``lax.conv_general_dilated_patches`` gives it: one strided slice of the padded input per
+    kernel offset (that function is a convolution with a one-hot kernel, ``K`` times the flops
+    of the copy; 6.3 → ~1 ms for a 3×3 16-channel layer on 500 samples 4×4)."""
     layer = tap.layer
     if not isinstance(layer, Conv):
         return a[:, :, None]
-    U = lax.conv_general_dilated_patches(
-        a, layer.kernel_size, window_strides=layer.stride, padding=layer.pads, rhs_dilation=layer.dilation
-    )
-    return U.reshape(U.shape[0], U.shape[1], -1)
+    padded = jnp.pad(a, [(0, 0), (0, 0), *layer.pads])
+    spatial = tap.out_shape[1:]
+    windows = [
+        padded[(slice(None), slice(None), *(
+            slice(o * d, o * d + s * (size - 1) + 1, s)
+            for o, d, s, size in zip(offset, layer.dilation, layer.stride, spatial)
+        ))]
+        for offset in itertools.product(*(range(k) for k in layer.kernel_size))
+    ]
+    U = jnp.stack(windows, axis=2)  # (n, c, |kernel|, *spatial)
+    return U.reshape(U.shape[0], U.shape[1] * U.shape[2], -1)
 
 
 def theta_order(tap: Tap, W):
