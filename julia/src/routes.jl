@@ -159,7 +159,7 @@ end
 # Equal entry by entry to rounding, relative to the larger's largest entry.
 function _agree(x::AbstractMatrix, y::AbstractMatrix{T}) where {T}
     size(x) == size(y) && all(isfinite, x) && all(isfinite, y) || return false
-    tol = 1000 * eps(T) * max(maximum(abs, x), maximum(abs, y))
+    tol = 64 * eps(T) * max(maximum(abs, x), maximum(abs, y))
     return all(i -> abs(x[i] - y[i]) <= tol, eachindex(x, y))
 end
 
