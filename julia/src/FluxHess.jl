@@ -31,16 +31,19 @@ Conventions, as Flux has them:
   (`Flux.testmode!` on a rebuilt copy; the caller's model is never changed).
 
 Each quantity has one of three routes, chosen from the model: Chains of `Dense` layers
-and elementwise functions (a softmax after the last Dense layer allowed; for the
-curvatures and `param_jacobian`, any parameter-free layer that acts on the call's batch as
-one scalar function entry by entry, such as `x -> 2 .* x`) get per-sample
+and elementwise functions (a softmax after the last Dense layer allowed) get per-sample
 factors and every block of the P × P matrix by BLAS; Chains of `Conv`, `CrossCor` and
 `Dense` layers with pools, `Flux.flatten` and elementwise functions between them get
-per-sample rows on unfolded patches (what `NNlib.unfold` gives) and the GGN, the empirical Fisher,
-their diagonals, KFAC and `param_jacobian` from them by BLAS; any other Flux model (and
-the exact Hessian of a convolutional chain) is batched over the samples, its Jacobians
-by forward mode, its Hessian by ForwardDiff over Zygote layer by layer (products of
-its Duals by BLAS).
+per-sample rows on unfolded patches (what `NNlib.unfold` gives) and every quantity from
+them by BLAS, the exact Hessian with each layer's cross terms and each curved function's
+own term; any other Flux model (and the exact Hessian of a convolutional chain with a
+softmax between its layers) is batched over the samples, its Jacobians by forward mode,
+its Hessian by ForwardDiff over Zygote layer by layer (products of its Duals by BLAS).
+For the curvatures and `param_jacobian`, a parameter-free layer the first two routes do
+not know (an anonymous function such as `x -> 2 .* x`) counts as elementwise where it acts
+on the call's batch as one scalar function entry by entry (checked there: its values and
+its first and second derivatives along a direction).
+
 Second derivatives with respect to θ are never reverse over reverse.
 
 Threads: the work is BLAS (`LinearAlgebra.BLAS.set_num_threads`, or

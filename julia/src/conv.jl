@@ -75,9 +75,9 @@ _activation_stages(σ) = Any[_Act(σ)]
 
 The convolutional route when `model`'s parameters are exactly its taps' weights and
 biases (each once, in Chain order) and every layer after the first tap is a tap or a
-stage the route knows.
+stage the route knows: `stage(l)` (by default [`_stage`](@ref)) is not `nothing`.
 """
-function _conv_route(model)
+function _conv_route(model, stage = _stage)
     before, taps, after = Any[], Any[], Vector{Any}[]
     for l in _flatlayers(model)
         if _istap(l)
@@ -88,7 +88,7 @@ function _conv_route(model)
         elseif isempty(taps)
             push!(before, l)
         else
-            st = _stage(l)
+            st = stage(l)
             st === nothing && return nothing
             push!(after[end], st)
         end
@@ -102,6 +102,18 @@ function _conv_route(model)
     sum(_tapsize, taps) == length(θ) || return nothing
     offsets = cumsum([0; [_tapsize(l) for l in taps[1:end-1]]])
     return ConvChain(before, taps, after, offsets)
+end
+
+# Parameter-free layers the convolutional route does not know.
+_unknown_stage(l) = !_istap(l) && isempty(Flux.trainables(l)) && _stage(l) === nothing
+
+# The convolutional route of `model` on the batch `X`, each unknown layer after the first tap
+# an elementwise stage `_Act(_AsScalar(l))` where it acts as that on its input from `X`
+# (see `route(model, X)`); or nothing.
+function _conv_route_on(model, X::AbstractMatrix)
+    any(_unknown_stage, _flatlayers(model)) || return nothing
+    cc = _conv_route(model, l -> _unknown_stage(l) ? _Act(_AsScalar(l)) : _stage(l))
+    return cc !== nothing && _scalar_on(model, X, _unknown_stage) ? cc : nothing
 end
 
 runner(::ConvChain, m) = m

@@ -55,15 +55,16 @@ route(model) = something(_dense_route(model), _conv_route(model), Generic())
 """
     route(model, X) -> DenseChain, ConvChain or Generic()
 
-`route(model)` for a call on the batch `X` (`d × N`), with one more case before the
-generic route: a Chain of Dense layers with parameter-free layers of any kind after the
-first (a Julia function such as `x -> 2 .* x`) takes the Dense-chain route when each such
-layer acts on the input it gets from `X` as one scalar function entry by entry
-([`_acts_as_scalar`](@ref)). A curvature at `X` needs no more of a layer than its values
-and its first and second derivatives there.
+`route(model)` for a call on the batch `X` (`d × N`), with two more cases before the
+generic route: a Chain of Dense layers, or of taps (`src/conv.jl`), with parameter-free
+layers the routes do not know after the first (a Julia function such as `x -> 2 .* x`)
+takes the Dense-chain or the convolutional route when each such layer acts on the input it
+gets from `X` as one scalar function entry by entry ([`_acts_as_scalar`](@ref)). A
+curvature at `X` needs no more of a layer than its values and its first and second
+derivatives there.
 """
-route(model, X::AbstractMatrix) =
-    something(_dense_route(model), _conv_route(model), _dense_route_on(model, X), Generic())
+route(model, X::AbstractMatrix) = something(_dense_route(model), _conv_route(model), _dense_route_on(model, X),
+                                            _conv_route_on(model, X), Generic())
 
 # The DenseChain of `model`, or nothing; `scalar(l)` is the scalar function a parameter-free
 # layer after the first Dense layer applies entry by entry, or nothing.
@@ -111,15 +112,20 @@ _unknown(l) = !(l isa Flux.Dense) && isempty(Flux.trainables(l)) && _elementwise
 function _dense_route_on(model, X::AbstractMatrix)
     any(_unknown, _flatlayers(model)) || return nothing
     dc = _dense_route(model, l -> _unknown(l) ? _AsScalar(l) : _elementwise(l))
-    dc === nothing && return nothing
-    a, dense = X, false
+    return dc !== nothing && _scalar_on(model, X, _unknown) ? dc : nothing
+end
+
+# Whether each layer of `model` that `pick` picks, after the first layer with parameters,
+# acts on its input from the batch `X` as `_AsScalar` of itself ([`_acts_as_scalar`](@ref)).
+function _scalar_on(model, X, pick)
+    a, started = X, false
     for l in _flatlayers(model)
         out = l(a)
-        dense |= l isa Flux.Dense
-        dense && _unknown(l) && !_acts_as_scalar(l, a, out) && return nothing
+        started |= !isempty(Flux.trainables(l))
+        started && pick(l) && !_acts_as_scalar(l, a, out) && return false
         a = out
     end
-    return dc
+    return true
 end
 
 """
@@ -142,11 +148,11 @@ entry: its values are `φ.(a)`, and its first and second derivatives along a dir
 layer that mixes entries or samples at `a` fails this for all but a null set of `V`; one
 that takes no 1 × 1 input, gives no number for it or takes no Duals fails it too.
 """
-function _acts_as_scalar(layer, a::AbstractMatrix{T}, out) where {T}
-    out isa AbstractMatrix && size(out) == size(a) || return false
+function _acts_as_scalar(layer, a::AbstractArray{T}, out) where {T}
+    out isa AbstractArray && size(out) == size(a) || return false
     V = randn(Random.Xoshiro(0), T, size(a))
     checks = try
-        v, d1, d2 = _elementwise_derivatives(_AsScalar(layer), Matrix{T}(a), true)
+        v, d1, d2 = _elementwise_derivatives(_AsScalar(layer), Array{T}(a), true)
         D = ForwardDiff.derivative(t -> layer(a .+ t .* V), ForwardDiff.Dual{_SecondOrder}(zero(T), one(T)))
         ((out, v), (ForwardDiff.value.(D), d1 .* V), (ForwardDiff.partials.(D, 1), d2 .* V .^ 2))
     catch e
@@ -157,7 +163,7 @@ function _acts_as_scalar(layer, a::AbstractMatrix{T}, out) where {T}
 end
 
 # Equal entry by entry to rounding, relative to the larger's largest entry.
-function _agree(x::AbstractMatrix, y::AbstractMatrix{T}) where {T}
+function _agree(x::AbstractArray, y::AbstractArray{T}) where {T}
     size(x) == size(y) && all(isfinite, x) && all(isfinite, y) || return false
     tol = 64 * eps(T) * max(maximum(abs, x), maximum(abs, y))
     return all(i -> abs(x[i] - y[i]) <= tol, eachindex(x, y))

@@ -48,7 +48,7 @@ function _first_and_second(φ::F, x::T) where {F,T}
 end
 
 # φ(z), φ'(z) and (if asked) φ''(z), elementwise; a function barrier on φ's type.
-function _elementwise_derivatives(φ::F, z::Matrix{T}, second::Bool) where {F,T}
+function _elementwise_derivatives(φ::F, z::Array{T}, second::Bool) where {F,T}
     second || return map(φ, z), map(x -> _derivative(φ, x), z), Matrix{T}(undef, 0, 0)
     d1, d2 = similar(z), similar(z)
     @inbounds for i in eachindex(z)

@@ -1,4 +1,5 @@
-# Any other Flux model: Conv layers, anonymous layers, a layer that mixes the samples.
+# Any other Flux model, and functions between the layers: Conv layers, anonymous layers,
+# a layer that mixes the samples.
 
 let  # this file's names stay its own
 
@@ -11,9 +12,18 @@ let  # this file's names stay its own
     # no scalar function stands for them.
     centred = Bridge.build_model("Chain(Dense(3 => 4, tanh), x -> x .- sum(x; dims = 1) ./ size(x, 1), Dense(4 => 2))"; seed = 7)
     scaled = Bridge.build_model("Chain(Dense(3 => 4, tanh), x -> x .* [1.0, 2.0, 3.0, 4.0], Dense(4 => 2))"; seed = 8)
+    # Functions between the layers of a CNN: elementwise (the convolutional route's, once checked
+    # on the batch), and a reshape in place of Flux.flatten (no scalar function).
+    convanon = Bridge.build_model("""
+        Chain(x -> reshape(x, 3, 3, 1, :), Conv((2, 2), 1 => 2), x -> tanh.(x), Flux.flatten,
+              Dense(8 => 3), x -> x .^ 2 ./ 2, Dense(3 => 2))"""; seed = 9)
+    reshaped = Bridge.build_model("""
+        Chain(x -> reshape(x, 3, 3, 1, :), Conv((2, 2), 1 => 2, relu), x -> reshape(x, :, size(x, 4)),
+              Dense(8 => 2))"""; seed = 10)
     for (model, d, loss, agg) in ((conv, 9, Flux.mse, sum), (anon, 3, Flux.crossentropy, mean),
                                   (pinn, 3, Flux.mse, mean), (centred, 3, Flux.mse, sum),
-                                  (scaled, 3, Flux.mse, mean))
+                                  (scaled, 3, Flux.mse, mean), (convanon, 9, Flux.mse, sum),
+                                  (reshaped, 9, Flux.mse, mean))
         X = reshape(sin.(1:7d) ./ 2, d, 7)
         C = size(model(X), 1)
         Y = loss === Flux.mse ? reshape(cos.(1:7C), C, 7) : repeat([0.2, 0.8], 1, 7)
