@@ -63,8 +63,13 @@ gets from `X` as one scalar function entry by entry ([`_acts_as_scalar`](@ref)).
 curvature at `X` needs no more of a layer than its values and its first and second
 derivatives there.
 """
-route(model, X::AbstractMatrix) = something(_dense_route(model), _conv_route(model), _dense_route_on(model, X),
-                                            _conv_route_on(model, X), Generic())
+function route(model, X::AbstractMatrix)
+    r = route(model)
+    r isa Generic || return r                 # no pass over the data where the model decides
+    dc = _dense_route_on(model, X)
+    dc === nothing || return dc
+    return something(_conv_route_on(model, X), Generic())
+end
 
 # The DenseChain of `model`, or nothing; `scalar(l)` is the scalar function a parameter-free
 # layer after the first Dense layer applies entry by entry, or nothing.
