@@ -109,7 +109,7 @@ function _dense_route(model, scalar = _elementwise)
                          Bool[_hasbias(d) for d in dense], φ, head, offsets)
 end
 
-# Parameter-free layers that neither the Dense-chain route nor the convolutional one knows.
+# Parameter-free layers the Dense-chain route does not know.
 _unknown(l) = !(l isa Flux.Dense) && isempty(Flux.trainables(l)) && _elementwise(l) === nothing && !_columnwise(l)
 
 # The Dense-chain route of `model` on the batch `X`, each unknown layer after the first Dense
@@ -137,7 +137,8 @@ end
     _AsScalar(layer)
 
 The scalar function `x ↦ layer([x;;])[1]` of a parameter-free layer: what the Dense-chain
-route applies entry by entry where [`_acts_as_scalar`](@ref) found the layer to act so.
+and convolutional routes apply entry by entry where [`_acts_as_scalar`](@ref) found the
+layer to act so.
 """
 struct _AsScalar{L} <: Function
     layer::L
